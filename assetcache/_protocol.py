@@ -1,0 +1,343 @@
+"""The Runware wire protocol, as pure functions: build a request, read an answer.
+
+No I/O here. A request body is a list of parts (``bytes``, or a
+:class:`Payload` whose base64 text is produced in chunks), so that a 200 MB
+image is never held as one base64 string, the Content-Length is known in
+advance, and a retry can produce the same body again.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import re
+import time
+import uuid as uuid_mod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ._errors import (
+    AuthenticationError,
+    InsufficientCredits,
+    ProtocolError,
+    RateLimited,
+    RejectedInput,
+    RemoteError,
+    ServerError,
+    SourceError,
+    UnknownImage,
+)
+from ._hashing import Hasher
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: Raw bytes per base64 chunk: a multiple of 3, so chunks encode without padding.
+_B64_CHUNK = 3 * (1 << 18)
+#: Per-task codes worth re-sending (with a fresh taskUUID).
+TRANSIENT_CODES = frozenset(
+    {"rateLimitExceeded", "timeoutProvider", "uploadFailed", "conflictTaskUUID",
+     "internalServerError", "serverError", "timeout", "serviceUnavailable"}
+)
+
+
+def is_uuid(value: object) -> bool:
+    return isinstance(value, str) and bool(_UUID.match(value))
+
+
+def new_task_uuid() -> str:
+    return str(uuid_mod.uuid4())
+
+
+@dataclass(slots=True)
+class Payload:
+    """The bytes of one upload, produced on demand.
+
+    Exactly one of ``data`` (in memory), ``open`` (re-openable stream: a path
+    or a spooled file) or ``url`` (sent as text, the server fetches it) is set.
+    ``expected_hash`` makes the streamed bytes verify against the hash the
+    cache key was made of: a file rewritten between hashing and sending
+    aborts the request instead of caching a UUID for the wrong content.
+    """
+
+    label: str
+    size: int
+    media_type: str
+    data: bytes | None = None
+    open: Callable[[], IO[bytes]] | None = None
+    url: str | None = None
+    expected_hash: str | None = None
+
+    def encoded_length(self) -> int:
+        if self.url is not None:
+            return len(json.dumps(self.url)) - 2
+        return len(f"data:{self.media_type};base64,") + 4 * ((self.size + 2) // 3)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The JSON string content (no quotes) of this image, in chunks."""
+        if self.url is not None:
+            yield json.dumps(self.url)[1:-1].encode()
+            return
+        yield f"data:{self.media_type};base64,".encode()
+        if self.data is not None:
+            view = memoryview(self.data)
+            for i in range(0, len(view), _B64_CHUNK):
+                yield base64.b64encode(view[i : i + _B64_CHUNK])
+            return
+        assert self.open is not None
+        hasher = Hasher()
+        with self.open() as stream:
+            while True:
+                block = _read_exact(stream, _B64_CHUNK)
+                if not block:
+                    break
+                hasher.update(block)
+                if hasher.size > self.size:
+                    break
+                yield base64.b64encode(block)
+        if hasher.size != self.size or (
+            self.expected_hash is not None and hasher.hexdigest() != self.expected_hash
+        ):
+            # Raised before the closing bytes: the request is cut short, so the
+            # server never stores the wrong content under our key.
+            raise SourceError(self.label, "changed while being uploaded; try again")
+
+
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
+    parts = []
+    while n > 0:
+        block = stream.read(n)
+        if not block:
+            break
+        parts.append(block)
+        n -= len(block)
+    return b"".join(parts)
+
+
+@dataclass(slots=True)
+class Task:
+    """One upload task in a request."""
+
+    task_uuid: str
+    payload: Payload
+    task_type: str = "imageUpload"
+
+    def head(self) -> bytes:
+        if self.task_type == "mediaStorage":
+            return (
+                '{"taskType": "mediaStorage", "taskUUID": "%s", "operation": "upload", '
+                '"media": "' % self.task_uuid
+            ).encode()
+        return ('{"taskType": "imageUpload", "taskUUID": "%s", "image": "' % self.task_uuid).encode()
+
+
+_TAIL = b'"}'
+
+
+def body_length(tasks: Sequence[Task]) -> int:
+    if not tasks:
+        return 2
+    inner = sum(len(t.head()) + t.payload.encoded_length() + len(_TAIL) for t in tasks)
+    return 2 + inner + 2 * (len(tasks) - 1)  # "[", "]" and ", " between tasks
+
+
+def iter_body(tasks: Sequence[Task]) -> Iterator[bytes]:
+    yield b"["
+    for i, task in enumerate(tasks):
+        if i:
+            yield b", "
+        yield task.head()
+        yield from task.payload.chunks()
+        yield _TAIL
+    yield b"]"
+
+
+def json_body(tasks: Sequence[dict[str, Any]]) -> bytes:
+    return json.dumps(list(tasks)).encode()
+
+
+# -- answers -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    task_uuid: str
+    image_uuid: str
+    image_url: str | None
+    raw: dict[str, Any]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(
+    attempt: int, retry_after: float | None, *, base: float, cap: float, jitter: float
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based).
+
+    Exponential with "equal jitter" (half fixed, half random, ``jitter`` in
+    [0, 1)), so a herd of clients spreads out but none retries instantly;
+    the server's ``Retry-After`` wins when it asks for longer.
+    """
+    exp = min(cap, base * (2**attempt))
+    delay = exp / 2 + (exp / 2) * jitter
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, max(cap, 60.0)))
+    return delay
+
+
+def error_from_object(
+    obj: dict[str, Any], status: int | None, redact: Callable[[str], str]
+) -> RemoteError:
+    """Map one server error object to our exception class."""
+    code = obj.get("code")
+    code = code if isinstance(code, str) else None
+    parameter = obj.get("parameter")
+    if isinstance(parameter, list):
+        parameter = ",".join(str(p) for p in parameter)
+    elif parameter is not None and not isinstance(parameter, str):
+        parameter = str(parameter)
+    task_uuid = obj.get("taskUUID") if isinstance(obj.get("taskUUID"), str) else None
+    message = obj.get("message")
+    message = redact(message) if isinstance(message, str) else "no message"
+    text = f"Runware rejected the request: {code or 'error'}"
+    if parameter:
+        text += f" on {parameter}"
+    text += f": {message}"
+    cls: type[RemoteError]
+    if code == "invalidApiKey" or status == 401:
+        cls = AuthenticationError
+        text = "Runware rejected the API key (invalidApiKey); check RUNWARE_API_KEY"
+    elif code == "insufficientCredits" or status == 402:
+        cls = InsufficientCredits
+    elif code == "rateLimitExceeded" or status == 429:
+        cls = RateLimited
+    elif code in TRANSIENT_CODES or (status is not None and status >= 500):
+        cls = ServerError
+    elif code and code.startswith("invalid") and parameter and parameter not in ("image", "media"):
+        cls = UnknownImage if _names_image_param(code, parameter) else RejectedInput
+    elif code and code.startswith("invalid"):
+        cls = RejectedInput
+    elif status is not None and 400 <= status < 500:
+        cls = RejectedInput
+    else:
+        cls = RemoteError
+    return cls(text, code=code, parameter=parameter, task_uuid=task_uuid, status=status)
+
+
+def _names_image_param(code: str, parameter: str) -> bool:
+    """``invalidSeedImage`` on ``seedImage``: the server does not know that image."""
+    first = parameter.split(",")[0]
+    return code.lower() == f"invalid{first}".lower() and "image" in first.lower()
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (ServerError, RateLimited, ProtocolError)):
+        return True
+    return isinstance(exc, RemoteError) and exc.code in TRANSIENT_CODES
+
+
+def parse_response(
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    task_uuids: Sequence[str],
+    redact: Callable[[str], str],
+    uuid_field: str = "imageUUID",
+) -> dict[str, TaskResult | RemoteError]:
+    """Per-task outcomes of one request, or raise a request-level error.
+
+    Raises when the whole request failed (auth, credits, 429/5xx without
+    per-task detail, unreadable body). Otherwise every task UUID gets a
+    :class:`TaskResult` or a :class:`RemoteError`: results with a missing or
+    malformed UUID, and tasks the answer does not mention, become a transient
+    :class:`ProtocolError` (re-sent, never cached). Results for task UUIDs we
+    did not send are ignored.
+    """
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    try:
+        doc = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict):
+        if status == 401:
+            raise AuthenticationError(
+                "Runware rejected the API key (HTTP 401); check RUNWARE_API_KEY", status=401
+            )
+        if status == 429:
+            raise RateLimited("Runware rate limit (HTTP 429)", status=429, retry_after=retry_after)
+        if status >= 500 or status == 408:
+            raise ServerError(f"Runware server error (HTTP {status})", status=status,
+                              retry_after=retry_after)
+        if status >= 400:
+            raise RejectedInput(f"Runware refused the request (HTTP {status})", status=status)
+        raise ProtocolError(f"unreadable answer from Runware (HTTP {status}, not a JSON object)",
+                            status=status)
+
+    wanted = set(task_uuids)
+    outcomes: dict[str, TaskResult | RemoteError] = {}
+    general: RemoteError | None = None
+    errors = doc.get("errors")
+    if isinstance(errors, dict):
+        errors = [errors]
+    if isinstance(errors, list):
+        for obj in errors:
+            if not isinstance(obj, dict):
+                continue
+            err = error_from_object(obj, status if status >= 400 else None, redact)
+            err.retry_after = retry_after  # type: ignore[attr-defined]
+            tid = err.task_uuid
+            if tid in wanted:
+                outcomes[tid] = err
+            elif tid is None or obj.get("taskType") == "authentication":
+                general = general or err
+    data = doc.get("data")
+    if isinstance(data, dict):
+        data = [data]
+    if isinstance(data, list):
+        for item in data:
+            if not isinstance(item, dict):
+                continue
+            tid = item.get("taskUUID")
+            if not isinstance(tid, str) or tid not in wanted or isinstance(outcomes.get(tid), TaskResult):
+                continue
+            image_uuid = item.get(uuid_field)
+            if not is_uuid(image_uuid):
+                outcomes[tid] = ProtocolError(
+                    f"Runware answered without a valid {uuid_field} for task {tid}",
+                    task_uuid=tid, code="malformedResult",
+                )
+                continue
+            url = item.get("imageURL") or item.get("mediaURL")
+            outcomes[tid] = TaskResult(tid, image_uuid, url if isinstance(url, str) else None, item)
+
+    if general is not None and not any(isinstance(v, TaskResult) for v in outcomes.values()):
+        raise general
+    if status >= 400 and not outcomes:
+        if status == 429:
+            raise RateLimited("Runware rate limit (HTTP 429)", status=429, retry_after=retry_after)
+        if status >= 500 or status == 408:
+            raise ServerError(f"Runware server error (HTTP {status})", status=status,
+                              retry_after=retry_after)
+        raise RejectedInput(f"Runware refused the request (HTTP {status})", status=status)
+    for tid in task_uuids:
+        if tid not in outcomes:
+            outcomes[tid] = general or ProtocolError(
+                f"Runware's answer (HTTP {status}) has no result for task {tid}",
+                task_uuid=tid, code="missingResult", retry_after=retry_after,
+            )
+    return outcomes

@@ -1,0 +1,545 @@
+"""The SQLite store: this machine's file index and its asset registry.
+
+Two interfaces live here, because the fleet setup splits them: the *file
+index* (absolute path -> stat fingerprint -> content hash) always describes
+this machine and stays in a local SQLite file; the *registry* (namespace +
+content hash + variant -> imageUUID, last use, counts, upload leases) may live
+in a shared store. :class:`SQLiteStore` implements both.
+
+Concurrency: one connection per thread (sqlite3 connections are not shared
+across threads), WAL so readers never block the writer, every write inside an
+explicit ``BEGIN IMMEDIATE`` (the write lock is taken up front, so a
+transaction never fails half-way on lock upgrade), and never a transaction
+held across a network call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlite_utils
+
+from ._errors import SchemaTooNew, StoreError
+
+#: Pragmas set on every connection, each for a reason.
+PRAGMAS = (
+    # Writers wait (up to 30 s) for the lock instead of failing with "database is locked".
+    "PRAGMA busy_timeout = 30000",
+    # With WAL, NORMAL never corrupts; at worst the last commits roll back on power loss,
+    # which for a cache means one re-upload.
+    "PRAGMA synchronous = NORMAL",
+    # Read-mostly table lookups: keep the index pages mapped instead of copied.
+    "PRAGMA mmap_size = 268435456",
+    "PRAGMA temp_store = MEMORY",
+)
+
+Key = tuple[str, str, str]  # (namespace, content_hash, variant)
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRow:
+    namespace: str
+    content_hash: str
+    variant: str
+    image_uuid: str
+    size: int
+    format: str
+    uploaded_at: float
+    last_used_at: float
+    upload_count: int = 1
+    hits: int = 0
+    bytes_sent: int = 0
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.content_hash, self.variant)
+
+
+ASSET_COLUMNS = tuple(AssetRow.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    content_hash: str
+    format: str | None
+    hashed_at_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """What an upload established, written in one transaction with its file rows."""
+
+    namespace: str
+    content_hash: str
+    variant: str
+    image_uuid: str
+    size: int
+    format: str
+    now: float
+    bytes_sent: int
+
+
+class Registry(Protocol):
+    """namespace + content hash + variant -> imageUUID; shared in a fleet."""
+
+    def get_asset(self, key: Key) -> AssetRow | None: ...
+    def claim(
+        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]: ...
+    def record_uploads(self, records: Sequence[UploadRecord], owner: str) -> None: ...
+    def release(self, keys: Iterable[Key], owner: str) -> None: ...
+    def touch(self, key: Key, now: float) -> None: ...
+    def add_counters(self, namespace: str, counts: dict[str, int]) -> None: ...
+
+
+def owner_id() -> str:
+    """Identify this process for leases: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """False only when the owner provably died: same host, no such process."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- migrations --------------------------------------------------------------
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it COMMITs first, which would break the
+    # migration's BEGIN IMMEDIATE and let two processes migrate at once.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _m1(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE assets (
+            namespace TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            variant TEXT NOT NULL DEFAULT '',
+            image_uuid TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            format TEXT NOT NULL,
+            uploaded_at REAL NOT NULL,
+            last_used_at REAL NOT NULL,
+            upload_count INTEGER NOT NULL DEFAULT 1,
+            hits INTEGER NOT NULL DEFAULT 0,
+            bytes_sent INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (namespace, content_hash, variant)
+        ) WITHOUT ROWID;
+        CREATE INDEX assets_by_uuid ON assets (image_uuid);
+        CREATE INDEX assets_by_last_use ON assets (last_used_at);
+        CREATE TABLE files (
+            path BLOB PRIMARY KEY,
+            dev INTEGER NOT NULL,
+            ino INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            ctime_ns INTEGER NOT NULL,
+            content_hash TEXT NOT NULL,
+            format TEXT,
+            hashed_at_ns INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX files_by_hash ON files (content_hash);
+        CREATE TABLE leases (
+            namespace TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (namespace, content_hash, variant)
+        ) WITHOUT ROWID;
+        CREATE TABLE counters (
+            namespace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (namespace, name)
+        ) WITHOUT ROWID;
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """
+    )
+
+
+#: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
+MIGRATIONS: tuple[Any, ...] = (_m1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def path_key(path: str) -> bytes:
+    """The files-table key of an absolute path (bytes: any filename is storable)."""
+    return os.fsencode(path)
+
+
+class SQLiteStore:
+    """File index + registry in one SQLite file.
+
+    >>> store = SQLiteStore("/tmp/cache.db")   # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._prepare_file()
+        self._migrate()
+
+    # -- connections -----------------------------------------------------
+    def _prepare_file(self) -> None:
+        folder = os.path.dirname(self.path)
+        try:
+            if not os.path.isdir(folder):
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            # Created 0600 before SQLite sees it; SQLite gives -wal/-shm the same mode.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the cache database {self.path}: {exc.strerror or exc}",
+                path=self.path,
+            ) from None
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StoreError(f"the cache database {self.path} is closed", path=self.path)
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            for pragma in PRAGMAS:
+                conn.execute(pragma)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils view of this thread's connection (maintenance queries)."""
+        return sqlite_utils.Database(self.conn())
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._closed = True
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    def _error(self, exc: sqlite3.Error, doing: str = "use") -> StoreError:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            reason = "is not a valid SQLite database (run `assetcache doctor --fix` to rebuild it)"
+        elif "unable to open" in text:
+            reason = "cannot be opened (check the folder exists and is writable)"
+        elif "readonly" in text:
+            reason = "is read-only"
+        elif "locked" in text:
+            reason = "stayed locked by another process for 30 s"
+        else:
+            reason = f"failed: {text}"
+        return StoreError(f"cache database {self.path} {reason} (while trying to {doing})",
+                          path=self.path)
+
+    @contextlib.contextmanager
+    def write(self, doing: str = "write") -> Iterator[sqlite3.Connection]:
+        """An explicit ``BEGIN IMMEDIATE`` transaction on this thread's connection."""
+        conn = self.conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from None
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise self._error(exc, doing) from None
+
+    def read(self, sql: str, params: Sequence[Any] = (), doing: str = "read") -> list[Any]:
+        try:
+            return self.conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from None
+
+    def _migrate(self) -> None:
+        conn = self.conn()
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"cache database {self.path} was written by a newer assetcache "
+                    f"(schema {version}, this version reads up to {SCHEMA_VERSION}); "
+                    "upgrade assetcache or point --db elsewhere",
+                    path=self.path,
+                )
+            if version == SCHEMA_VERSION:
+                return
+            # WAL is a property of the file: set once, before the first write.
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as exc:
+            self.close()
+            raise self._error(exc, "open") from None
+        except SchemaTooNew:
+            self.close()
+            raise
+        with self.write("migrate the schema") as conn:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number in range(version, SCHEMA_VERSION):
+                MIGRATIONS[number](conn)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        return int(self.read("PRAGMA user_version")[0][0])
+
+    # -- file index ------------------------------------------------------
+    #: The hot path: one indexed lookup joining the stat row to its asset row.
+    HIT_SQL = (
+        "SELECT f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.hashed_at_ns, f.content_hash, "
+        "f.format, a.image_uuid, a.last_used_at, a.size "
+        "FROM files f LEFT JOIN assets a "
+        "ON a.namespace = ? AND a.content_hash = f.content_hash AND a.variant = ? "
+        "WHERE f.path = ?"
+    )
+
+    def lookup_path(self, key: bytes, namespace: str, variant: str) -> tuple[Any, ...] | None:
+        try:
+            return self.conn().execute(self.HIT_SQL, (namespace, variant, key)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc, "look up a file") from None
+
+    def get_file(self, path: str) -> FileRow | None:
+        rows = self.read(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns "
+            "FROM files WHERE path = ?",
+            (path_key(path),),
+        )
+        return _file_row(rows[0]) if rows else None
+
+    def files_under(self, prefix: str) -> Iterator[FileRow]:
+        """Every file row whose path is ``prefix`` or below it (one range scan)."""
+        low = path_key(prefix.rstrip(os.sep) + os.sep)
+        high = low[:-1] + bytes([low[-1] + 1])
+        rows = self.read(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns "
+            "FROM files WHERE path >= ? AND path < ?",
+            (low, high),
+        )
+        for row in rows:
+            yield _file_row(row)
+
+    def put_files(self, rows: Iterable[FileRow]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        with self.write("record file hashes") as conn:
+            _put_files(conn, rows)
+
+    def delete_files(self, paths: Iterable[str]) -> int:
+        keys = [(path_key(p),) for p in paths]
+        with self.write("forget files") as conn:
+            cur = conn.executemany("DELETE FROM files WHERE path = ?", keys)
+            return cur.rowcount
+
+    # -- registry --------------------------------------------------------
+    def get_asset(self, key: Key) -> AssetRow | None:
+        rows = self.read(
+            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets "
+            "WHERE namespace = ? AND content_hash = ? AND variant = ?",
+            key,
+        )
+        return AssetRow(*rows[0]) if rows else None
+
+    def find_uuid(self, image_uuid: str) -> list[AssetRow]:
+        rows = self.read(
+            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE image_uuid = ?", (image_uuid,)
+        )
+        return [AssetRow(*r) for r in rows]
+
+    def claim(
+        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]:
+        """Claim the right to upload each key, in one transaction.
+
+        Per key: the fresh :class:`AssetRow` if one appeared meanwhile
+        (``last_used_at > fresh_since``), ``"claimed"`` (we hold the lease
+        now), or ``"held"`` (a live owner holds an unexpired lease).
+        """
+        out: dict[Key, AssetRow | str] = {}
+        with self.write("claim uploads") as conn:
+            for key in keys:
+                row = conn.execute(
+                    f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets "
+                    "WHERE namespace = ? AND content_hash = ? AND variant = ?",
+                    key,
+                ).fetchone()
+                if row is not None and row[7] > fresh_since:
+                    out[key] = AssetRow(*row)
+                    continue
+                lease = conn.execute(
+                    "SELECT owner, expires_at FROM leases "
+                    "WHERE namespace = ? AND content_hash = ? AND variant = ?",
+                    key,
+                ).fetchone()
+                if (
+                    lease is not None
+                    and lease[0] != owner
+                    and lease[1] > now
+                    and owner_alive(lease[0])
+                ):
+                    out[key] = "held"
+                    continue
+                conn.execute(
+                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                    (*key, owner, now + ttl),
+                )
+                out[key] = "claimed"
+        return out
+
+    def record_uploads(
+        self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
+    ) -> None:
+        """Store what uploads returned, with their file rows, and drop their leases."""
+        if not records and not files:
+            return
+        with self.write("record uploads") as conn:
+            for r in records:
+                conn.execute(
+                    "INSERT INTO assets (namespace, content_hash, variant, image_uuid, size, "
+                    "format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?) "
+                    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
+                    "image_uuid = excluded.image_uuid, size = excluded.size, "
+                    "format = excluded.format, uploaded_at = excluded.uploaded_at, "
+                    "last_used_at = excluded.last_used_at, "
+                    "upload_count = assets.upload_count + 1, "
+                    "bytes_sent = assets.bytes_sent + excluded.bytes_sent",
+                    (r.namespace, r.content_hash, r.variant, r.image_uuid, r.size, r.format,
+                     r.now, r.now, r.bytes_sent),
+                )
+                conn.execute(
+                    "DELETE FROM leases WHERE namespace = ? AND content_hash = ? "
+                    "AND variant = ? AND owner = ?",
+                    (r.namespace, r.content_hash, r.variant, owner),
+                )
+            _put_files(conn, files)
+
+    def release(self, keys: Iterable[Key], owner: str) -> None:
+        params = [(*k, owner) for k in keys]
+        if not params:
+            return
+        with self.write("release upload leases") as conn:
+            conn.executemany(
+                "DELETE FROM leases WHERE namespace = ? AND content_hash = ? "
+                "AND variant = ? AND owner = ?",
+                params,
+            )
+
+    def touch(self, key: Key, now: float) -> None:
+        """Slide the window: ``last_used_at = now`` unless it is already later."""
+        with self.write("record a use") as conn:
+            conn.execute(
+                "UPDATE assets SET last_used_at = ? WHERE namespace = ? AND content_hash = ? "
+                "AND variant = ? AND last_used_at < ?",
+                (now, *key, now),
+            )
+
+    def add_counters(self, namespace: str, counts: dict[str, int]) -> None:
+        items = [(namespace, name, n) for name, n in counts.items() if n]
+        if not items:
+            return
+        with self.write("update counters") as conn:
+            conn.executemany(
+                "INSERT INTO counters (namespace, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (namespace, name) DO UPDATE SET value = value + excluded.value",
+                items,
+            )
+
+    def counters(self, namespace: str | None = None) -> dict[str, int]:
+        if namespace is None:
+            rows = self.read("SELECT name, SUM(value) FROM counters GROUP BY name")
+        else:
+            rows = self.read(
+                "SELECT name, value FROM counters WHERE namespace = ?", (namespace,)
+            )
+        return {name: int(value) for name, value in rows}
+
+    def delete_assets(self, keys: Iterable[Key]) -> int:
+        params = list(keys)
+        with self.write("forget entries") as conn:
+            cur = conn.executemany(
+                "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ?",
+                params,
+            )
+            return cur.rowcount
+
+
+def _file_row(row: Sequence[Any]) -> FileRow:
+    return FileRow(os.fsdecode(row[0]), *row[1:])
+
+
+def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO files (path, dev, ino, size, mtime_ns, ctime_ns, content_hash, "
+        "format, hashed_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (path_key(r.path), r.dev, r.ino, r.size, r.mtime_ns, r.ctime_ns, r.content_hash,
+             r.format, r.hashed_at_ns)
+            for r in rows
+        ],
+    )
+
+
+def default_db_path() -> Path:
+    """``$ASSETCACHE_DB``, else ``<user cache dir>/assetcache/cache.db``."""
+    env = os.environ.get("ASSETCACHE_DB")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("assetcache", appauthor=False)) / "cache.db"
