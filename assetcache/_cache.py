@@ -44,6 +44,8 @@ from ._errors import (
     UnsupportedFormat,
 )
 from ._formats import DECLARED, MEDIA_TYPES, FormatCheck
+from ._lifecycle import LifecycleMixin
+from ._maintenance import MaintenanceMixin
 from ._protocol import (
     Payload,
     Task,
@@ -792,7 +794,7 @@ def _os_error(label: str, exc: OSError, path: str | None = None) -> SourceError:
     return SourceError(label, f"cannot be read: {exc.strerror or exc}")
 
 
-class _CacheBase:
+class _CacheBase(MaintenanceMixin, LifecycleMixin):
     """Construction and the non-I/O surface shared by both twins."""
 
     def __init__(

@@ -1,0 +1,46 @@
+"""Shared fixtures: an emulator on 127.0.0.1, a cache bound to it, a clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import API_KEY
+
+from assetcache import AssetCache, RetryPolicy
+from assetcache.emulator import Emulator
+
+#: Retries without real waiting: backoff is tested as a pure function.
+FAST_RETRY = RetryPolicy(attempts=8, base_delay=0.0005, max_delay=0.002, timeout=10.0)
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    with Emulator(api_key=API_KEY) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def make_cache(emu: Emulator, tmp_path: Path) -> Iterator[Callable[..., AssetCache]]:
+    """``make_cache(**overrides)``: an AssetCache on the emulator, sharing its clock."""
+    opened: list[AssetCache] = []
+
+    def make(**kwargs: Any) -> AssetCache:
+        kwargs.setdefault("base_url", emu.base_url)
+        kwargs.setdefault("db_path", tmp_path / "cache.db")
+        kwargs.setdefault("clock", emu.clock)
+        kwargs.setdefault("retry", FAST_RETRY)
+        cache = AssetCache(kwargs.pop("api_key", API_KEY), **kwargs)
+        opened.append(cache)
+        return cache
+
+    yield make
+    for cache in opened:
+        cache.close()
+
+
+@pytest.fixture
+def cache(make_cache: Callable[..., AssetCache]) -> AssetCache:
+    return make_cache()

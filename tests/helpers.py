@@ -1,0 +1,60 @@
+"""Test images built by hand (no Pillow needed) and small utilities."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+API_KEY = "test-key-7f3a9c-SECRET-do-not-log"
+
+
+def make_png(seed: int = 0, width: int = 4, height: int = 4) -> bytes:
+    """A valid RGB PNG whose pixels depend on ``seed`` (distinct seeds, distinct bytes)."""
+    rows = b"".join(
+        b"\x00" + bytes(((seed * 7919 + y * 31 + x * 17) % 256) for x in range(width * 3))
+        for y in range(height)
+    )
+    tag = struct.pack(">I", seed & 0xFFFFFFFF)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"tEXt", b"seed\x00" + tag.hex().encode())
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def make_gif(seed: int = 0) -> bytes:
+    """A 1x1 GIF89a."""
+    color = bytes([seed % 256, (seed * 3) % 256, (seed * 7) % 256])
+    return (
+        b"GIF89a" + struct.pack("<HH", 1, 1) + b"\x80\x00\x00" + color + b"\x00\x00\x00"
+        + b"\x2c" + struct.pack("<HHHH", 0, 0, 1, 1) + b"\x00"
+        + b"\x02\x02\x44\x01\x00" + b"\x3b"
+    )
+
+
+def make_bmp(seed: int = 0, width: int = 2, height: int = 2) -> bytes:
+    """A 24-bit BMP."""
+    row = bytes(((seed + i) % 256) for i in range(width * 3))
+    row += b"\x00" * (-len(row) % 4)
+    pixels = row * height
+    header_size = 14 + 40
+    dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", header_size + len(pixels), 0, 0, header_size) + dib + pixels
+
+
+def make_jpeg() -> bytes:
+    """A small real JPEG (needs Pillow)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
