@@ -8,8 +8,8 @@ classified by rules that cannot mistake one kind for another:
 2. ``scheme://`` starts a URL; only http and https are accepted.
 3. A string made only of base64 characters that either starts like a
    base64-encoded image (``iVBORw0KGgo`` PNG, ``/9j/`` JPEG, ``R0lGOD`` GIF,
-   ``UklGR`` WEBP, ``Qk`` BMP) or is longer than any plausible path, and is not
-   an existing file, is base64.
+   ``UklGR`` WEBP, ``Qk`` BMP) and is at least 32 characters long, or is
+   longer than 1 KiB, and is not an existing file, is base64.
 4. Anything else is a path. ``Source.path/.base64/.url(...)`` skip the guess.
 
 URLs are keyed by the URL text (normalised scheme and host), not by fetched
@@ -36,6 +36,9 @@ _B64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s]+$")
 _B64_IMAGE_PREFIXES = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "Qk")
 #: Longer than PATH_MAX-ish names people use: such a base64-only string is data.
 _B64_MIN_UNPREFIXED = 1024
+#: The smallest valid image (a 1x1 GIF, 26+ bytes) encodes to more than this;
+#: shorter strings are file names even when they start like encoded images.
+_B64_MIN_PREFIXED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,9 @@ def _looks_base64(text: str) -> bool:
     stripped = text.strip()
     if not stripped or not _B64_CHARS.match(stripped):
         return False
-    return stripped.startswith(_B64_IMAGE_PREFIXES) or len(stripped) >= _B64_MIN_UNPREFIXED
+    if len(stripped) >= _B64_MIN_UNPREFIXED:
+        return True
+    return len(stripped) >= _B64_MIN_PREFIXED and stripped.startswith(_B64_IMAGE_PREFIXES)
 
 
 def _exists(text: str) -> bool:

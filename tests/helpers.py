@@ -58,3 +58,22 @@ def make_jpeg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def use_on_server(base_url: str, image_uuid: str, api_key: str = API_KEY) -> dict:
+    """Use an image in a consuming task (imageInference with seedImage), as an app would."""
+    import uuid
+
+    import httpx
+
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": str(uuid.uuid4()),
+        "seedImage": image_uuid,
+        "positivePrompt": "a test",
+        "model": "runware:100@1",
+        "width": 512,
+        "height": 512,
+    }
+    resp = httpx.post(base_url, json=[task], headers={"Authorization": f"Bearer {api_key}"})
+    return resp.json()
