@@ -1,0 +1,99 @@
+"""A local emulator of Runware's REST upload API, for tests and offline runs.
+
+It plays the server: it imports nothing from the client half of ``assetcache``
+(only the standard library), so a shared bug cannot make both sides agree.
+
+Usage::
+
+    from assetcache.emulator import Emulator
+
+    with Emulator(api_key="k") as emu:        # real HTTP on 127.0.0.1, free port
+        client = SomeClient(base_url=emu.base_url, api_key="k")
+        uuid = client.upload(png_bytes)
+        assert emu.holds(uuid) and emu.upload_count == 1
+        emu.advance(days=31)                  # 30-day retention after last use
+        assert not emu.holds(uuid)
+
+Command line (blocks until SIGINT/SIGTERM)::
+
+    python -m assetcache.emulator --port 8765 --api-key-env RUNWARE_API_KEY \\
+        --state /tmp/emu.json --latency 0.05 --fault-rate 0.3
+
+It prints ``listening on http://127.0.0.1:8765/v1``. If the ``--api-key-env``
+variable (default RUNWARE_API_KEY) is set, only that key is accepted;
+otherwise any non-empty key is.
+
+Protocol (``POST <path>``, default ``/v1``; a JSON array of tasks)
+--------------------------------------------------------------------
+* Auth: ``Authorization: Bearer <key>`` or a leading
+  ``{"taskType": "authentication", "apiKey": ...}`` task. Failure: HTTP 401
+  with error ``invalidApiKey`` (the key is never echoed).
+* Every task needs ``taskType`` and a UUID v4 ``taskUUID``; a taskUUID already
+  *accepted* gives ``conflictTaskUUID`` (rejected or never-processed tasks do
+  not claim theirs; ``getResponse`` and ``ping`` are exempt). So a retry after
+  a ``drop_after`` fault that reuses its taskUUIDs meets a conflict.
+* ``imageUpload`` (``image``) and ``mediaStorage`` ``upload`` (``media``) take a
+  data URI, bare base64 or an http(s) URL (stored unfetched, format ``"url"``).
+  Formats are sniffed from magic bytes: JPEG, PNG, WEBP, BMP, GIF; anything
+  else, or a data URI whose declared image type contradicts the bytes, is
+  ``invalidImage`` / ``invalidMedia``. (``application/octet-stream`` declares
+  nothing and is sniffed, as the runware SDK's ``file_to_data_uri`` sends it.)
+* ``mediaStorage`` ``delete`` with ``media=<uuid>``; unknown gives ``invalidMedia``.
+* Consuming tasks ``imageInference`` (``seedImage``, ``maskImage``, each of
+  ``referenceImages``), ``upscale``/``imageUpscale`` and
+  ``removeBackground``/``imageBackgroundRemoval`` (``inputImage``), also under
+  ``inputs.<field>``: a UUID that is not held gives ``invalid<Field>``; an
+  accepted task refreshes ``last_used_at`` of every image it names. With
+  ``"deliveryMethod": "async"`` the answer is an acknowledgement and the
+  results come from ``getResponse`` (what the runware SDK's ``run()`` does).
+  Generated images are not stored, so they cannot be reused as inputs.
+* ``ping`` answers ``{"taskType": "ping", "pong": true}``.
+* Retention: an image is gone once ``clock() >= last_used_at + retention``.
+* Tasks succeed or fail independently: all failed means HTTP 400 with
+  ``{"errors": [...], "data": []}``; otherwise 200 with ``data`` (and
+  ``errors`` if any). ``response_shape="object"`` sends a lone result bare.
+
+Control endpoints (no auth; for scripts driving an emulator in another process)
+--------------------------------------------------------------------------------
+* ``GET /_emulator/stats``: counters (``upload_count``, ``request_count``,
+  ``task_count``, ``fault_count``, ``delete_count``, ``inference_count``,
+  ``bytes_received``), ``clock``, ``images_held``, ``uploads_by_sha256``.
+* ``POST /_emulator/advance`` with ``{"seconds": N}`` (``hours``/``days`` too):
+  moves the clock; answers ``{"clock": <new now>}``.
+* ``GET /images/<uuid>.<ext>``: the stored bytes, when ``keep_bytes`` is on.
+
+Faults (per request, never per task)
+------------------------------------
+Taken first from the :meth:`Emulator.fail_next` FIFO, else with probability
+``fault_rate`` from ``fault_kinds`` (seeded by ``seed``): ``"500"``,
+``"503"``, ``"429"`` (``Retry-After: <retry_after>``), ``"drop"`` (hang up
+after reading the body), ``"drop_after"`` (process and store, then hang up),
+``"slow"`` (sleep ``slow_seconds`` first), ``"nonjson"``, ``"empty"``
+(``{"data": []}``), ``"no_uuid"`` / ``"bad_uuid"`` (results without / with a
+malformed imageUUID; nothing stored), ``"foreign_task"`` (stored, but results
+carry a random taskUUID). Only ``drop_after`` and ``foreign_task`` (and
+``slow``) store anything.
+
+State
+-----
+``state_path`` loads stored-image metadata and the clock at construction and
+rewrites the file atomically after every change, so consecutive processes see
+one coherent server; the file's clock takes precedence over ``start_time``.
+Image bytes, counters, seen taskUUIDs and pending async results are
+per-process. Two processes sharing one state file at the same time are not
+supported (the last writer wins).
+"""
+
+from ._emulator import Emulator, ResponseShape
+from ._engine import StoredImage
+from ._faults import FAULT_KINDS, TRANSIENT_FAULTS
+from ._main import main
+
+__all__ = [
+    "FAULT_KINDS",
+    "TRANSIENT_FAULTS",
+    "Emulator",
+    "ResponseShape",
+    "StoredImage",
+    "main",
+]

@@ -1,0 +1,428 @@
+"""The public :class:`Emulator`: configuration, auth, faults and lifecycle."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Collection, Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from ._clock import Clock
+from ._engine import Counters, Engine, Json, StoredImage, error_item
+from ._faults import NOT_PROCESSED, TRANSIENT_FAULTS, FaultPlan
+from ._http import Reply, Server
+
+ResponseShape = Literal["list", "object"]
+
+_FAULT_STATUS: dict[str, tuple[int, str, str]] = {
+    "500": (500, "internalServerError", "Internal server error (injected by the emulator)."),
+    "503": (503, "serviceUnavailable", "Service temporarily unavailable (injected)."),
+    "429": (429, "rateLimitExceeded", "Too many requests (injected by the emulator)."),
+}
+
+_IMAGE_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "gif": "image/gif",
+}
+
+
+class Emulator:
+    """A local, in-process stand-in for Runware's REST upload API.
+
+    Example::
+
+        with Emulator(api_key="k") as emu:
+            httpx.post(emu.base_url, headers={"Authorization": "Bearer k"},
+                       json=[{"taskType": "imageUpload", "taskUUID": str(uuid4()),
+                              "image": data_uri}])
+            emu.advance(days=31)          # the upload has now expired
+            assert emu.upload_count == 1
+
+    ``api_key`` is one accepted key, a collection of them, or None to accept
+    any non-empty key. See the package docstring for every other option.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | Collection[str] | None = "k",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/v1",
+        retention: timedelta = timedelta(days=30),
+        response_shape: ResponseShape = "list",
+        latency: float = 0.0,
+        fault_rate: float = 0.0,
+        fault_kinds: Iterable[str] = TRANSIENT_FAULTS,
+        seed: int | None = None,
+        retry_after: int = 0,
+        slow_seconds: float = 2.0,
+        start_time: float | None = None,
+        frozen: bool = False,
+        state_path: str | Path | None = None,
+        keep_bytes: bool = True,
+    ) -> None:
+        if isinstance(api_key, str):
+            api_key = {api_key}
+        self._api_keys: frozenset[str] | None = None if api_key is None else frozenset(api_key)
+        self.host = host
+        self.port = port
+        self.path = "/" + path.strip("/") if path.strip("/") else "/"
+        self.retry_after = retry_after
+        self.slow_seconds = slow_seconds
+        self._faults = FaultPlan(fault_rate, fault_kinds, seed)
+        self.set_response_shape(response_shape)
+        self.set_latency(latency)
+        self._engine = Engine(
+            retention_s=retention.total_seconds(),
+            keep_bytes=keep_bytes,
+            clock=Clock(start_time=start_time, frozen=frozen),
+            url_root=self._url_root,
+            state_path=Path(state_path) if state_path is not None else None,
+        )
+        self._lock = self._engine.lock
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self) -> Emulator:
+        """Bind (port 0 picks a free port) and serve on a background thread."""
+        if self._server is not None:
+            return self
+        self._server = Server((self.host, self.port), self)
+        self.port = self._server.server_address[1]
+        self._stopped.clear()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            # stop() waits up to one poll interval; tests start and stop a lot.
+            kwargs={"poll_interval": 0.01},
+            name=f"runware-emulator:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open connections; idempotent. State is kept."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Start if needed and block until stop() or Ctrl-C (KeyboardInterrupt)."""
+        self.start()
+        try:
+            self._stopped.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """The API endpoint, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return self._url_root() + ("" if self.path == "/" else self.path)
+
+    def _url_root(self) -> str:
+        if self._server is None and self.port == 0:
+            raise RuntimeError("the emulator is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # ----------------------------------------------------------------- clock
+
+    def clock(self) -> float:
+        """The emulator's current time in epoch seconds."""
+        return self._engine.clock.now()
+
+    def advance(self, *, seconds: float = 0, hours: float = 0, days: float = 0) -> float:
+        """Move the emulator clock forward by the sum given; returns the new time."""
+        with self._lock:
+            self._engine.clock.advance(seconds + 3600 * hours + 86400 * days)
+            self._engine.mark_dirty()
+            self._engine.save_if_dirty()
+            return self._engine.clock.now()
+
+    # ---------------------------------------------------------------- images
+
+    def holds(self, image_uuid: str) -> bool:
+        """Whether the image is stored and not expired at the emulator's now."""
+        with self._lock:
+            return self._engine.live(image_uuid) is not None
+
+    def image(self, image_uuid: str) -> StoredImage | None:
+        """The held image's record, or None if unknown, deleted or expired."""
+        with self._lock:
+            return self._engine.live(image_uuid)
+
+    def images(self) -> list[StoredImage]:
+        """Every image still held, oldest upload first."""
+        with self._lock:
+            return self._engine.live_images()
+
+    def delete(self, image_uuid: str) -> bool:
+        """Simulate Runware deleting an image on its own; False if it was not held."""
+        with self._lock:
+            removed = self._engine.remove(image_uuid)
+            self._engine.save_if_dirty()
+            return removed
+
+    # -------------------------------------------------------------- counters
+
+    @property
+    def upload_count(self) -> int:
+        """Uploads stored (imageUpload + mediaStorage upload), faulted ones included."""
+        return self._engine.counters.upload_count
+
+    @property
+    def request_count(self) -> int:
+        """POSTs received on the API path, faulted ones included."""
+        return self._engine.counters.request_count
+
+    @property
+    def task_count(self) -> int:
+        """Task objects processed (authentication tasks and unprocessed faults excluded)."""
+        return self._engine.counters.task_count
+
+    @property
+    def fault_count(self) -> int:
+        """Requests that had a fault injected."""
+        return self._engine.counters.fault_count
+
+    @property
+    def delete_count(self) -> int:
+        """Successful mediaStorage delete tasks (delete() is not counted)."""
+        return self._engine.counters.delete_count
+
+    @property
+    def inference_count(self) -> int:
+        """Accepted consuming tasks (imageInference, upscale, removeBackground)."""
+        return self._engine.counters.inference_count
+
+    @property
+    def bytes_received(self) -> int:
+        """Request body bytes received on the API path."""
+        return self._engine.counters.bytes_received
+
+    def uploads_by_sha256(self) -> Counter[str]:
+        """How many times each content digest was uploaded (URL uploads: digest of the URL)."""
+        with self._lock:
+            return Counter(self._engine.uploads_by_sha256)
+
+    def reset_counters(self) -> None:
+        """Zero every counter; stored images and the clock are untouched."""
+        with self._lock:
+            self._engine.counters = Counters()
+            self._engine.uploads_by_sha256.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, clock and held-image count, as served by GET /_emulator/stats."""
+        with self._lock:
+            counters = vars(self._engine.counters).copy()
+            return {
+                **counters,
+                "clock": self.clock(),
+                "images_held": len(self._engine.live_images()),
+                "uploads_by_sha256": dict(self._engine.uploads_by_sha256),
+            }
+
+    # ------------------------------------------------------------ behaviour
+
+    def set_faults(
+        self,
+        *,
+        rate: float | None = None,
+        kinds: Iterable[str] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Change random fault injection; arguments left out keep their value."""
+        with self._lock:
+            self._faults.configure(rate=rate, kinds=kinds, seed=seed)
+
+    def fail_next(self, *kinds: str) -> None:
+        """Inject these faults on the next requests, one each, before random faults."""
+        with self._lock:
+            self._faults.queue(*kinds)
+
+    def set_response_shape(self, shape: ResponseShape) -> None:
+        """Choose "list" (data is always a list) or "object" (a lone result is sent bare)."""
+        if shape not in ("list", "object"):
+            raise ValueError("response_shape must be 'list' or 'object'")
+        self.response_shape: ResponseShape = shape
+
+    def set_latency(self, seconds: float) -> None:
+        """Seconds slept before answering each API request."""
+        if seconds < 0:
+            raise ValueError("latency must be >= 0")
+        self.latency = float(seconds)
+
+    # ------------------------------------------------------- request handling
+
+    @staticmethod
+    def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+        """A JSON response for the HTTP layer."""
+        return Reply(status=status, body=json.dumps(payload).encode(), headers=headers or {})
+
+    def handle_api(self, body: bytes, authorization: str | None) -> Reply:
+        """Answer one POST to the API path (called by the HTTP layer's threads)."""
+        with self._lock:
+            counters = self._engine.counters
+            counters.request_count += 1
+            counters.bytes_received += len(body)
+            fault = self._faults.pick()
+            if fault is not None:
+                counters.fault_count += 1
+        delay = self.latency + (self.slow_seconds if fault == "slow" else 0.0)
+        if delay:
+            time.sleep(delay)  # outside the lock: slow requests must not serialise others
+        if fault in NOT_PROCESSED:
+            return self._unprocessed_fault(fault, body)
+        status, envelope = self._process(body, authorization)
+        if fault == "drop_after":
+            return Reply(drop=True)
+        if fault == "foreign_task":
+            for item in self._items(envelope):
+                item["taskUUID"] = str(uuid.uuid4())
+        return self.json_reply(status, envelope)
+
+    def _process(self, body: bytes, authorization: str | None) -> tuple[int, Json]:
+        try:
+            tasks = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            tasks = None
+        if not isinstance(tasks, list) or not tasks:
+            return 400, {
+                "errors": [
+                    error_item(
+                        "invalidPayload",
+                        "The request body must be a non-empty JSON array of task objects.",
+                        None,
+                        None,
+                        None,
+                    )
+                ],
+                "data": [],
+            }
+        key, tasks = self._split_auth(tasks, authorization)
+        if not self._key_ok(key):
+            first = tasks[0] if tasks and isinstance(tasks[0], dict) else {}
+            task_uuid = first.get("taskUUID")
+            return 401, {
+                "errors": [
+                    error_item(
+                        "invalidApiKey",
+                        # Never echo the key: responses end up in logs.
+                        "Invalid API key. Get a valid one at https://my.runware.ai/keys.",
+                        "apiKey",
+                        "authentication",
+                        task_uuid if isinstance(task_uuid, str) else None,
+                    )
+                ],
+                "data": [],
+            }
+        with self._lock:
+            data, errors = self._engine.run(tasks)
+            self._engine.save_if_dirty()
+        envelope: Json = {"data": data}
+        if errors:
+            envelope["errors"] = errors
+        if self.response_shape == "object" and len(data) == 1:
+            envelope["data"] = data[0]
+        status = 400 if errors and not data else 200
+        return status, envelope
+
+    @staticmethod
+    def _split_auth(tasks: list[Any], authorization: str | None) -> tuple[str | None, list[Any]]:
+        """The presented key (header first, else a leading authentication task)."""
+        rest = [
+            t for t in tasks if not (isinstance(t, dict) and t.get("taskType") == "authentication")
+        ]
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            return (token.strip() if scheme.lower() == "bearer" else None), rest
+        first = tasks[0]
+        if isinstance(first, dict) and first.get("taskType") == "authentication":
+            key = first.get("apiKey")
+            return (key if isinstance(key, str) else None), rest
+        return None, rest
+
+    def _key_ok(self, key: str | None) -> bool:
+        if not key:
+            return False
+        return self._api_keys is None or key in self._api_keys
+
+    @staticmethod
+    def _items(envelope: Json) -> list[Json]:
+        data = envelope.get("data")
+        return [data] if isinstance(data, dict) else list(data or [])
+
+    def _unprocessed_fault(self, fault: str, body: bytes) -> Reply:
+        if fault == "drop":
+            return Reply(drop=True)
+        if fault in _FAULT_STATUS:
+            status, code, message = _FAULT_STATUS[fault]
+            headers = {"Retry-After": str(self.retry_after)} if fault == "429" else {}
+            payload = {"errors": [error_item(code, message, None, None, None)], "data": []}
+            return self.json_reply(status, payload, headers)
+        if fault == "nonjson":
+            return Reply(
+                body=b"<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+            )
+        if fault == "empty":
+            return self.json_reply(200, {"data": []})
+        # no_uuid / bad_uuid: plausible-looking results for tasks never processed.
+        try:
+            tasks = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            tasks = []
+        data = []
+        for task in tasks if isinstance(tasks, list) else []:
+            if not isinstance(task, dict) or task.get("taskType") == "authentication":
+                continue
+            item: Json = {"taskType": task.get("taskType"), "taskUUID": task.get("taskUUID")}
+            if fault == "bad_uuid":
+                item["mediaUUID" if task.get("taskType") == "mediaStorage" else "imageUUID"] = (
+                    "not-a-uuid"
+                )
+            data.append(item)
+        return self.json_reply(200, {"data": data})
+
+    def handle_advance(self, body: bytes) -> Reply:
+        """POST /_emulator/advance {"seconds": N} (also "hours", "days")."""
+        try:
+            spec = json.loads(body or b"{}")
+            amounts = {k: float(spec.get(k, 0)) for k in ("seconds", "hours", "days")}
+            now = self.advance(**amounts)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return self.json_reply(400, {"error": f"bad advance request: {exc}"})
+        return self.json_reply(200, {"clock": now})
+
+    def handle_image_get(self, name: str) -> Reply:
+        """GET /images/<uuid>[.ext]: the stored bytes, when kept."""
+        record = self.image(name.split(".", 1)[0])
+        if record is None or record.data is None:
+            return self.json_reply(404, {"error": "no such image"})
+        return Reply(body=record.data, content_type=_IMAGE_TYPES[record.format])

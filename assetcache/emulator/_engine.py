@@ -1,0 +1,461 @@
+"""Stored images, counters and the per-task semantics of the emulated API.
+
+Nothing here knows about HTTP; :class:`Engine.run` takes the decoded task list
+of one request and returns the ``data`` items and ``errors`` to answer with.
+Callers hold :attr:`Engine.lock` around every call.
+
+    >>> engine = Engine(retention_s=30 * 86400, keep_bytes=False, clock=Clock(frozen=True),
+    ...                 url_root=lambda: "http://127.0.0.1:1")
+    >>> data, errors = engine.run([{"taskType": "ping"}])
+    >>> data
+    [{'taskType': 'ping', 'pong': True}]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ._clock import Clock
+from ._media import EXTENSIONS, MediaError, decode
+
+Json = dict[str, Any]
+
+# Any UUID-shaped string names a stored image; taskUUIDs must be version 4.
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_UUID4_RE = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I
+)
+
+_DOCS = "https://runware.ai/docs/en"
+_DOC_PAGES: dict[str, str] = {
+    "authentication": "getting-started/how-to-connect",
+    "imageUpload": "utilities/image-upload",
+    "mediaStorage": "utilities/media-storage",
+    "imageInference": "image-inference/api-reference",
+    "upscale": "utilities/image-upscaling",
+    "imageUpscale": "utilities/image-upscaling",
+    "removeBackground": "utilities/image-background-removal",
+    "imageBackgroundRemoval": "utilities/image-background-removal",
+    "getResponse": "utilities/task-responses",
+}
+
+# Consuming tasks: which fields may reference a stored image. The first entry
+# is required for the task to make sense (None: no required image).
+_IMAGE_FIELDS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "imageInference": (None, ("seedImage", "maskImage", "referenceImages")),
+    "upscale": ("inputImage", ("inputImage",)),
+    "imageUpscale": ("inputImage", ("inputImage",)),
+    "removeBackground": ("inputImage", ("inputImage",)),
+    "imageBackgroundRemoval": ("inputImage", ("inputImage",)),
+}
+
+_MAX_RESULTS = 20
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One image held by the emulated server (a snapshot; mutating it changes nothing).
+
+    ``data`` is None when ``keep_bytes=False``, for URL uploads (never fetched)
+    and for images loaded from a state file (bytes are not persisted).
+    """
+
+    uuid: str
+    format: str
+    size: int
+    sha256: str
+    uploaded_at: float
+    last_used_at: float
+    data: bytes | None = None
+    source_url: str | None = None
+
+
+@dataclass
+class Counters:
+    """Activity since start (or the last reset); see the package docstring for meanings."""
+
+    upload_count: int = 0
+    request_count: int = 0
+    task_count: int = 0
+    fault_count: int = 0
+    delete_count: int = 0
+    inference_count: int = 0
+    bytes_received: int = 0
+
+
+class TaskError(Exception):
+    """A task-level failure, reported in ``errors`` while other tasks may succeed."""
+
+    def __init__(self, code: str, message: str, parameter: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.parameter = code, message, parameter
+
+
+def error_item(
+    code: str,
+    message: str,
+    parameter: str | None,
+    task_type: str | None,
+    task_uuid: str | None,
+) -> Json:
+    """An entry of the ``errors`` array, in the shape the real API uses."""
+    page = _DOC_PAGES.get(task_type or "", "getting-started/introduction")
+    anchor = f"#request-{parameter.lower()}" if parameter else ""
+    return {
+        "code": code,
+        "message": message,
+        "parameter": parameter,
+        "taskType": task_type,
+        "taskUUID": task_uuid,
+        "documentation": f"{_DOCS}/{page}{anchor}",
+    }
+
+
+def _invalid_reference(param: str) -> str:
+    # Wording follows Runware's: a cached UUID that expired looks like bad input.
+    return (
+        f"Invalid value for {param} parameter. This parameter must be a UUID v4 string "
+        "of a previously uploaded or generated image, a public URL, a data URI or a "
+        "base64 encoded image."
+    )
+
+
+class Engine:
+    """Image store + task processing for one emulated server."""
+
+    def __init__(
+        self,
+        *,
+        retention_s: float,
+        keep_bytes: bool,
+        clock: Clock,
+        url_root: Callable[[], str],
+        state_path: Path | None = None,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.retention_s = retention_s
+        self.keep_bytes = keep_bytes
+        self.clock = clock
+        self.state_path = state_path
+        self.counters = Counters()
+        self.uploads_by_sha256: Counter[str] = Counter()
+        self._url_root = url_root
+        self._images: dict[str, StoredImage] = {}
+        self._seen_tasks: set[str] = set()
+        # Results of deliveryMethod="async" tasks, handed out by getResponse.
+        self._pending: dict[str, list[Json]] = {}
+        self._dirty = False
+        if state_path is not None and state_path.exists():
+            self._load(state_path)
+
+    # ------------------------------------------------------------------ store
+
+    def live(self, image_uuid: str) -> StoredImage | None:
+        """The stored image if it has not expired; expired ones are purged here."""
+        key = image_uuid.lower()
+        record = self._images.get(key)
+        if record is None:
+            return None
+        if self.clock.now() >= record.last_used_at + self.retention_s:
+            del self._images[key]
+            self._dirty = True
+            return None
+        return record
+
+    def live_images(self) -> list[StoredImage]:
+        """Every image still held, oldest upload first."""
+        held = [r for r in list(self._images.values()) if self.live(r.uuid) is not None]
+        return sorted(held, key=lambda r: r.uploaded_at)
+
+    def remove(self, image_uuid: str) -> bool:
+        """Delete an image; False if it was not (or no longer) held."""
+        if self.live(image_uuid) is None:
+            return False
+        del self._images[image_uuid.lower()]
+        self._dirty = True
+        return True
+
+    def _store(self, value: object) -> StoredImage:
+        media = decode(value)
+        now = self.clock.now()
+        record = StoredImage(
+            uuid=str(uuid.uuid4()),
+            format=media.format,
+            size=media.size,
+            sha256=media.sha256,
+            uploaded_at=now,
+            last_used_at=now,
+            data=media.data if self.keep_bytes else None,
+            source_url=media.source_url,
+        )
+        self._images[record.uuid] = record
+        self.counters.upload_count += 1
+        self.uploads_by_sha256[record.sha256] += 1
+        self._dirty = True
+        return record
+
+    def image_url(self, record: StoredImage) -> str:
+        """Where GET serves the bytes; URL uploads get no extension (format unknown)."""
+        ext = EXTENSIONS.get(record.format)
+        suffix = f".{ext}" if ext else ""
+        return f"{self._url_root()}/images/{record.uuid}{suffix}"
+
+    # ------------------------------------------------------------ persistence
+
+    def save_if_dirty(self) -> None:
+        """Write the state file atomically if anything persistent changed."""
+        if self.state_path is None or not self._dirty:
+            return
+        images = []
+        for record in self._images.values():
+            row = asdict(record)
+            del row["data"]  # bytes stay in memory; metadata is what later runs need
+            images.append(row)
+        state = {"version": _STATE_VERSION, "clock": self.clock.snapshot(), "images": images}
+        directory = self.state_path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        # Write a sibling temp file then rename: a reader (or a crash) never
+        # sees a half-written state file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.state_path.name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(state, fh)
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._dirty = False
+
+    def mark_dirty(self) -> None:
+        """Force the next save_if_dirty to write (e.g. after the clock moved)."""
+        self._dirty = True
+
+    def _load(self, path: Path) -> None:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"{path}: unsupported emulator state version {state.get('version')}")
+        self.clock.restore(state["clock"])
+        known = {f.name for f in fields(StoredImage)}
+        for row in state["images"]:
+            record = StoredImage(**{k: v for k, v in row.items() if k in known})
+            self._images[record.uuid] = record
+
+    # ------------------------------------------------------------------ tasks
+
+    def run(self, tasks: list[Any]) -> tuple[list[Json], list[Json]]:
+        """Process one request's tasks independently; return (data, errors)."""
+        data: list[Json] = []
+        errors: list[Json] = []
+        for task in tasks:
+            self.counters.task_count += 1
+            task_type = task.get("taskType") if isinstance(task, dict) else None
+            task_uuid = task.get("taskUUID") if isinstance(task, dict) else None
+            try:
+                data.extend(self._run_one(task))
+            except TaskError as exc:
+                errors.append(
+                    error_item(
+                        exc.code,
+                        exc.message,
+                        exc.parameter,
+                        task_type if isinstance(task_type, str) else None,
+                        task_uuid if isinstance(task_uuid, str) else None,
+                    )
+                )
+        return data, errors
+
+    def _run_one(self, task: Any) -> list[Json]:
+        if not isinstance(task, dict):
+            raise TaskError("invalidTask", "Each task must be a JSON object.", "taskType")
+        task_type = task.get("taskType")
+        if not isinstance(task_type, str) or not task_type:
+            raise TaskError("missingTaskType", "The taskType parameter is required.", "taskType")
+        if task_type == "ping":
+            item: Json = {"taskType": "ping", "pong": True}
+            if isinstance(task.get("taskUUID"), str):
+                item["taskUUID"] = task["taskUUID"]
+            return [item]
+        if task_type not in _IMAGE_FIELDS and task_type not in (
+            "imageUpload",
+            "mediaStorage",
+            "getResponse",
+        ):
+            raise TaskError(
+                "invalidTaskType",
+                f"Invalid value for taskType parameter: {task_type!r} is not a supported "
+                "task type.",
+                "taskType",
+            )
+        task_uuid = task.get("taskUUID")
+        if task_uuid is None:
+            raise TaskError("missingTaskUUID", "The taskUUID parameter is required.", "taskUUID")
+        if not isinstance(task_uuid, str) or not _UUID4_RE.match(task_uuid):
+            raise TaskError(
+                "invalidTaskUUID",
+                "Invalid value for taskUUID parameter. This parameter must be a UUID v4 string.",
+                "taskUUID",
+            )
+        if task_type == "getResponse":
+            # Polls reuse the taskUUID of the task they ask about, by design.
+            return self._get_response(task_uuid)
+        if task_uuid.lower() in self._seen_tasks:
+            raise TaskError(
+                "conflictTaskUUID",
+                f"A task with taskUUID {task_uuid} was already received. Every task must "
+                "carry a new UUID v4.",
+                "taskUUID",
+            )
+        if task_type == "imageUpload":
+            results = self._image_upload(task, task_uuid)
+        elif task_type == "mediaStorage":
+            results = self._media_storage(task, task_uuid)
+        else:
+            results = self._consume(task, task_type, task_uuid)
+        # Only accepted tasks claim their UUID, so a client may resend a task
+        # that was rejected or never reached processing (e.g. a 503 fault).
+        self._seen_tasks.add(task_uuid.lower())
+        return results
+
+    def _image_upload(self, task: Json, task_uuid: str) -> list[Json]:
+        try:
+            record = self._store(task.get("image"))
+        except MediaError as exc:
+            raise TaskError(
+                "invalidImage", f"Invalid value for image parameter: {exc}.", "image"
+            ) from None
+        return [
+            {
+                "taskType": "imageUpload",
+                "taskUUID": task_uuid,
+                "imageUUID": record.uuid,
+                "imageURL": self.image_url(record),
+            }
+        ]
+
+    def _media_storage(self, task: Json, task_uuid: str) -> list[Json]:
+        operation = task.get("operation")
+        if operation == "upload":
+            try:
+                record = self._store(task.get("media"))
+            except MediaError as exc:
+                raise TaskError(
+                    "invalidMedia", f"Invalid value for media parameter: {exc}.", "media"
+                ) from None
+            return [
+                {
+                    "taskType": "mediaStorage",
+                    "taskUUID": task_uuid,
+                    "operation": "upload",
+                    "mediaUUID": record.uuid,
+                    "mediaURL": self.image_url(record),
+                }
+            ]
+        if operation == "delete":
+            media = task.get("media")
+            if not isinstance(media, str) or not self.remove(media):
+                raise TaskError(
+                    "invalidMedia",
+                    "Invalid value for media parameter. For the delete operation it must be "
+                    "the mediaUUID of stored media that has not expired.",
+                    "media",
+                )
+            self.counters.delete_count += 1
+            return [
+                {
+                    "taskType": "mediaStorage",
+                    "taskUUID": task_uuid,
+                    "operation": "delete",
+                    "mediaUUID": media.lower(),
+                }
+            ]
+        raise TaskError(
+            "invalidOperation",
+            "Invalid value for operation parameter. Allowed values: upload, delete.",
+            "operation",
+        )
+
+    def _consume(self, task: Json, task_type: str, task_uuid: str) -> list[Json]:
+        required, names = _IMAGE_FIELDS[task_type]
+        nested = task.get("inputs")
+        inputs: Json = nested if isinstance(nested, dict) else {}
+        used: list[str] = []
+        for name in names:
+            # Newer API revisions nest media under "inputs"; accept both places.
+            for param, container in ((name, task), (f"inputs.{name}", inputs)):
+                if name in container:
+                    used.extend(self._references(container[name], param, name))
+        if required and required not in task and required not in inputs:
+            raise TaskError(
+                f"invalid{required[0].upper()}{required[1:]}",
+                f"The {required} parameter is required for {task_type}.",
+                required,
+            )
+        count = task.get("numberResults", 1) if task_type == "imageInference" else 1
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_RESULTS:
+            raise TaskError(
+                "invalidNumberResults",
+                f"Invalid value for numberResults parameter. It must be an integer between 1 "
+                f"and {_MAX_RESULTS}.",
+                "numberResults",
+            )
+        # Only a task that is accepted counts as a use and slides the retention window.
+        now = self.clock.now()
+        for image_uuid in used:
+            self._images[image_uuid] = replace(self._images[image_uuid], last_used_at=now)
+            self._dirty = True
+        self.counters.inference_count += 1
+        results = []
+        for _ in range(count):
+            new_uuid = str(uuid.uuid4())
+            results.append(
+                {
+                    "taskType": task_type,
+                    "taskUUID": task_uuid,
+                    "imageUUID": new_uuid,
+                    "imageURL": f"{self._url_root()}/images/{new_uuid}.png",
+                }
+            )
+        if task.get("deliveryMethod") == "async":
+            # Like the real API: acknowledge now, hand results to getResponse.
+            self._pending[task_uuid.lower()] = [{**r, "status": "success"} for r in results]
+            return [{"taskType": task_type, "taskUUID": task_uuid}]
+        return results
+
+    def _references(self, value: object, param: str, name: str) -> list[str]:
+        """UUIDs of stored images referenced by a field; raise if one is not held."""
+        code = f"invalid{name[0].upper()}{name[1:]}"
+        values = value if name == "referenceImages" else [value]
+        if not isinstance(values, list):
+            raise TaskError(code, _invalid_reference(param), param)
+        used = []
+        for entry in values:
+            if not isinstance(entry, str) or not entry:
+                raise TaskError(code, _invalid_reference(param), param)
+            if _UUID_RE.match(entry):
+                if self.live(entry) is None:
+                    raise TaskError(code, _invalid_reference(param), param)
+                used.append(entry.lower())
+            # Anything else is an inline image (URL, data URI, base64): nothing to look up.
+        return used
+
+    def _get_response(self, task_uuid: str) -> list[Json]:
+        results = self._pending.get(task_uuid.lower())
+        if results is None:
+            raise TaskError(
+                "taskFailedOrNotFound",
+                f"No asynchronous task with taskUUID {task_uuid} is known.",
+                "taskUUID",
+            )
+        # Cumulative, like the real endpoint: every poll returns all finished items.
+        return [dict(r) for r in results]
