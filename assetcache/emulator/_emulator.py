@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import threading
 import time
@@ -261,6 +263,11 @@ class Emulator:
         """Change random fault injection; arguments left out keep their value."""
         with self._lock:
             self._faults.configure(rate=rate, kinds=kinds, seed=seed)
+
+    def reject(self, *images: bytes) -> None:
+        """Refuse uploads of exactly these bytes with ``invalidImage`` (undecodable)."""
+        with self._lock:
+            self._engine.rejected_sha256.update(hashlib.sha256(data).hexdigest() for data in images)
 
     def fail_next(self, *kinds: str) -> None:
         """Inject these faults on the next requests, one each, before random faults."""

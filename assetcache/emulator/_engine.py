@@ -145,6 +145,9 @@ class Engine:
     ) -> None:
         self.lock = threading.RLock()
         self.retention_s = retention_s
+        # Content refused although its signature is fine, as the real service
+        # refuses images it cannot decode (tests: server-side rejection).
+        self.rejected_sha256: set[str] = set()
         self.keep_bytes = keep_bytes
         self.clock = clock
         self.state_path = state_path
@@ -188,6 +191,8 @@ class Engine:
 
     def _store(self, value: object) -> StoredImage:
         media = decode(value)
+        if media.sha256 in self.rejected_sha256:
+            raise MediaError("the image could not be decoded")
         now = self.clock.now()
         record = StoredImage(
             uuid=str(uuid.uuid4()),

@@ -1,0 +1,147 @@
+"""Cold and warm batches against a naive one-image-per-request loop.
+
+    python scripts/bench_upload.py [--images 1000] [--latency 0.05]
+
+1,000 distinct ~20 KB PNGs; the emulator (a separate process on 127.0.0.1)
+waits 50 ms before each answer, like a network round trip. Measured in one
+run: (a) a sequential loop posting one image per request with httpx, the way
+today's SDKs work; (b) ``resolve_many`` on a cold cache; (c) the same call on
+the warm cache. Prints ``RATIO`` lines and exits 1 when a target is missed:
+(b) at least 20x faster than (a), (c) at least 1,000x faster than (a), and
+the emulator receives exactly N uploads in (b) and none in (c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import httpx
+
+from assetcache import AssetCache
+
+KEY = "bench-key"
+
+
+def noisy_png(seed: int, side: int = 80) -> bytes:
+    """A PNG of about 20 KB that does not compress (random pixels)."""
+    rng = __import__("random").Random(seed)
+    rows = b"".join(b"\x00" + rng.randbytes(side * 3) for _ in range(side))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 1)) + chunk(b"IEND", b"")
+
+
+def start_emulator(latency: float) -> tuple[subprocess.Popen[str], str]:
+    env = dict(os.environ, RUNWARE_API_KEY=KEY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assetcache.emulator", "--port", "0", "--latency", str(latency)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"emulator did not start: {line!r}")
+    return proc, line.removeprefix("listening on ")
+
+
+def uploads(url: str) -> int:
+    stats = httpx.get(url.rsplit("/", 1)[0] + "/_emulator/stats").json()
+    return int(stats["upload_count"])
+
+
+def naive(url: str, files: list[Path]) -> list[str]:
+    """What the SDKs do: one request per image, one after another."""
+    out = []
+    with httpx.Client(timeout=60) as client:
+        for path in files:
+            data = path.read_bytes()
+            task = {"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()),
+                    "image": "data:image/png;base64," + base64.b64encode(data).decode()}
+            resp = client.post(url, json=[task], headers={"Authorization": f"Bearer {KEY}"})
+            out.append(resp.json()["data"][0]["imageUUID"])
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--latency", type=float, default=0.05)
+    args = parser.parse_args()
+
+    proc, url = start_emulator(args.latency)
+    failures = 0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp, "images")
+            folder.mkdir()
+            files = []
+            for i in range(args.images):
+                path = folder / f"img{i:05d}.png"
+                path.write_bytes(noisy_png(i))
+                files.append(path)
+            size = sum(p.stat().st_size for p in files) / len(files)
+            print(f"{len(files)} images of {size / 1024:.1f} KB, emulator latency {args.latency * 1000:.0f} ms")
+
+            before = uploads(url)
+            t0 = time.perf_counter()
+            naive(url, files)
+            t_naive = time.perf_counter() - t0
+            naive_uploads = uploads(url) - before
+
+            with AssetCache(KEY, base_url=url, db_path=Path(tmp, "cache.db")) as cache:
+                before = uploads(url)
+                t0 = time.perf_counter()
+                cold = cache.resolve_many(files)
+                t_cold = time.perf_counter() - t0
+                cold_uploads = uploads(url) - before
+                failed = [r for r in cold if r.error]
+
+                before = uploads(url)
+                t0 = time.perf_counter()
+                warm = cache.resolve_many(files)
+                t_warm = time.perf_counter() - t0
+                warm_uploads = uploads(url) - before
+
+            print(f"(a) naive sequential: {t_naive:8.3f} s  {naive_uploads} uploads")
+            print(f"(b) cold resolve_many: {t_cold:7.3f} s  {cold_uploads} uploads  {len(failed)} failed")
+            print(f"(c) warm resolve_many: {t_warm:7.4f} s  {warm_uploads} uploads  "
+                  f"{sum(r.outcome == 'hit' for r in warm)} hits")
+            checks = [
+                ("cold_vs_naive", t_naive / t_cold, ">=", 20.0),
+                ("warm_vs_naive", t_naive / t_warm, ">=", 1000.0),
+            ]
+            for name, value, op, target in checks:
+                ok = value >= target
+                failures += not ok
+                print(f"RATIO {name} {value:.1f} (target {op} {target:g}){'' if ok else '  MISSED'}")
+            for name, got, want in (("cold_uploads", cold_uploads, len(files)),
+                                    ("warm_uploads", warm_uploads, 0)):
+                ok = got == want
+                failures += not ok
+                print(f"COUNT {name} {got} (target == {want}){'' if ok else '  MISSED'}")
+            if failed:
+                print(json.dumps([str(r.error) for r in failed[:5]]))
+                failures += 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
