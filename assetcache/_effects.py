@@ -101,6 +101,23 @@ class Driver:
     sleep: Callable[[float], None] = time.sleep
     make_sync_client: Callable[[], Any] | None = None
     make_async_client: Callable[[], Any] | None = None
+    _pool: concurrent.futures.ThreadPoolExecutor | None = None
+    _pool_size: int = 0
+
+    def pool(self, workers: int) -> concurrent.futures.ThreadPoolExecutor:
+        """A long-lived pool for ``Map``: its threads keep their SQLite
+        connections, where a pool per call would open (and keep) new ones."""
+        if self._pool is None or self._pool_size < workers:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = concurrent.futures.ThreadPoolExecutor(workers, "assetcache-hash")
+            self._pool_size = workers
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def run_sync(plan: Plan, driver: Driver) -> Any:
@@ -133,8 +150,7 @@ def _perform_sync(effect: Any, driver: Driver) -> Any:
     if isinstance(effect, Map):
         if effect.workers <= 1 or len(effect.items) <= 1:
             return [effect.fn(x) for x in effect.items]
-        with concurrent.futures.ThreadPoolExecutor(effect.workers) as pool:
-            return list(pool.map(effect.fn, effect.items))
+        return list(driver.pool(effect.workers).map(effect.fn, effect.items))
     if isinstance(effect, Concurrent):
         if len(effect.plans) == 1:
             return [_capture(lambda p=effect.plans[0]: run_sync(p, driver))]
@@ -184,10 +200,8 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
         if effect.workers <= 1 or len(effect.items) <= 1:
             return await asyncio.to_thread(lambda: [effect.fn(x) for x in effect.items])
         loop = asyncio.get_running_loop()
-        with concurrent.futures.ThreadPoolExecutor(effect.workers) as pool:
-            return await asyncio.gather(
-                *(loop.run_in_executor(pool, effect.fn, x) for x in effect.items)
-            )
+        pool = driver.pool(effect.workers)
+        return await asyncio.gather(*(loop.run_in_executor(pool, effect.fn, x) for x in effect.items))
     if isinstance(effect, Concurrent):
         gate = asyncio.Semaphore(max(1, effect.limit))
 

@@ -255,3 +255,21 @@ def test_hashing_uses_worker_threads(make_cache, emu, tmp_path, monkeypatch):
     cache.resolve_many(files)
     assert len(seen) == 2 and threading.get_ident() not in seen
     assert os.cpu_count() is not None
+
+
+def test_repeated_batches_do_not_pile_up_connections(make_cache, emu, tmp_path):
+    cache = make_cache()
+
+    def batch(round_):
+        paths = []
+        for i in range(8):
+            path = tmp_path / f"r{round_}-{i}.png"
+            path.write_bytes(make_png(100 * round_ + i))
+            paths.append(path)
+        return paths
+
+    cache.resolve_many(batch(0))
+    opened = len(cache.store._conns)
+    for round_ in range(1, 6):
+        cache.resolve_many(batch(round_))
+    assert len(cache.store._conns) == opened
