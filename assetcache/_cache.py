@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePath
@@ -58,7 +58,7 @@ from ._protocol import (
     parse_response,
 )
 from ._sources import Source, SourceLike
-from ._store import AssetRow, FileRow, Key, SQLiteStore, UploadRecord, default_db_path, owner_id
+from ._store import AssetRow, FileRow, Key, SQLiteStore, UploadRecord, open_stores, owner_id
 from ._version import __version__
 
 log = logging.getLogger("assetcache")
@@ -148,6 +148,7 @@ class _Engine:
         lease_ttl: float,
         task_type: str,
         store: SQLiteStore | None,
+        local_db: str | os.PathLike[str] | None = None,
     ) -> None:
         self._api_key = api_key if api_key is not None else os.environ.get("RUNWARE_API_KEY") or None
         self.base_url = (base_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
@@ -171,8 +172,12 @@ class _Engine:
         self.lease_ttl = lease_ttl
         self.task_type = task_type
         self.hash_workers = min(4, os.cpu_count() or 1)
-        self.store = store or SQLiteStore(db_path if db_path is not None else default_db_path())
-        self.registry = self.store
+        if store is not None:
+            self.store, self.registry = store, store
+        else:
+            self.store, self.registry = open_stores(db_path, local_db)
+            if self.registry is not self.store:
+                self.registry.fresh_since = lambda: self.fresh_since(self.clock())
         self.owner = owner_id()
         self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
         self._flight_lock = threading.Lock()
@@ -196,7 +201,7 @@ class _Engine:
             counts, self._counts = dict(self._counts), collections.Counter()
         if counts:
             try:
-                self.store.add_counters(self.namespace, counts)
+                self.registry.add_counters(self.namespace, counts)
             except StoreError:
                 log.warning("could not save usage counters", exc_info=True)
 
@@ -260,7 +265,9 @@ class _Engine:
                           row[10], row[7], last_used + self.policy.retention)
 
     # -- preparing sources (blocking: stat, read, hash) ----------------------
-    def prepare(self, obj: SourceLike) -> _Prepared | AssetCacheError:
+    def prepare(self, obj: SourceLike | _Prepared) -> _Prepared | AssetCacheError:
+        if isinstance(obj, _Prepared):
+            return obj  # checked by the caller already (refresh): not read twice
         try:
             src = Source.coerce(obj)
             if src.kind == "path":
@@ -400,9 +407,12 @@ class _Engine:
         """Rows used after this instant are still served."""
         return now - (self.policy.retention - self.policy.margin)
 
-    def settle(self, items: Sequence[_Prepared]) -> list[AssetRow | None]:
+    def settle(
+        self, items: Sequence[_Prepared], force: Collection[Key] = ()
+    ) -> list[AssetRow | None]:
         """The fresh row for each prepared item (touched if due), else ``None``.
 
+        Keys in ``force`` count as misses even when fresh (refresh renews them).
         Also records the stat rows of items that hit, in one transaction.
         """
         now = self.clock()
@@ -412,7 +422,7 @@ class _Engine:
         files: list[FileRow] = []
         for item in items:
             row = self.registry.get_asset(item.key)
-            if row is not None and row.last_used_at > since:
+            if row is not None and row.last_used_at > since and item.key not in force:
                 if _policy.needs_touch(self.policy, row.last_used_at, now):
                     touches.append(row.key)
                 if item.file_row is not None:
@@ -453,9 +463,22 @@ class _Engine:
         else:
             fut.set_result(result)
 
-    def claim(self, keys: Sequence[Key]) -> dict[Key, AssetRow | str]:
+    def claim(
+        self, keys: Sequence[Key], force: Collection[Key] = (), started: float = 0.0
+    ) -> dict[Key, AssetRow | str]:
+        """Leases for ``keys``; a forced key counts as done only if renewed after ``started``."""
         now = self.clock()
-        return self.registry.claim(keys, self.owner, now, self.lease_ttl, self.fresh_since(now))
+        normal = [k for k in keys if k not in force]
+        forced = [k for k in keys if k in force]
+        out: dict[Key, AssetRow | str] = {}
+        if normal:
+            since = self.fresh_since(now)
+            out = self.registry.claim(normal, self.owner, now, self.lease_ttl, since)
+        if forced:
+            # Another refresher (or a use) renewed it since we started: theirs is as good.
+            out.update(self.registry.claim(forced, self.owner, now, self.lease_ttl,
+                                           max(started, self.fresh_since(now))))
+        return out
 
     def record(self, done: Sequence[tuple[_Prepared, TaskResult, int]], files: Sequence[FileRow]) -> list[AssetRow]:
         now = self.clock()
@@ -474,13 +497,22 @@ class _Engine:
         self.registry.release(keys, self.owner)
 
     # -- the plans -----------------------------------------------------------
-    def plan_resolve_many(self, sources: Sequence[SourceLike], concurrency: int | None) -> Plan:
-        """Resolve every source; results in input order, failures as values."""
+    def plan_resolve_many(
+        self, sources: Sequence[SourceLike], concurrency: int | None, force: Collection[Key] = ()
+    ) -> Plan:
+        """Resolve every source; results in input order, failures as values.
+
+        Keys in ``force`` are uploaded again even if fresh (``refresh``).
+        """
         limit = max(1, concurrency or self.concurrency)
+        started = self.clock() if force else 0.0
         results: list[Resolution | None] = [None] * len(sources)
         todo: list[int] = []
         for i, obj in enumerate(sources):
-            hit = self.fast_hit(obj)
+            try:
+                hit = self.fast_hit(obj) if not force else None
+            except StoreError:
+                hit = None  # the slow path meets the same error and reports it per item
             if hit is not None:
                 results[i] = hit
             else:
@@ -499,7 +531,12 @@ class _Engine:
             else:
                 ready.append((i, p))
 
-        rows = yield Call(self.settle, [p for _, p in ready])
+        try:
+            rows = yield Call(self.settle, [p for _, p in ready], force)
+        except AssetCacheError as exc:
+            # The store cannot answer: every remaining item fails with its reason.
+            self._fail_group(results, ready, exc)
+            return results
         groups: dict[Key, list[tuple[int, _Prepared]]] = {}
         for (i, p), row in zip(ready, rows, strict=True):
             if row is not None:
@@ -515,7 +552,7 @@ class _Engine:
             claimed: dict[Key, AssetRow | str] = {}
             if lead:
                 try:
-                    claimed = yield Call(self.claim, lead)
+                    claimed = yield Call(self.claim, lead, force, started)
                 except AssetCacheError as exc:
                     for key in lead:
                         self.land(key, exc)
@@ -554,7 +591,10 @@ class _Engine:
                 poll = min(poll * 2, 0.25)
 
         if late_files:
-            yield Call(self.store.put_files, late_files)
+            try:
+                yield Call(self.store.put_files, late_files)
+            except StoreError as exc:  # the answers stand; only the stat shortcut is lost
+                log.warning("could not record file hashes: %s", exc)
         return results
 
     def _upload_groups(
@@ -565,7 +605,10 @@ class _Engine:
         limit: int,
     ) -> Plan:
         leaders = {key: groups[key][0][1] for key in keys}
-        previous = yield Call(lambda: {k: self.previous_uuid(k) for k in keys}, inline=True)
+        try:
+            previous = yield Call(lambda: {k: self.previous_uuid(k) for k in keys}, inline=True)
+        except AssetCacheError:
+            previous = {}  # only the outcome's name depends on it
         batches = self._pack([(key, leaders[key].payload()) for key in keys])
         outcomes = yield Concurrent([self._plan_upload(batch) for batch in batches], limit)
         done: list[tuple[_Prepared, TaskResult, int]] = []
@@ -707,6 +750,8 @@ class _Engine:
 
     def close(self) -> None:
         self.flush_counters()
+        if self.registry is not self.store:
+            self.registry.close()
         self.store.close()
 
 
@@ -819,13 +864,14 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         transport: Any = None,
         sleep: Callable[[float], None] | None = None,
         store: SQLiteStore | None = None,
+        local_db: str | os.PathLike[str] | None = None,
     ) -> None:
         self._engine = _Engine(
             api_key, base_url=base_url, db_path=db_path, clock=clock, retention=retention,
             margin=margin, touch_every=touch_every, namespace=namespace, retry=retry,
             concurrency=concurrency, batch_size=batch_size, batch_bytes=batch_bytes,
             max_bytes=max_bytes, racy_window=racy_window, lease_ttl=lease_ttl,
-            task_type=task_type, store=store,
+            task_type=task_type, store=store, local_db=local_db,
         )
         self._transport = transport
         self._driver = Driver(sleep=sleep or time.sleep)
@@ -906,12 +952,16 @@ class AssetCache(_CacheBase):
         """Resolve many sources at once; never raises for one bad item."""
         return run_sync(self._engine.plan_resolve_many(list(sources), concurrency), self._driver)
 
+    def _drive(self, plan: Plan) -> Any:
+        return run_sync(plan, self._driver)
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._driver.sync_client is not None:
             self._driver.sync_client.close()
+        self._driver.close()
         self._engine.close()
 
     def __enter__(self) -> AssetCache:
@@ -957,12 +1007,16 @@ class AsyncAssetCache(_CacheBase):
     ) -> list[Resolution]:
         return await run_async(self._engine.plan_resolve_many(list(sources), concurrency), self._driver)
 
+    async def _drive(self, plan: Plan) -> Any:
+        return await run_async(plan, self._driver)
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._driver.async_client is not None:
             await self._driver.async_client.aclose()
+        self._driver.close()
         self._engine.close()
 
     async def __aenter__(self) -> AsyncAssetCache:

@@ -16,6 +16,7 @@ held across a network call.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import sqlite3
@@ -23,11 +24,12 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import sqlite_utils
+from ._errors import ConfigurationError, SchemaTooNew, StoreError
 
-from ._errors import SchemaTooNew, StoreError
+if TYPE_CHECKING:
+    import sqlite_utils
 
 #: Pragmas set on every connection, each for a reason.
 PRAGMAS = (
@@ -253,6 +255,9 @@ class SQLiteStore:
     @property
     def db(self) -> sqlite_utils.Database:
         """sqlite-utils view of this thread's connection (maintenance queries)."""
+        # Imported here: it costs more start-up time than the rest of the store.
+        import sqlite_utils
+
         return sqlite_utils.Database(self.conn())
 
     def close(self) -> None:
@@ -469,6 +474,18 @@ class SQLiteStore:
                 )
             _put_files(conn, files)
 
+    def put_assets(self, rows: Iterable[AssetRow]) -> None:
+        """Store whole rows as given (the fleet's local copy of shared rows)."""
+        params = [tuple(getattr(r, c) for c in ASSET_COLUMNS) for r in rows]
+        if not params:
+            return
+        with self.write("copy shared entries") as conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO assets ({', '.join(ASSET_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
+                params,
+            )
+
     def release(self, keys: Iterable[Key], owner: str) -> None:
         params = [(*k, owner) for k in keys]
         if not params:
@@ -533,6 +550,39 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
             for r in rows
         ],
     )
+
+
+def open_stores(
+    db: str | os.PathLike[str] | None, local_db: str | os.PathLike[str] | None = None
+) -> tuple[SQLiteStore, Any]:
+    """``(file index, registry)`` for a database path or URL.
+
+    A path or ``sqlite:///path`` (``sqlite:////abs/path``) gives one SQLite
+    file holding both. ``postgresql://...`` keeps the file index, and a local
+    copy of the rows this host uses, in ``local_db`` (default: a file per
+    server in the user cache folder) and the registry on the server.
+    """
+    if db is None:
+        db = default_db_path()
+    text = os.fspath(db)
+    if isinstance(text, str) and text.startswith(("postgresql://", "postgres://")):
+        from ._postgres import FleetRegistry, PostgresRegistry, redact_url
+
+        shared = PostgresRegistry(text)
+        if local_db is None:
+            tag = hashlib.sha256(redact_url(text).encode()).hexdigest()[:12]
+            local_db = default_db_path().with_name(f"fleet-{tag}.db")
+        local = SQLiteStore(local_db)
+        return local, FleetRegistry(local, shared)
+    if isinstance(text, str) and text.startswith("sqlite:///"):
+        text = text[len("sqlite:///"):] or "."
+    elif isinstance(text, str) and "://" in text:
+        raise ConfigurationError(
+            f"unsupported database URL {text.split('://')[0]}://...: use a path, "
+            "sqlite:///path or postgresql://..."
+        )
+    store = SQLiteStore(text)
+    return store, store
 
 
 def default_db_path() -> Path:

@@ -1,0 +1,362 @@
+"""The shared asset registry on PostgreSQL, for a fleet of hosts.
+
+Only the registry lives here (namespace + content hash + variant -> imageUUID,
+last use, counts, upload leases, usage counters). Each host keeps its file
+index, and a copy of the registry rows it has used, in its local SQLite file
+(see :class:`FleetRegistry`), so a warm hit never leaves the machine.
+
+Single flight across hosts: a claim takes a transaction-scoped advisory lock
+per key (in key order, so two claimers cannot deadlock) before reading the
+asset and lease rows, so two hosts can never both see "no lease". No
+transaction is held across an upload: the lease row is what other hosts wait on.
+
+Requires the ``postgres`` extra (psycopg 3 and psycopg-pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from ._errors import ConfigurationError, SchemaTooNew, StoreError
+from ._store import ASSET_COLUMNS, AssetRow, FileRow, Key, SQLiteStore, UploadRecord, owner_alive
+
+log = logging.getLogger("assetcache")
+
+#: Serialises schema migrations when several hosts start at once.
+_MIGRATION_LOCK = 0x61737365  # "asse"
+
+_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS assetcache_assets (
+        namespace TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        variant TEXT NOT NULL DEFAULT '',
+        image_uuid TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        format TEXT NOT NULL,
+        uploaded_at DOUBLE PRECISION NOT NULL,
+        last_used_at DOUBLE PRECISION NOT NULL,
+        upload_count INTEGER NOT NULL DEFAULT 1,
+        hits BIGINT NOT NULL DEFAULT 0,
+        bytes_sent BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (namespace, content_hash, variant)
+    );
+    CREATE INDEX IF NOT EXISTS assetcache_assets_by_uuid ON assetcache_assets (image_uuid);
+    CREATE INDEX IF NOT EXISTS assetcache_assets_by_last_use ON assetcache_assets (last_used_at);
+    CREATE TABLE IF NOT EXISTS assetcache_leases (
+        namespace TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (namespace, content_hash, variant)
+    );
+    CREATE TABLE IF NOT EXISTS assetcache_counters (
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (namespace, name)
+    );
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_COLS = ", ".join(ASSET_COLUMNS)
+
+
+def is_postgres_url(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, fit for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, ""))
+
+
+def _lock_id(key: Key) -> int:
+    digest = hashlib.blake2b("\0".join(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class PostgresRegistry:
+    """The registry interface (see ``_store.Registry``) on a PostgreSQL server.
+
+    >>> reg = PostgresRegistry("postgresql://app@db.internal/assets")   # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8,
+                 connect_timeout: float = 5.0) -> None:
+        try:
+            import psycopg  # noqa: F401
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise ConfigurationError(
+                "a postgresql:// store needs the postgres extra: pip install 'assetcache[postgres]'"
+            ) from None
+        self.url = url
+        self.path = redact_url(url)
+        self._pool = ConnectionPool(
+            url, min_size=min_size, max_size=max_size, open=False, name="assetcache",
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+            timeout=connect_timeout,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except Exception as exc:
+            self._pool.close()
+            raise self._error(exc, "connect") from None
+        self._migrate()
+
+    # -- plumbing --------------------------------------------------------------
+    def _error(self, exc: BaseException, doing: str) -> StoreError:
+        text = " ".join(str(exc).split())
+        text = text.replace(self.url, self.path)
+        if re.search(r"password", text, re.I):
+            text = "authentication failed"
+        return StoreError(f"shared store {self.path} failed while trying to {doing}: {text}",
+                          path=self.path)
+
+    @contextlib.contextmanager
+    def _conn(self, doing: str) -> Iterator[Any]:
+        import psycopg
+        import psycopg_pool
+
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
+            raise self._error(exc, doing) from None
+
+    @contextlib.contextmanager
+    def write(self, doing: str = "write") -> Iterator[Any]:
+        """A transaction on a pooled connection (committed on success)."""
+        with self._conn(doing) as conn, conn.transaction():
+            yield conn
+
+    def read(self, sql: str, params: Sequence[Any] = (), doing: str = "read") -> list[Any]:
+        with self._conn(doing) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def _migrate(self) -> None:
+        with self.write("migrate the schema") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS assetcache_meta "
+                         "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM assetcache_meta WHERE key = 'schema'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"shared store {self.path} was written by a newer assetcache "
+                    f"(schema {version}, this version reads up to {SCHEMA_VERSION}); upgrade assetcache",
+                    path=self.path,
+                )
+            for number in range(version, SCHEMA_VERSION):
+                conn.execute(_MIGRATIONS[number])
+            conn.execute(
+                "INSERT INTO assetcache_meta VALUES ('schema', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def schema_version(self) -> int:
+        rows = self.read("SELECT value FROM assetcache_meta WHERE key = 'schema'")
+        return int(rows[0][0]) if rows else 0
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- the registry ------------------------------------------------------------
+    def get_asset(self, key: Key) -> AssetRow | None:
+        rows = self.read(
+            f"SELECT {_COLS} FROM assetcache_assets "
+            "WHERE namespace = %s AND content_hash = %s AND variant = %s",
+            key, "look up an asset",
+        )
+        return AssetRow(*rows[0]) if rows else None
+
+    def find_uuid(self, image_uuid: str) -> list[AssetRow]:
+        rows = self.read(f"SELECT {_COLS} FROM assetcache_assets WHERE image_uuid = %s",
+                         (image_uuid,), "look up a UUID")
+        return [AssetRow(*r) for r in rows]
+
+    def claim(self, keys: Sequence[Key], owner: str, now: float, ttl: float,
+              fresh_since: float) -> dict[Key, AssetRow | str]:
+        out: dict[Key, AssetRow | str] = {}
+        with self.write("claim uploads") as conn:
+            for key in sorted(keys):
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(key),))
+                row = conn.execute(
+                    f"SELECT {_COLS} FROM assetcache_assets "
+                    "WHERE namespace = %s AND content_hash = %s AND variant = %s", key,
+                ).fetchone()
+                if row is not None and row[7] > fresh_since:
+                    out[key] = AssetRow(*row)
+                    continue
+                lease = conn.execute(
+                    "SELECT owner, expires_at FROM assetcache_leases "
+                    "WHERE namespace = %s AND content_hash = %s AND variant = %s", key,
+                ).fetchone()
+                if lease is not None and lease[0] != owner and lease[1] > now and owner_alive(lease[0]):
+                    out[key] = "held"
+                    continue
+                conn.execute(
+                    "INSERT INTO assetcache_leases VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE "
+                    "SET owner = excluded.owner, expires_at = excluded.expires_at",
+                    (*key, owner, now + ttl),
+                )
+                out[key] = "claimed"
+        return out
+
+    def record_uploads(self, records: Sequence[UploadRecord], owner: str,
+                       files: Sequence[FileRow] = ()) -> None:
+        if not records:
+            return
+        with self.write("record uploads") as conn:
+            for r in records:
+                conn.execute(
+                    "INSERT INTO assetcache_assets (namespace, content_hash, variant, image_uuid, "
+                    "size, format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, 0, %s) "
+                    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
+                    "image_uuid = excluded.image_uuid, size = excluded.size, format = excluded.format, "
+                    "uploaded_at = excluded.uploaded_at, last_used_at = excluded.last_used_at, "
+                    "upload_count = assetcache_assets.upload_count + 1, "
+                    "bytes_sent = assetcache_assets.bytes_sent + excluded.bytes_sent",
+                    (r.namespace, r.content_hash, r.variant, r.image_uuid, r.size, r.format,
+                     r.now, r.now, r.bytes_sent),
+                )
+                conn.execute(
+                    "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
+                    "AND variant = %s AND owner = %s",
+                    (r.namespace, r.content_hash, r.variant, owner),
+                )
+
+    def release(self, keys: Iterable[Key], owner: str) -> None:
+        params = [(*k, owner) for k in keys]
+        if not params:
+            return
+        with self.write("release upload leases") as conn, conn.cursor() as cur:
+            cur.executemany(
+                "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
+                "AND variant = %s AND owner = %s", params,
+            )
+
+    def touch(self, key: Key, now: float) -> None:
+        with self.write("record a use") as conn:
+            conn.execute(
+                "UPDATE assetcache_assets SET last_used_at = %s WHERE namespace = %s "
+                "AND content_hash = %s AND variant = %s AND last_used_at < %s",
+                (now, *key, now),
+            )
+
+    def add_counters(self, namespace: str, counts: dict[str, int]) -> None:
+        items = [(namespace, name, n) for name, n in counts.items() if n]
+        if not items:
+            return
+        with self.write("update counters") as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO assetcache_counters VALUES (%s, %s, %s) "
+                "ON CONFLICT (namespace, name) DO UPDATE "
+                "SET value = assetcache_counters.value + excluded.value", items,
+            )
+
+    def counters(self, namespace: str | None = None) -> dict[str, int]:
+        if namespace is None:
+            rows = self.read("SELECT name, SUM(value) FROM assetcache_counters GROUP BY name")
+        else:
+            rows = self.read("SELECT name, value FROM assetcache_counters WHERE namespace = %s",
+                             (namespace,))
+        return {name: int(value) for name, value in rows}
+
+    def delete_assets(self, keys: Iterable[Key]) -> int:
+        params = list(keys)
+        if not params:
+            return 0
+        with self.write("forget entries") as conn, conn.cursor() as cur:
+            cur.executemany(
+                "DELETE FROM assetcache_assets WHERE namespace = %s AND content_hash = %s "
+                "AND variant = %s", params,
+            )
+            return cur.rowcount
+
+
+class FleetRegistry:
+    """The shared registry seen through this host's local copy.
+
+    Reads prefer the local copy while it is fresh and fall back to the shared
+    store, copying what they find; writes go to the shared store first, then
+    to the local copy, so one host's use slides the window for every host.
+    """
+
+    def __init__(self, local: SQLiteStore, shared: PostgresRegistry) -> None:
+        self.local = local
+        self.shared = shared
+        self.path = shared.path
+        #: Set by the cache: rows used after this instant are fresh (policy).
+        self.fresh_since: Callable[[], float] = lambda: float("inf")
+
+    def _mirror(self, rows: Iterable[AssetRow]) -> None:
+        rows = list(rows)
+        if rows:
+            self.local.put_assets(rows)
+
+    def get_asset(self, key: Key) -> AssetRow | None:
+        local = self.local.get_asset(key)
+        if local is not None and local.last_used_at > self.fresh_since():
+            return local  # provably fresh: no round trip to the server
+        row = self.shared.get_asset(key)
+        if row is not None:
+            self._mirror([row])
+        return row
+
+    def find_uuid(self, image_uuid: str) -> list[AssetRow]:
+        return self.shared.find_uuid(image_uuid)
+
+    def claim(self, keys: Sequence[Key], owner: str, now: float, ttl: float,
+              fresh_since: float) -> dict[Key, AssetRow | str]:
+        out = self.shared.claim(keys, owner, now, ttl, fresh_since)
+        self._mirror(v for v in out.values() if isinstance(v, AssetRow))
+        return out
+
+    def record_uploads(self, records: Sequence[UploadRecord], owner: str,
+                       files: Sequence[FileRow] = ()) -> None:
+        self.shared.record_uploads(records, owner)
+        self.local.record_uploads(records, owner, files)
+
+    def release(self, keys: Iterable[Key], owner: str) -> None:
+        self.shared.release(keys, owner)
+
+    def touch(self, key: Key, now: float) -> None:
+        self.local.touch(key, now)
+        try:
+            self.shared.touch(key, now)
+        except StoreError as exc:
+            # The hit itself was proven locally; the fleet learns of this use
+            # with the next one that gets through.
+            log.warning("could not share a use with the fleet: %s", exc)
+
+    def add_counters(self, namespace: str, counts: dict[str, int]) -> None:
+        self.shared.add_counters(namespace, counts)
+
+    def counters(self, namespace: str | None = None) -> dict[str, int]:
+        return self.shared.counters(namespace)
+
+    def delete_assets(self, keys: Iterable[Key]) -> int:
+        keys = list(keys)
+        self.local.delete_assets(keys)
+        return self.shared.delete_assets(keys)
+
+    def close(self) -> None:
+        self.shared.close()
