@@ -190,12 +190,24 @@ class PostgresRegistry:
                          (image_uuid,), "look up a UUID")
         return [AssetRow(*r) for r in rows]
 
+    @staticmethod
+    def _lock_keys(conn: Any, keys: Iterable[Key]) -> None:
+        """Take the per-key advisory locks, in one global order (no deadlocks).
+
+        Every writer of a key's asset or lease row takes its lock: under READ
+        COMMITTED each statement sees its own snapshot, so without it an upload
+        recorded between a claimer's two SELECTs would look like "no asset,
+        no lease" and be uploaded again.
+        """
+        for lock in sorted({_lock_id(k) for k in keys}):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+
     def claim(self, keys: Sequence[Key], owner: str, now: float, ttl: float,
               fresh_since: float) -> dict[Key, AssetRow | str]:
         out: dict[Key, AssetRow | str] = {}
         with self.write("claim uploads") as conn:
-            for key in sorted(keys):
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(key),))
+            self._lock_keys(conn, keys)
+            for key in keys:
                 row = conn.execute(
                     f"SELECT {_COLS} FROM assetcache_assets "
                     "WHERE namespace = %s AND content_hash = %s AND variant = %s", key,
@@ -224,6 +236,7 @@ class PostgresRegistry:
         if not records:
             return
         with self.write("record uploads") as conn:
+            self._lock_keys(conn, (r.key for r in records))
             for r in records:
                 conn.execute(
                     "INSERT INTO assetcache_assets (namespace, content_hash, variant, image_uuid, "
@@ -248,6 +261,7 @@ class PostgresRegistry:
         if not params:
             return
         with self.write("release upload leases") as conn, conn.cursor() as cur:
+            self._lock_keys(conn, (tuple(p[:3]) for p in params))
             cur.executemany(
                 "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
                 "AND variant = %s AND owner = %s", params,

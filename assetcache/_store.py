@@ -79,6 +79,10 @@ class FileRow:
     content_hash: str
     format: str | None
     hashed_at_ns: int
+    # Pixel size of the content (``dimensions`` table; 0 when unreadable, None
+    # when never recorded): decides the variant without reading the file again.
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,10 @@ class UploadRecord:
     format: str
     now: float
     bytes_sent: int
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.content_hash, self.variant)
 
 
 class Registry(Protocol):
@@ -192,8 +200,17 @@ def _m1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m2(conn: sqlite3.Connection) -> None:
+    # Keyed by content, not path: a size never goes stale, and the files table
+    # (whose column list other code relies on) stays as it is.
+    conn.execute(
+        "CREATE TABLE dimensions (content_hash TEXT PRIMARY KEY, width INTEGER NOT NULL, "
+        "height INTEGER NOT NULL) WITHOUT ROWID"
+    )
+
+
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
-MIGRATIONS: tuple[Any, ...] = (_m1,)
+MIGRATIONS: tuple[Any, ...] = (_m1, _m2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -346,22 +363,71 @@ class SQLiteStore:
     #: The hot path: one indexed lookup joining the stat row to its asset row.
     HIT_SQL = (
         "SELECT f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.hashed_at_ns, f.content_hash, "
-        "f.format, a.image_uuid, a.last_used_at, a.size "
+        "f.format, a.image_uuid, a.last_used_at, a.size, a.variant "
         "FROM files f LEFT JOIN assets a "
         "ON a.namespace = ? AND a.content_hash = f.content_hash AND a.variant = ? "
         "WHERE f.path = ?"
     )
+    #: The same when the client transforms images: the variant is per image,
+    #: ``_transform.Transform.variant_for`` in SQL (keep both in step). Unknown
+    #: dimensions match nothing, so the slow path reads and records them.
+    FIT_HIT_SQL = (
+        "SELECT f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.hashed_at_ns, f.content_hash, "
+        "f.format, a.image_uuid, a.last_used_at, a.size, a.variant "
+        "FROM files f LEFT JOIN dimensions d ON d.content_hash = f.content_hash "
+        "LEFT JOIN assets a ON a.namespace = ? AND a.content_hash = f.content_hash "
+        "AND a.variant = CASE WHEN f.format IN ('bmp', 'gif') THEN ? "
+        "WHEN d.width IS NULL THEN NULL WHEN MAX(d.width, d.height) > ? THEN ? ELSE '' END "
+        "WHERE f.path = ?"
+    )
 
-    def lookup_path(self, key: bytes, namespace: str, variant: str) -> tuple[Any, ...] | None:
+    #: ``status``: the file rows of a path range joined to their asset rows
+    #: (variant chosen as in the hit path above), in path order, a page at a time.
+    SCAN_SQL = (
+        "SELECT f.path, f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.hashed_at_ns, "
+        "f.content_hash, a.image_uuid, a.last_used_at "
+        "FROM files f LEFT JOIN assets a "
+        "ON a.namespace = ? AND a.content_hash = f.content_hash AND a.variant = ? "
+        "WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
+    )
+    FIT_SCAN_SQL = (
+        "SELECT f.path, f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.hashed_at_ns, "
+        "f.content_hash, a.image_uuid, a.last_used_at "
+        "FROM files f LEFT JOIN dimensions d ON d.content_hash = f.content_hash "
+        "LEFT JOIN assets a ON a.namespace = ? AND a.content_hash = f.content_hash "
+        "AND a.variant = CASE WHEN f.format IN ('bmp', 'gif') THEN ? "
+        "WHEN d.width IS NULL THEN NULL WHEN MAX(d.width, d.height) > ? THEN ? ELSE '' END "
+        "WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
+    )
+
+    @classmethod
+    def scan_query(
+        cls, namespace: str, variant: str, max_side: int, lo: bytes, hi: bytes, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
+        """SQL and parameters of one page of :attr:`SCAN_SQL` (``lo <= path < hi``)."""
+        if variant and max_side:
+            return cls.FIT_SCAN_SQL, (namespace, variant, max_side, variant, lo, hi, limit)
+        return cls.SCAN_SQL, (namespace, variant, lo, hi, limit)
+
+    def lookup_path(
+        self, key: bytes, namespace: str, variant: str, max_side: int = 0
+    ) -> tuple[Any, ...] | None:
+        """Stat row + asset row of a path; ``variant``/``max_side`` from the transform, if any."""
         try:
+            if variant and max_side:
+                return self.conn().execute(
+                    self.FIT_HIT_SQL, (namespace, variant, max_side, variant, key)
+                ).fetchone()
             return self.conn().execute(self.HIT_SQL, (namespace, variant, key)).fetchone()
         except sqlite3.Error as exc:
             raise self._error(exc, "look up a file") from None
 
     def get_file(self, path: str) -> FileRow | None:
         rows = self.read(
-            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns "
-            "FROM files WHERE path = ?",
+            "SELECT f.path, f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.content_hash, "
+            "f.format, f.hashed_at_ns, d.width, d.height "
+            "FROM files f LEFT JOIN dimensions d ON d.content_hash = f.content_hash "
+            "WHERE f.path = ?",
             (path_key(path),),
         )
         return _file_row(rows[0]) if rows else None
@@ -541,6 +607,7 @@ def _file_row(row: Sequence[Any]) -> FileRow:
 
 
 def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
+    rows = list(rows)
     conn.executemany(
         "INSERT OR REPLACE INTO files (path, dev, ino, size, mtime_ns, ctime_ns, content_hash, "
         "format, hashed_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -550,6 +617,12 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
             for r in rows
         ],
     )
+    sizes = [(r.content_hash, r.width, r.height) for r in rows if r.width is not None]
+    if sizes:
+        conn.executemany(
+            "INSERT OR REPLACE INTO dimensions (content_hash, width, height) VALUES (?, ?, ?)",
+            sizes,
+        )
 
 
 def open_stores(

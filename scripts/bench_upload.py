@@ -16,52 +16,19 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import struct
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-import zlib
 from pathlib import Path
 
 import httpx
+from _benchlib import KEY, count_line, emulator_stats, ratio_line, start_emulator, write_images
 
 from assetcache import AssetCache
 
-KEY = "bench-key"
-
-
-def noisy_png(seed: int, side: int = 80) -> bytes:
-    """A PNG of about 20 KB that does not compress (random pixels)."""
-    rng = __import__("random").Random(seed)
-    rows = b"".join(b"\x00" + rng.randbytes(side * 3) for _ in range(side))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 1)) + chunk(b"IEND", b"")
-
-
-def start_emulator(latency: float) -> tuple[subprocess.Popen[str], str]:
-    env = dict(os.environ, RUNWARE_API_KEY=KEY)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "assetcache.emulator", "--port", "0", "--latency", str(latency)],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"emulator did not start: {line!r}")
-    return proc, line.removeprefix("listening on ")
-
 
 def uploads(url: str) -> int:
-    stats = httpx.get(url.rsplit("/", 1)[0] + "/_emulator/stats").json()
-    return int(stats["upload_count"])
+    return int(emulator_stats(url)["upload_count"])
 
 
 def naive(url: str, files: list[Path]) -> list[str]:
@@ -87,13 +54,7 @@ def main() -> int:
     failures = 0
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp, "images")
-            folder.mkdir()
-            files = []
-            for i in range(args.images):
-                path = folder / f"img{i:05d}.png"
-                path.write_bytes(noisy_png(i))
-                files.append(path)
+            files = write_images(Path(tmp, "images"), args.images)
             size = sum(p.stat().st_size for p in files) / len(files)
             print(f"{len(files)} images of {size / 1024:.1f} KB, emulator latency {args.latency * 1000:.0f} ms")
 
@@ -121,19 +82,13 @@ def main() -> int:
             print(f"(b) cold resolve_many: {t_cold:7.3f} s  {cold_uploads} uploads  {len(failed)} failed")
             print(f"(c) warm resolve_many: {t_warm:7.4f} s  {warm_uploads} uploads  "
                   f"{sum(r.outcome == 'hit' for r in warm)} hits")
-            checks = [
-                ("cold_vs_naive", t_naive / t_cold, ">=", 20.0),
-                ("warm_vs_naive", t_naive / t_warm, ">=", 1000.0),
+            oks = [
+                ratio_line("cold_vs_naive", t_naive / t_cold, ">=", 20.0),
+                ratio_line("warm_vs_naive", t_naive / t_warm, ">=", 1000.0),
+                count_line("cold_uploads", cold_uploads, len(files)),
+                count_line("warm_uploads", warm_uploads, 0),
             ]
-            for name, value, op, target in checks:
-                ok = value >= target
-                failures += not ok
-                print(f"RATIO {name} {value:.1f} (target {op} {target:g}){'' if ok else '  MISSED'}")
-            for name, got, want in (("cold_uploads", cold_uploads, len(files)),
-                                    ("warm_uploads", warm_uploads, 0)):
-                ok = got == want
-                failures += not ok
-                print(f"COUNT {name} {got} (target == {want}){'' if ok else '  MISSED'}")
+            failures += oks.count(False)
             if failed:
                 print(json.dumps([str(r.error) for r in failed[:5]]))
                 failures += 1

@@ -267,3 +267,54 @@ def test_password_never_in_errors(tmp_path):
 def test_sqlite_urls(tmp_path):
     with AssetCache(API_KEY, db_path=f"sqlite:///{tmp_path}/x.db") as cache:
         assert cache.db_path == str(Path(tmp_path, "x.db"))
+
+
+def test_a_claim_cannot_miss_an_upload_recorded_between_its_reads(pg_url):
+    """Under READ COMMITTED each statement has its own snapshot; the per-key lock
+    keeps a record from landing between a claimer's asset and lease reads."""
+    import contextlib
+
+    from assetcache._postgres import PostgresRegistry
+    from assetcache._store import UploadRecord
+
+    a, b = PostgresRegistry(pg_url), PostgresRegistry(pg_url)
+    key = ("ns", "0" * 32, "")
+    assert a.claim([key], "host-a:1:aa", 1000.0, 60, 0.0) == {key: "claimed"}
+    between, resume = threading.Event(), threading.Event()
+    real_write = b.write
+
+    class Paused:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def execute(self, sql, params=()):
+            result = self.conn.execute(sql, params)
+            if "FROM assetcache_assets" in sql:
+                between.set()
+                resume.wait(10)
+            return result
+
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+
+    @contextlib.contextmanager
+    def paused_write(doing="write"):
+        with real_write(doing) as conn:
+            yield Paused(conn)
+
+    b.write = paused_write
+    seen = {}
+    claimer = threading.Thread(target=lambda: seen.update(b.claim([key], "host-b:2:bb", 1001.0, 60, 0.0)))
+    claimer.start()
+    assert between.wait(10)
+    record = UploadRecord(*key, "5d1f9c62-0b7e-4c55-9d1e-3f0a7c1b2e44", 10, "png", 1001.0, 10)
+    recorder = threading.Thread(target=lambda: a.record_uploads([record], "host-a:1:aa"))
+    recorder.start()
+    recorder.join(0.5)
+    resume.set()
+    claimer.join(10)
+    recorder.join(10)
+    assert seen[key] != "claimed"
+    assert b.get_asset(key) is not None
+    a.close()
+    b.close()
