@@ -6,9 +6,15 @@
 '5d1f9c62-0b7e-4c55-9d1e-3f0a7c1b2e44'
 
 The whole public API is re-exported here; every other module is private.
+The cache classes load on first use, so ``import assetcache`` (and the
+``assetcache --version`` command) stays free of SQLite and HTTP imports.
 """
 
-from ._cache import AssetCache, AsyncAssetCache, Resolution, RetryPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     AssetCacheError,
     AuthenticationError,
@@ -29,8 +35,34 @@ from ._errors import (
     UnknownImage,
     UnsupportedFormat,
 )
-from ._sources import Source
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._cache import AssetCache, AsyncAssetCache, Resolution, RetryPolicy
+    from ._sources import Source
+
+#: Public names whose modules load on first access (PEP 562).
+_LAZY = {
+    "AssetCache": "._cache",
+    "AsyncAssetCache": "._cache",
+    "Resolution": "._cache",
+    "RetryPolicy": "._cache",
+    "Source": "._sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AssetCache",

@@ -1,31 +1,40 @@
 """The ``assetcache`` command: a thin layer over the Python API.
 
 Each command opens the cache through :class:`Settings` on ``ctx.obj``, calls
-the library, and turns library errors into one line on stderr with a useful
-exit code: 0 all good, 1 some items failed, 2 usage or configuration error.
-Heavy imports (httpx, the cache) happen inside commands, so ``--version`` and
+one library method, and prints its result: text for people (summaries on
+stderr), ``--json`` for scripts. Library errors become one line on stderr and a
+useful exit code: 0 all good, 1 some items failed, 2 usage or configuration
+error. Progress bars appear on stderr only when it is a terminal. Heavy
+imports (httpx, the cache) happen inside commands, so ``--version`` and
 ``--help`` start fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
+import io
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ._durations import format_duration, parse_duration
 from ._version import __version__
 
 #: The key the in-process emulator accepts; it guards nothing real.
 EMULATOR_KEY = "assetcache-emulator"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+#: Files per resolve_many call in ``upload``: bounded memory, a progress step,
+#: and still enough for full request batches (8 in flight x 16 tasks).
+UPLOAD_CHUNK = 128
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -54,16 +63,25 @@ class Settings:
 
         return Path(self.db).expanduser() if self.db else default_db_path()
 
+    def db_target(self) -> str | Path:
+        """What the cache opens: a path, or a database URL (``postgresql://...``) as given."""
+        return self.db if self.db and "://" in self.db else self.db_path()
+
     def api_key(self) -> str | None:
         if self.api_key_file:
             try:
                 key = Path(self.api_key_file).expanduser().read_text().strip()
             except OSError as exc:
-                raise UsageError(f"cannot read --api-key-file {self.api_key_file}: {exc.strerror}") from None
+                raise UsageError(
+                    f"cannot read --api-key-file {self.api_key_file}: {exc.strerror}") from None
             if not key:
                 raise UsageError(f"--api-key-file {self.api_key_file} is empty")
             return key
         return os.environ.get("RUNWARE_API_KEY") or None
+
+    def has_account(self) -> bool:
+        """Whether an account is configured (else maintenance covers every account)."""
+        return self.emulator or self.api_key() is not None
 
     def cache(self, *, need_key: bool = True, **kwargs: Any) -> Any:
         """The :class:`AssetCache` for this invocation."""
@@ -71,13 +89,15 @@ class Settings:
             return self._cache
         from ._cache import AssetCache
 
-        db_path = self.db_path()
+        db_path = self.db_target()
+        key: str | None
+        url: str | None
+        namespace: str | None
         if self.emulator:
             from .emulator import Emulator
 
-            emu = Emulator(
-                api_key=EMULATOR_KEY, state_path=str(db_path) + ".emulator.json"
-            )
+            state = None if isinstance(db_path, str) else str(db_path) + ".emulator.json"
+            emu = Emulator(api_key=EMULATOR_KEY, state_path=state)
             emu.start()
             self._emulator = emu
             self._closers.append(emu.stop)
@@ -136,15 +156,119 @@ def iter_inputs(paths: tuple[str, ...], pattern: str | None = None) -> Iterator[
             yield raw
 
 
+# -- output helpers --------------------------------------------------------------
+
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
+
+def note(text: str) -> None:
+    """A summary or remark for people: stderr, so stdout stays parseable."""
+    click.echo(text, err=True)
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``(done, total)`` callback drawing a bar on stderr, only on a terminal."""
+    if not stderr_is_tty():
+        yield lambda done, total: None
+        return
+    bars: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+            bar.__enter__()
+            bars.append(bar)
+        bars[0].update(max(0, done - bars[0].pos))
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.__exit__(None, None, None)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def show_path(path: str) -> str:
+    """Relative to the working folder when below it (shorter), else as is."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def relative(seconds: float) -> str:
+    return f"in {format_duration(seconds)}" if seconds >= 0 else f"{format_duration(-seconds)} ago"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def error_text(err: Any) -> str:
+    return str(getattr(err, "reason", None) or err)
+
+
+class Duration(click.ParamType):
+    """``30d``, ``12h``, ``90m``, ``45s``, ``1d12h``."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+
+
+def all_accounts_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--all-accounts", is_flag=True,
+        help="Cover every account in the database, not only the current key's "
+             "(the default when no API key is configured).",
+    )(fn)
+
+
+def scope(settings: Settings, all_accounts: bool) -> bool:
+    return all_accounts or not settings.has_account()
+
+
+# -- the group ---------------------------------------------------------------------
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", metavar="PATH", envvar="ASSETCACHE_DB",
               help="Cache database (default: the user cache folder; env ASSETCACHE_DB).")
 @click.option("--api-url", metavar="URL", envvar="ASSETCACHE_API_URL",
-              help="Runware API endpoint (default https://api.runware.ai/v1; env ASSETCACHE_API_URL).")
+              help="Runware API endpoint (default https://api.runware.ai/v1; "
+                   "env ASSETCACHE_API_URL).")
 @click.option("--emulator", is_flag=True,
               help="Use the bundled local emulator instead of Runware (no account, no network).")
 @click.option("--api-key-file", metavar="FILE",
@@ -157,56 +281,512 @@ def cli(ctx: click.Context, db: str | None, api_url: str | None, emulator: bool,
     """Never upload the same image to Runware twice.
 
     assetcache maps image content to Runware imageUUIDs, re-uploading only what
-    Runware has deleted (30 days after last use).
+    Runware has deleted (30 days after last use). The API key comes from
+    RUNWARE_API_KEY or --api-key-file, never from the command line.
+
+    Exit codes: 0 all good, 1 some items failed, 2 usage or configuration error.
     """
-    if verbose:
-        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
-                            format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(db, api_url, emulator, api_key_file, verbose)
     ctx.obj = settings
     ctx.call_on_close(settings.close)
+    if verbose:
+        ctx.call_on_close(log_to_stderr(verbose))
 
+
+def log_to_stderr(verbose: int) -> Callable[[], None]:
+    """Send assetcache's log records (with -vv also httpx's) to stderr; returns the undo."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # Our loggers only, not the root: an embedding program's logging stays its own.
+    names = ["assetcache", "httpx"] if verbose > 1 else ["assetcache"]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+    def undo() -> None:
+        for lg, level in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+    return undo
+
+
+# -- upload and status ---------------------------------------------------------------
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--glob", "pattern", metavar="PATTERN",
+              help="In folders, take the files matching PATTERN (e.g. '*.png') instead of "
+                   "every image file.")
+@click.option("--concurrency", type=click.IntRange(1, 64), metavar="N",
+              help="Requests in flight at once (default 8).")
+@click.option("--dry-run", is_flag=True, help="Show what would be uploaded; send nothing.")
+@json_option
 @click.pass_obj
 @handle_errors
-def upload(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
-    """Upload files (directories: their images, recursively); print each imageUUID.
+def upload(settings: Settings, paths: tuple[str, ...], pattern: str | None,
+           concurrency: int | None, dry_run: bool, as_json: bool) -> None:
+    """Upload files (folders: their images, recursively); print each imageUUID.
 
     Content already uploaded and still alive on Runware is not sent again.
+    Prints one line per file (path, imageUUID, outcome) and a summary on stderr.
     """
-    inputs = list(iter_inputs(paths))
+    inputs = list(iter_inputs(paths, pattern))
     if not inputs:
-        raise UsageError("no image files found in the given paths")
+        raise UsageError("no image files found in the given paths"
+                         + (f" (matching {pattern!r})" if pattern else ""))
     cache = settings.cache()
-    results = cache.resolve_many(inputs)
+    if dry_run:
+        results = cache.preview(inputs)
+    else:
+        results = []
+        with progress("uploading") as advance:
+            for start in range(0, len(inputs), UPLOAD_CHUNK):
+                results += cache.resolve_many(inputs[start:start + UPLOAD_CHUNK], concurrency)
+                advance(len(results), len(inputs))
     counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "failed": 0}
     for res in results:
         counts[res.outcome] += 1
+    sent = sum(r.bytes_sent for r in results)
+    saved = sum(r.size or 0 for r in results if r.outcome == "hit")
+    would = "would be " if dry_run else ""
+    to_send = sum(r.size or 0 for r in results if r.outcome in ("uploaded", "reuploaded"))
     if as_json:
         echo_json({
+            "dry_run": dry_run,
             "results": [
                 {"source": r.source, "uuid": r.uuid, "outcome": r.outcome,
-                 "content_hash": r.content_hash, "error": str(r.error) if r.error else None}
+                 "hash": r.content_hash, "size": r.size, "format": r.format,
+                 "bytes_sent": r.bytes_sent,
+                 "error": error_text(r.error) if r.error else None}
                 for r in results
+            ],
+            "summary": {"files": len(results), **counts, "bytes_sent": sent,
+                        "bytes_saved": saved},
+        })
+    else:
+        for r in results:
+            if r.error is not None:
+                click.echo(f"{r.source}\t-\tfailed: {error_text(r.error)}")
+            elif dry_run and r.outcome != "hit":
+                click.echo(f"{r.source}\t-\twould be {r.outcome}")
+            else:
+                click.echo(f"{r.source}\t{r.uuid or '-'}\t{r.outcome}")
+        note(
+            f"{len(results)} file(s): {counts['uploaded']} {would}uploaded, "
+            f"{counts['reuploaded']} {would}re-uploaded, {counts['hit']} from cache, "
+            f"{counts['failed']} failed; "
+            + (f"{human_bytes(to_send)} to send" if dry_run else f"{human_bytes(sent)} sent")
+            + f", {human_bytes(saved)} saved"
+        )
+    if counts["failed"]:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--check", is_flag=True, help="Exit 1 unless every file is fresh (for scripts).")
+@json_option
+@click.pass_obj
+@handle_errors
+def status(settings: Settings, paths: tuple[str, ...], check: bool, as_json: bool) -> None:
+    """Show each file's standing without uploading (default: the current folder).
+
+    States: fresh (with the time the cache still serves it), expiring (soon),
+    expired (the next use uploads again), changed (since it was hashed), new
+    (never uploaded), missing.
+    """
+    from ._scan import STATES
+
+    cache = settings.cache()
+    found = list(cache.status(paths or (".",)))
+    counts = dict.fromkeys(STATES, 0)
+    for st in found:
+        counts[st.state] = counts.get(st.state, 0) + 1
+    if as_json:
+        from ._maintenance import iso
+
+        echo_json({
+            "files": [
+                {"path": st.path, "state": st.state, "uuid": st.uuid, "hash": st.content_hash,
+                 "expires_at": iso(st.expires_at), "time_left_seconds": st.time_left}
+                for st in found
             ],
             "summary": counts,
         })
     else:
-        for r in results:
-            if r.error is None:
-                click.echo(f"{r.source}\t{r.uuid}\t{r.outcome}")
-            else:
-                click.echo(f"{r.source}\t-\tfailed: {r.error.reason if hasattr(r.error, 'reason') else r.error}")
-        click.echo(
-            f"{len(results)} file(s): {counts['uploaded']} uploaded, {counts['reuploaded']} re-uploaded, "
-            f"{counts['hit']} from cache, {counts['failed']} failed",
-            err=True,
-        )
-    if counts["failed"]:
+        for st in found:
+            left = format_duration(st.time_left) if st.time_left and st.time_left > 0 else "-"
+            click.echo(f"{st.state:<9} {left:>7}  {show_path(st.path)}")
+        note(f"{len(found)} file(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if check and any(st.state != "fresh" for st in found):
         sys.exit(EXIT_FAILED)
+
+
+# -- listings ------------------------------------------------------------------------
+
+LS_FIELDS = ("hash", "uuid", "size", "format", "uploaded_at", "last_used_at", "expires_at",
+             "serve_until", "state", "upload_count", "namespace", "paths")
+
+
+@cli.command("ls")
+@click.option("--expiring-within", type=DURATION, metavar="DURATION",
+              help="Only entries the cache stops serving within DURATION (e.g. 2d).")
+@click.option("--expired", is_flag=True,
+              help="Only entries the cache no longer serves (the next use uploads again).")
+@all_accounts_option
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (paths joined by ';').")
+@click.pass_obj
+@handle_errors
+def ls_command(settings: Settings, expiring_within: float | None, expired: bool,
+               all_accounts: bool, as_json: bool, as_csv: bool) -> None:
+    """List cache entries: hash, imageUUID, size, format, last use, expiry, known paths.
+
+    Soonest to expire first. With both --expiring-within and --expired: either.
+    """
+    if as_json and as_csv:
+        raise UsageError("choose one of --json and --csv")
+    cache = settings.cache(need_key=False)
+    entries = list(cache.entries(expiring_within, expired,
+                                 all_accounts=scope(settings, all_accounts)))
+    if as_json:
+        echo_json([e.as_dict() for e in entries])
+        return
+    if as_csv:
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\n")
+        out.writerow(LS_FIELDS)
+        for e in entries:
+            d = e.as_dict()
+            d["paths"] = ";".join(e.paths)
+            out.writerow([d[f] for f in LS_FIELDS])
+        click.echo(buf.getvalue(), nl=False)
+        return
+    now = cache.now()
+    rows = []
+    for e in entries:
+        where = show_path(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "") \
+            if e.paths else "-"
+        rows.append([e.content_hash[:12], e.uuid, human_bytes(e.size), e.format,
+                     relative(e.last_used_at - now), relative(e.expires_at - now), e.state, where])
+    if rows:
+        print_table(["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "EXPIRES", "STATE", "PATHS"],
+                    rows)
+    note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))}")
+
+
+@cli.command()
+@all_accounts_option
+@json_option
+@click.pass_obj
+@handle_errors
+def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
+    """Entries, bytes, hits, misses, uploads, re-uploads and bytes the cache saved."""
+    cache = settings.cache(need_key=False)
+    s = cache.stats(all_accounts=scope(settings, all_accounts))
+    if as_json:
+        echo_json(s.as_dict())
+        return
+    lookups = s.hits + s.misses
+    rate = f" ({100 * s.hits / lookups:.0f}% of lookups)" if lookups else ""
+    lines = [
+        ("entries", f"{s.entries} ({human_bytes(s.bytes)})"),
+        ("files tracked", str(s.files)),
+        ("hits", f"{s.hits}{rate}"),
+        ("misses", str(s.misses)),
+        ("uploads", str(s.uploads)),
+        ("re-uploads", str(s.reuploads)),
+        ("failures", str(s.failures)),
+        ("retries", str(s.retries)),
+        ("bytes sent", human_bytes(s.bytes_sent)),
+        ("bytes saved", f"{human_bytes(s.bytes_saved)} (not sent again thanks to the cache)"),
+        ("database", f"{s.db_path} ({human_bytes(s.db_bytes)})"),
+    ]
+    for name, value in lines:
+        click.echo(f"{name:<14}{value}")
+
+
+# -- keeping it healthy -----------------------------------------------------------------
+
+@cli.command()
+@click.option("--within", type=DURATION, required=True, metavar="DURATION",
+              help="Renew entries the cache would stop serving within DURATION (e.g. 2d).")
+@click.option("--dry-run", is_flag=True, help="Show what would be renewed; send nothing.")
+@click.option("--concurrency", type=click.IntRange(1, 64), metavar="N",
+              help="Requests in flight at once (default 8).")
+@json_option
+@click.pass_obj
+@handle_errors
+def refresh(settings: Settings, within: float, dry_run: bool, concurrency: int | None,
+            as_json: bool) -> None:
+    """Upload again what is about to expire, so no caller waits for an upload.
+
+    Only entries whose bytes are still at a known path, with the same hash, can
+    be renewed; the others are reported with the reason. Entries Runware has
+    already deleted are left to be uploaded when next asked for. Safe to run
+    from cron (exit 1 when something could not be refreshed).
+    """
+    cache = settings.cache()
+    with progress("refreshing") as advance:
+        report = cache.refresh(within, dry_run=dry_run, concurrency=concurrency,
+                               progress=advance)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        for item in report.items:
+            if item.status in ("renewed", "would-renew"):
+                after = item.uuid or item.old_uuid
+                click.echo(f"{item.status}\t{item.content_hash[:12]}\t{after}\t"
+                           f"{show_path(item.path) if item.path else '-'}")
+            else:
+                click.echo(f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t"
+                           f"{item.reason}")
+        summary = report.as_dict()["summary"]
+        done = (f"{summary['would-renew']} would be renewed" if dry_run
+                else f"{summary['renewed']} renewed")
+        note(f"{len(report.items)} entries expiring within {format_duration(within)}: {done}, "
+             f"{len(report.failed)} could not be refreshed")
+    if report.failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--older-than", type=DURATION, metavar="DURATION",
+              help="Drop entries last used more than DURATION ago (default 30d: the ones "
+                   "Runware has deleted).")
+@click.option("--dry-run", is_flag=True, help="Show what would be dropped; change nothing.")
+@all_accounts_option
+@json_option
+@click.pass_obj
+@handle_errors
+def prune(settings: Settings, older_than: float | None, dry_run: bool, all_accounts: bool,
+          as_json: bool) -> None:
+    """Drop expired entries and the stat rows of files that no longer exist."""
+    cache = settings.cache(need_key=False)
+    report = cache.prune(older_than, dry_run, all_accounts=scope(settings, all_accounts))
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    verb = "would drop" if dry_run else "dropped"
+    for e in report.entries:
+        click.echo(f"{verb}\tentry\t{e.content_hash[:12]}\t{e.uuid}\t"
+                   f"last used {iso_short(e.last_used_at)}")
+    for path in report.files:
+        click.echo(f"{verb}\tfile\t{show_path(path)}")
+    note(f"{verb} {len(report.entries)} entries "
+         f"({human_bytes(sum(e.size for e in report.entries))}), {len(report.files)} file "
+         f"row(s) of missing files, {report.leases} expired lease(s)")
+
+
+def iso_short(ts: float) -> str:
+    from ._maintenance import iso
+
+    return (iso(ts) or "-")[:16].replace("T", " ")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@json_option
+@click.pass_obj
+@handle_errors
+def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
+    """Re-hash tracked files (default: all) and fix the stat cache as it goes.
+
+    Reports files whose content changed and files that are gone; prints nothing
+    for files that are fine. Exit 1 when a file could not be read.
+    """
+    cache = settings.cache(need_key=False)
+    with progress("verifying") as advance:
+        items = cache.verify(list(paths) if paths else None, progress=advance)
+    counts = dict.fromkeys(("ok", "changed", "missing", "unreadable", "untracked"), 0)
+    for item in items:
+        counts[item.state] += 1
+    if as_json:
+        echo_json({"files": [i.as_dict() for i in items], "summary": counts})
+    else:
+        for item in items:
+            if item.state != "ok":
+                extra = f"\t{item.reason}" if item.reason else ""
+                click.echo(f"{item.state}\t{show_path(item.path)}{extra}")
+        note(f"{len(items)} file(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if counts["unreadable"]:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("items", nargs=-1, required=True)
+@all_accounts_option
+@json_option
+@click.pass_obj
+@handle_errors
+def forget(settings: Settings, items: tuple[str, ...], all_accounts: bool, as_json: bool) -> None:
+    """Remove entries, named by path (a folder: its tracked files), content hash or imageUUID.
+
+    The next use of that content uploads it again. Exit 1 if an item matched nothing.
+    """
+    cache = settings.cache(need_key=False)
+    results = cache.forget(items, all_accounts=scope(settings, all_accounts))
+    if as_json:
+        echo_json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            if r.error is not None:
+                note(f"assetcache: {r.error}")
+                continue
+            uuids = ", ".join(e.uuid for e in r.entries) or "no entry"
+            click.echo(f"forgot\t{r.item}\t{uuids}")
+    if any(r.error for r in results):
+        sys.exit(EXIT_FAILED)
+
+
+# -- moving a cache ----------------------------------------------------------------------
+
+@cli.command("export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Write to FILE instead of stdout.")
+@all_accounts_option
+@click.pass_obj
+@handle_errors
+def export_command(settings: Settings, output: str | None, all_accounts: bool) -> None:
+    """Write the entries as JSON lines, for `assetcache import` on another machine."""
+    cache = settings.cache(need_key=False)
+    lines = cache.export_entries(all_accounts=scope(settings, all_accounts))
+    n = 0
+    if output is None:
+        for line in lines:
+            click.echo(line)
+            n += 1
+    else:
+        tmp = f"{output}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for line in lines:
+                    fh.write(line + "\n")
+                    n += 1
+            os.replace(tmp, output)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+    note(f"exported {n} entries")
+
+
+@cli.command("import")
+@click.argument("file", type=click.File("rb"))
+@json_option
+@click.pass_obj
+@handle_errors
+def import_command(settings: Settings, file: Any, as_json: bool) -> None:
+    """Merge entries from an export (FILE, or - for stdin).
+
+    An entry never replaces a fresher one. Malformed lines are refused with
+    their line number (exit 1); the others are imported.
+    """
+    cache = settings.cache(need_key=False)
+    report = cache.import_entries(file)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        for number, reason in report.errors:
+            note(f"{file.name}: line {number}: {reason}")
+        note(f"imported: {report.added} added, {report.replaced} replaced, {report.kept} kept "
+             f"(already as fresh here), {len(report.errors)} malformed line(s) refused")
+    if report.errors:
+        sys.exit(EXIT_FAILED)
+
+
+# -- doctor ----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--fix", is_flag=True,
+              help="Rebuild a damaged or unreadable database (what cannot be saved is reported).")
+@json_option
+@click.pass_obj
+@handle_errors
+def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
+    """Check the database (integrity, schema, size) and show the settings in force.
+
+    Shows the account's fingerprint, never the key. Exit 1 when a problem remains.
+    """
+    from ._errors import SchemaTooNew, StoreError
+    from ._maintenance import inspect_database, rebuild_database
+
+    target = settings.db_target()
+    path = settings.db_path() if isinstance(target, str) else target
+    report = None
+    if isinstance(target, str) or path.exists() or fix:
+        try:
+            report = settings.cache(need_key=False).doctor(fix)
+        except SchemaTooNew:
+            report = inspect_database(path)
+        except StoreError:
+            report = rebuild_database(path) if fix else inspect_database(path)
+    if report is None:
+        report = inspect_database(path)
+    if not report.settings:
+        fill_settings(settings, report)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        print_doctor(report)
+    if report.problems:
+        version = report.schema_version
+        too_new = version is not None and version > report.schema_supported
+        sys.exit(EXIT_USAGE if too_new else EXIT_FAILED)
+
+
+def fill_settings(settings: Settings, report: Any) -> None:
+    """Settings as far as they are known without an open cache."""
+    from ._cache import DEFAULT_API_URL, account_fingerprint, namespace_for
+
+    key = EMULATOR_KEY if settings.emulator else settings.api_key()
+    url = (settings.api_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
+    report.account = account_fingerprint(key) if key else None
+    report.namespace = "emulator#local" if settings.emulator else namespace_for(url, key)
+    report.settings = {"api_url": "(emulator)" if settings.emulator else url,
+                       "namespace": report.namespace}
+
+
+def print_doctor(report: Any) -> None:
+    s = report.settings
+    lines = [
+        ("database", report.db_path),
+        ("size", human_bytes(report.db_bytes) if report.exists else "-"),
+        ("schema", "-" if report.schema_version is None
+         else f"{report.schema_version} (this assetcache reads up to {report.schema_supported})"),
+        ("integrity", report.integrity),
+        ("entries", "-" if report.entries is None else str(report.entries)),
+        ("files", "-" if report.files is None else str(report.files)),
+        ("account", report.account or "none (no API key configured)"),
+        ("api url", s.get("api_url", "-")),
+        ("namespace", s.get("namespace", "-")),
+    ]
+    if s.get("registry") and s["registry"] != report.db_path:
+        lines.append(("registry", f"{s['registry']} (shared; the database above is this host's)"))
+    if "retention_seconds" in s:
+        lines += [
+            ("retention", f"{format_duration(s['retention_seconds'])} after last use, served "
+                          f"until {format_duration(s['margin_seconds'])} before"),
+            ("uploads", f"{s['concurrency']} requests at once, up to {s['batch_size']} images "
+                        f"or {human_bytes(s['batch_bytes'])} each, "
+                        + (f"{human_bytes(s['max_bytes'])} max per image" if s["max_bytes"]
+                           else "no size limit")),
+        ]
+    for name, value in lines:
+        click.echo(f"{name:<11}{value}")
+    for action in report.actions:
+        click.echo(f"fixed:     {action}")
+    if report.lost:
+        click.echo(f"lost:      {report.lost}")
+    for problem in report.problems:
+        click.echo(f"problem:   {problem}")
+    if report.problems and report.needs_rebuild:
+        note("run `assetcache doctor --fix` to rebuild the database (it is a cache: "
+             "at worst some images are uploaded again)")
+    note("healthy" if not report.problems else f"{len(report.problems)} problem(s)")
 
 
 @cli.command()
@@ -214,7 +794,8 @@ def upload(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
 @click.option("--port", default=8765, show_default=True, type=int, help="Port (0: any free port).")
 @click.option("--state", metavar="FILE", help="Persist the emulator's images and clock in FILE.")
 @click.option("--latency", default=0.0, type=float, help="Seconds to wait before each answer.")
-@click.option("--fault-rate", default=0.0, type=float, help="Fraction of requests answered with a fault.")
+@click.option("--fault-rate", default=0.0, type=float,
+              help="Fraction of requests answered with a fault.")
 def emulator(host: str, port: int, state: str | None, latency: float, fault_rate: float) -> None:
     """Run the local Runware API emulator until interrupted.
 

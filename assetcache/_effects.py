@@ -16,7 +16,6 @@ and async caches cannot drift apart.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -184,6 +183,10 @@ async def run_async(plan: Plan, driver: Driver) -> Any:
 
 
 async def _perform_async(effect: Any, driver: Driver) -> Any:
+    # Imported here, not at the top: asyncio is a tenth of the CLI's start-up
+    # time, and only the async twin needs it (it is loaded by then anyway).
+    import asyncio
+
     if isinstance(effect, Call):
         if effect.inline:
             return effect.fn(*effect.args)

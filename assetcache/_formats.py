@@ -309,9 +309,9 @@ class FormatCheck:
 
     # -- GIF -----------------------------------------------------------------
     def _finish_gif(self, head: bytes, tail: bytes) -> str | None:
-        self.width, self.height = struct.unpack("<HH", head[6:10])
         if self.size < 14:
             return "truncated header"
+        self.width, self.height = struct.unpack("<HH", head[6:10])
         if not tail.rstrip(b"\x00").endswith(b";"):
             return "truncated (no trailer)"
         return None
@@ -321,9 +321,25 @@ class FormatCheck:
         (riff_size,) = struct.unpack("<I", head[4:8])
         if head[12:16] not in (b"VP8 ", b"VP8L", b"VP8X"):
             return "unknown WEBP chunk"
+        self._webp_size(head)
         if self.size < riff_size + 8:
             return f"truncated ({self.size} of {riff_size + 8} bytes)"
         return None
+
+    def _webp_size(self, head: bytes) -> None:
+        # The first chunk's header carries the canvas size (RFC 9649): no decoding.
+        kind, data = head[12:16], head[20:30]
+        if len(data) < 10:
+            return
+        if kind == b"VP8X":
+            self.width = 1 + int.from_bytes(data[4:7], "little")
+            self.height = 1 + int.from_bytes(data[7:10], "little")
+        elif kind == b"VP8L" and data[0] == 0x2F:
+            bits = int.from_bytes(data[1:5], "little")
+            self.width, self.height = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+        elif kind == b"VP8 " and data[3:6] == b"\x9d\x01\x2a":
+            self.width = int.from_bytes(data[6:8], "little") & 0x3FFF
+            self.height = int.from_bytes(data[8:10], "little") & 0x3FFF
 
     # -- BMP -----------------------------------------------------------------
     def _finish_bmp(self, head: bytes, tail: bytes) -> str | None:

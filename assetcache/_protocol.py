@@ -271,7 +271,8 @@ def parse_response(
     retry_after = parse_retry_after(headers.get("retry-after"))
     try:
         doc = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a body nested thousands deep ("[[[[...") is garbage, not a crash.
         doc = None
     if not isinstance(doc, dict):
         if status == 401:

@@ -67,6 +67,13 @@ class Source:
             raise SourceError("''", "empty path")
         if "\x00" in raw:
             raise SourceError(_short(raw), "path contains a NUL byte")
+        try:
+            os.fsencode(raw)
+        except UnicodeEncodeError:
+            # A lone surrogate that did not come from decoding a file name: no
+            # file can have this name, and os.stat would raise, not return ENOENT.
+            raise SourceError(_printable(raw), "path is not a valid file name "
+                              "(it holds characters no file name can)") from None
         return cls("path", _printable(raw), path=os.path.abspath(raw))
 
     @classmethod
@@ -105,7 +112,11 @@ class Source:
                 f"{scheme or 'this'} URLs are not supported: pass a local path, "
                 "or an http(s) URL the server can fetch",
             )
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018  (raises on a port out of range or not a number)
+        except ValueError as exc:
+            raise SourceError(label, f"malformed URL ({exc})") from None
         if not parts.hostname:
             raise SourceError(label, "URL has no host")
         normalised = urllib.parse.urlunsplit(
@@ -190,7 +201,10 @@ def _parse_data_uri(uri: str, label: str) -> tuple[str | None, bytes]:
         raise InvalidImage(label, f"malformed data URI (media type {media_type!r})")
     if "base64" in (p.lower() for p in params[1:]):
         return media_type, _b64decode(payload, label)
-    data = urllib.parse.unquote_to_bytes(payload)
+    try:
+        data = urllib.parse.unquote_to_bytes(payload)
+    except UnicodeEncodeError:
+        raise InvalidImage(label, "malformed data URI (characters that are not valid text)") from None
     if not data:
         raise SourceError(label, "empty data URI")
     return media_type, data
@@ -206,7 +220,9 @@ def _redact_url(url: str) -> str:
         query = "?…" if parts.query else ""
         return _short(f"{parts.scheme}://{host}{parts.path}{query}", 200)
     except ValueError:
-        return _short(url, 60)
+        # Unparseable: still drop what may be secret (user:password@, the query).
+        head = re.sub(r"//[^/@]*@", "//", re.split(r"[?#]", url, maxsplit=1)[0])
+        return _short(head + ("?…" if "?" in url else ""), 200)
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -219,4 +235,8 @@ def _printable(path: str) -> str:
         path.encode("utf-8")
         return path
     except UnicodeEncodeError:
+        pass
+    try:
         return os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate: not even a decoded file name
+        return path.encode("utf-8", "backslashreplace").decode("ascii")

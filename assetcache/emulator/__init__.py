@@ -38,6 +38,12 @@ Protocol (``POST <path>``, default ``/v1``; a JSON array of tasks)
   else, or a data URI whose declared image type contradicts the bytes, is
   ``invalidImage`` / ``invalidMedia``. (``application/octet-stream`` declares
   nothing and is sniffed, as the runware SDK's ``file_to_data_uri`` sends it.)
+* What is kept: like Runware, at most ``max_side`` (2048) px on the longer
+  side. A larger upload is kept downscaled (Lanczos, re-encoded in its format;
+  GIF as PNG): ``image(uuid).data``/``width``/``height`` show what the server
+  holds. Needs Pillow (optional, imported on first upload); without it images
+  are kept as received and ``Emulator.downscales`` is False. ``max_side=0``
+  (``--max-side 0``) keeps everything as received.
 * ``mediaStorage`` ``delete`` with ``media=<uuid>``; unknown gives ``invalidMedia``.
 * Consuming tasks ``imageInference`` (``seedImage``, ``maskImage``, each of
   ``referenceImages``), ``upscale``/``imageUpscale`` and

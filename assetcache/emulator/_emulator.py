@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-
 import json
 import threading
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._clock import Clock
+from ._downscale import AVAILABLE as DOWNSCALE_AVAILABLE
 from ._engine import Counters, Engine, Json, StoredImage, error_item
 from ._faults import NOT_PROCESSED, TRANSIENT_FAULTS, FaultPlan
 from ._http import Reply, Server
@@ -71,6 +71,7 @@ class Emulator:
         frozen: bool = False,
         state_path: str | Path | None = None,
         keep_bytes: bool = True,
+        max_side: int | None = 2048,
     ) -> None:
         if isinstance(api_key, str):
             api_key = {api_key}
@@ -86,6 +87,7 @@ class Emulator:
         self._engine = Engine(
             retention_s=retention.total_seconds(),
             keep_bytes=keep_bytes,
+            max_side=max_side or None,
             clock=Clock(start_time=start_time, frozen=frozen),
             url_root=self._url_root,
             state_path=Path(state_path) if state_path is not None else None,
@@ -179,6 +181,12 @@ class Emulator:
         """The held image's record, or None if unknown, deleted or expired."""
         with self._lock:
             return self._engine.live(image_uuid)
+
+    @property
+    def downscales(self) -> bool:
+        """Whether images larger than ``max_side`` are kept downscaled, as Runware
+        keeps them (needs Pillow; without it they are kept as received)."""
+        return self._engine.max_side is not None and DOWNSCALE_AVAILABLE
 
     def images(self) -> list[StoredImage]:
         """Every image still held, oldest upload first."""
@@ -350,8 +358,9 @@ class Emulator:
                 ],
                 "data": [],
             }
+        staged = self._engine.stage(tasks)  # decoding and downscaling: outside the lock
         with self._lock:
-            data, errors = self._engine.run(tasks)
+            data, errors = self._engine.run(tasks, staged)
             self._engine.save_if_dirty()
         envelope: Json = {"data": data}
         if errors:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ._clock import Clock
-from ._media import EXTENSIONS, MediaError, decode
+from ._downscale import MAX_SIDE, Kept, keep
+from ._media import EXTENSIONS, Media, MediaError, decode
 
 Json = dict[str, Any]
 
@@ -69,6 +70,10 @@ class StoredImage:
 
     ``data`` is None when ``keep_bytes=False``, for URL uploads (never fetched)
     and for images loaded from a state file (bytes are not persisted).
+    ``size`` and ``sha256`` describe the bytes received; ``data``, ``format``,
+    ``width`` and ``height`` what the server keeps: an image larger than
+    ``max_side`` (2048 px) is kept downscaled (see ``_downscale``).
+    ``width``/``height`` are None when unknown (no Pillow, URL uploads).
     """
 
     uuid: str
@@ -79,6 +84,12 @@ class StoredImage:
     last_used_at: float
     data: bytes | None = None
     source_url: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+#: An upload decoded (and downscaled) ahead of the engine lock, or why it failed.
+Staged = dict[int, "tuple[Media, Kept | None] | MediaError"]
 
 
 @dataclass
@@ -140,6 +151,7 @@ class Engine:
         retention_s: float,
         keep_bytes: bool,
         clock: Clock,
+        max_side: int | None = MAX_SIDE,
         url_root: Callable[[], str],
         state_path: Path | None = None,
     ) -> None:
@@ -149,6 +161,8 @@ class Engine:
         # refuses images it cannot decode (tests: server-side rejection).
         self.rejected_sha256: set[str] = set()
         self.keep_bytes = keep_bytes
+        self.max_side = max_side
+        self._staged: Staged = {}
         self.clock = clock
         self.state_path = state_path
         self.counters = Counters()
@@ -189,20 +203,51 @@ class Engine:
         self._dirty = True
         return True
 
-    def _store(self, value: object) -> StoredImage:
+    def receive(self, value: object) -> tuple[Media, Kept | None]:
+        """Decode an upload and work out what is kept (no shared state: no lock needed)."""
         media = decode(value)
+        if media.data is None:
+            return media, None
+        return media, keep(media.data, media.format, self.max_side)
+
+    def stage(self, tasks: list[Any]) -> Staged:
+        """Decode and downscale a request's uploads before taking the lock, so
+        that one large image does not hold up every other request."""
+        staged: Staged = {}
+        for task in tasks:
+            if not isinstance(task, dict):
+                continue
+            if task.get("taskType") == "imageUpload":
+                value = task.get("image")
+            elif task.get("taskType") == "mediaStorage" and task.get("operation") == "upload":
+                value = task.get("media")
+            else:
+                continue
+            try:
+                staged[id(value)] = self.receive(value)
+            except MediaError as exc:
+                staged[id(value)] = exc
+        return staged
+
+    def _store(self, value: object) -> StoredImage:
+        pre = self._staged.get(id(value))
+        if isinstance(pre, MediaError):
+            raise pre
+        media, kept = pre if pre is not None else self.receive(value)
         if media.sha256 in self.rejected_sha256:
             raise MediaError("the image could not be decoded")
         now = self.clock.now()
         record = StoredImage(
             uuid=str(uuid.uuid4()),
-            format=media.format,
+            format=kept.format if kept else media.format,
             size=media.size,
             sha256=media.sha256,
             uploaded_at=now,
             last_used_at=now,
-            data=media.data if self.keep_bytes else None,
+            data=(kept.data if kept else media.data) if self.keep_bytes else None,
             source_url=media.source_url,
+            width=kept.width if kept else None,
+            height=kept.height if kept else None,
         )
         self._images[record.uuid] = record
         self.counters.upload_count += 1
@@ -258,8 +303,18 @@ class Engine:
 
     # ------------------------------------------------------------------ tasks
 
-    def run(self, tasks: list[Any]) -> tuple[list[Json], list[Json]]:
-        """Process one request's tasks independently; return (data, errors)."""
+    def run(self, tasks: list[Any], staged: Staged | None = None) -> tuple[list[Json], list[Json]]:
+        """Process one request's tasks independently; return (data, errors).
+
+        ``staged``: :meth:`stage` of the same ``tasks``, done outside the lock.
+        """
+        self._staged = staged or {}
+        try:
+            return self._run(tasks)
+        finally:
+            self._staged = {}
+
+    def _run(self, tasks: list[Any]) -> tuple[list[Json], list[Json]]:
         data: list[Json] = []
         errors: list[Json] = []
         for task in tasks:

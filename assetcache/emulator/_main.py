@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from datetime import timedelta
@@ -48,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep uploaded bytes in memory (off by default: a long run would grow)",
     )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=2048,
+        metavar="PX",
+        help="keep images at most this many px on the longer side, as Runware does "
+        "(default 2048; 0 keeps them as received; needs Pillow)",
+    )
     return parser
 
 
@@ -72,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             retry_after=args.retry_after,
             state_path=args.state,
             keep_bytes=args.keep_bytes,
+            max_side=args.max_side,
         )
     except ValueError as exc:
         _parser().error(str(exc))
@@ -79,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM behaves like Ctrl-C so serve_forever() returns and stops cleanly
         # (signal handlers can only be installed from the main thread).
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.max_side and not emulator.downscales:
+        print("note: Pillow is not installed: images are kept as received, not downscaled "
+              f"to {args.max_side} px", file=sys.stderr, flush=True)
     emulator.start()
     print(f"listening on {emulator.base_url}", flush=True)
     emulator.serve_forever()
