@@ -469,10 +469,8 @@ class MaintenanceMixin:
         if filters:
             clauses.append("(" + " OR ".join(filters) + ")")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = engine.store.read(
-            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} "
-            "ORDER BY last_used_at, content_hash", params, "list entries")
-        assets = [AssetRow(*r) for r in rows]
+        # Through the registry: in a fleet, the fleet's entries.
+        assets = engine.registry.select_assets(where, params, "ORDER BY last_used_at, content_hash")
         paths = self._paths_of({a.content_hash for a in assets})
         for a in assets:
             yield self._entry(a, paths.get(a.content_hash, ()), now)
@@ -483,8 +481,7 @@ class MaintenanceMixin:
         store = engine.store
         clauses, params = self._scope(all_accounts)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        n, total = store.read(f"SELECT count(*), coalesce(sum(size), 0) FROM assets {where}",
-                              params, "count entries")[0]
+        n, total = engine.registry.asset_totals(where, params)
         (files,) = store.read("SELECT count(*) FROM files", (), "count files")[0]
         # Counters live with the registry (shared by a fleet), the rest in the local file.
         counts = dict(engine.registry.counters(None if all_accounts else engine.namespace))
@@ -662,23 +659,18 @@ class MaintenanceMixin:
         clauses, params = self._scope(all_accounts)
         clauses.append("last_used_at <= ?")
         params.append(cutoff)
-        rows = store.read(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets "
-                          f"WHERE {' AND '.join(clauses)} ORDER BY last_used_at", params,
-                          "find old entries")
-        assets = [AssetRow(*r) for r in rows]
+        registry = engine.registry  # in a fleet: the fleet's entries and leases
+        assets = registry.select_assets(f"WHERE {' AND '.join(clauses)}", params,
+                                        "ORDER BY last_used_at")
         paths = self._paths_of({a.content_hash for a in assets})
         entries = tuple(self._entry(a, paths.get(a.content_hash, ()), now) for a in assets)
         gone = tuple(p for p in self._tracked_paths() if _missing(p))
-        (leases,) = store.read("SELECT count(*) FROM leases WHERE expires_at < ?", (now,))[0]
-        if not dry_run and (entries or gone or leases):
-            with store.write("prune") as conn:
-                # last_used_at in the WHERE: an entry used since we looked is kept.
-                conn.executemany(
-                    "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ? "
-                    "AND last_used_at = ?",
-                    [(*a.key, a.last_used_at) for a in assets])
-                conn.executemany("DELETE FROM files WHERE path = ?", [(path_key(p),) for p in gone])
-                conn.execute("DELETE FROM leases WHERE expires_at < ?", (now,))
+        leases = registry.drop_expired_leases(now, dry_run=dry_run)
+        if not dry_run:
+            # Deleted only where last_used_at is unchanged: an entry used since we looked stays.
+            registry.prune_assets(assets)
+            if gone:
+                store.delete_files(gone)
         return PruneReport(entries, gone, int(leases), dry_run)
 
     def verify(
@@ -836,13 +828,11 @@ class MaintenanceMixin:
     # -- export / import ------------------------------------------------------------
     def export_entries(self, *, all_accounts: bool = False) -> Iterator[str]:
         """JSON lines (no newline) of this account's entries, for :meth:`import_entries`."""
-        store = self._engine.store
         clauses, params = self._scope(all_accounts)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = store.read(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} "
-                          "ORDER BY namespace, content_hash, variant", params, "export entries")
-        for r in rows:
-            a = AssetRow(*r)
+        rows = self._engine.registry.select_assets(
+            where, params, "ORDER BY namespace, content_hash, variant")
+        for a in rows:
             yield json.dumps({
                 "v": EXPORT_VERSION, "namespace": a.namespace, "hash": a.content_hash,
                 "variant": a.variant, "uuid": a.image_uuid, "size": a.size, "format": a.format,
@@ -877,22 +867,7 @@ class MaintenanceMixin:
                 good.append(parsed)
         added = replaced = kept = 0
         if good:
-            with self._engine.store.write("import entries") as conn:
-                for a in good:
-                    old = conn.execute(
-                        "SELECT last_used_at FROM assets WHERE namespace = ? AND content_hash = ? "
-                        "AND variant = ?", a.key).fetchone()
-                    if old is not None and old[0] >= a.last_used_at:
-                        kept += 1
-                        continue
-                    conn.execute(
-                        f"INSERT OR REPLACE INTO assets ({', '.join(ASSET_COLUMNS)}) "
-                        f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
-                        tuple(getattr(a, c) for c in ASSET_COLUMNS))
-                    if old is None:
-                        added += 1
-                    else:
-                        replaced += 1
+            added, replaced, kept = self._engine.registry.merge_assets(good)
         return ImportReport(added, replaced, kept, tuple(errors))
 
     # -- doctor -------------------------------------------------------------------

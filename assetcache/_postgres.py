@@ -294,6 +294,67 @@ class PostgresRegistry:
                              (namespace,))
         return {name: int(value) for name, value in rows}
 
+    # -- maintenance: the SQLiteStore calls, in this dialect ---------------------------
+    @staticmethod
+    def _dialect(fragment: str) -> str:
+        """Maintenance WHERE fragments are written once, with ``?`` placeholders."""
+        return fragment.replace("?", "%s")
+
+    def select_assets(self, where: str = "", params: Sequence[Any] = (),
+                      order: str = "") -> list[AssetRow]:
+        rows = self.read(f"SELECT {_COLS} FROM assetcache_assets {self._dialect(where)} {order}",
+                         tuple(params), "list entries")
+        return [AssetRow(*r) for r in rows]
+
+    def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
+        n, total = self.read(
+            f"SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets {self._dialect(where)}",
+            tuple(params), "count entries")[0]
+        return int(n), int(total)
+
+    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        with self.write("prune entries") as conn:
+            self._lock_keys(conn, (r.key for r in rows))
+            for r in rows:
+                conn.execute(
+                    "DELETE FROM assetcache_assets WHERE namespace = %s AND content_hash = %s "
+                    "AND variant = %s AND last_used_at = %s", (*r.key, r.last_used_at))
+
+    def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
+        if dry_run:
+            rows = self.read("SELECT count(*) FROM assetcache_leases WHERE expires_at < %s", (now,))
+            return int(rows[0][0])
+        with self.write("drop dead leases") as conn:
+            return conn.execute("DELETE FROM assetcache_leases WHERE expires_at < %s",
+                                (now,)).rowcount
+
+    def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
+        added = replaced = kept = 0
+        rows = list(rows)
+        with self.write("import entries") as conn:
+            self._lock_keys(conn, (r.key for r in rows))
+            for a in rows:
+                old = conn.execute(
+                    "SELECT last_used_at FROM assetcache_assets WHERE namespace = %s "
+                    "AND content_hash = %s AND variant = %s", a.key).fetchone()
+                if old is not None and old[0] >= a.last_used_at:
+                    kept += 1
+                    continue
+                conn.execute(
+                    f"INSERT INTO assetcache_assets ({_COLS}) VALUES "
+                    f"({', '.join(['%s'] * len(ASSET_COLUMNS))}) "
+                    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in ASSET_COLUMNS[3:]),
+                    tuple(getattr(a, c) for c in ASSET_COLUMNS))
+                if old is None:
+                    added += 1
+                else:
+                    replaced += 1
+        return added, replaced, kept
+
     def delete_assets(self, keys: Iterable[Key]) -> int:
         params = list(keys)
         if not params:
@@ -371,6 +432,24 @@ class FleetRegistry:
         keys = list(keys)
         self.local.delete_assets(keys)
         return self.shared.delete_assets(keys)
+
+    def select_assets(self, where: str = "", params: Sequence[Any] = (),
+                      order: str = "") -> list[AssetRow]:
+        return self.shared.select_assets(where, params, order)
+
+    def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
+        return self.shared.asset_totals(where, params)
+
+    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
+        rows = list(rows)
+        self.shared.prune_assets(rows)
+        self.local.delete_assets(r.key for r in rows)
+
+    def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
+        return self.shared.drop_expired_leases(now, dry_run)
+
+    def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
+        return self.shared.merge_assets(rows)
 
     def close(self) -> None:
         self.shared.close()

@@ -592,6 +592,57 @@ class SQLiteStore:
             )
         return {name: int(value) for name, value in rows}
 
+    # -- registry maintenance (the same calls work on the shared PostgreSQL registry)
+    def select_assets(self, where: str = "", params: Sequence[Any] = (),
+                      order: str = "") -> list[AssetRow]:
+        """Rows matching a WHERE fragment over the asset columns (``?`` placeholders)."""
+        rows = self.read(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {order}",
+                         params, "list entries")
+        return [AssetRow(*r) for r in rows]
+
+    def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
+        """``(entries, bytes)`` of the rows matching ``where``."""
+        n, total = self.read(f"SELECT count(*), coalesce(sum(size), 0) FROM assets {where}",
+                             params, "count entries")[0]
+        return int(n), int(total)
+
+    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
+        """Delete these rows unless they were used since they were read."""
+        params = [(*r.key, r.last_used_at) for r in rows]
+        if params:
+            with self.write("prune entries") as conn:
+                conn.executemany(
+                    "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ? "
+                    "AND last_used_at = ?", params)
+
+    def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
+        (n,) = self.read("SELECT count(*) FROM leases WHERE expires_at < ?", (now,))[0]
+        if n and not dry_run:
+            with self.write("drop dead leases") as conn:
+                conn.execute("DELETE FROM leases WHERE expires_at < ?", (now,))
+        return int(n)
+
+    def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
+        """Import rows; one never replaces a fresher one. ``(added, replaced, kept)``."""
+        added = replaced = kept = 0
+        with self.write("import entries") as conn:
+            for a in rows:
+                old = conn.execute(
+                    "SELECT last_used_at FROM assets WHERE namespace = ? AND content_hash = ? "
+                    "AND variant = ?", a.key).fetchone()
+                if old is not None and old[0] >= a.last_used_at:
+                    kept += 1
+                    continue
+                conn.execute(
+                    f"INSERT OR REPLACE INTO assets ({', '.join(ASSET_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
+                    tuple(getattr(a, c) for c in ASSET_COLUMNS))
+                if old is None:
+                    added += 1
+                else:
+                    replaced += 1
+        return added, replaced, kept
+
     def delete_assets(self, keys: Iterable[Key]) -> int:
         params = list(keys)
         with self.write("forget entries") as conn:
@@ -632,8 +683,9 @@ def open_stores(
 
     A path or ``sqlite:///path`` (``sqlite:////abs/path``) gives one SQLite
     file holding both. ``postgresql://...`` keeps the file index, and a local
-    copy of the rows this host uses, in ``local_db`` (default: a file per
-    server in the user cache folder) and the registry on the server.
+    copy of the rows this host uses, in ``local_db`` (default:
+    ``$ASSETCACHE_LOCAL_DB``, else a file per server in the user cache folder)
+    and the registry on the server.
     """
     if db is None:
         db = default_db_path()
@@ -642,6 +694,8 @@ def open_stores(
         from ._postgres import FleetRegistry, PostgresRegistry, redact_url
 
         shared = PostgresRegistry(text)
+        if local_db is None:
+            local_db = os.environ.get("ASSETCACHE_LOCAL_DB") or None
         if local_db is None:
             tag = hashlib.sha256(redact_url(text).encode()).hexdigest()[:12]
             local_db = default_db_path().with_name(f"fleet-{tag}.db")

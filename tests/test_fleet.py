@@ -318,3 +318,55 @@ def test_a_claim_cannot_miss_an_upload_recorded_between_its_reads(pg_url):
     assert b.get_asset(key) is not None
     a.close()
     b.close()
+
+
+def test_cli_commands_act_on_the_fleet(emu, pg_url, tmp_path):
+    """ls, stats, refresh and prune see the fleet's registry; status and verify this host's files."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from assetcache._cli import cli
+
+    folder_a, folder_b = tmp_path / "a", tmp_path / "b"
+    folder_a.mkdir()
+    for i in range(3):
+        (folder_a / f"img{i}.png").write_bytes(make_png(700 + i))
+    shutil.copytree(folder_a, folder_b)
+
+    def run(host, *args, input=None):
+        env = {"RUNWARE_API_KEY": API_KEY, "ASSETCACHE_DB": pg_url,
+               "ASSETCACHE_LOCAL_DB": str(tmp_path / f"{host}.db"), "ASSETCACHE_API_URL": emu.base_url}
+        result = CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input,
+                                    catch_exceptions=False)
+        assert API_KEY not in result.output
+        return result
+
+    assert "3 uploaded" in run("a", "upload", folder_a).output
+    assert run("b", "upload", folder_b).exit_code == 0
+    assert emu.upload_count == 3  # host b's copies were hits through the fleet
+
+    listed = json.loads(run("b", "ls", "--json").stdout)
+    assert len(listed) == 3
+    assert {e["uuid"] for e in listed} <= {img.uuid for img in emu.images()}
+    stats = json.loads(run("b", "stats", "--json").stdout)
+    assert stats["entries"] == 3 and stats["uploads"] == 3
+    status = json.loads(run("b", "status", "--json", folder_b).stdout)
+    assert [s["state"] for s in status["files"]] == ["fresh"] * 3
+
+    exported = run("a", "export").stdout.strip().splitlines()
+    assert len(exported) == 3
+
+    # The CLI runs on real time: a 30-day horizon makes every entry due.
+    refreshed = json.loads(run("b", "refresh", "--within", "30d", "--json").stdout)
+    assert refreshed["summary"].get("renewed") == 3
+    assert emu.upload_count == 6
+    fresh_uuids = {e["uuid"] for e in json.loads(run("a", "ls", "--json").stdout)}
+    assert fresh_uuids == {img.uuid for img in emu.images()} - {e["uuid"] for e in listed}
+
+    pruned = json.loads(run("a", "prune", "--older-than", "0s", "--json").stdout)
+    assert pruned["summary"]["entries"] == 3
+    assert json.loads(run("b", "ls", "--json").stdout) == []
+    imported = json.loads(run("b", "import", "--json", "-", input="\n".join(exported)).stdout)
+    assert imported["added"] == 3  # back into the fleet's registry ...
+    assert len(json.loads(run("a", "ls", "--json").stdout)) == 3  # ... seen from host a
