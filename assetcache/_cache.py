@@ -29,9 +29,11 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePath
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from . import _hashing, _policy, _transform
+from ._copies import DEFAULT_MAX_BYTES as DEFAULT_COPIES_MAX
+from ._copies import Copies
 from ._effects import Call, Concurrent, Driver, Http, Map, Plan, Sleep, Wait, run_async, run_sync
 from ._errors import (
     AssetCacheError,
@@ -45,7 +47,13 @@ from ._errors import (
     UnsupportedFormat,
 )
 from ._formats import DECLARED, MEDIA_TYPES, FormatCheck
-from ._lifecycle import LifecycleMixin
+from ._lifecycle import (
+    LifecycleMixin,
+    UnknownPredicate,
+    drive_use,
+    drive_use_async,
+    keep_uploaded_copies,
+)
 from ._maintenance import MaintenanceMixin
 from ._protocol import (
     Payload,
@@ -63,6 +71,7 @@ from ._store import AssetRow, FileRow, Key, SQLiteStore, UploadRecord, open_stor
 from ._version import __version__
 
 log = logging.getLogger("assetcache")
+T = TypeVar("T")
 
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
@@ -186,6 +195,7 @@ class _Engine:
         self.racy_ns = int(racy_window * 1e9)
         self.lease_ttl = lease_ttl
         self.task_type = task_type
+        self.copies: Copies | None = None  # local copies of uploaded bytes (_copies)
         self.hash_workers = min(4, os.cpu_count() or 1)
         if store is not None:
             self.store, self.registry = store, store
@@ -459,6 +469,7 @@ class _Engine:
                     made.append(_fitted(transform, fmt, payload))
                 return made[0]
 
+        make.original = payload  # type: ignore[attr-defined]  # what local copies keep
         return variant, make
 
     # -- lookups and records (blocking SQLite) --------------------------------
@@ -546,6 +557,8 @@ class _Engine:
             for p, r, sent in done
         ]
         self.registry.record_uploads(records, self.owner, files)
+        if self.copies is not None:
+            keep_uploaded_copies(self.copies, done)
         return [
             AssetRow(rec.namespace, rec.content_hash, rec.variant, rec.image_uuid, rec.size,
                      rec.format, now, now)
@@ -992,14 +1005,22 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         max_bytes: int | None = 1 << 30,
         racy_window: float = _hashing.RACY_WINDOW_NS / 1e9,
         lease_ttl: float = 300.0,
-        task_type: str = "imageUpload",
+        task_type: str | None = None,
         transport: Any = None,
         sleep: Callable[[float], None] | None = None,
         store: SQLiteStore | None = None,
         local_db: str | os.PathLike[str] | None = None,
         resize: bool | str | None = None,
         max_side: int = _transform.MAX_SIDE,
+        upload_task: str | None = None,
+        keep_copies: bool = False,
+        copies_dir: str | os.PathLike[str] | None = None,
+        copies_max_bytes: int = DEFAULT_COPIES_MAX,
     ) -> None:
+        if upload_task is not None and task_type not in (None, upload_task):
+            raise ConfigurationError(f"upload_task={upload_task!r} contradicts "
+                                     f"task_type={task_type!r}: give one")
+        task_type = upload_task or task_type or "imageUpload"
         self._engine = _Engine(
             api_key, base_url=base_url, db_path=db_path, clock=clock, retention=retention,
             margin=margin, touch_every=touch_every, namespace=namespace, retry=retry,
@@ -1008,6 +1029,13 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
             task_type=task_type, store=store, local_db=local_db, resize=resize,
             max_side=max_side,
         )
+        try:
+            self._copies = Copies(copies_dir or self._engine.store.path + ".copies",
+                                  copies_max_bytes)
+        except ConfigurationError:
+            self._engine.close()
+            raise
+        self._engine.copies = self._copies if keep_copies else None
         self._transport = transport
         self._driver = Driver(sleep=sleep or time.sleep)
         self._closed = False
@@ -1090,6 +1118,25 @@ class AssetCache(_CacheBase):
         """Resolve many sources at once; never raises for one bad item."""
         return run_sync(self._engine.plan_resolve_many(list(sources), concurrency), self._driver)
 
+    def use(
+        self,
+        source: SourceLike,
+        fn: Callable[[str], T],
+        *,
+        retries: int = 1,
+        is_unknown: UnknownPredicate | None = None,
+        parameter: str | Iterable[str] | None = None,
+    ) -> T:
+        """``fn(uuid)`` with the UUID of ``source`` (or a cached imageUUID); if Runware
+        answers that it no longer knows the UUID, upload again and call ``fn`` once
+        more (at most ``retries`` times; then :class:`RetryBudgetExhausted`).
+
+        >>> cache.use("cat.png", lambda uuid: run_task(seedImage=uuid))   # doctest: +SKIP
+        """
+        steps = self._use_steps(source, retries, is_unknown, parameter)
+        result: T = drive_use(steps, fn, self._drive)
+        return result
+
     def _drive(self, plan: Plan) -> Any:
         return run_sync(plan, self._driver)
 
@@ -1144,6 +1191,22 @@ class AsyncAssetCache(_CacheBase):
         self, sources: Iterable[SourceLike], concurrency: int | None = None
     ) -> list[Resolution]:
         return await run_async(self._engine.plan_resolve_many(list(sources), concurrency), self._driver)
+
+    async def use(
+        self,
+        source: SourceLike,
+        fn: Callable[[str], Any],
+        *,
+        retries: int = 1,
+        is_unknown: UnknownPredicate | None = None,
+        parameter: str | Iterable[str] | None = None,
+    ) -> Any:
+        """The twin of :meth:`AssetCache.use`; ``fn`` may be a coroutine function.
+
+        >>> await cache.use("cat.png", run_task)                        # doctest: +SKIP
+        """
+        return await drive_use_async(self._use_steps(source, retries, is_unknown, parameter), fn,
+                                     self._drive)
 
     async def _drive(self, plan: Plan) -> Any:
         return await run_async(plan, self._driver)

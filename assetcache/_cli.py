@@ -54,6 +54,8 @@ class Settings:
     emulator: bool = False
     api_key_file: str | None = None
     verbose: int = 0
+    #: Cache settings from global options (upload task, local copies).
+    options: dict[str, Any] = field(default_factory=dict)
     _cache: Any = None
     _emulator: Any = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
@@ -111,6 +113,7 @@ class Settings:
                     "no Runware API key: set RUNWARE_API_KEY (or --api-key-file FILE), "
                     "or add --emulator to use the bundled local emulator"
                 )
+        kwargs = {**self.options, **kwargs}
         self._cache = AssetCache(key, base_url=url, db_path=db_path, namespace=namespace, **kwargs)
         self._closers.insert(0, self._cache.close)
         return self._cache
@@ -245,6 +248,28 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 
+class ByteSize(click.ParamType):
+    """``1048576``, ``500K``, ``500M``, ``2G`` (powers of 1024; ``MiB``/``MB`` accepted)."""
+
+    name = "size"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        import re
+
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.I)
+        if not m:
+            self.fail(f"{value!r} is not a size (e.g. 500M, 2G)", param, ctx)
+        return int(float(m.group(1)) * self._UNITS[m.group(2).upper()])
+
+
+BYTE_SIZE = ByteSize()
+
+
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
 
@@ -273,11 +298,24 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
               help="Use the bundled local emulator instead of Runware (no account, no network).")
 @click.option("--api-key-file", metavar="FILE",
               help="Read the API key from FILE (default: env RUNWARE_API_KEY).")
+@click.option("--upload-task", type=click.Choice(["imageUpload", "mediaStorage"]),
+              envvar="ASSETCACHE_UPLOAD_TASK",
+              help="Upload with imageUpload (default) or the newer mediaStorage task "
+                   "(env ASSETCACHE_UPLOAD_TASK).")
+@click.option("--keep-copies", is_flag=True, envvar="ASSETCACHE_KEEP_COPIES",
+              help="Keep a local copy of each uploaded image, so refresh and recovery work "
+                   "after the file moved or was deleted (env ASSETCACHE_KEEP_COPIES).")
+@click.option("--copies-dir", metavar="DIR", envvar="ASSETCACHE_COPIES_DIR",
+              help="Where local copies go (default: beside the database, <db>.copies).")
+@click.option("--copies-max", type=BYTE_SIZE, metavar="SIZE", envvar="ASSETCACHE_COPIES_MAX",
+              help="Size bound of the local copies, e.g. 500M or 2G (default 1G); the least "
+                   "recently used go first.")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="assetcache")
 @click.pass_context
 def cli(ctx: click.Context, db: str | None, api_url: str | None, emulator: bool,
-        api_key_file: str | None, verbose: int) -> None:
+        api_key_file: str | None, upload_task: str | None, keep_copies: bool,
+        copies_dir: str | None, copies_max: int | None, verbose: int) -> None:
     """Never upload the same image to Runware twice.
 
     assetcache maps image content to Runware imageUUIDs, re-uploading only what
@@ -287,6 +325,14 @@ def cli(ctx: click.Context, db: str | None, api_url: str | None, emulator: bool,
     Exit codes: 0 all good, 1 some items failed, 2 usage or configuration error.
     """
     settings = Settings(db, api_url, emulator, api_key_file, verbose)
+    if upload_task:
+        settings.options["upload_task"] = upload_task
+    if keep_copies:
+        settings.options["keep_copies"] = True
+    if copies_dir:
+        settings.options["copies_dir"] = copies_dir
+    if copies_max is not None:
+        settings.options["copies_max_bytes"] = copies_max
     ctx.obj = settings
     ctx.call_on_close(settings.close)
     if verbose:
@@ -504,9 +550,23 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
         ("bytes sent", human_bytes(s.bytes_sent)),
         ("bytes saved", f"{human_bytes(s.bytes_saved)} (not sent again thanks to the cache)"),
         ("database", f"{s.db_path} ({human_bytes(s.db_bytes)})"),
+        ("local copies", copies_text(s.copies)),
     ]
     for name, value in lines:
         click.echo(f"{name:<14}{value}")
+
+
+def copies_text(copies: dict[str, Any] | None) -> str:
+    """``stats``/``doctor``: where local copies go and what they hold."""
+    if not copies:
+        return "off"
+    held = (f"{copies['files']} file(s), {human_bytes(copies['bytes'])} of "
+            f"{human_bytes(copies['max_bytes'])}")
+    if copies["enabled"]:
+        return f"{copies['path']} ({held})"
+    if copies["files"]:
+        return f"off ({held} left in {copies['path']})"
+    return "off (--keep-copies to keep uploaded bytes for refresh and recovery)"
 
 
 # -- keeping it healthy -----------------------------------------------------------------
@@ -618,25 +678,35 @@ def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command()
 @click.argument("items", nargs=-1, required=True)
+@click.option("--remote", is_flag=True,
+              help="Also delete the uploads on Runware (mediaStorage delete); an entry the "
+                   "server did not delete is kept.")
 @all_accounts_option
 @json_option
 @click.pass_obj
 @handle_errors
-def forget(settings: Settings, items: tuple[str, ...], all_accounts: bool, as_json: bool) -> None:
+def forget(settings: Settings, items: tuple[str, ...], remote: bool, all_accounts: bool,
+           as_json: bool) -> None:
     """Remove entries, named by path (a folder: its tracked files), content hash or imageUUID.
 
-    The next use of that content uploads it again. Exit 1 if an item matched nothing.
+    The next use of that content uploads it again. Exit 1 if an item matched nothing
+    (or, with --remote, could not be deleted on the server).
     """
-    cache = settings.cache(need_key=False)
-    results = cache.forget(items, all_accounts=scope(settings, all_accounts))
+    cache = settings.cache(need_key=remote)
+    results = cache.forget(items, remote=remote, all_accounts=scope(settings, all_accounts))
     if as_json:
         echo_json([r.as_dict() for r in results])
     else:
         for r in results:
             if r.error is not None:
                 note(f"assetcache: {r.error}")
-                continue
+                if not r.entries:
+                    continue
             uuids = ", ".join(e.uuid for e in r.entries) or "no entry"
+            gone = {u: status for u, status in r.remote}
+            if remote and r.entries:
+                uuids = ", ".join(f"{e.uuid} ({gone.get(e.uuid, '?')} on Runware)"
+                                  for e in r.entries)
             click.echo(f"forgot\t{r.item}\t{uuids}")
     if any(r.error for r in results):
         sys.exit(EXIT_FAILED)
@@ -746,8 +816,10 @@ def fill_settings(settings: Settings, report: Any) -> None:
     url = (settings.api_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
     report.account = account_fingerprint(key) if key else None
     report.namespace = "emulator#local" if settings.emulator else namespace_for(url, key)
+    from ._maintenance import resize_settings
+
     report.settings = {"api_url": "(emulator)" if settings.emulator else url,
-                       "namespace": report.namespace}
+                       "namespace": report.namespace, **resize_settings(None)}
 
 
 def print_doctor(report: Any) -> None:
@@ -770,11 +842,18 @@ def print_doctor(report: Any) -> None:
         lines += [
             ("retention", f"{format_duration(s['retention_seconds'])} after last use, served "
                           f"until {format_duration(s['margin_seconds'])} before"),
-            ("uploads", f"{s['concurrency']} requests at once, up to {s['batch_size']} images "
+            ("uploads", f"{s['task_type']}, {s['concurrency']} requests at once, up to "
+                        f"{s['batch_size']} images "
                         f"or {human_bytes(s['batch_bytes'])} each, "
                         + (f"{human_bytes(s['max_bytes'])} max per image" if s["max_bytes"]
                            else "no size limit")),
         ]
+    if "resize_note" in s:
+        off = s.get("resize") == "" and s.get("resize_available")
+        lines.append(("resizing", "off (resize=False or ASSETCACHE_RESIZE=0): images are "
+                      "sent as they are" if off else s["resize_note"]))
+    if "local_copies" in s:
+        lines.append(("copies", copies_text(s["local_copies"])))
     for name, value in lines:
         click.echo(f"{name:<11}{value}")
     for action in report.actions:

@@ -135,6 +135,8 @@ class CacheStats:
     bytes_saved: int
     db_path: str
     db_bytes: int
+    #: Local copies of uploaded bytes (``CopiesUsage.as_dict()``), on or off.
+    copies: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -230,11 +232,14 @@ class ForgetItem:
     entries: tuple[Entry, ...] = ()
     files: tuple[str, ...] = ()
     error: str | None = None
+    #: With ``remote=True``: ``(uuid, "deleted" | "already gone" | "failed: ...")``.
+    remote: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"item": self.item, "kind": self.kind,
                 "entries": [{"hash": e.content_hash, "uuid": e.uuid} for e in self.entries],
-                "files": list(self.files), "error": self.error}
+                "files": list(self.files), "error": self.error,
+                "remote": [{"uuid": u, "status": s} for u, s in self.remote]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +282,16 @@ class DoctorReport:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["ok"] = self.ok
         return out
+
+
+def resize_settings(variant: str | None) -> dict[str, Any]:
+    """Whether uploads are resized (``variant``: the cache's transform tag, "" for
+    off, None if no cache is open) and whether this machine can (Pillow)."""
+    from ._transform import resize_available
+
+    available, note = resize_available()
+    return {"resize": variant if variant is not None else available, "resize_available": available,
+            "resize_note": note}
 
 
 # -- database health (works when the cache cannot open the file) -----------------
@@ -493,8 +508,12 @@ class MaintenanceMixin:
         return CacheStats(
             int(n), int(total), int(files), c("hits", 0), c("misses", 0), c("uploads", 0),
             c("reuploads", 0), c("failures", 0), c("retries", 0), c("bytes_sent", 0),
-            c("bytes_saved", 0), store.path, db_size(store.path),
+            c("bytes_saved", 0), store.path, db_size(store.path), self._copies_info(),
         )
+
+    def _copies_info(self) -> dict[str, Any] | None:
+        usage = getattr(self, "copies_usage", None)  # the lifecycle layer's
+        return usage().as_dict() if usage is not None else None
 
     def preview(self, sources: Iterable[SourceLike]) -> list[Resolution]:
         """What :meth:`resolve_many` would do, without uploading or writing anything.
@@ -602,7 +621,7 @@ class MaintenanceMixin:
         # already deleted are not "about to expire" and stay on-demand.
         return [
             e for e in self.entries(expiring_within=within, expired=True)
-            if e.namespace == engine.namespace and e.variant == engine.variant
+            if e.namespace == engine.namespace and e.variant in (engine.variant, engine.fit_variant)
             and e.expires_at > now
         ]
 
@@ -735,8 +754,9 @@ class MaintenanceMixin:
         """Remove the entries of each path (a folder: the files tracked below it),
         content hash or imageUUID. One :class:`ForgetItem` per item, in order.
 
-        ``remote=True`` (also delete the uploads on Runware) needs the lifecycle
-        layer's ``_forget_remote`` hook.
+        ``remote=True`` also deletes the uploads on Runware (``mediaStorage``
+        ``delete``, by the lifecycle layer's ``_forget_remote`` hook); an entry the
+        server did not delete is kept, and its item carries the error.
 
         >>> cache.forget(["cat.png", "5d1f9c62-0b7e-4c55-9d1e-3f0a7c1b2e44"])  # doctest: +SKIP
         """
@@ -774,14 +794,25 @@ class MaintenanceMixin:
             if not entries and not files:
                 out.append(ForgetItem(item, kind, error=f"no cache entry for {item}"))
                 continue
+            remote_done: tuple[tuple[str, str], ...] = ()
+            problem = None
             if hook is not None and entries:
-                hook(entries)
+                # One outcome per entry; an entry not deleted on the server stays here.
+                outcomes = hook(entries)
+                remote_done = tuple((e.uuid, o if isinstance(o, str) else f"failed: {o}")
+                                    for e, o in zip(entries, outcomes, strict=True))
+                failed = [o for o in outcomes if not isinstance(o, str)]
+                if failed:
+                    problem = f"{item}: not deleted on Runware, entry kept: {failed[0]}"
+                    entries = tuple(e for e, o in zip(entries, outcomes, strict=True)
+                                    if isinstance(o, str))
+                    files = []
             if entries:
                 # Through the registry: in a fleet, the shared row goes too.
                 self._engine.registry.delete_assets([e.key for e in entries])
             if files:
                 store.delete_files(files)
-            out.append(ForgetItem(item, kind, entries, tuple(files)))
+            out.append(ForgetItem(item, kind, entries, tuple(files), problem, remote_done))
         return out
 
     def _shared_rows(
@@ -794,8 +825,9 @@ class MaintenanceMixin:
         if uuids:
             rows = engine.registry.find_uuid(uuids[0])
         else:
-            found = (engine.registry.get_asset((engine.namespace, h, engine.variant))
-                     for h in sorted(hashes))
+            variants = dict.fromkeys((engine.variant, engine.fit_variant))  # as sent, resized
+            found = (engine.registry.get_asset((engine.namespace, h, v))
+                     for h in sorted(hashes) for v in variants)
             rows = [r for r in found if r is not None]
         return [r for r in rows if all_accounts or r.namespace == engine.namespace]
 
@@ -915,6 +947,8 @@ class MaintenanceMixin:
             "lease_ttl_seconds": engine.lease_ttl,
             # A fleet's shared registry (password redacted), else the database file.
             "registry": getattr(engine.registry, "path", None),
+            "local_copies": self._copies_info(),
+            **resize_settings(engine.fit_variant),
         }
 
     # -- helpers ----------------------------------------------------------------------

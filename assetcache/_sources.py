@@ -204,7 +204,7 @@ def _parse_data_uri(uri: str, label: str) -> tuple[str | None, bytes]:
     try:
         data = urllib.parse.unquote_to_bytes(payload)
     except UnicodeEncodeError:
-        raise InvalidImage(label, "malformed data URI (characters that are not valid text)") from None
+        raise InvalidImage(label, "malformed data URI (holds invalid characters)") from None
     if not data:
         raise SourceError(label, "empty data URI")
     return media_type, data

@@ -9,6 +9,7 @@ them and turns a missed target into exit status 1.
 
 from __future__ import annotations
 
+import os
 import statistics
 import struct
 import subprocess
@@ -16,10 +17,11 @@ import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from _benchlib import KEY, ratio_line, start_emulator
 
-__all__ = ["KEY", "EmulatorProcess", "Report", "alternate", "median", "png"]
+__all__ = ["KEY", "EmulatorProcess", "Report", "alternate", "median", "png", "write_big_png"]
 
 
 @dataclass
@@ -58,20 +60,37 @@ def alternate(rounds: int, first: Callable[[], float], second: Callable[[], floa
     return a, b
 
 
-def png(seed: int, payload: bytes = b"") -> bytes:
-    """A valid 1x1 PNG, distinct per ``seed``; ``payload`` (any size) goes in an
-    ancillary chunk, which keeps the file valid at any size."""
+def png(seed: int) -> bytes:
+    """A valid 1x1 PNG (about 90 bytes), distinct per ``seed``."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data)
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    extra = chunk(b"tEXt", b"seed\x00%d" % seed)
-    if payload:
-        extra += chunk(b"zzZz", payload)  # ancillary, private: viewers skip it
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tEXt", b"seed\x00%d" % seed)
             + chunk(b"IDAT", zlib.compress(bytes([0, seed % 256, 7, 9]))) + chunk(b"IEND", b""))
+
+
+def write_big_png(path: Path, seed: int, size: int) -> int:
+    """Write a valid 1x1 PNG with ``size`` random bytes in an ancillary chunk,
+    in pieces (the writer never holds the file); returns the file's size."""
+    head = png(seed)
+    end = head.index(b"IDAT") - 4  # the big chunk goes before the image data
+    kind = b"zzZz"
+    with open(path, "wb") as f:
+        f.write(head[:end])
+        f.write(struct.pack(">I", size) + kind)
+        crc = zlib.crc32(kind)
+        left = size
+        while left:
+            piece = os.urandom(min(left, 16 << 20))
+            crc = zlib.crc32(piece, crc)
+            f.write(piece)
+            left -= len(piece)
+        f.write(struct.pack(">I", crc))
+        f.write(head[end:])
+        return f.tell()
 
 
 class EmulatorProcess:

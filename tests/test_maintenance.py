@@ -14,7 +14,7 @@ import pytest
 from conftest import FAST_RETRY
 from helpers import API_KEY, make_png
 
-from assetcache import AssetCache, AsyncAssetCache, ConfigurationError
+from assetcache import AssetCache, AsyncAssetCache
 from assetcache._durations import format_duration, parse_duration
 from assetcache._maintenance import inspect_database, rebuild_database
 from assetcache.emulator import Emulator
@@ -314,9 +314,9 @@ def test_forget_by_path_hash_and_uuid(cache: AssetCache, emu: Emulator, tmp_path
     assert cache.forget([rb.content_hash])[0].error is not None  # already gone
 
 
-def test_forget_remote_is_not_supported_yet(cache: AssetCache) -> None:
-    with pytest.raises(ConfigurationError, match="not supported yet"):
-        cache.forget(["x"], remote=True)
+def test_forget_remote_of_nothing_reports_it(cache: AssetCache, emu: Emulator) -> None:
+    (item,) = cache.forget(["0" * 32], remote=True)  # deletion itself: test_lifecycle.py
+    assert item.error and "no cache entry" in item.error and emu.delete_count == 0
 
 
 # -- export / import --------------------------------------------------------------------

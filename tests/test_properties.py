@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from helpers import make_gif, make_png
 from hypothesis import HealthCheck, example, given, settings
@@ -50,7 +51,7 @@ codes = st.one_of(
 result_items = st.fixed_dictionaries(
     {},
     optional={
-        "taskType": st.sampled_from(["imageUpload", "mediaStorage", "authentication"]) | json_values,
+        "taskType": st.sampled_from(["imageUpload", "mediaStorage"]) | json_values,
         "taskUUID": maybe_uuid,
         "imageUUID": maybe_uuid,
         "mediaUUID": maybe_uuid,
@@ -173,7 +174,11 @@ blobs = st.one_of(
 def offline_cache(tmp_path_factory) -> Iterator[AssetCache]:
     """A cache that never reaches a server: only preparing is exercised."""
     folder = tmp_path_factory.mktemp("props")
-    with AssetCache("k", base_url="http://127.0.0.1:9/v1", db_path=folder / "c.db") as cache:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with AssetCache("k", base_url="http://127.0.0.1:9/v1", db_path=folder / "c.db",
+                    transport=httpx.MockTransport(refuse), sleep=lambda seconds: None) as cache:
         yield cache
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import logging
 import math
 import subprocess
@@ -416,3 +417,45 @@ def test_emulator_keeps_large_uploads_downscaled(tmp_path):
         assert not emu.downscales
         record = emu.image(cache.resolve(big_png).uuid)
         assert record is not None and record.data == big_png
+
+
+# -- doctor -----------------------------------------------------------------------------
+
+def test_doctor_says_whether_images_are_resized(tmp_path, monkeypatch):
+    from cli_support import EmulatorCLI
+
+    ecli = EmulatorCLI(tmp_path)
+    (tmp_path / "big.jpg").write_bytes(jpeg(3000, 2000))
+    assert ecli("upload", tmp_path / "big.jpg").exit_code == 0
+    text = ecli("doctor").stdout
+    assert f"resizing   Pillow {PIL.__version__}: images larger than 2048 px" in text
+    settings = json.loads(ecli("doctor", "--json").stdout)["settings"]
+    assert (settings["resize"], settings["resize_available"]) == (TAG, True)
+    off = ecli("doctor", env={"ASSETCACHE_RESIZE": "0"}).stdout
+    assert "resizing   off (resize=False or ASSETCACHE_RESIZE=0)" in off
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    missing = ecli("doctor").stdout
+    assert "resizing   Pillow is not installed: images are sent as they are" in missing
+
+
+def test_emulator_uplink_paces_request_bodies(tmp_path, monkeypatch):
+    """``uplink_mbps``: bodies are read as fast as that link would carry them, one
+    link for all connections (waits recorded, not slept)."""
+    import assetcache.emulator._emulator as emulator_module
+
+    waits: list[float] = []
+    monkeypatch.setattr(emulator_module.time, "sleep", waits.append)
+    with Emulator(api_key=API_KEY, uplink_mbps=8) as emu:  # 1 MB/s
+        assert emu.throttled
+        emu.throttle(500_000)
+        emu.throttle(500_000)  # queued behind the first: done a second from now
+        assert waits == [pytest.approx(0.5, abs=0.05), pytest.approx(1.0, abs=0.05)]
+        waits.clear()
+        with AssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db",
+                        clock=emu.clock, resize=False) as cache:
+            original = jpeg(600, 400)
+            assert kept(emu, cache.resolve(original).uuid) == original
+        assert len(waits) >= 1 and sum(waits) >= len(original) * 8 / 8e6
+    with pytest.raises(ValueError, match="uplink_mbps"):
+        Emulator(uplink_mbps=-1)
+    assert not Emulator().throttled

@@ -80,6 +80,12 @@ malformed imageUUID; nothing stored), ``"foreign_task"`` (stored, but results
 carry a random taskUUID). Only ``drop_after`` and ``foreign_task`` (and
 ``slow``) store anything.
 
+Uplink
+------
+``uplink_mbps`` (``--uplink-mbps``) reads request bodies no faster than that
+many Mbit/s, all connections sharing the one link, as a client's uplink would
+carry them: what sending fewer bytes saves can then be measured on loopback.
+
 State
 -----
 ``state_path`` loads stored-image metadata and the clock at construction and

@@ -62,6 +62,7 @@ class Emulator:
         retention: timedelta = timedelta(days=30),
         response_shape: ResponseShape = "list",
         latency: float = 0.0,
+        uplink_mbps: float = 0.0,
         fault_rate: float = 0.0,
         fault_kinds: Iterable[str] = TRANSIENT_FAULTS,
         seed: int | None = None,
@@ -84,6 +85,12 @@ class Emulator:
         self._faults = FaultPlan(fault_rate, fault_kinds, seed)
         self.set_response_shape(response_shape)
         self.set_latency(latency)
+        if uplink_mbps < 0:
+            raise ValueError("uplink_mbps must be >= 0")
+        # One link shared by every connection, as a client's uplink is.
+        self._uplink_bps = uplink_mbps * 1e6
+        self._link_lock = threading.Lock()
+        self._link_free_at = 0.0
         self._engine = Engine(
             retention_s=retention.total_seconds(),
             keep_bytes=keep_bytes,
@@ -287,6 +294,21 @@ class Emulator:
         if shape not in ("list", "object"):
             raise ValueError("response_shape must be 'list' or 'object'")
         self.response_shape: ResponseShape = shape
+
+    @property
+    def throttled(self) -> bool:
+        """Whether request bodies are read at ``uplink_mbps``."""
+        return bool(self._uplink_bps)
+
+    def throttle(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more of a request body would have crossed the uplink."""
+        if not self._uplink_bps:
+            return
+        with self._link_lock:
+            now = time.monotonic()
+            self._link_free_at = max(now, self._link_free_at) + nbytes * 8 / self._uplink_bps
+            wait = self._link_free_at - now
+        time.sleep(wait)
 
     def set_latency(self, seconds: float) -> None:
         """Seconds slept before answering each API request."""

@@ -123,7 +123,17 @@ class Handler(BaseHTTPRequestHandler):
         if length < 0:
             self.send_error(400, "bad Content-Length")
             return None
-        return self.rfile.read(length)
+        emulator = self.server.emulator
+        if not emulator.throttled:
+            return self.rfile.read(length)
+        body = bytearray()
+        while len(body) < length:
+            piece = self.rfile.read(min(1 << 16, length - len(body)))
+            if not piece:
+                break
+            emulator.throttle(len(piece))
+            body += piece
+        return bytes(body)
 
     def _read_chunked(self) -> bytes | None:
         parts: list[bytes] = []
@@ -140,6 +150,7 @@ class Handler(BaseHTTPRequestHandler):
                     pass
                 return b"".join(parts)
             parts.append(self.rfile.read(size))
+            self.server.emulator.throttle(size)
             self.rfile.readline(1024)
 
     def _send(self, reply: Reply) -> None:

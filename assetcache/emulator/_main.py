@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="probability in [0, 1]")
     parser.add_argument(
+        "--uplink-mbps",
+        type=float,
+        default=0.0,
+        metavar="MBPS",
+        help="read request bodies no faster than this, shared by all connections, "
+        "like a client's uplink (default 0: unlimited)",
+    )
+    parser.add_argument(
         "--fault-kinds",
         default=",".join(TRANSIENT_FAULTS),
         help=f"comma-separated, from: {', '.join(sorted(FAULT_KINDS))}",
@@ -75,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             retention=timedelta(days=args.retention_days),
             response_shape=args.response_shape,
             latency=args.latency,
+            uplink_mbps=args.uplink_mbps,
             fault_rate=args.fault_rate,
             fault_kinds=kinds,
             seed=args.seed,

@@ -1,0 +1,91 @@
+"""Start-up: ``assetcache --version`` and ``assetcache status EMPTY`` against ``python -c pass``.
+
+    python scripts/bench_startup.py [--rounds 21]
+
+Times whole processes, alternating the three commands round by round
+(``status`` runs on an empty folder with a cache database that already
+exists, as on every run but the first). Each command must also load no HTTP
+stack: it is run once with ``PYTHONPROFILEIMPORTTIME=1`` and its import list
+checked for httpx, httpcore, h11, anyio and ssl. Target: each command at
+most 8x the bare interpreter's wall time, and no HTTP import. Exit 1 when
+missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _bench import KEY, Report, median
+
+TARGET = 8.0
+HTTP_STACK = ("httpx", "httpcore", "h11", "anyio", "ssl")
+
+
+def assetcache_command() -> list[str]:
+    script = Path(sys.executable).with_name("assetcache")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "assetcache"]
+
+
+def imported(command: list[str], env: dict[str, str]) -> set[str]:
+    """Top-level names of the modules ``command`` imports."""
+    out = subprocess.run(command, env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+                         capture_output=True, text=True, check=True)
+    names = set()
+    for line in out.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    report = Report()
+    try:
+        empty = tmp / "empty"
+        empty.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env.update(RUNWARE_API_KEY=KEY, ASSETCACHE_DB=str(tmp / "cache.db"))
+        commands = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "assetcache --version": [*assetcache_command(), "--version"],
+            "assetcache status EMPTY": [*assetcache_command(), "status", str(empty)],
+        }
+        for command in commands.values():  # creates the database; checks each one runs
+            subprocess.run(command, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=True)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        order = list(commands)
+        for i in range(args.rounds):
+            for name in order[i % 3:] + order[:i % 3]:
+                started = time.perf_counter()
+                subprocess.run(commands[name], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, check=True)
+                times[name].append(time.perf_counter() - started)
+        base = median(times["python -c pass"])
+        print(f"wall time, median of {args.rounds}: "
+              + ", ".join(f"{name} {median(t) * 1000:.0f} ms" for name, t in times.items()))
+        for name, key in (("assetcache --version", "version"),
+                          ("assetcache status EMPTY", "status_empty")):
+            http = sorted(set(HTTP_STACK) & imported(commands[name], env))
+            print(f"{name}: imports {', '.join(http) if http else 'no HTTP stack'}")
+            if http:
+                report.missed.append(f"{key} imports {', '.join(http)}")
+            report.ratio(f"startup_{key}_vs_python", median(times[name]) / base, "<=", TARGET)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.exit()
+
+
+if __name__ == "__main__":
+    main()
