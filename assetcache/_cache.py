@@ -863,10 +863,11 @@ class _Engine:
                 log.info("retrying %d upload(s) after: %s", len(pending), last[pending[0]])
                 yield Sleep(backoff_delay(attempt, retry_after, base=self.retry.base_delay,
                                           cap=self.retry.max_delay, jitter=_jitter()))
-        for i in pending:
-            err = last[i]
+        # One request-level error is shared by every task of the batch: amend it once.
+        for err in {id(last[i]): last[i] for i in pending}.values():
             err.message = f"{err.message} (gave up after {attempts} attempts)"
-            out[batch[i][0]] = err
+        for i in pending:
+            out[batch[i][0]] = last[i]
         return out
 
     def close(self) -> None:

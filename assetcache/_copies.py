@@ -4,7 +4,8 @@ Off by default (``AssetCache(keep_copies=True)``). After an upload succeeds,
 the original bytes (before any client-side resize: the cache key is the hash
 of the original, so a copy re-enters the cache through the usual ``prepare``)
 are written to a content-addressed folder, ``<db>.copies/<hash[:2]>/<hash>``
-by default::
+by default. Copies already on disk are read (verified) even in a run that
+keeps no new ones::
 
     copies = Copies("/var/cache/assetcache/cache.db.copies", max_bytes=1 << 30)
     copies.keep(digest, payload)        # after an upload (temp file + rename)
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, BinaryIO, cast
 
 from . import _hashing
 from ._protocol import Payload
@@ -105,9 +106,13 @@ class Copies:
                     size = len(payload.data)
                 else:
                     assert payload.open is not None
+
+                    def sink(chunk: memoryview) -> None:
+                        out.write(chunk)
+
                     with payload.open() as stream:
-                        got, size = _hashing.hash_stream(stream, limit=payload.size,
-                                                         sinks=(out.write,))
+                        got, size = _hashing.hash_stream(cast(BinaryIO, stream),
+                                                         limit=payload.size, sinks=(sink,))
                 out.flush()
                 os.fsync(out.fileno())
             if got != digest or size != payload.size:
@@ -164,9 +169,13 @@ class Copies:
             return None
         path = self.path_for(digest)
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_LIMIT)  # noqa: SIM115
+
+        def sink(chunk: memoryview) -> None:
+            spool.write(chunk)
+
         try:
             with open(path, "rb") as f:
-                got, _ = _hashing.hash_stream(f, sinks=(spool.write,))
+                got, _ = _hashing.hash_stream(f, sinks=(sink,))
         except OSError:
             spool.close()
             return None

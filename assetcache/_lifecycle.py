@@ -501,7 +501,7 @@ class LifecycleMixin:
 
     def _exhausted(self, label: str, rejected: list[str], retries: int,
                    last: object) -> RetryBudgetExhausted:
-        detail = self._engine.redact(_describe(last))
+        detail = self._engine.redact(_describe(last)).rstrip(".")
         if retries == 0:
             text = (f"{label}: Runware does not know imageUUID {rejected[-1]} (expired or "
                     f"deleted) and retries=0; the entry is invalidated, so the next use "
@@ -532,7 +532,8 @@ class LifecycleMixin:
             assert isinstance(target, str)
             rows = yield Call(engine.registry.find_uuid, target.lower())
             return (yield from self._plan_from_rows(rows, label))
-        (res,) = yield from engine.plan_resolve_many([target], 1)
+        sources: list[Any] = [target]  # a source, or one prepared already (file objects)
+        (res,) = yield from engine.plan_resolve_many(sources, 1)
         if res.error is None:
             return res.uuid
         if isinstance(res.error, SourceNotFound) and isinstance(target, (str, os.PathLike)):
@@ -572,12 +573,14 @@ class LifecycleMixin:
         return self._copies.usage(enabled=self._engine.copies is not None)
 
     def _refresh_fallback(self, entry: Entry) -> Any:
-        """The entry's bytes from the local copies, for refresh and recovery."""
+        """The entry's bytes from the local copies, for refresh and recovery.
+
+        Read even while keeping new copies is off: copies an earlier run kept
+        are checked against their hash, so using them can only help.
+        """
         from ._sources import Source
 
-        copies = self._engine.copies
-        if copies is None:
-            return None
+        copies = self._copies
         stream = copies.open(entry.content_hash)
         if stream is None:
             return None
@@ -639,16 +642,19 @@ class LifecycleMixin:
         policy = engine.retry
         attempts = max(1, policy.attempts)
         out: dict[str, str | AssetCacheError] = {}
-        last: dict[str, AssetCacheError] = {}
+        last: dict[str, RemoteError] = {}
         pending = list(uuids)
         for attempt in range(attempts):
             tasks = {new_task_uuid(): u for u in pending}
             body = json_body([{"taskType": "mediaStorage", "taskUUID": t, "operation": "delete",
                                "media": u} for t, u in tasks.items()])
+
+            def chunks(body: bytes = body) -> list[bytes]:
+                return [body]
+
             retry_after: float | None = None
             try:
-                resp = yield Http(engine.base_url, headers, lambda body=body: [body], len(body),
-                                  policy.timeout)
+                resp = yield Http(engine.base_url, headers, chunks, len(body), policy.timeout)
                 answers = parse_response(resp.status, resp.headers, resp.body, list(tasks),
                                          engine.redact, "mediaUUID")
             except RemoteError as exc:

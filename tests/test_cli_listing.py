@@ -112,7 +112,8 @@ def test_stats(ecli: EmulatorCLI, tmp_path: Path) -> None:
     assert result.exit_code == 0
     s = json.loads(result.stdout)
     assert set(s) == {"entries", "bytes", "files", "hits", "misses", "uploads", "reuploads",
-                      "failures", "retries", "bytes_sent", "bytes_saved", "db_path", "db_bytes"}
+                      "failures", "retries", "bytes_sent", "bytes_saved", "db_path", "db_bytes",
+                      "copies"}
     assert (s["entries"], s["hits"], s["uploads"], s["reuploads"]) == (2, 2, 3, 1)
     assert s["bytes_saved"] == len(make_png(1)) + len(make_png(2))
     assert s["bytes"] == s["bytes_saved"] and s["db_bytes"] > 0

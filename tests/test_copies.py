@@ -100,6 +100,19 @@ def test_a_damaged_copy_is_dropped_not_sent(make_cache: Callable[..., AssetCache
         cache.use(old, lambda u: u)  # type: ignore[arg-type]
 
 
+def test_copies_kept_earlier_are_used_while_keeping_is_off(
+        make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path) -> None:
+    a = tmp_path / "a.png"
+    a.write_bytes(make_png(1))
+    make_cache(keep_copies=True).resolve(a)
+    a.unlink()
+    emu.advance(days=28.5)
+    cron = make_cache()  # e.g. `assetcache refresh` run without --keep-copies
+    (item,) = cron.refresh(timedelta(days=2)).items
+    assert item.status == "renewed" and emu.image(item.uuid).data == make_png(1)  # type: ignore[arg-type,union-attr]
+    assert not cron.copies_usage().enabled and cron.copies_usage().files == 1
+
+
 def test_a_source_changed_since_upload_is_not_kept(tmp_path: Path) -> None:
     copies = Copies(tmp_path / "copies")
     uploaded, now = make_png(1), make_png(2)
