@@ -39,6 +39,19 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._cache import AssetCache, AsyncAssetCache, Resolution, RetryPolicy
+    from ._copies import CopiesUsage
+    from ._maintenance import (
+        CacheStats,
+        DoctorReport,
+        Entry,
+        ForgetItem,
+        ImportReport,
+        PruneReport,
+        RefreshItem,
+        RefreshReport,
+        VerifyItem,
+    )
+    from ._scan import FileStatus
     from ._sources import Source
 
 #: Public names whose modules load on first access (PEP 562).
@@ -48,6 +61,13 @@ _LAZY = {
     "Resolution": "._cache",
     "RetryPolicy": "._cache",
     "Source": "._sources",
+    "FileStatus": "._scan",
+    "CopiesUsage": "._copies",
+    **dict.fromkeys(
+        ("CacheStats", "DoctorReport", "Entry", "ForgetItem", "ImportReport", "PruneReport",
+         "RefreshItem", "RefreshReport", "VerifyItem"),
+        "._maintenance",
+    ),
 }
 
 
@@ -69,11 +89,21 @@ __all__ = [
     "AssetCacheError",
     "AsyncAssetCache",
     "AuthenticationError",
+    "CacheStats",
     "ConfigurationError",
+    "CopiesUsage",
+    "DoctorReport",
+    "Entry",
+    "FileStatus",
+    "ForgetItem",
+    "ImportReport",
     "InsufficientCredits",
     "InvalidImage",
     "ProtocolError",
+    "PruneReport",
     "RateLimited",
+    "RefreshItem",
+    "RefreshReport",
     "RejectedInput",
     "RemoteError",
     "Resolution",
@@ -88,5 +118,6 @@ __all__ = [
     "StoreError",
     "UnknownImage",
     "UnsupportedFormat",
+    "VerifyItem",
     "__version__",
 ]
