@@ -715,31 +715,5 @@ def keep_uploaded_copies(copies: Copies, done: Iterable[tuple[_Prepared, Any, in
 
 
 def _expire_rows(registry: Any, key: Key, image_uuid: str | None, stamp: float) -> int:
-    """Set ``last_used_at`` back to ``stamp`` (never forward) in every store the
-    registry writes: the SQLite file, or a fleet's shared server and local copy."""
-    from ._store import SQLiteStore
-
-    local, shared = getattr(registry, "local", None), getattr(registry, "shared", None)
-    if local is not None and shared is not None:
-        # Other hosts' local copies learn it when their own use is rejected.
-        return (_expire_rows(shared, key, image_uuid, stamp)
-                + _expire_rows(local, key, image_uuid, stamp))
-    clause = " AND image_uuid = ?" if image_uuid is not None else ""
-    params: tuple[Any, ...] = (stamp, *key, stamp)
-    if image_uuid is not None:
-        params += (image_uuid,)
-    if isinstance(registry, SQLiteStore):
-        with registry.write("invalidate an entry") as conn:
-            return int(conn.execute(
-                "UPDATE assets SET last_used_at = ? WHERE namespace = ? AND content_hash = ? "
-                f"AND variant = ? AND last_used_at > ?{clause}", params).rowcount)
-    # PostgreSQL: the registry has no method that moves a use backwards.
-    with registry.write("invalidate an entry") as conn:
-        lock = getattr(registry, "_lock_keys", None)
-        if lock is not None:
-            lock(conn, [key])
-        cur = conn.execute(
-            "UPDATE assetcache_assets SET last_used_at = %s WHERE namespace = %s "
-            "AND content_hash = %s AND variant = %s AND last_used_at > %s"
-            + clause.replace("?", "%s"), params)
-        return int(cur.rowcount)
+    """Set ``last_used_at`` back to ``stamp`` (never forward) wherever the registry keeps it."""
+    return int(registry.expire_asset(key, stamp, image_uuid))

@@ -323,6 +323,16 @@ class PostgresRegistry:
                     "DELETE FROM assetcache_assets WHERE namespace = %s AND content_hash = %s "
                     "AND variant = %s AND last_used_at = %s", (*r.key, r.last_used_at))
 
+    def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
+        clause = " AND image_uuid = %s" if image_uuid is not None else ""
+        params: tuple[Any, ...] = (stamp, *key, stamp) + ((image_uuid,) if image_uuid else ())
+        with self.write("invalidate an entry") as conn:
+            self._lock_keys(conn, [key])
+            return int(conn.execute(
+                "UPDATE assetcache_assets SET last_used_at = %s WHERE namespace = %s "
+                f"AND content_hash = %s AND variant = %s AND last_used_at > %s{clause}",
+                params).rowcount)
+
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         if dry_run:
             rows = self.read("SELECT count(*) FROM assetcache_leases WHERE expires_at < %s", (now,))
@@ -447,6 +457,11 @@ class FleetRegistry:
 
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         return self.shared.drop_expired_leases(now, dry_run)
+
+    def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
+        # Other hosts' local copies learn it when their own use is rejected.
+        return (self.shared.expire_asset(key, stamp, image_uuid)
+                + self.local.expire_asset(key, stamp, image_uuid))
 
     def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
         return self.shared.merge_assets(rows)

@@ -615,6 +615,16 @@ class SQLiteStore:
                     "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ? "
                     "AND last_used_at = ?", params)
 
+    def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
+        """Move ``last_used_at`` back to ``stamp`` (never forward): the server no longer
+        holds the upload. With ``image_uuid``, only while the row still holds it."""
+        clause = " AND image_uuid = ?" if image_uuid is not None else ""
+        params: tuple[Any, ...] = (stamp, *key, stamp) + ((image_uuid,) if image_uuid else ())
+        with self.write("invalidate an entry") as conn:
+            return int(conn.execute(
+                "UPDATE assets SET last_used_at = ? WHERE namespace = ? AND content_hash = ? "
+                f"AND variant = ? AND last_used_at > ?{clause}", params).rowcount)
+
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         (n,) = self.read("SELECT count(*) FROM leases WHERE expires_at < ?", (now,))[0]
         if n and not dry_run:
