@@ -129,12 +129,22 @@ def test_verify_reports_and_fixes(ecli: EmulatorCLI, tmp_path: Path) -> None:
     assert text.stdout.startswith("untracked")
 
 
-def test_verify_unreadable_file_exit_1(ecli: EmulatorCLI, tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file")
+def test_verify_unreadable_file_exit_1(
+    ecli: EmulatorCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (a,) = write_images(tmp_path, 1)
     ecli("upload", a)
     a.chmod(0)
+    if os.geteuid() == 0:
+        # Root reads any file: make the open fail as it would for anyone else.
+        real_open = os.open
+
+        def denied(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if os.fsdecode(path) == str(a):
+                raise PermissionError(13, "Permission denied", str(a))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", denied)
     try:
         result = ecli("verify")
     finally:
