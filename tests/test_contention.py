@@ -161,3 +161,36 @@ def test_eight_processes_for_thirty_seconds_in_all(tmp_path):
         assert all(emu.holds(next(iter(u))) for u in seen.values())
     print(f"\n{PROCESSES} processes, {total_seconds:.1f} s in all, ops {dict(ops)}, "
           f"{len(listings)} CLI listings, {emu.upload_count} uploads of {len(seen)} contents")
+
+
+OPENER = r"""
+import sys, time
+from assetcache._store import SQLiteStore
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+try:
+    store = SQLiteStore(sys.argv[1])
+    store.read("SELECT COUNT(*) FROM assets")
+    store.close()
+    print("ok")
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def test_processes_creating_one_database_at_the_same_instant(tmp_path):
+    """The first open of a new file switches it to WAL, which SQLite does not
+    wait for: 8 processes doing it in the same millisecond must all succeed."""
+    failures = []
+    for attempt in range(8):
+        db = tmp_path / f"round-{attempt}" / "cache.db"
+        start = time.time() + 0.4  # every process imported and waiting by then
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(db), str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(PROCESSES)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            if out.strip() != "ok":
+                failures.append(out.strip() or err[-500:])
+    assert failures == []
+

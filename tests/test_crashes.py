@@ -27,12 +27,14 @@ from cli_support import script
 from helpers import API_KEY, make_png
 
 from assetcache import _hashing
+from assetcache._cli import UPLOAD_CHUNK
 from assetcache.emulator import Emulator
 
 FILES = 500
 KILLS = 10
 LATENCY = 0.3
-CHUNK_REQUESTS = 8  # the CLI resolves 128 files at a time: 8 requests of 16 tasks
+#: The CLI resolves (and records) UPLOAD_CHUNK files at a time, in requests of 16 tasks.
+CHUNK_REQUESTS = -(-UPLOAD_CHUNK // 16)
 
 
 class Killer:
@@ -121,7 +123,7 @@ def test_ten_kills_during_a_five_hundred_file_upload_lose_nothing(tmp_path):
         killer = Killer(emu)
         cached_after: list[int] = []
         for n, phase in enumerate(phases):
-            left = -(-(FILES - (cached_after[-1] if cached_after else 0)) // 128)  # chunks
+            left = -(-(FILES - (cached_after[-1] if cached_after else 0)) // UPLOAD_CHUNK)
             if phase == "answer" and left < 2:
                 phase = phases[n] = "arrive"  # after the last chunk the run would finish first
             if phase == "start":
