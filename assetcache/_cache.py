@@ -21,7 +21,6 @@ import logging
 import os
 import stat as stat_mod
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -354,6 +353,8 @@ class _Engine:
                          lambda: payload)
 
     def _prepare_stream(self, src: Source) -> _Prepared:
+        import tempfile  # here: it pulls in shutil, lzma and bz2, slow for start-up
+
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=INLINE_LIMIT)  # noqa: SIM115
         check = FormatCheck()
         try:
@@ -690,9 +691,9 @@ class _Engine:
         for group in self._fit_groups([key for key in keys if key[2]], leaders):
             plans.append(self._plan_fit_send([(key, leaders[key]) for key in group]))
             slots.append(group)
-        outcomes = yield Concurrent(plans, limit)
-        done: list[tuple[_Prepared, TaskResult, int]] = []
-        done_keys: list[Key] = []
+        outcomes = yield Concurrent(
+            [self._plan_recorded(plan, leaders, groups) for plan in plans], limit)
+        recorded: dict[Key, tuple[AssetRow, int]] = {}
         for slot, outcome in zip(slots, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 err = outcome if isinstance(outcome, AssetCacheError) else AssetCacheError(
@@ -700,35 +701,51 @@ class _Engine:
                 for key in slot:
                     failed[key] = err
                 continue
-            for key, (sent, res) in outcome.items():
-                if isinstance(res, TaskResult):
-                    done.append((leaders[key], res, sent))
-                    done_keys.append(key)
+            answers, rows, record_error = outcome
+            for key, (sent, res) in answers.items():
+                if key in rows:
+                    recorded[key] = (rows[key], sent)
+                elif isinstance(res, TaskResult):
+                    failed[key] = record_error or AssetCacheError("upload not recorded")
                 else:
                     failed[key] = res
-        if done:
-            files = [p.file_row for key in done_keys for _, p in groups[key] if p.file_row]
-            try:
-                rows = yield Call(self.record, done, files)
-            except AssetCacheError as exc:
-                for key in done_keys:
-                    failed[key] = exc
-                rows = []
-            for key, row, (_, _, sent) in zip(done_keys, rows, done, strict=False):
-                outcome_name = _policy.outcome_for_upload(previous.get(key))
-                self.count(uploads=1, bytes_sent=sent, misses=1,
-                           reuploads=1 if outcome_name == "reuploaded" else 0)
-                members = groups.pop(key)
-                first_i, first_p = members[0]
-                results[first_i] = self._resolution(first_p.label, row, outcome_name, sent)
-                self._hit_group(results, members[1:], row)
-                self.land(key, row)
+        for key, (row, sent) in recorded.items():
+            outcome_name = _policy.outcome_for_upload(previous.get(key))
+            self.count(uploads=1, bytes_sent=sent, misses=1,
+                       reuploads=1 if outcome_name == "reuploaded" else 0)
+            members = groups.pop(key)
+            first_i, first_p = members[0]
+            results[first_i] = self._resolution(first_p.label, row, outcome_name, sent)
+            self._hit_group(results, members[1:], row)
+            self.land(key, row)
         if failed:
             with contextlib.suppress(AssetCacheError):
                 yield Call(self.release, list(failed))
             for key, err in failed.items():
                 self.land(key, err)
                 self._fail_group(results, groups.pop(key), err)
+
+    def _plan_recorded(
+        self, send: Plan, leaders: dict[Key, _Prepared],
+        groups: dict[Key, list[tuple[int, _Prepared]]],
+    ) -> Plan:
+        """Run one request's plan and record its successes as soon as it answers,
+        so a crash later in a long batch loses only the requests in flight."""
+        answers = yield from send
+        done = [(key, sent, res) for key, (sent, res) in answers.items()
+                if isinstance(res, TaskResult)]
+        rows: dict[Key, AssetRow] = {}
+        error: AssetCacheError | None = None
+        if done:
+            files = [p.file_row for key, _, _ in done for _, p in groups[key] if p.file_row]
+            try:
+                stored = yield Call(self.record, [(leaders[k], res, sent) for k, sent, res in done],
+                                    files)
+            except AssetCacheError as exc:
+                error = exc
+            else:
+                rows = {key: row for (key, _, _), row in zip(done, stored, strict=True)}
+        return answers, rows, error
 
     def _hit_group(
         self,

@@ -235,3 +235,26 @@ def test_streamed_body_is_the_json_it_claims():
 def test_parse_response_reports_missing_tasks():
     out = parse_response(200, {}, json.dumps({"data": []}).encode(), ["t1"], str)
     assert out["t1"].code == "missingResult"
+
+
+def test_an_abort_mid_batch_keeps_what_was_already_answered(make):
+    """Each request's successes are recorded when it answers, not at the end of the call."""
+    calls = []
+
+    def second_request_dies(body):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is being killed
+        return ok_list(body)
+
+    from assetcache._hashing import hash_bytes
+
+    cache = make(Server(*[second_request_dies] * 4), batch_size=2)
+    images = [make_png(300 + i) for i in range(6)]
+    with pytest.raises(KeyboardInterrupt):
+        cache.resolve_many(images, concurrency=1)
+    stored = {row[0] for row in cache.store.read("SELECT content_hash FROM assets")}
+    # The first request's two uploads survive the abort (recorded when it answered);
+    # the aborted request's do not.
+    assert {hash_bytes(images[0]), hash_bytes(images[1])} <= stored
+    assert not {hash_bytes(images[2]), hash_bytes(images[3])} & stored
