@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import stat as stat_mod
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -444,16 +445,21 @@ def status(settings: Settings, paths: tuple[str, ...], check: bool, as_json: boo
     expired (the next use uploads again), changed (since it was hashed), new
     (never uploaded), missing.
     """
-    from ._scan import STATES
+    from ._scan import STATES, discard_prestarted, prestart
 
-    cache = settings.cache()
-    found = list(cache.status(paths or (".",)))
+    paths = paths or (".",)
+    try:
+        if any(_maybe_big(p) for p in paths):
+            prestart()  # a helper for a big folder boots while the cache opens
+        found = list(settings.cache().status(paths))
+    finally:
+        discard_prestarted()
     counts = dict.fromkeys(STATES, 0)
-    for st in found:
-        counts[st.state] = counts.get(st.state, 0) + 1
     if as_json:
         from ._maintenance import iso
 
+        for st in found:
+            counts[st.state] += 1
         echo_json({
             "files": [
                 {"path": st.path, "state": st.state, "uuid": st.uuid, "hash": st.content_hash,
@@ -463,25 +469,44 @@ def status(settings: Settings, paths: tuple[str, ...], check: bool, as_json: boo
             "summary": counts,
         })
     else:
-        # Per line, relpath() (20 us) and click.echo() (4 us) cost more than the scan
-        # itself: strip the working folder's prefix, format each distinct duration
-        # once, and write all lines at once.
+        # Per line, relpath() (20 us) and click.echo() (4 us) would cost more than
+        # the scan itself: strip the working folder's prefix, build each distinct
+        # "state  time-left" head once (files used together share their time
+        # left), and write all lines at once.
         below = os.path.join(os.getcwd(), "")
         cut = len(below)
-        durations: dict[int, str] = {}
+        heads: dict[str, dict[float | None, str]] = {state: {} for state in STATES}
         lines = []
+        append = lines.append
         for st in found:
-            left = "-"
-            if st.time_left and st.time_left > 0:
-                whole = int(st.time_left)
-                left = durations.get(whole) or durations.setdefault(whole, format_duration(whole))
-            path = st.path[cut:] if st.path.startswith(below) else st.path
-            lines.append(f"{st.state:<9} {left:>7}  {path}")
+            state, left = st.state, st.time_left
+            counts[state] += 1
+            head = heads[state].get(left)
+            if head is None:
+                text = format_duration(int(left)) if left and left > 0 else "-"
+                head = heads[state][left] = f"{state:<9} {text:>7}  "
+            path = st.path
+            append(head + path[cut:] if path.startswith(below) else head + path)
         if lines:
             click.echo("\n".join(lines))
         note(f"{len(found)} file(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if check and any(st.state != "fresh" for st in found):
         sys.exit(EXIT_FAILED)
+
+
+def _maybe_big(path: str) -> bool:
+    """Whether ``path`` is a folder with subfolders or many entries (a cheap guess,
+    made before the cache is open, at whether a scan of it is worth a helper)."""
+    try:
+        st = os.stat(path)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            return False
+        if st.st_nlink > 2:
+            return True
+        with os.scandir(path) as entries:
+            return any(i >= 255 for i, _ in enumerate(entries))
+    except OSError:
+        return False
 
 
 # -- listings ------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -97,6 +96,8 @@ class Copies:
         folder = os.path.dirname(target)
         os.makedirs(self.folder, mode=0o700, exist_ok=True)
         os.makedirs(folder, mode=0o700, exist_ok=True)
+        import tempfile  # here: it pulls in shutil, lzma and bz2, slow for start-up
+
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)  # mode 0600
         try:
             with os.fdopen(fd, "wb") as out:
@@ -168,6 +169,8 @@ class Copies:
         if not _NAME.match(digest):
             return None
         path = self.path_for(digest)
+        import tempfile
+
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_LIMIT)  # noqa: SIM115
 
         def sink(chunk: memoryview) -> None:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import AssetCacheError, ServerError
+from ._errors import AssetCacheError, RemoteError, ServerError
 
 Plan = Generator[Any, Any, Any]
 
@@ -53,7 +53,7 @@ class Http:
     """POST ``body`` (an iterable factory, so a retry can produce it again)."""
 
     url: str
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)  # Authorization: never in a repr or a log
     body: Callable[[], Iterable[bytes]]
     content_length: int
     timeout: float
@@ -221,9 +221,14 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
 
 # -- HTTP (httpx is imported here, lazily: start-up stays free of it) ---------------
 
-def _transport_error(exc: Exception, url: str) -> TransportError:
+def _transport_error(exc: Exception, url: str) -> RemoteError:
     import httpx
 
+    untrusted = _certificate_problem(exc)
+    if untrusted is not None:
+        # Not transient: retrying cannot make an untrusted certificate trusted.
+        return RemoteError(f"no answer from {url}: TLS certificate verification failed "
+                           f"({untrusted})", code="tls")
     if isinstance(exc, httpx.TimeoutException):
         reason = "timed out"
     elif isinstance(exc, httpx.ConnectError):
@@ -233,6 +238,20 @@ def _transport_error(exc: Exception, url: str) -> TransportError:
     else:
         reason = type(exc).__name__
     return TransportError(f"no answer from {url}: {reason}", code="transport")
+
+
+def _certificate_problem(exc: BaseException) -> str | None:
+    """Why the server's certificate was refused, if that is what ``exc`` is about."""
+    import ssl
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return cur.verify_message or "certificate verify failed"
+        cur = cur.__cause__ or cur.__context__
+    return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else None
 
 
 def _http_sync(effect: Http, driver: Driver) -> Response:

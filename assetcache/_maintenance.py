@@ -42,7 +42,15 @@ from ._effects import Call, Map, Plan
 from ._errors import AssetCacheError, ConfigurationError, SchemaTooNew, StoreError
 from ._formats import ACCEPTED, FormatCheck
 from ._scan import FileStatus, scan
-from ._store import ASSET_COLUMNS, SCHEMA_VERSION, AssetRow, FileRow, SQLiteStore, path_key
+from ._store import (
+    ASSET_COLUMNS,
+    SCHEMA_VERSION,
+    AssetRow,
+    FileRow,
+    SQLiteStore,
+    path_key,
+    row_sig,
+)
 
 if TYPE_CHECKING:
     from ._cache import Resolution, _Engine, _Prepared
@@ -420,8 +428,10 @@ def rebuild_database(path: str | os.PathLike[str], *, now: float | None = None) 
                 f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
                 [r for r in assets if len(r) == len(ASSET_COLUMNS)],
             )
-            conn.executemany("INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             [r for r in files if len(r) == 9])
+            conn.executemany(
+                "INSERT OR IGNORE INTO files (path, dev, ino, size, mtime_ns, ctime_ns, "
+                "content_hash, format, hashed_at_ns, sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*r, row_sig(r)) for r in files if len(r) == 9])
             conn.executemany("INSERT OR IGNORE INTO counters VALUES (?, ?, ?)", counters)
     finally:
         store.close()

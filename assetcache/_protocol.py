@@ -9,7 +9,6 @@ advance, and a retry can produce the same body again.
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import re
 import time
@@ -175,6 +174,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # here: HTTP dates are rare, and the module is slow to import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -16,10 +16,9 @@ held across a network call.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import socket
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -116,16 +115,26 @@ class Registry(Protocol):
     def add_counters(self, namespace: str, counts: dict[str, int]) -> None: ...
 
 
+def _hostname() -> str:
+    # os.uname() asks the kernel as socket.gethostname() does, without the
+    # socket module's import cost on every start-up.
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 def owner_id() -> str:
     """Identify this process for leases: ``host:pid:random``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+    return f"{_hostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
 def owner_alive(owner: str) -> bool:
     """False only when the owner provably died: same host, no such process."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != _hostname() or not pid_text.isdigit():
         return True
     pid = int(pid_text)
     if pid == os.getpid():
@@ -209,9 +218,46 @@ def _m2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m3(conn: sqlite3.Connection) -> None:
+    # ``status`` compares one packed signature per file instead of five integer
+    # columns, and picks the per-image variant from the row itself (``side``:
+    # the longer pixel side, 0 unreadable, NULL unknown) without a join.
+    conn.execute("ALTER TABLE files ADD COLUMN sig BLOB NOT NULL DEFAULT x''")
+    conn.execute("ALTER TABLE files ADD COLUMN side INTEGER")
+    rows = conn.execute("SELECT path, dev, ino, size, mtime_ns, ctime_ns FROM files").fetchall()
+    conn.executemany("UPDATE files SET sig = ? WHERE path = ?",
+                     [(file_sig(*r[1:]), r[0]) for r in rows])
+    conn.execute("UPDATE files SET side = (SELECT max(d.width, d.height) FROM dimensions d "
+                 "WHERE d.content_hash = files.content_hash)")
+
+
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
-MIGRATIONS: tuple[Any, ...] = (_m1, _m2)
+MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+_SIG = struct.Struct("<QQQqq")
+
+
+def file_sig(dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> bytes:
+    """The ``files.sig`` of a stat result: its five compared fields, packed.
+
+    Fields beyond 64 bits (128-bit inode numbers exist) get a longer text form,
+    which can never equal a packed one.
+    """
+    try:
+        return _SIG.pack(dev, ino, size, mtime_ns, ctime_ns)
+    except struct.error:
+        return b"%d,%d,%d,%d,%d;" % (dev, ino, size, mtime_ns, ctime_ns) + b"\0" * 40
+
+
+def row_sig(row: Sequence[Any]) -> bytes:
+    """The ``files.sig`` of a ``(path, dev, ino, size, mtime_ns, ctime_ns, ...)`` row;
+    empty, which matches no file, when a field is not an integer (salvaged rows)."""
+    fields = row[1:6]
+    if len(fields) == 5 and all(type(v) is int for v in fields):
+        return file_sig(*fields)
+    return b""
 
 
 def path_key(path: str) -> bytes:
@@ -238,8 +284,7 @@ class SQLiteStore:
     def _prepare_file(self) -> None:
         folder = os.path.dirname(self.path)
         try:
-            if not os.path.isdir(folder):
-                os.makedirs(folder, mode=0o700, exist_ok=True)
+            _private_dirs(folder)
             # Created 0600 before SQLite sees it; SQLite gives -wal/-shm the same mode.
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
@@ -342,7 +387,7 @@ class SQLiteStore:
             if version == SCHEMA_VERSION:
                 return
             # WAL is a property of the file: set once, before the first write.
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn)
         except sqlite3.Error as exc:
             self.close()
             raise self._error(exc, "open") from None
@@ -369,45 +414,66 @@ class SQLiteStore:
         "WHERE f.path = ?"
     )
     #: The same when the client transforms images: the variant is per image,
-    #: ``_transform.Transform.variant_for`` in SQL (keep both in step). Unknown
-    #: dimensions match nothing, so the slow path reads and records them.
+    #: ``_transform.Transform.variant_for`` in SQL (keep both in step), on the
+    #: longer side recorded with the row. An unknown size matches nothing, so
+    #: the slow path reads and records it.
     FIT_HIT_SQL = (
         "SELECT f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.hashed_at_ns, f.content_hash, "
         "f.format, a.image_uuid, a.last_used_at, a.size, a.variant "
-        "FROM files f LEFT JOIN dimensions d ON d.content_hash = f.content_hash "
-        "LEFT JOIN assets a ON a.namespace = ? AND a.content_hash = f.content_hash "
+        "FROM files f LEFT JOIN assets a ON a.namespace = ? AND a.content_hash = f.content_hash "
         "AND a.variant = CASE WHEN f.format IN ('bmp', 'gif') THEN ? "
-        "WHEN d.width IS NULL THEN NULL WHEN MAX(d.width, d.height) > ? THEN ? ELSE '' END "
+        "WHEN f.side IS NULL THEN NULL WHEN f.side > ? THEN ? ELSE '' END "
         "WHERE f.path = ?"
     )
 
-    #: ``status``: the file rows of a path range joined to their asset rows
-    #: (variant chosen as in the hit path above), in path order, a page at a time.
+    #: ``status``: a page of the file rows of a path range, in path order, as
+    #: ``(path, sig, racy, content_hash, image_uuid, last_used_at)``: joined to
+    #: their asset rows, the variant chosen as in the hit path above; ``racy``
+    #: is git's racily-clean test (``max(mtime, ctime) + window > hashed_at``).
     SCAN_SQL = (
-        "SELECT f.path, f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.hashed_at_ns, "
+        "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
         "f.content_hash, a.image_uuid, a.last_used_at "
         "FROM files f LEFT JOIN assets a "
         "ON a.namespace = ? AND a.content_hash = f.content_hash AND a.variant = ? "
         "WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
     )
     FIT_SCAN_SQL = (
-        "SELECT f.path, f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.hashed_at_ns, "
+        "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
         "f.content_hash, a.image_uuid, a.last_used_at "
-        "FROM files f LEFT JOIN dimensions d ON d.content_hash = f.content_hash "
-        "LEFT JOIN assets a ON a.namespace = ? AND a.content_hash = f.content_hash "
+        "FROM files f LEFT JOIN assets a ON a.namespace = ? AND a.content_hash = f.content_hash "
         "AND a.variant = CASE WHEN f.format IN ('bmp', 'gif') THEN ? "
-        "WHEN d.width IS NULL THEN NULL WHEN MAX(d.width, d.height) > ? THEN ? ELSE '' END "
+        "WHEN f.side IS NULL THEN NULL WHEN f.side > ? THEN ? ELSE '' END "
         "WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
+    )
+    #: The same without the join, for a caller holding the asset rows: the last
+    #: column says which variant applies (0 untouched, 1 transformed, NULL unknown).
+    SCAN_FILES_SQL = (
+        "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
+        "f.content_hash, 0 FROM files f WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
+    )
+    FIT_SCAN_FILES_SQL = (
+        "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
+        "f.content_hash, CASE WHEN f.format IN ('bmp', 'gif') THEN 1 "
+        "WHEN f.side IS NULL THEN NULL WHEN f.side > ? THEN 1 ELSE 0 END "
+        "FROM files f WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
     )
 
     @classmethod
     def scan_query(
-        cls, namespace: str, variant: str, max_side: int, lo: bytes, hi: bytes, limit: int
+        cls, namespace: str, variant: str, max_side: int, racy_ns: int, lo: bytes, hi: bytes,
+        limit: int, *, join: bool = True,
     ) -> tuple[str, tuple[Any, ...]]:
-        """SQL and parameters of one page of :attr:`SCAN_SQL` (``lo <= path < hi``)."""
-        if variant and max_side:
-            return cls.FIT_SCAN_SQL, (namespace, variant, max_side, variant, lo, hi, limit)
-        return cls.SCAN_SQL, (namespace, variant, lo, hi, limit)
+        """SQL and parameters of one page of :attr:`SCAN_SQL` (``lo <= path < hi``);
+        with ``join=False``, of :attr:`SCAN_FILES_SQL`."""
+        fit = bool(variant and max_side)
+        if not join:
+            if fit:
+                return cls.FIT_SCAN_FILES_SQL, (racy_ns, max_side, lo, hi, limit)
+            return cls.SCAN_FILES_SQL, (racy_ns, lo, hi, limit)
+        if fit:
+            return cls.FIT_SCAN_SQL, (racy_ns, namespace, variant, max_side, variant, lo, hi,
+                                      limit)
+        return cls.SCAN_SQL, (racy_ns, namespace, variant, lo, hi, limit)
 
     def lookup_path(
         self, key: bytes, namespace: str, variant: str, max_side: int = 0
@@ -663,18 +729,56 @@ class SQLiteStore:
             return cur.rowcount
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting for the lock as ``busy_timeout`` would.
+
+    The switch needs an exclusive lock, and SQLite does not call the busy handler
+    for it: processes opening a new database together got "database is locked"
+    at once. They wait their turn here instead.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _private_dirs(folder: str) -> None:
+    """Create ``folder`` and any missing parent, each 0700 (``os.makedirs`` gives
+    the parents it creates the default mode, so ~/.cache/assetcache could be 0755)."""
+    missing: list[str] = []
+    while folder and not os.path.isdir(folder) and folder not in missing:
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process, or a file (ENOTDIR next)
+            os.mkdir(path, 0o700)
+
+
 def _file_row(row: Sequence[Any]) -> FileRow:
     return FileRow(os.fsdecode(row[0]), *row[1:])
 
 
 def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
+    """Write file rows (and their pixel sizes), keeping ``files.side`` in step
+    with ``dimensions``: every writer of either goes through here."""
     rows = list(rows)
     conn.executemany(
         "INSERT OR REPLACE INTO files (path, dev, ino, size, mtime_ns, ctime_ns, content_hash, "
-        "format, hashed_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "format, hashed_at_ns, sig, side) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "coalesce(?, (SELECT max(d.width, d.height) FROM dimensions d WHERE d.content_hash = ?)))",
         [
             (path_key(r.path), r.dev, r.ino, r.size, r.mtime_ns, r.ctime_ns, r.content_hash,
-             r.format, r.hashed_at_ns)
+             r.format, r.hashed_at_ns, file_sig(r.dev, r.ino, r.size, r.mtime_ns, r.ctime_ns),
+             None if r.width is None else max(r.width, r.height or 0), r.content_hash)
             for r in rows
         ],
     )
@@ -683,6 +787,11 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
         conn.executemany(
             "INSERT OR REPLACE INTO dimensions (content_hash, width, height) VALUES (?, ?, ?)",
             sizes,
+        )
+        # Other paths with the same content learn its size too.
+        conn.executemany(
+            "UPDATE files SET side = ? WHERE content_hash = ? AND side IS NOT ?",
+            [(max(w, h), digest, max(w, h)) for digest, w, h in sizes],
         )
 
 
@@ -707,6 +816,8 @@ def open_stores(
         if local_db is None:
             local_db = os.environ.get("ASSETCACHE_LOCAL_DB") or None
         if local_db is None:
+            import hashlib
+
             tag = hashlib.sha256(redact_url(text).encode()).hexdigest()[:12]
             local_db = default_db_path().with_name(f"fleet-{tag}.db")
         local = SQLiteStore(local_db)

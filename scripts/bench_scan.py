@@ -106,7 +106,10 @@ def main() -> None:
     try:
         tree, git_dir, db, url = build(base, args.folders, args.files)
         total = args.folders * args.files
-        env = dict(os.environ, RUNWARE_API_KEY=KEY)
+        # As installed: byte-code caches written once and reused (PYTHONDONTWRITEBYTECODE
+        # would make every run compile each module whose cache is stale).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["RUNWARE_API_KEY"] = KEY
         cli = [*assetcache_command(), "--db", str(db), "--api-url", url]
         ours = [*cli, "status", str(tree)]
 

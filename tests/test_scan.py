@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import make_png
 
-from assetcache import _scan
+from assetcache import _hashing, _scan, _store
 
 
 def states(cache, root: Path) -> list[tuple[str, str]]:
@@ -76,7 +76,7 @@ def test_racily_clean_files_are_judged_by_content(make_cache, tmp_path, monkeypa
     cache.resolve(path)
     assert [s.state for s in cache.status([str(path.parent)])] == ["fresh"]
     # Same stat data, other content (a rewrite within one timestamp tick): only a read tells.
-    monkeypatch.setattr(_scan._hashing, "hash_file", lambda p: ("0" * 32, 0))
+    monkeypatch.setattr(_hashing, "hash_file", lambda p: ("0" * 32, 0))
     assert [s.state for s in cache.status([str(path.parent)])] == ["changed"]
 
 
@@ -176,3 +176,25 @@ def test_stopping_early_ends_the_helper(make_cache, tmp_path, monkeypatch):
     next(found)
     found.close()
     assert helpers and helpers[0].proc.poll() is not None
+
+
+def test_a_schema_2_database_is_migrated_and_still_fresh(make_cache, tmp_path):
+    """Migration 3 fills ``files.sig`` and ``files.side`` for rows written before it."""
+    cache = make_cache(racy_window=0.0)
+    root = tmp_path / "old"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(make_png(200 + i))
+    assert all(r.ok for r in cache.resolve_many(sorted(str(p) for p in root.iterdir())))
+    before = fields(cache.status([str(root)]))
+    with cache.store.write() as conn:
+        conn.execute("ALTER TABLE files DROP COLUMN sig")
+        conn.execute("ALTER TABLE files DROP COLUMN side")
+        conn.execute("PRAGMA user_version = 2")
+    db = cache.store.path
+    cache.close()
+    again = make_cache(racy_window=0.0, db_path=db)
+    assert again.store.schema_version() == len(_store.MIGRATIONS)
+    assert fields(again.status([str(root)])) == before
+    assert {s.state for s in again.status([str(root)])} == {"fresh"}
+    assert all(again._engine.fast_hit(str(p)) is not None for p in root.iterdir())

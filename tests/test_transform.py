@@ -344,7 +344,9 @@ def test_rows_without_a_recorded_size_are_read_once(make_cache, emu, tmp_path):
     first = cache.resolve(path)
     assert cache._engine.fast_hit(path) is not None
     with cache.store.write() as conn:
-        conn.execute("DELETE FROM dimensions")  # as written before sizes were recorded
+        # As written before sizes were recorded.
+        conn.execute("DELETE FROM dimensions")
+        conn.execute("UPDATE files SET side = NULL")
     assert cache._engine.fast_hit(path) is None
     again = cache.resolve(path)
     assert (again.outcome, again.uuid) == ("hit", first.uuid) and emu.upload_count == 1
