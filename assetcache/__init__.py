@@ -64,8 +64,17 @@ _LAZY = {
     "FileStatus": "._scan",
     "CopiesUsage": "._copies",
     **dict.fromkeys(
-        ("CacheStats", "DoctorReport", "Entry", "ForgetItem", "ImportReport", "PruneReport",
-         "RefreshItem", "RefreshReport", "VerifyItem"),
+        (
+            "CacheStats",
+            "DoctorReport",
+            "Entry",
+            "ForgetItem",
+            "ImportReport",
+            "PruneReport",
+            "RefreshItem",
+            "RefreshReport",
+            "VerifyItem",
+        ),
         "._maintenance",
     ),
 }

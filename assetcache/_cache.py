@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -28,7 +29,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePath
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 from . import _hashing, _policy, _transform
 from ._copies import DEFAULT_MAX_BYTES as DEFAULT_COPIES_MAX
@@ -167,16 +168,24 @@ class _Engine:
         resize: bool | str | None = None,
         max_side: int = _transform.MAX_SIDE,
     ) -> None:
-        self._api_key = api_key if api_key is not None else os.environ.get("RUNWARE_API_KEY") or None
-        self.base_url = (base_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
+        self._api_key = (
+            api_key if api_key is not None else os.environ.get("RUNWARE_API_KEY") or None
+        )
+        self.base_url = (
+            base_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL
+        ).rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"API URL must start with http:// or https://: {self.base_url}")
+            raise ConfigurationError(
+                f"API URL must start with http:// or https://: {self.base_url}"
+            )
         try:
             self.policy = _policy.Policy.from_timedeltas(retention, margin, touch_every)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         if task_type not in ("imageUpload", "mediaStorage"):
-            raise ConfigurationError(f"task_type must be imageUpload or mediaStorage, not {task_type!r}")
+            raise ConfigurationError(
+                f"task_type must be imageUpload or mediaStorage, not {task_type!r}"
+            )
         self.clock = clock or time.time
         self.namespace = namespace or namespace_for(self.base_url, self._api_key)
         # Keys carry a per-image variant: "" for bytes sent untouched (``variant``),
@@ -196,6 +205,8 @@ class _Engine:
         self.task_type = task_type
         self.copies: Copies | None = None  # local copies of uploaded bytes (_copies)
         self.hash_workers = min(4, os.cpu_count() or 1)
+        # The registry is the store itself, or (fleet) the shared registry.
+        self.registry: Any
         if store is not None:
             self.store, self.registry = store, store
         else:
@@ -244,8 +255,15 @@ class _Engine:
 
     def _resolution(self, label: str, row: AssetRow, outcome: str, sent: int = 0) -> Resolution:
         return Resolution(
-            label, row.image_uuid, row.content_hash, outcome, None, row.size, row.format,
-            _policy.expires_at(self.policy, row.last_used_at), sent,
+            label,
+            row.image_uuid,
+            row.content_hash,
+            outcome,
+            None,
+            row.size,
+            row.format,
+            _policy.expires_at(self.policy, row.last_used_at),
+            sent,
         )
 
     # -- the warm-hit path -------------------------------------------------
@@ -255,8 +273,16 @@ class _Engine:
         if hit is None:
             return None
         row, last_used = hit
-        return Resolution(obj if isinstance(obj, str) else str(obj), row[8], row[6], "hit", None,
-                          row[10], row[7], last_used + self.policy.retention)
+        return Resolution(
+            obj if isinstance(obj, str) else str(obj),
+            row[8],
+            row[6],
+            "hit",
+            None,
+            row[10],
+            row[7],
+            last_used + self.policy.retention,
+        )
 
     def hit_row(self, obj: Any) -> tuple[tuple[Any, ...], float] | None:
         """The warm-hit core: ``(lookup row, last use)``, or ``None`` to take the slow path.
@@ -281,13 +307,17 @@ class _Engine:
             st = os.stat(path)
         except (OSError, ValueError):
             return None
-        row = self.store.lookup_path(path.encode(_FS_ENCODING, _FS_ERRORS), self.namespace,
-                                     self.fit_variant, self.max_side)
+        row = self.store.lookup_path(
+            path.encode(_FS_ENCODING, _FS_ERRORS), self.namespace, self.fit_variant, self.max_side
+        )
         if row is None or row[8] is None:
             return None
         if (
-            row[0] != st.st_dev or row[1] != st.st_ino or row[2] != st.st_size
-            or row[3] != st.st_mtime_ns or row[4] != st.st_ctime_ns
+            row[0] != st.st_dev
+            or row[1] != st.st_ino
+            or row[2] != st.st_size
+            or row[3] != st.st_mtime_ns
+            or row[4] != st.st_ctime_ns
             or max(row[3], row[4]) + self.racy_ns > row[5]
         ):
             return None
@@ -322,7 +352,9 @@ class _Engine:
 
     def _check_size(self, label: str, size: int) -> None:
         if self.max_bytes is not None and size > self.max_bytes:
-            raise SourceTooLarge(label, f"{size} bytes is above the limit of {self.max_bytes} bytes")
+            raise SourceTooLarge(
+                label, f"{size} bytes is above the limit of {self.max_bytes} bytes"
+            )
 
     def _prepare_data(self, src: Source) -> _Prepared:
         data = src.data
@@ -349,8 +381,9 @@ class _Engine:
         assert src.url is not None
         digest = _hashing.hash_bytes(b"url\0" + src.url.encode())
         payload = Payload(src.label, 0, "", url=src.url)
-        return _Prepared(src.label, (self.namespace, digest, self.variant), 0, "url",
-                         lambda: payload)
+        return _Prepared(
+            src.label, (self.namespace, digest, self.variant), 0, "url", lambda: payload
+        )
 
     def _prepare_stream(self, src: Source) -> _Prepared:
         import tempfile  # here: it pulls in shutil, lzma and bz2, slow for start-up
@@ -358,12 +391,18 @@ class _Engine:
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=INLINE_LIMIT)  # noqa: SIM115
         check = FormatCheck()
         try:
+
+            def spool_sink(chunk: memoryview) -> None:
+                spool.write(chunk)
+
             digest, size = _hashing.hash_stream(
-                src.stream, limit=self.max_bytes, sinks=(check, spool.write)
+                src.stream, limit=self.max_bytes, sinks=(check, spool_sink)
             )
         except OverflowError:
             spool.close()
-            raise SourceTooLarge(src.label, f"more than the limit of {self.max_bytes} bytes") from None
+            raise SourceTooLarge(
+                src.label, f"more than the limit of {self.max_bytes} bytes"
+            ) from None
         except OSError as exc:
             spool.close()
             raise SourceError(src.label, f"cannot be read: {exc.strerror or exc}") from None
@@ -377,9 +416,10 @@ class _Engine:
             spool.close()
             payload = Payload(src.label, size, MEDIA_TYPES[fmt], data=data)
         else:
+
             def reopen() -> IO[bytes]:
                 spool.seek(0)
-                return _NoClose(spool)
+                return cast(IO[bytes], _NoClose(spool))
 
             payload = Payload(src.label, size, MEDIA_TYPES[fmt], open=reopen, expected_hash=digest)
         variant, make = self._fit(fmt, check.width, check.height, payload)
@@ -398,23 +438,33 @@ class _Engine:
             and (known.dev, known.ino, known.size, known.mtime_ns, known.ctime_ns) == fp.as_tuple()
             and not _hashing.is_racy(fp, known.hashed_at_ns, self.racy_ns)
             # A size never recorded (older rows) is learnt by reading the file once.
-            and (self.transform is None
-                 or self.transform.variant_for(known.format, known.width, known.height) is not None)
+            and (
+                self.transform is None
+                or self.transform.variant_for(known.format, known.width, known.height) is not None
+            )
         ):
             # Stat data proves the content: no read now; the upload (if any)
             # streams the file and verifies it still hashes the same.
-            payload = Payload(label, fp.size, MEDIA_TYPES[known.format],
-                              open=lambda: open(path, "rb"), expected_hash=known.content_hash)
+            payload = Payload(
+                label,
+                fp.size,
+                MEDIA_TYPES[known.format],
+                open=lambda: open(path, "rb"),  # noqa: SIM115 - the payload closes it
+                expected_hash=known.content_hash,
+            )
             variant, make = self._fit(known.format, known.width, known.height, payload)
-            return _Prepared(label, (self.namespace, known.content_hash, variant),
-                             fp.size, known.format, make)
+            return _Prepared(
+                label, (self.namespace, known.content_hash, variant), fp.size, known.format, make
+            )
         return self._read_path(path, label)
 
     def _read_path(self, path: str, label: str) -> _Prepared:
         started = _hashing.now_ns()
         try:
             # O_NONBLOCK: a FIFO swapped in after the stat must not hang the open.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(
+                path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+            )
         except OSError as exc:
             raise _os_error(label, exc) from None
         with open(fd, "rb", buffering=0, closefd=True) as f:
@@ -428,9 +478,11 @@ class _Engine:
             if before.st_size <= INLINE_LIMIT:
                 sinks.append(lambda chunk: keep.append(bytes(chunk)))
             try:
-                digest, size = _hashing.hash_stream(f, limit=self.max_bytes, sinks=sinks)  # type: ignore[arg-type]
+                digest, size = _hashing.hash_stream(f, limit=self.max_bytes, sinks=sinks)
             except OverflowError:
-                raise SourceTooLarge(label, f"grew above the limit of {self.max_bytes} bytes") from None
+                raise SourceTooLarge(
+                    label, f"grew above the limit of {self.max_bytes} bytes"
+                ) from None
             except OSError as exc:
                 raise _os_error(label, exc) from None
             after = os.fstat(fd)
@@ -447,8 +499,13 @@ class _Engine:
             data = b"".join(keep)
             payload = Payload(label, size, MEDIA_TYPES[fmt], data=data)
         else:
-            payload = Payload(label, size, MEDIA_TYPES[fmt], open=lambda: open(path, "rb"),
-                              expected_hash=digest)
+            payload = Payload(
+                label,
+                size,
+                MEDIA_TYPES[fmt],
+                open=lambda: open(path, "rb"),  # noqa: SIM115 - the payload closes it
+                expected_hash=digest,
+            )
         variant, make = self._fit(fmt, width, height, payload)
         return _Prepared(label, (self.namespace, digest, variant), size, fmt, make, file_row=row)
 
@@ -510,7 +567,9 @@ class _Engine:
         row = self.registry.get_asset(key)
         return row.image_uuid if row else None
 
-    def join_flights(self, keys: Iterable[Key]) -> tuple[list[Key], dict[Key, concurrent.futures.Future[AssetRow]]]:
+    def join_flights(
+        self, keys: Iterable[Key]
+    ) -> tuple[list[Key], dict[Key, concurrent.futures.Future[AssetRow]]]:
         """Single flight in this process: the first asker of a key leads."""
         lead: list[Key] = []
         follow: dict[Key, concurrent.futures.Future[AssetRow]] = {}
@@ -547,11 +606,16 @@ class _Engine:
             out = self.registry.claim(normal, self.owner, now, self.lease_ttl, since)
         if forced:
             # Another refresher (or a use) renewed it since we started: theirs is as good.
-            out.update(self.registry.claim(forced, self.owner, now, self.lease_ttl,
-                                           max(started, self.fresh_since(now))))
+            out.update(
+                self.registry.claim(
+                    forced, self.owner, now, self.lease_ttl, max(started, self.fresh_since(now))
+                )
+            )
         return out
 
-    def record(self, done: Sequence[tuple[_Prepared, TaskResult, int]], files: Sequence[FileRow]) -> list[AssetRow]:
+    def record(
+        self, done: Sequence[tuple[_Prepared, TaskResult, int]], files: Sequence[FileRow]
+    ) -> list[AssetRow]:
         now = self.clock()
         records = [
             UploadRecord(p.key[0], p.key[1], p.key[2], r.image_uuid, p.size, p.format, now, sent)
@@ -561,8 +625,16 @@ class _Engine:
         if self.copies is not None:
             keep_uploaded_copies(self.copies, done)
         return [
-            AssetRow(rec.namespace, rec.content_hash, rec.variant, rec.image_uuid, rec.size,
-                     rec.format, now, now)
+            AssetRow(
+                rec.namespace,
+                rec.content_hash,
+                rec.variant,
+                rec.image_uuid,
+                rec.size,
+                rec.format,
+                now,
+                now,
+            )
             for rec in records
         ]
 
@@ -692,12 +764,16 @@ class _Engine:
             plans.append(self._plan_fit_send([(key, leaders[key]) for key in group]))
             slots.append(group)
         outcomes = yield Concurrent(
-            [self._plan_recorded(plan, leaders, groups) for plan in plans], limit)
+            [self._plan_recorded(plan, leaders, groups) for plan in plans], limit
+        )
         recorded: dict[Key, tuple[AssetRow, int]] = {}
         for slot, outcome in zip(slots, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                err = outcome if isinstance(outcome, AssetCacheError) else AssetCacheError(
-                    f"upload failed: {type(outcome).__name__}: {outcome}")
+                err = (
+                    outcome
+                    if isinstance(outcome, AssetCacheError)
+                    else AssetCacheError(f"upload failed: {type(outcome).__name__}: {outcome}")
+                )
                 for key in slot:
                     failed[key] = err
                 continue
@@ -711,8 +787,12 @@ class _Engine:
                     failed[key] = res
         for key, (row, sent) in recorded.items():
             outcome_name = _policy.outcome_for_upload(previous.get(key))
-            self.count(uploads=1, bytes_sent=sent, misses=1,
-                       reuploads=1 if outcome_name == "reuploaded" else 0)
+            self.count(
+                uploads=1,
+                bytes_sent=sent,
+                misses=1,
+                reuploads=1 if outcome_name == "reuploaded" else 0,
+            )
             members = groups.pop(key)
             first_i, first_p = members[0]
             results[first_i] = self._resolution(first_p.label, row, outcome_name, sent)
@@ -726,21 +806,25 @@ class _Engine:
                 self._fail_group(results, groups.pop(key), err)
 
     def _plan_recorded(
-        self, send: Plan, leaders: dict[Key, _Prepared],
+        self,
+        send: Plan,
+        leaders: dict[Key, _Prepared],
         groups: dict[Key, list[tuple[int, _Prepared]]],
     ) -> Plan:
         """Run one request's plan and record its successes as soon as it answers,
         so a crash later in a long batch loses only the requests in flight."""
         answers = yield from send
-        done = [(key, sent, res) for key, (sent, res) in answers.items()
-                if isinstance(res, TaskResult)]
+        done = [
+            (key, sent, res) for key, (sent, res) in answers.items() if isinstance(res, TaskResult)
+        ]
         rows: dict[Key, AssetRow] = {}
         error: AssetCacheError | None = None
         if done:
             files = [p.file_row for key, _, _ in done for _, p in groups[key] if p.file_row]
             try:
-                stored = yield Call(self.record, [(leaders[k], res, sent) for k, sent, res in done],
-                                    files)
+                stored = yield Call(
+                    self.record, [(leaders[k], res, sent) for k, sent, res in done], files
+                )
             except AssetCacheError as exc:
                 error = exc
             else:
@@ -760,7 +844,12 @@ class _Engine:
             if files is not None and p.file_row is not None:
                 files.append(p.file_row)
 
-    def _fail_group(self, results: list[Resolution | None], members: Sequence[tuple[int, _Prepared]], err: AssetCacheError) -> None:
+    def _fail_group(
+        self,
+        results: list[Resolution | None],
+        members: Sequence[tuple[int, _Prepared]],
+        err: AssetCacheError,
+    ) -> None:
         for i, p in members:
             results[i] = _failed(p.label, err)
             self.count(failures=1)
@@ -838,10 +927,16 @@ class _Engine:
             by_task = {t.task_uuid: i for t, i in zip(tasks, pending, strict=True)}
             retry_after: float | None = None
             try:
-                resp = yield Http(url, headers, lambda tasks=tasks: iter_body(tasks),
-                                  body_length(tasks), self.retry.timeout)
-                answers = parse_response(resp.status, resp.headers, resp.body, list(by_task),
-                                         self.redact, uuid_field)
+                resp = yield Http(
+                    url,
+                    headers,
+                    functools.partial(iter_body, tasks),
+                    body_length(tasks),
+                    self.retry.timeout,
+                )
+                answers = parse_response(
+                    resp.status, resp.headers, resp.body, list(by_task), self.redact, uuid_field
+                )
             except SourceError as exc:
                 culprits = [i for i in pending if batch[i][1].label == exc.source] or pending
                 for i in culprits:
@@ -878,8 +973,15 @@ class _Engine:
             if attempt + 1 < attempts:
                 self.count(retries=1)
                 log.info("retrying %d upload(s) after: %s", len(pending), last[pending[0]])
-                yield Sleep(backoff_delay(attempt, retry_after, base=self.retry.base_delay,
-                                          cap=self.retry.max_delay, jitter=_jitter()))
+                yield Sleep(
+                    backoff_delay(
+                        attempt,
+                        retry_after,
+                        base=self.retry.base_delay,
+                        cap=self.retry.max_delay,
+                        jitter=_jitter(),
+                    )
+                )
         # One request-level error is shared by every task of the batch: amend it once.
         for err in {id(last[i]): last[i] for i in pending}.values():
             err.message = f"{err.message} (gave up after {attempts} attempts)"
@@ -908,7 +1010,7 @@ class _NoClose(io.BufferedIOBase):
         self._f = f
 
     def read(self, n: int | None = -1) -> bytes:
-        return self._f.read(n)
+        return self._f.read(-1 if n is None else n)
 
     def close(self) -> None:
         pass
@@ -925,8 +1027,7 @@ def _fitted(transform: _transform.Transform, fmt: str, payload: Payload) -> Payl
         except OSError as exc:
             raise SourceError(payload.label, f"cannot be read: {exc.strerror or exc}") from None
         if len(data) != payload.size or (
-            payload.expected_hash is not None
-            and _hashing.hash_bytes(data) != payload.expected_hash
+            payload.expected_hash is not None and _hashing.hash_bytes(data) != payload.expected_hash
         ):
             raise SourceError(payload.label, "changed since it was hashed; try again")
     out = transform.apply(data, fmt, payload.label)
@@ -976,8 +1077,15 @@ def _stat_source(path: str, label: str) -> os.stat_result:
     if stat_mod.S_ISDIR(st.st_mode):
         raise SourceError(label, "is a directory, not a file")
     if not stat_mod.S_ISREG(st.st_mode):
-        kind = "FIFO" if stat_mod.S_ISFIFO(st.st_mode) else "socket" if stat_mod.S_ISSOCK(
-            st.st_mode) else "device" if (stat_mod.S_ISCHR(st.st_mode) or stat_mod.S_ISBLK(st.st_mode)) else "special file"
+        kind = (
+            "FIFO"
+            if stat_mod.S_ISFIFO(st.st_mode)
+            else "socket"
+            if stat_mod.S_ISSOCK(st.st_mode)
+            else "device"
+            if (stat_mod.S_ISCHR(st.st_mode) or stat_mod.S_ISBLK(st.st_mode))
+            else "special file"
+        )
         raise SourceError(label, f"is a {kind}, not a regular file")
     return st
 
@@ -1036,20 +1144,36 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         copies_max_bytes: int = DEFAULT_COPIES_MAX,
     ) -> None:
         if upload_task is not None and task_type not in (None, upload_task):
-            raise ConfigurationError(f"upload_task={upload_task!r} contradicts "
-                                     f"task_type={task_type!r}: give one")
+            raise ConfigurationError(
+                f"upload_task={upload_task!r} contradicts task_type={task_type!r}: give one"
+            )
         task_type = upload_task or task_type or "imageUpload"
         self._engine = _Engine(
-            api_key, base_url=base_url, db_path=db_path, clock=clock, retention=retention,
-            margin=margin, touch_every=touch_every, namespace=namespace, retry=retry,
-            concurrency=concurrency, batch_size=batch_size, batch_bytes=batch_bytes,
-            max_bytes=max_bytes, racy_window=racy_window, lease_ttl=lease_ttl,
-            task_type=task_type, store=store, local_db=local_db, resize=resize,
+            api_key,
+            base_url=base_url,
+            db_path=db_path,
+            clock=clock,
+            retention=retention,
+            margin=margin,
+            touch_every=touch_every,
+            namespace=namespace,
+            retry=retry,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            batch_bytes=batch_bytes,
+            max_bytes=max_bytes,
+            racy_window=racy_window,
+            lease_ttl=lease_ttl,
+            task_type=task_type,
+            store=store,
+            local_db=local_db,
+            resize=resize,
             max_side=max_side,
         )
         try:
-            self._copies = Copies(copies_dir or self._engine.store.path + ".copies",
-                                  copies_max_bytes)
+            self._copies = Copies(
+                copies_dir or self._engine.store.path + ".copies", copies_max_bytes
+            )
         except ConfigurationError:
             self._engine.close()
             raise
@@ -1089,8 +1213,10 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         return self._engine.account
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} db={self.db_path!r} api={self._engine.base_url!r} "
-                f"account={self.account}>")
+        return (
+            f"<{type(self).__name__} db={self.db_path!r} api={self._engine.base_url!r} "
+            f"account={self.account}>"
+        )
 
 
 class AssetCache(_CacheBase):
@@ -1125,7 +1251,7 @@ class AssetCache(_CacheBase):
         """Shorthand for ``resolve(source).uuid``."""
         hit = self._engine.hit_row(source)
         if hit is not None:  # a warm hit needs no Resolution: skip building one
-            return hit[0][8]  # type: ignore[no-any-return]
+            return str(hit[0][8])
         uuid = self.resolve(source).uuid
         assert uuid is not None
         return uuid
@@ -1208,7 +1334,9 @@ class AsyncAssetCache(_CacheBase):
     async def resolve_many(
         self, sources: Iterable[SourceLike], concurrency: int | None = None
     ) -> list[Resolution]:
-        return await run_async(self._engine.plan_resolve_many(list(sources), concurrency), self._driver)
+        return await run_async(
+            self._engine.plan_resolve_many(list(sources), concurrency), self._driver
+        )
 
     async def use(
         self,
@@ -1223,8 +1351,9 @@ class AsyncAssetCache(_CacheBase):
 
         >>> await cache.use("cat.png", run_task)                        # doctest: +SKIP
         """
-        return await drive_use_async(self._use_steps(source, retries, is_unknown, parameter), fn,
-                                     self._drive)
+        return await drive_use_async(
+            self._use_steps(source, retries, is_unknown, parameter), fn, self._drive
+        )
 
     async def _drive(self, plan: Plan) -> Any:
         return await run_async(plan, self._driver)
@@ -1243,4 +1372,3 @@ class AsyncAssetCache(_CacheBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-

@@ -76,7 +76,8 @@ class Settings:
                 key = Path(self.api_key_file).expanduser().read_text().strip()
             except OSError as exc:
                 raise UsageError(
-                    f"cannot read --api-key-file {self.api_key_file}: {exc.strerror}") from None
+                    f"cannot read --api-key-file {self.api_key_file}: {exc.strerror}"
+                ) from None
             if not key:
                 raise UsageError(f"--api-key-file {self.api_key_file} is empty")
             return key
@@ -162,6 +163,7 @@ def iter_inputs(paths: tuple[str, ...], pattern: str | None = None) -> Iterator[
 
 # -- output helpers --------------------------------------------------------------
 
+
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
@@ -219,8 +221,9 @@ def relative(seconds: float) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     for row in [headers, *rows]:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]).rstrip())
@@ -255,9 +258,7 @@ class ByteSize(click.ParamType):
     name = "size"
     _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         import re
@@ -277,9 +278,10 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def all_accounts_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--all-accounts", is_flag=True,
+        "--all-accounts",
+        is_flag=True,
         help="Cover every account in the database, not only the current key's "
-             "(the default when no API key is configured).",
+        "(the default when no API key is configured).",
     )(fn)
 
 
@@ -289,34 +291,73 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
 
 # -- the group ---------------------------------------------------------------------
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", metavar="PATH", envvar="ASSETCACHE_DB",
-              help="Cache database (default: the user cache folder; env ASSETCACHE_DB).")
-@click.option("--api-url", metavar="URL", envvar="ASSETCACHE_API_URL",
-              help="Runware API endpoint (default https://api.runware.ai/v1; "
-                   "env ASSETCACHE_API_URL).")
-@click.option("--emulator", is_flag=True,
-              help="Use the bundled local emulator instead of Runware (no account, no network).")
-@click.option("--api-key-file", metavar="FILE",
-              help="Read the API key from FILE (default: env RUNWARE_API_KEY).")
-@click.option("--upload-task", type=click.Choice(["imageUpload", "mediaStorage"]),
-              envvar="ASSETCACHE_UPLOAD_TASK",
-              help="Upload with imageUpload (default) or the newer mediaStorage task "
-                   "(env ASSETCACHE_UPLOAD_TASK).")
-@click.option("--keep-copies", is_flag=True, envvar="ASSETCACHE_KEEP_COPIES",
-              help="Keep a local copy of each uploaded image, so refresh and recovery work "
-                   "after the file moved or was deleted (env ASSETCACHE_KEEP_COPIES).")
-@click.option("--copies-dir", metavar="DIR", envvar="ASSETCACHE_COPIES_DIR",
-              help="Where local copies go (default: beside the database, <db>.copies).")
-@click.option("--copies-max", type=BYTE_SIZE, metavar="SIZE", envvar="ASSETCACHE_COPIES_MAX",
-              help="Size bound of the local copies, e.g. 500M or 2G (default 1G); the least "
-                   "recently used go first.")
+@click.option(
+    "--db",
+    metavar="PATH",
+    envvar="ASSETCACHE_DB",
+    help="Cache database (default: the user cache folder; env ASSETCACHE_DB).",
+)
+@click.option(
+    "--api-url",
+    metavar="URL",
+    envvar="ASSETCACHE_API_URL",
+    help="Runware API endpoint (default https://api.runware.ai/v1; env ASSETCACHE_API_URL).",
+)
+@click.option(
+    "--emulator",
+    is_flag=True,
+    help="Use the bundled local emulator instead of Runware (no account, no network).",
+)
+@click.option(
+    "--api-key-file",
+    metavar="FILE",
+    help="Read the API key from FILE (default: env RUNWARE_API_KEY).",
+)
+@click.option(
+    "--upload-task",
+    type=click.Choice(["imageUpload", "mediaStorage"]),
+    envvar="ASSETCACHE_UPLOAD_TASK",
+    help="Upload with imageUpload (default) or the newer mediaStorage task "
+    "(env ASSETCACHE_UPLOAD_TASK).",
+)
+@click.option(
+    "--keep-copies",
+    is_flag=True,
+    envvar="ASSETCACHE_KEEP_COPIES",
+    help="Keep a local copy of each uploaded image, so refresh and recovery work "
+    "after the file moved or was deleted (env ASSETCACHE_KEEP_COPIES).",
+)
+@click.option(
+    "--copies-dir",
+    metavar="DIR",
+    envvar="ASSETCACHE_COPIES_DIR",
+    help="Where local copies go (default: beside the database, <db>.copies).",
+)
+@click.option(
+    "--copies-max",
+    type=BYTE_SIZE,
+    metavar="SIZE",
+    envvar="ASSETCACHE_COPIES_MAX",
+    help="Size bound of the local copies, e.g. 500M or 2G (default 1G); the least "
+    "recently used go first.",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="assetcache")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, api_url: str | None, emulator: bool,
-        api_key_file: str | None, upload_task: str | None, keep_copies: bool,
-        copies_dir: str | None, copies_max: int | None, verbose: int) -> None:
+def cli(
+    ctx: click.Context,
+    db: str | None,
+    api_url: str | None,
+    emulator: bool,
+    api_key_file: str | None,
+    upload_task: str | None,
+    keep_copies: bool,
+    copies_dir: str | None,
+    copies_max: int | None,
+    verbose: int,
+) -> None:
     """Never upload the same image to Runware twice.
 
     assetcache maps image content to Runware imageUUIDs, re-uploading only what
@@ -362,19 +403,33 @@ def log_to_stderr(verbose: int) -> Callable[[], None]:
 
 # -- upload and status ---------------------------------------------------------------
 
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--glob", "pattern", metavar="PATTERN",
-              help="In folders, take the files matching PATTERN (e.g. '*.png') instead of "
-                   "every image file.")
-@click.option("--concurrency", type=click.IntRange(1, 64), metavar="N",
-              help="Requests in flight at once (default 8).")
+@click.option(
+    "--glob",
+    "pattern",
+    metavar="PATTERN",
+    help="In folders, take the files matching PATTERN (e.g. '*.png') instead of every image file.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    metavar="N",
+    help="Requests in flight at once (default 8).",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded; send nothing.")
 @json_option
 @click.pass_obj
 @handle_errors
-def upload(settings: Settings, paths: tuple[str, ...], pattern: str | None,
-           concurrency: int | None, dry_run: bool, as_json: bool) -> None:
+def upload(
+    settings: Settings,
+    paths: tuple[str, ...],
+    pattern: str | None,
+    concurrency: int | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Upload files (folders: their images, recursively); print each imageUUID.
 
     Content already uploaded and still alive on Runware is not sent again.
@@ -382,8 +437,10 @@ def upload(settings: Settings, paths: tuple[str, ...], pattern: str | None,
     """
     inputs = list(iter_inputs(paths, pattern))
     if not inputs:
-        raise UsageError("no image files found in the given paths"
-                         + (f" (matching {pattern!r})" if pattern else ""))
+        raise UsageError(
+            "no image files found in the given paths"
+            + (f" (matching {pattern!r})" if pattern else "")
+        )
     cache = settings.cache()
     if dry_run:
         results = cache.preview(inputs)
@@ -391,7 +448,7 @@ def upload(settings: Settings, paths: tuple[str, ...], pattern: str | None,
         results = []
         with progress("uploading") as advance:
             for start in range(0, len(inputs), UPLOAD_CHUNK):
-                results += cache.resolve_many(inputs[start:start + UPLOAD_CHUNK], concurrency)
+                results += cache.resolve_many(inputs[start : start + UPLOAD_CHUNK], concurrency)
                 advance(len(results), len(inputs))
     counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "failed": 0}
     for res in results:
@@ -401,18 +458,30 @@ def upload(settings: Settings, paths: tuple[str, ...], pattern: str | None,
     would = "would be " if dry_run else ""
     to_send = sum(r.size or 0 for r in results if r.outcome in ("uploaded", "reuploaded"))
     if as_json:
-        echo_json({
-            "dry_run": dry_run,
-            "results": [
-                {"source": r.source, "uuid": r.uuid, "outcome": r.outcome,
-                 "hash": r.content_hash, "size": r.size, "format": r.format,
-                 "bytes_sent": r.bytes_sent,
-                 "error": error_text(r.error) if r.error else None}
-                for r in results
-            ],
-            "summary": {"files": len(results), **counts, "bytes_sent": sent,
-                        "bytes_saved": saved},
-        })
+        echo_json(
+            {
+                "dry_run": dry_run,
+                "results": [
+                    {
+                        "source": r.source,
+                        "uuid": r.uuid,
+                        "outcome": r.outcome,
+                        "hash": r.content_hash,
+                        "size": r.size,
+                        "format": r.format,
+                        "bytes_sent": r.bytes_sent,
+                        "error": error_text(r.error) if r.error else None,
+                    }
+                    for r in results
+                ],
+                "summary": {
+                    "files": len(results),
+                    **counts,
+                    "bytes_sent": sent,
+                    "bytes_saved": saved,
+                },
+            }
+        )
     else:
         for r in results:
             if r.error is not None:
@@ -460,14 +529,22 @@ def status(settings: Settings, paths: tuple[str, ...], check: bool, as_json: boo
 
         for st in found:
             counts[st.state] += 1
-        echo_json({
-            "files": [
-                {"path": st.path, "state": st.state, "uuid": st.uuid, "hash": st.content_hash,
-                 "expires_at": iso(st.expires_at), "time_left_seconds": st.time_left}
-                for st in found
-            ],
-            "summary": counts,
-        })
+        echo_json(
+            {
+                "files": [
+                    {
+                        "path": st.path,
+                        "state": st.state,
+                        "uuid": st.uuid,
+                        "hash": st.content_hash,
+                        "expires_at": iso(st.expires_at),
+                        "time_left_seconds": st.time_left,
+                    }
+                    for st in found
+                ],
+                "summary": counts,
+            }
+        )
     else:
         # Per line, relpath() (20 us) and click.echo() (4 us) would cost more than
         # the scan itself: strip the working folder's prefix, build each distinct
@@ -476,7 +553,7 @@ def status(settings: Settings, paths: tuple[str, ...], check: bool, as_json: boo
         below = os.path.join(os.getcwd(), "")
         cut = len(below)
         heads: dict[str, dict[float | None, str]] = {state: {} for state in STATES}
-        lines = []
+        lines: list[str] = []
         append = lines.append
         for st in found:
             state, left = st.state, st.time_left
@@ -511,22 +588,47 @@ def _maybe_big(path: str) -> bool:
 
 # -- listings ------------------------------------------------------------------------
 
-LS_FIELDS = ("hash", "uuid", "size", "format", "uploaded_at", "last_used_at", "expires_at",
-             "serve_until", "state", "upload_count", "namespace", "paths")
+LS_FIELDS = (
+    "hash",
+    "uuid",
+    "size",
+    "format",
+    "uploaded_at",
+    "last_used_at",
+    "expires_at",
+    "serve_until",
+    "state",
+    "upload_count",
+    "namespace",
+    "paths",
+)
 
 
 @cli.command("ls")
-@click.option("--expiring-within", type=DURATION, metavar="DURATION",
-              help="Only entries the cache stops serving within DURATION (e.g. 2d).")
-@click.option("--expired", is_flag=True,
-              help="Only entries the cache no longer serves (the next use uploads again).")
+@click.option(
+    "--expiring-within",
+    type=DURATION,
+    metavar="DURATION",
+    help="Only entries the cache stops serving within DURATION (e.g. 2d).",
+)
+@click.option(
+    "--expired",
+    is_flag=True,
+    help="Only entries the cache no longer serves (the next use uploads again).",
+)
 @all_accounts_option
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV (paths joined by ';').")
 @click.pass_obj
 @handle_errors
-def ls_command(settings: Settings, expiring_within: float | None, expired: bool,
-               all_accounts: bool, as_json: bool, as_csv: bool) -> None:
+def ls_command(
+    settings: Settings,
+    expiring_within: float | None,
+    expired: bool,
+    all_accounts: bool,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
     """List cache entries: hash, imageUUID, size, format, last use, expiry, known paths.
 
     Soonest to expire first. With both --expiring-within and --expired: either.
@@ -534,8 +636,9 @@ def ls_command(settings: Settings, expiring_within: float | None, expired: bool,
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
     cache = settings.cache(need_key=False)
-    entries = list(cache.entries(expiring_within, expired,
-                                 all_accounts=scope(settings, all_accounts)))
+    entries = list(
+        cache.entries(expiring_within, expired, all_accounts=scope(settings, all_accounts))
+    )
     if as_json:
         echo_json([e.as_dict() for e in entries])
         return
@@ -552,13 +655,27 @@ def ls_command(settings: Settings, expiring_within: float | None, expired: bool,
     now = cache.now()
     rows = []
     for e in entries:
-        where = show_path(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "") \
-            if e.paths else "-"
-        rows.append([e.content_hash[:12], e.uuid, human_bytes(e.size), e.format,
-                     relative(e.last_used_at - now), relative(e.expires_at - now), e.state, where])
+        where = (
+            show_path(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "")
+            if e.paths
+            else "-"
+        )
+        rows.append(
+            [
+                e.content_hash[:12],
+                e.uuid,
+                human_bytes(e.size),
+                e.format,
+                relative(e.last_used_at - now),
+                relative(e.expires_at - now),
+                e.state,
+                where,
+            ]
+        )
     if rows:
-        print_table(["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "EXPIRES", "STATE", "PATHS"],
-                    rows)
+        print_table(
+            ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "EXPIRES", "STATE", "PATHS"], rows
+        )
     note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))}")
 
 
@@ -598,8 +715,10 @@ def copies_text(copies: dict[str, Any] | None) -> str:
     """``stats``/``doctor``: where local copies go and what they hold."""
     if not copies:
         return "off"
-    held = (f"{copies['files']} file(s), {human_bytes(copies['bytes'])} of "
-            f"{human_bytes(copies['max_bytes'])}")
+    held = (
+        f"{copies['files']} file(s), {human_bytes(copies['bytes'])} of "
+        f"{human_bytes(copies['max_bytes'])}"
+    )
     if copies["enabled"]:
         return f"{copies['path']} ({held})"
     if copies["files"]:
@@ -609,17 +728,28 @@ def copies_text(copies: dict[str, Any] | None) -> str:
 
 # -- keeping it healthy -----------------------------------------------------------------
 
+
 @cli.command()
-@click.option("--within", type=DURATION, required=True, metavar="DURATION",
-              help="Renew entries the cache would stop serving within DURATION (e.g. 2d).")
+@click.option(
+    "--within",
+    type=DURATION,
+    required=True,
+    metavar="DURATION",
+    help="Renew entries the cache would stop serving within DURATION (e.g. 2d).",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be renewed; send nothing.")
-@click.option("--concurrency", type=click.IntRange(1, 64), metavar="N",
-              help="Requests in flight at once (default 8).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    metavar="N",
+    help="Requests in flight at once (default 8).",
+)
 @json_option
 @click.pass_obj
 @handle_errors
-def refresh(settings: Settings, within: float, dry_run: bool, concurrency: int | None,
-            as_json: bool) -> None:
+def refresh(
+    settings: Settings, within: float, dry_run: bool, concurrency: int | None, as_json: bool
+) -> None:
     """Upload again what is about to expire, so no caller waits for an upload.
 
     Only entries whose bytes are still at a known path, with the same hash, can
@@ -629,39 +759,51 @@ def refresh(settings: Settings, within: float, dry_run: bool, concurrency: int |
     """
     cache = settings.cache()
     with progress("refreshing") as advance:
-        report = cache.refresh(within, dry_run=dry_run, concurrency=concurrency,
-                               progress=advance)
+        report = cache.refresh(within, dry_run=dry_run, concurrency=concurrency, progress=advance)
     if as_json:
         echo_json(report.as_dict())
     else:
         for item in report.items:
             if item.status in ("renewed", "would-renew"):
                 after = item.uuid or item.old_uuid
-                click.echo(f"{item.status}\t{item.content_hash[:12]}\t{after}\t"
-                           f"{show_path(item.path) if item.path else '-'}")
+                click.echo(
+                    f"{item.status}\t{item.content_hash[:12]}\t{after}\t"
+                    f"{show_path(item.path) if item.path else '-'}"
+                )
             else:
-                click.echo(f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t"
-                           f"{item.reason}")
+                click.echo(
+                    f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t{item.reason}"
+                )
         summary = report.as_dict()["summary"]
-        done = (f"{summary['would-renew']} would be renewed" if dry_run
-                else f"{summary['renewed']} renewed")
-        note(f"{len(report.items)} entries expiring within {format_duration(within)}: {done}, "
-             f"{len(report.failed)} could not be refreshed")
+        done = (
+            f"{summary['would-renew']} would be renewed"
+            if dry_run
+            else f"{summary['renewed']} renewed"
+        )
+        note(
+            f"{len(report.items)} entries expiring within {format_duration(within)}: {done}, "
+            f"{len(report.failed)} could not be refreshed"
+        )
     if report.failed:
         sys.exit(EXIT_FAILED)
 
 
 @cli.command()
-@click.option("--older-than", type=DURATION, metavar="DURATION",
-              help="Drop entries last used more than DURATION ago (default 30d: the ones "
-                   "Runware has deleted).")
+@click.option(
+    "--older-than",
+    type=DURATION,
+    metavar="DURATION",
+    help="Drop entries last used more than DURATION ago (default 30d: the ones "
+    "Runware has deleted).",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be dropped; change nothing.")
 @all_accounts_option
 @json_option
 @click.pass_obj
 @handle_errors
-def prune(settings: Settings, older_than: float | None, dry_run: bool, all_accounts: bool,
-          as_json: bool) -> None:
+def prune(
+    settings: Settings, older_than: float | None, dry_run: bool, all_accounts: bool, as_json: bool
+) -> None:
     """Drop expired entries and the stat rows of files that no longer exist."""
     cache = settings.cache(need_key=False)
     report = cache.prune(older_than, dry_run, all_accounts=scope(settings, all_accounts))
@@ -670,13 +812,16 @@ def prune(settings: Settings, older_than: float | None, dry_run: bool, all_accou
         return
     verb = "would drop" if dry_run else "dropped"
     for e in report.entries:
-        click.echo(f"{verb}\tentry\t{e.content_hash[:12]}\t{e.uuid}\t"
-                   f"last used {iso_short(e.last_used_at)}")
+        click.echo(
+            f"{verb}\tentry\t{e.content_hash[:12]}\t{e.uuid}\tlast used {iso_short(e.last_used_at)}"
+        )
     for path in report.files:
         click.echo(f"{verb}\tfile\t{show_path(path)}")
-    note(f"{verb} {len(report.entries)} entries "
-         f"({human_bytes(sum(e.size for e in report.entries))}), {len(report.files)} file "
-         f"row(s) of missing files, {report.leases} expired lease(s)")
+    note(
+        f"{verb} {len(report.entries)} entries "
+        f"({human_bytes(sum(e.size for e in report.entries))}), {len(report.files)} file "
+        f"row(s) of missing files, {report.leases} expired lease(s)"
+    )
 
 
 def iso_short(ts: float) -> str:
@@ -716,15 +861,19 @@ def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command()
 @click.argument("items", nargs=-1, required=True)
-@click.option("--remote", is_flag=True,
-              help="Also delete the uploads on Runware (mediaStorage delete); an entry the "
-                   "server did not delete is kept.")
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Also delete the uploads on Runware (mediaStorage delete); an entry the "
+    "server did not delete is kept.",
+)
 @all_accounts_option
 @json_option
 @click.pass_obj
 @handle_errors
-def forget(settings: Settings, items: tuple[str, ...], remote: bool, all_accounts: bool,
-           as_json: bool) -> None:
+def forget(
+    settings: Settings, items: tuple[str, ...], remote: bool, all_accounts: bool, as_json: bool
+) -> None:
     """Remove entries, named by path (a folder: its tracked files), content hash or imageUUID.
 
     The next use of that content uploads it again. Exit 1 if an item matched nothing
@@ -743,8 +892,9 @@ def forget(settings: Settings, items: tuple[str, ...], remote: bool, all_account
             uuids = ", ".join(e.uuid for e in r.entries) or "no entry"
             gone = {u: status for u, status in r.remote}
             if remote and r.entries:
-                uuids = ", ".join(f"{e.uuid} ({gone.get(e.uuid, '?')} on Runware)"
-                                  for e in r.entries)
+                uuids = ", ".join(
+                    f"{e.uuid} ({gone.get(e.uuid, '?')} on Runware)" for e in r.entries
+                )
             click.echo(f"forgot\t{r.item}\t{uuids}")
     if any(r.error for r in results):
         sys.exit(EXIT_FAILED)
@@ -752,9 +902,15 @@ def forget(settings: Settings, items: tuple[str, ...], remote: bool, all_account
 
 # -- moving a cache ----------------------------------------------------------------------
 
+
 @cli.command("export")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
-              help="Write to FILE instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Write to FILE instead of stdout.",
+)
 @all_accounts_option
 @click.pass_obj
 @handle_errors
@@ -800,17 +956,23 @@ def import_command(settings: Settings, file: Any, as_json: bool) -> None:
     else:
         for number, reason in report.errors:
             note(f"{file.name}: line {number}: {reason}")
-        note(f"imported: {report.added} added, {report.replaced} replaced, {report.kept} kept "
-             f"(already as fresh here), {len(report.errors)} malformed line(s) refused")
+        note(
+            f"imported: {report.added} added, {report.replaced} replaced, {report.kept} kept "
+            f"(already as fresh here), {len(report.errors)} malformed line(s) refused"
+        )
     if report.errors:
         sys.exit(EXIT_FAILED)
 
 
 # -- doctor ----------------------------------------------------------------------------------
 
+
 @cli.command()
-@click.option("--fix", is_flag=True,
-              help="Rebuild a damaged or unreadable database (what cannot be saved is reported).")
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="Rebuild a damaged or unreadable database (what cannot be saved is reported).",
+)
 @json_option
 @click.pass_obj
 @handle_errors
@@ -856,8 +1018,11 @@ def fill_settings(settings: Settings, report: Any) -> None:
     report.namespace = "emulator#local" if settings.emulator else namespace_for(url, key)
     from ._maintenance import resize_settings
 
-    report.settings = {"api_url": "(emulator)" if settings.emulator else url,
-                       "namespace": report.namespace, **resize_settings(None)}
+    report.settings = {
+        "api_url": "(emulator)" if settings.emulator else url,
+        "namespace": report.namespace,
+        **resize_settings(None),
+    }
 
 
 def print_doctor(report: Any) -> None:
@@ -865,8 +1030,12 @@ def print_doctor(report: Any) -> None:
     lines = [
         ("database", report.db_path),
         ("size", human_bytes(report.db_bytes) if report.exists else "-"),
-        ("schema", "-" if report.schema_version is None
-         else f"{report.schema_version} (this assetcache reads up to {report.schema_supported})"),
+        (
+            "schema",
+            "-"
+            if report.schema_version is None
+            else f"{report.schema_version} (this assetcache reads up to {report.schema_supported})",
+        ),
         ("integrity", report.integrity),
         ("entries", "-" if report.entries is None else str(report.entries)),
         ("files", "-" if report.files is None else str(report.files)),
@@ -878,18 +1047,33 @@ def print_doctor(report: Any) -> None:
         lines.append(("registry", f"{s['registry']} (shared; the database above is this host's)"))
     if "retention_seconds" in s:
         lines += [
-            ("retention", f"{format_duration(s['retention_seconds'])} after last use, served "
-                          f"until {format_duration(s['margin_seconds'])} before"),
-            ("uploads", f"{s['task_type']}, {s['concurrency']} requests at once, up to "
-                        f"{s['batch_size']} images "
-                        f"or {human_bytes(s['batch_bytes'])} each, "
-                        + (f"{human_bytes(s['max_bytes'])} max per image" if s["max_bytes"]
-                           else "no size limit")),
+            (
+                "retention",
+                f"{format_duration(s['retention_seconds'])} after last use, served "
+                f"until {format_duration(s['margin_seconds'])} before",
+            ),
+            (
+                "uploads",
+                f"{s['task_type']}, {s['concurrency']} requests at once, up to "
+                f"{s['batch_size']} images "
+                f"or {human_bytes(s['batch_bytes'])} each, "
+                + (
+                    f"{human_bytes(s['max_bytes'])} max per image"
+                    if s["max_bytes"]
+                    else "no size limit"
+                ),
+            ),
         ]
     if "resize_note" in s:
         off = s.get("resize") == "" and s.get("resize_available")
-        lines.append(("resizing", "off (resize=False or ASSETCACHE_RESIZE=0): images are "
-                      "sent as they are" if off else s["resize_note"]))
+        lines.append(
+            (
+                "resizing",
+                "off (resize=False or ASSETCACHE_RESIZE=0): images are sent as they are"
+                if off
+                else s["resize_note"],
+            )
+        )
     if "local_copies" in s:
         lines.append(("copies", copies_text(s["local_copies"])))
     for name, value in lines:
@@ -901,8 +1085,10 @@ def print_doctor(report: Any) -> None:
     for problem in report.problems:
         click.echo(f"problem:   {problem}")
     if report.problems and report.needs_rebuild:
-        note("run `assetcache doctor --fix` to rebuild the database (it is a cache: "
-             "at worst some images are uploaded again)")
+        note(
+            "run `assetcache doctor --fix` to rebuild the database (it is a cache: "
+            "at worst some images are uploaded again)"
+        )
     note("healthy" if not report.problems else f"{len(report.problems)} problem(s)")
 
 
@@ -911,8 +1097,9 @@ def print_doctor(report: Any) -> None:
 @click.option("--port", default=8765, show_default=True, type=int, help="Port (0: any free port).")
 @click.option("--state", metavar="FILE", help="Persist the emulator's images and clock in FILE.")
 @click.option("--latency", default=0.0, type=float, help="Seconds to wait before each answer.")
-@click.option("--fault-rate", default=0.0, type=float,
-              help="Fraction of requests answered with a fault.")
+@click.option(
+    "--fault-rate", default=0.0, type=float, help="Fraction of requests answered with a fault."
+)
 def emulator(host: str, port: int, state: str | None, latency: float, fault_rate: float) -> None:
     """Run the local Runware API emulator until interrupted.
 
@@ -921,8 +1108,9 @@ def emulator(host: str, port: int, state: str | None, latency: float, fault_rate
     from .emulator import Emulator
 
     key = os.environ.get("RUNWARE_API_KEY") or None
-    emu = Emulator(api_key=key, host=host, port=port, state_path=state, latency=latency,
-                   fault_rate=fault_rate)
+    emu = Emulator(
+        api_key=key, host=host, port=port, state_path=state, latency=latency, fault_rate=fault_rate
+    )
     emu.start()
     click.echo(f"listening on {emu.base_url}")
     try:

@@ -51,8 +51,13 @@ class CopiesUsage:
     max_bytes: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"path": self.path, "enabled": self.enabled, "files": self.files,
-                "bytes": self.bytes, "max_bytes": self.max_bytes}
+        return {
+            "path": self.path,
+            "enabled": self.enabled,
+            "files": self.files,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+        }
 
 
 class Copies:
@@ -66,8 +71,9 @@ class Copies:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             from ._errors import ConfigurationError
 
-            raise ConfigurationError(f"copies_max_bytes must be a number of bytes >= 0, "
-                                     f"not {max_bytes!r}")
+            raise ConfigurationError(
+                f"copies_max_bytes must be a number of bytes >= 0, not {max_bytes!r}"
+            )
         self.folder = os.path.abspath(os.fspath(folder))
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -112,13 +118,16 @@ class Copies:
                         out.write(chunk)
 
                     with payload.open() as stream:
-                        got, size = _hashing.hash_stream(cast(BinaryIO, stream),
-                                                         limit=payload.size, sinks=(sink,))
+                        got, size = _hashing.hash_stream(
+                            cast(BinaryIO, stream), limit=payload.size, sinks=(sink,)
+                        )
                 out.flush()
                 os.fsync(out.fileno())
             if got != digest or size != payload.size:
-                log.info("not keeping a local copy of %s: it changed since it was uploaded",
-                         payload.label)
+                log.info(
+                    "not keeping a local copy of %s: it changed since it was uploaded",
+                    payload.label,
+                )
                 os.unlink(tmp)
                 return False
             os.replace(tmp, target)
@@ -184,8 +193,9 @@ class Copies:
             return None
         if got != digest:
             spool.close()
-            log.warning("local copy %s is damaged (its bytes no longer match its name); "
-                        "removed", path)
+            log.warning(
+                "local copy %s is damaged (its bytes no longer match its name); removed", path
+            )
             with contextlib.suppress(OSError):
                 os.unlink(path)
             return None
@@ -208,8 +218,9 @@ class Copies:
 
     def usage(self, enabled: bool = True) -> CopiesUsage:
         found = list(self._scan())
-        return CopiesUsage(self.folder, enabled, len(found), sum(s for _, _, s in found),
-                           self.max_bytes)
+        return CopiesUsage(
+            self.folder, enabled, len(found), sum(s for _, _, s in found), self.max_bytes
+        )
 
     def _scan(self) -> Iterator[tuple[str, float, int]]:
         """``(path, last use, size)`` of every copy (temp files of live writers skipped,

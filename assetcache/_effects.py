@@ -17,6 +17,7 @@ and async caches cannot drift apart.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -152,9 +153,11 @@ def _perform_sync(effect: Any, driver: Driver) -> Any:
         return list(driver.pool(effect.workers).map(effect.fn, effect.items))
     if isinstance(effect, Concurrent):
         if len(effect.plans) == 1:
-            return [_capture(lambda p=effect.plans[0]: run_sync(p, driver))]
+            return [_capture(functools.partial(run_sync, effect.plans[0], driver))]
         with concurrent.futures.ThreadPoolExecutor(max(1, effect.limit)) as pool:
-            futures = [pool.submit(_capture, lambda p=p: run_sync(p, driver)) for p in effect.plans]
+            futures = [
+                pool.submit(_capture, functools.partial(run_sync, p, driver)) for p in effect.plans
+            ]
             return [f.result() for f in futures]
     raise TypeError(f"unknown effect {effect!r}")
 
@@ -204,7 +207,9 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
             return await asyncio.to_thread(lambda: [effect.fn(x) for x in effect.items])
         loop = asyncio.get_running_loop()
         pool = driver.pool(effect.workers)
-        return await asyncio.gather(*(loop.run_in_executor(pool, effect.fn, x) for x in effect.items))
+        return await asyncio.gather(
+            *(loop.run_in_executor(pool, effect.fn, x) for x in effect.items)
+        )
     if isinstance(effect, Concurrent):
         gate = asyncio.Semaphore(max(1, effect.limit))
 
@@ -221,14 +226,16 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
 
 # -- HTTP (httpx is imported here, lazily: start-up stays free of it) ---------------
 
+
 def _transport_error(exc: Exception, url: str) -> RemoteError:
     import httpx
 
     untrusted = _certificate_problem(exc)
     if untrusted is not None:
         # Not transient: retrying cannot make an untrusted certificate trusted.
-        return RemoteError(f"no answer from {url}: TLS certificate verification failed "
-                           f"({untrusted})", code="tls")
+        return RemoteError(
+            f"no answer from {url}: TLS certificate verification failed ({untrusted})", code="tls"
+        )
     if isinstance(exc, httpx.TimeoutException):
         reason = "timed out"
     elif isinstance(exc, httpx.ConnectError):
@@ -289,7 +296,9 @@ async def _http_async(effect: Http, driver: Driver) -> Response:
             yield chunk
 
     try:
-        resp = await client.post(effect.url, content=body(), headers=headers, timeout=effect.timeout)
+        resp = await client.post(
+            effect.url, content=body(), headers=headers, timeout=effect.timeout
+        )
     except AssetCacheError:
         raise
     except httpx.HTTPError as exc:

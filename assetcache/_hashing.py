@@ -142,4 +142,4 @@ def hash_stream(
 def hash_file(path: str | bytes) -> tuple[str, int]:
     """Hash a whole file: ``(hexdigest, size)``. No validation, no limit."""
     with open(path, "rb", buffering=0) as f:
-        return hash_stream(f)  # type: ignore[arg-type]
+        return hash_stream(f)

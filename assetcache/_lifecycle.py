@@ -84,6 +84,7 @@ _UNKNOWN_WORDING = "previously uploaded"
 
 # -- recognising "the server does not know this UUID" (pure) -----------------------
 
+
 def rejects_uuid(obj: object, uuid: str | None = None, parameters: Collection[str] = ()) -> bool:
     """Whether ``obj`` (an exception, or a value such as an ``httpx.Response``) is
     Runware saying it does not know an image UUID it was given.
@@ -152,15 +153,16 @@ def _names_image(parameter: str) -> bool:
     return any(word in leaf for word in _IMAGE_WORDS)
 
 
-def _error_says_unknown(code: object, parameter: object, message: object,
-                        names: frozenset[str]) -> bool:
+def _error_says_unknown(
+    code: object, parameter: object, message: object, names: frozenset[str]
+) -> bool:
     """A Runware error object: ``invalid<Param>`` on the image parameter it names."""
     if not isinstance(code, str) or not code.startswith("invalid"):
         return False
     params = _params(parameter)
     if names and not any(_leaf(p).lower() in names for p in params):
         return False
-    wanted = code[len("invalid"):].lower()
+    wanted = code[len("invalid") :].lower()
     if any(_leaf(p).lower() == wanted and _names_image(p) for p in params):
         return True
     return isinstance(message, str) and _UNKNOWN_WORDING in message.lower()
@@ -200,8 +202,9 @@ def _response_says_unknown(resp: Any, uuid: str | None, names: frozenset[str]) -
     for err in errors:
         if not isinstance(err, dict):
             continue
-        if not _error_says_unknown(err.get("code"), err.get("parameter"), err.get("message"),
-                                   names):
+        if not _error_says_unknown(
+            err.get("code"), err.get("parameter"), err.get("message"), names
+        ):
             continue
         if uuid is None or tasks is None:
             return True
@@ -267,8 +270,10 @@ def _describe(obj: object) -> str:
     if httpx is not None and isinstance(obj, httpx.Response):
         try:
             err = json.loads(obj.content)["errors"][0]
-            return (f"HTTP {obj.status_code} {err.get('code')} on {err.get('parameter')}: "
-                    f"{err.get('message')}")
+            return (
+                f"HTTP {obj.status_code} {err.get('code')} on {err.get('parameter')}: "
+                f"{err.get('message')}"
+            )
         except Exception:
             return f"HTTP {obj.status_code}"
     text = repr(obj)
@@ -276,6 +281,7 @@ def _describe(obj: object) -> str:
 
 
 # -- driving use() ------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _Invoke:
@@ -342,6 +348,7 @@ def _uuid_target(target: object) -> bool:
 
 
 # -- the mixin ------------------------------------------------------------------------
+
 
 class LifecycleMixin:
     _engine: _Engine
@@ -445,8 +452,9 @@ class LifecycleMixin:
         rows = registry.find_uuid(image_uuid.lower())
         local = getattr(registry, "local", None)
         if local is not None:
-            rows += [r for r in local.find_uuid(image_uuid.lower()) if r.key not in
-                     {x.key for x in rows}]
+            rows += [
+                r for r in local.find_uuid(image_uuid.lower()) if r.key not in {x.key for x in rows}
+            ]
         return rows
 
     def _expire_uuid(self, image_uuid: str) -> int:
@@ -493,26 +501,33 @@ class LifecycleMixin:
             uuid = yield self._plan_uuid(target, str(label))
         raise self._exhausted(str(label), rejected, retries, last)
 
-    def _rejected(self, obj: object, uuid: str, is_unknown: UnknownPredicate | None,
-                  names: Sequence[str]) -> bool:
+    def _rejected(
+        self, obj: object, uuid: str, is_unknown: UnknownPredicate | None, names: Sequence[str]
+    ) -> bool:
         if rejects_uuid(obj, uuid, names):
             return True
         return bool(is_unknown(obj)) if is_unknown is not None else False
 
-    def _exhausted(self, label: str, rejected: list[str], retries: int,
-                   last: object) -> RetryBudgetExhausted:
+    def _exhausted(
+        self, label: str, rejected: list[str], retries: int, last: object
+    ) -> RetryBudgetExhausted:
         detail = self._engine.redact(_describe(last)).rstrip(".")
         if retries == 0:
-            text = (f"{label}: Runware does not know imageUUID {rejected[-1]} (expired or "
-                    f"deleted) and retries=0; the entry is invalidated, so the next use "
-                    f"uploads it again. Answer: {detail}")
+            text = (
+                f"{label}: Runware does not know imageUUID {rejected[-1]} (expired or "
+                f"deleted) and retries=0; the entry is invalidated, so the next use "
+                f"uploads it again. Answer: {detail}"
+            )
         else:
-            text = (f"{label}: Runware rejected the image {len(rejected)} times, even after "
-                    f"{retries} fresh upload(s) ({', '.join(rejected)}); giving up. Last answer: "
-                    f"{detail}. If that parameter does not carry this image, pass parameter= "
-                    f"to use().")
-        err = RetryBudgetExhausted(text, source=label, uuids=tuple(rejected),
-                                   attempts=len(rejected))
+            text = (
+                f"{label}: Runware rejected the image {len(rejected)} times, even after "
+                f"{retries} fresh upload(s) ({', '.join(rejected)}); giving up. Last answer: "
+                f"{detail}. If that parameter does not carry this image, pass parameter= "
+                f"to use()."
+            )
+        err = RetryBudgetExhausted(
+            text, source=label, uuids=tuple(rejected), attempts=len(rejected)
+        )
         if isinstance(last, BaseException):
             err.__cause__ = last
             err.__suppress_context__ = True
@@ -541,8 +556,9 @@ class LifecycleMixin:
             return (yield from self._plan_from_rows(rows, label, res.error))
         raise res.error
 
-    def _plan_from_rows(self, rows: list[AssetRow], label: str,
-                        missing: AssetCacheError | None = None) -> Plan:
+    def _plan_from_rows(
+        self, rows: list[AssetRow], label: str, missing: AssetCacheError | None = None
+    ) -> Plan:
         engine = self._engine
         if not rows:
             raise missing or SourceError(label, "no cache entry holds this imageUUID")
@@ -597,8 +613,11 @@ class LifecycleMixin:
         out: list[str | AssetCacheError] = []
         for e in entries:
             if e.namespace != engine.namespace:
-                out.append(ConfigurationError(
-                    f"{e.uuid} belongs to another account ({e.namespace}); not deleted"))
+                out.append(
+                    ConfigurationError(
+                        f"{e.uuid} belongs to another account ({e.namespace}); not deleted"
+                    )
+                )
             else:
                 out.append(done[e.uuid])
         return out
@@ -616,9 +635,9 @@ class LifecycleMixin:
         if transport is not None and not isinstance(transport, httpx.BaseTransport):
             raise ConfigurationError(
                 "forget(remote=True) on AsyncAssetCache needs a blocking transport; "
-                "use AssetCache for it")
-        driver = Driver(sleep=self._driver.sleep,
-                        make_sync_client=lambda: httpx.Client(**kwargs))
+                "use AssetCache for it"
+            )
+        driver = Driver(sleep=self._driver.sleep, make_sync_client=lambda: httpx.Client(**kwargs))
         try:
             return run_sync(plan, driver)
         finally:
@@ -630,7 +649,9 @@ class LifecycleMixin:
         engine = self._engine
         out: dict[str, str | AssetCacheError] = {}
         for start in range(0, len(uuids), engine.batch_size):
-            out.update((yield from self._plan_delete_batch(uuids[start:start + engine.batch_size])))
+            out.update(
+                (yield from self._plan_delete_batch(uuids[start : start + engine.batch_size]))
+            )
         return out
 
     def _plan_delete_batch(self, uuids: list[str]) -> Plan:
@@ -646,8 +667,12 @@ class LifecycleMixin:
         pending = list(uuids)
         for attempt in range(attempts):
             tasks = {new_task_uuid(): u for u in pending}
-            body = json_body([{"taskType": "mediaStorage", "taskUUID": t, "operation": "delete",
-                               "media": u} for t, u in tasks.items()])
+            body = json_body(
+                [
+                    {"taskType": "mediaStorage", "taskUUID": t, "operation": "delete", "media": u}
+                    for t, u in tasks.items()
+                ]
+            )
 
             def chunks(body: bytes = body) -> list[bytes]:
                 return [body]
@@ -655,8 +680,9 @@ class LifecycleMixin:
             retry_after: float | None = None
             try:
                 resp = yield Http(engine.base_url, headers, chunks, len(body), policy.timeout)
-                answers = parse_response(resp.status, resp.headers, resp.body, list(tasks),
-                                         engine.redact, "mediaUUID")
+                answers = parse_response(
+                    resp.status, resp.headers, resp.body, list(tasks), engine.redact, "mediaUUID"
+                )
             except RemoteError as exc:
                 if not is_transient(exc):
                     out.update(dict.fromkeys(pending, exc))
@@ -673,7 +699,8 @@ class LifecycleMixin:
                         else:
                             out[u] = RemoteError(
                                 f"Runware confirmed deleting {answer.image_uuid}, not {u}",
-                                task_uuid=tid)
+                                task_uuid=tid,
+                            )
                     elif answer.code == "invalidMedia":
                         out[u] = "already gone"  # what deleting was for
                     elif is_transient(answer):
@@ -690,13 +717,24 @@ class LifecycleMixin:
             if attempt + 1 < attempts:
                 engine.count(retries=1)
                 log.info("retrying %d deletion(s) after: %s", len(pending), last[pending[0]])
-                yield Sleep(backoff_delay(attempt, retry_after, base=policy.base_delay,
-                                          cap=policy.max_delay, jitter=_jitter()))
+                yield Sleep(
+                    backoff_delay(
+                        attempt,
+                        retry_after,
+                        base=policy.base_delay,
+                        cap=policy.max_delay,
+                        jitter=_jitter(),
+                    )
+                )
         for u in pending:
             err = last[u]
-            out[u] = type(err)(f"{err.message} (gave up after {attempts} attempts)",
-                               code=err.code, parameter=err.parameter, task_uuid=err.task_uuid,
-                               status=err.status)
+            out[u] = type(err)(
+                f"{err.message} (gave up after {attempts} attempts)",
+                code=err.code,
+                parameter=err.parameter,
+                task_uuid=err.task_uuid,
+                status=err.status,
+            )
         return out
 
 

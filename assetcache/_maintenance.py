@@ -85,6 +85,7 @@ def _seconds(value: timedelta | float | None) -> float | None:
 
 # -- records -------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One cached upload: content hash -> imageUUID, with its timing and known paths."""
@@ -193,8 +194,12 @@ class RefreshReport:
         counts = {s: 0 for s in ("renewed", "would-renew", "content-gone", "failed")}
         for item in self.items:
             counts[item.status] += 1
-        return {"within_seconds": self.within, "dry_run": self.dry_run,
-                "items": [i.as_dict() for i in self.items], "summary": counts}
+        return {
+            "within_seconds": self.within,
+            "dry_run": self.dry_run,
+            "items": [i.as_dict() for i in self.items],
+            "summary": counts,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +215,11 @@ class PruneReport:
             "entries": [e.as_dict() for e in self.entries],
             "files": list(self.files),
             "leases": self.leases,
-            "summary": {"entries": len(self.entries), "files": len(self.files),
-                        "bytes": sum(e.size for e in self.entries)},
+            "summary": {
+                "entries": len(self.entries),
+                "files": len(self.files),
+                "bytes": sum(e.size for e in self.entries),
+            },
         }
 
 
@@ -227,8 +235,13 @@ class VerifyItem:
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "state": self.state, "old_hash": self.old_hash,
-                "new_hash": self.new_hash, "reason": self.reason}
+        return {
+            "path": self.path,
+            "state": self.state,
+            "old_hash": self.old_hash,
+            "new_hash": self.new_hash,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,10 +257,14 @@ class ForgetItem:
     remote: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"item": self.item, "kind": self.kind,
-                "entries": [{"hash": e.content_hash, "uuid": e.uuid} for e in self.entries],
-                "files": list(self.files), "error": self.error,
-                "remote": [{"uuid": u, "status": s} for u, s in self.remote]}
+        return {
+            "item": self.item,
+            "kind": self.kind,
+            "entries": [{"hash": e.content_hash, "uuid": e.uuid} for e in self.entries],
+            "files": list(self.files),
+            "error": self.error,
+            "remote": [{"uuid": u, "status": s} for u, s in self.remote],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +275,12 @@ class ImportReport:
     errors: tuple[tuple[int, str], ...]  # (line number, reason)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"added": self.added, "replaced": self.replaced, "kept": self.kept,
-                "errors": [{"line": n, "reason": r} for n, r in self.errors]}
+        return {
+            "added": self.added,
+            "replaced": self.replaced,
+            "kept": self.kept,
+            "errors": [{"line": n, "reason": r} for n, r in self.errors],
+        }
 
 
 @dataclass(slots=True)
@@ -298,11 +319,15 @@ def resize_settings(variant: str | None) -> dict[str, Any]:
     from ._transform import resize_available
 
     available, note = resize_available()
-    return {"resize": variant if variant is not None else available, "resize_available": available,
-            "resize_note": note}
+    return {
+        "resize": variant if variant is not None else available,
+        "resize_available": available,
+        "resize_note": note,
+    }
 
 
 # -- database health (works when the cache cannot open the file) -----------------
+
 
 def db_size(path: str) -> int:
     """Bytes of the database and its WAL/shared-memory files."""
@@ -340,7 +365,8 @@ def inspect_database(path: str | os.PathLike[str]) -> DoctorReport:
         if report.schema_version > SCHEMA_VERSION:
             report.problems.append(
                 f"written by a newer assetcache (schema {report.schema_version}, this version "
-                f"reads up to {SCHEMA_VERSION}): upgrade assetcache")
+                f"reads up to {SCHEMA_VERSION}): upgrade assetcache"
+            )
         elif report.schema_version >= 1:
             # Counted before the integrity check: a damaged file may still say how
             # many entries it held, which is what a rebuild reports as lost.
@@ -394,12 +420,16 @@ def rebuild_database(path: str | os.PathLike[str], *, now: float | None = None) 
     files: list[tuple[Any, ...]] = []
     counters: list[tuple[Any, ...]] = []
     if before.exists:
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(
-            sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        ) as old:
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(sqlite3.connect(path, timeout=30.0, isolation_level=None)) as old,
+        ):
             assets = _salvage(old, f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets")
-            files = _salvage(old, "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, "
-                                  "format, hashed_at_ns FROM files")
+            files = _salvage(
+                old,
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, "
+                "format, hashed_at_ns FROM files",
+            )
             counters = _salvage(old, "SELECT namespace, name, value FROM counters")
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
     actions: list[str] = [f"found: {'; '.join(before.problems)}"] if before.problems else []
@@ -431,18 +461,23 @@ def rebuild_database(path: str | os.PathLike[str], *, now: float | None = None) 
             conn.executemany(
                 "INSERT OR IGNORE INTO files (path, dev, ino, size, mtime_ns, ctime_ns, "
                 "content_hash, format, hashed_at_ns, sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*r, row_sig(r)) for r in files if len(r) == 9])
+                [(*r, row_sig(r)) for r in files if len(r) == 9],
+            )
             conn.executemany("INSERT OR IGNORE INTO counters VALUES (?, ?, ?)", counters)
     finally:
         store.close()
-    actions.append(f"created a fresh database; carried over {len(assets)} entries and "
-                   f"{len(files)} file hashes")
+    actions.append(
+        f"created a fresh database; carried over {len(assets)} entries and {len(files)} file hashes"
+    )
     after = inspect_database(path)
     after.actions = actions
     again = " (the images are uploaded again when next asked for)"
     if before.entries is None:
-        after.lost = (f"unknown: the old file could not be read{again}" if not assets
-                      else f"unknown: {len(assets)} entries recovered, maybe not all{again}")
+        after.lost = (
+            f"unknown: the old file could not be read{again}"
+            if not assets
+            else f"unknown: {len(assets)} entries recovered, maybe not all{again}"
+        )
     else:
         missing = max(0, before.entries - len(assets))
         after.lost = f"{missing} entries" + (again if missing else "")
@@ -450,6 +485,7 @@ def rebuild_database(path: str | os.PathLike[str], *, now: float | None = None) 
 
 
 # -- the mixin -------------------------------------------------------------------
+
 
 class MaintenanceMixin:
     _engine: _Engine
@@ -516,9 +552,20 @@ class MaintenanceMixin:
             counts[name] = counts.get(name, 0) + value
         c = counts.get
         return CacheStats(
-            int(n), int(total), int(files), c("hits", 0), c("misses", 0), c("uploads", 0),
-            c("reuploads", 0), c("failures", 0), c("retries", 0), c("bytes_sent", 0),
-            c("bytes_saved", 0), store.path, db_size(store.path), self._copies_info(),
+            int(n),
+            int(total),
+            int(files),
+            c("hits", 0),
+            c("misses", 0),
+            c("uploads", 0),
+            c("reuploads", 0),
+            c("failures", 0),
+            c("retries", 0),
+            c("bytes_sent", 0),
+            c("bytes_saved", 0),
+            store.path,
+            db_size(store.path),
+            self._copies_info(),
         )
 
     def _copies_info(self) -> dict[str, Any] | None:
@@ -547,9 +594,18 @@ class MaintenanceMixin:
                 continue
             row = engine.registry.get_asset(p.key)
             if row is not None and row.last_used_at > since:
-                out.append(Resolution(p.label, row.image_uuid, row.content_hash, "hit", None,
-                                      p.size, p.format,
-                                      _policy.expires_at(engine.policy, row.last_used_at)))
+                out.append(
+                    Resolution(
+                        p.label,
+                        row.image_uuid,
+                        row.content_hash,
+                        "hit",
+                        None,
+                        p.size,
+                        p.format,
+                        _policy.expires_at(engine.policy, row.last_used_at),
+                    )
+                )
             elif p.key in seen:
                 out.append(Resolution(p.label, None, p.key[1], "hit", None, p.size, p.format))
             else:
@@ -579,7 +635,8 @@ class MaintenanceMixin:
         seconds = _seconds(within)
         assert seconds is not None
         report: RefreshReport = self._drive(
-            self._plan_refresh(seconds, dry_run, concurrency, progress))
+            self._plan_refresh(seconds, dry_run, concurrency, progress)
+        )
         return report
 
     def _plan_refresh(
@@ -594,11 +651,21 @@ class MaintenanceMixin:
         todo: list[tuple[int, _Prepared, str]] = []
         for i, (entry, (prepared, label, reason)) in enumerate(zip(candidates, found, strict=True)):
             if prepared is None:
-                items[i] = RefreshItem(entry.content_hash, entry.uuid, "content-gone",
-                                       reason=reason, expires_at=entry.expires_at)
+                items[i] = RefreshItem(
+                    entry.content_hash,
+                    entry.uuid,
+                    "content-gone",
+                    reason=reason,
+                    expires_at=entry.expires_at,
+                )
             elif dry_run:
-                items[i] = RefreshItem(entry.content_hash, entry.uuid, "would-renew", path=label,
-                                       expires_at=entry.expires_at)
+                items[i] = RefreshItem(
+                    entry.content_hash,
+                    entry.uuid,
+                    "would-renew",
+                    path=label,
+                    expires_at=entry.expires_at,
+                )
             else:
                 todo.append((i, prepared, label))
         done = len(candidates) - len(todo)
@@ -607,18 +674,32 @@ class MaintenanceMixin:
         # Chunks keep memory bounded (inline payloads) and let a caller show progress.
         chunk = max(64, engine.concurrency * engine.batch_size)
         for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
+            part = todo[start : start + chunk]
             ready: list[Any] = [p for _, p, _ in part]  # prepared already: not read again
             results = yield from engine.plan_resolve_many(
-                ready, concurrency, force={p.key for _, p, _ in part})
+                ready, concurrency, force={p.key for _, p, _ in part}
+            )
             for (i, _, label), res in zip(part, results, strict=True):
                 entry = candidates[i]
                 if res.error is not None:
-                    items[i] = RefreshItem(entry.content_hash, entry.uuid, "failed", path=label,
-                                           reason=str(res.error), expires_at=entry.expires_at)
+                    items[i] = RefreshItem(
+                        entry.content_hash,
+                        entry.uuid,
+                        "failed",
+                        path=label,
+                        reason=str(res.error),
+                        expires_at=entry.expires_at,
+                    )
                 else:
-                    items[i] = RefreshItem(entry.content_hash, entry.uuid, "renewed", res.uuid,
-                                           label, None, res.expires_at)
+                    items[i] = RefreshItem(
+                        entry.content_hash,
+                        entry.uuid,
+                        "renewed",
+                        res.uuid,
+                        label,
+                        None,
+                        res.expires_at,
+                    )
             done += len(part)
             if progress:
                 progress(done, len(candidates))
@@ -630,8 +711,10 @@ class MaintenanceMixin:
         # Only this account's uploads can be renewed with this key; entries Runware
         # already deleted are not "about to expire" and stay on-demand.
         return [
-            e for e in self.entries(expiring_within=within, expired=True)
-            if e.namespace == engine.namespace and e.variant in (engine.variant, engine.fit_variant)
+            e
+            for e in self.entries(expiring_within=within, expired=True)
+            if e.namespace == engine.namespace
+            and e.variant in (engine.variant, engine.fit_variant)
             and e.expires_at > now
         ]
 
@@ -689,8 +772,9 @@ class MaintenanceMixin:
         clauses.append("last_used_at <= ?")
         params.append(cutoff)
         registry = engine.registry  # in a fleet: the fleet's entries and leases
-        assets = registry.select_assets(f"WHERE {' AND '.join(clauses)}", params,
-                                        "ORDER BY last_used_at")
+        assets = registry.select_assets(
+            f"WHERE {' AND '.join(clauses)}", params, "ORDER BY last_used_at"
+        )
         paths = self._paths_of({a.content_hash for a in assets})
         entries = tuple(self._entry(a, paths.get(a.content_hash, ()), now) for a in assets)
         gone = tuple(p for p in self._tracked_paths() if _missing(p))
@@ -731,8 +815,9 @@ class MaintenanceMixin:
         done = len(targets) - len(todo)
         workers = max(1, min(self._engine.hash_workers, len(todo)))
         with ThreadPoolExecutor(workers) as pool:
-            for i, fresh in zip(todo, pool.map(lambda i: _rehash(targets[i][0]), todo),
-                                strict=True):
+            for i, fresh in zip(
+                todo, pool.map(lambda i: _rehash(targets[i][0]), todo), strict=True
+            ):
                 path, row = targets[i]
                 assert row is not None
                 if fresh is None:
@@ -753,8 +838,9 @@ class MaintenanceMixin:
                 from ._store import _put_files
 
                 _put_files(conn, fixes)
-                conn.executemany("DELETE FROM files WHERE path = ?",
-                                 [(path_key(p),) for p in drops])
+                conn.executemany(
+                    "DELETE FROM files WHERE path = ?", [(path_key(p),) for p in drops]
+                )
         return [r for r in results if r is not None]
 
     # -- forgetting ----------------------------------------------------------------
@@ -773,7 +859,8 @@ class MaintenanceMixin:
         hook = getattr(self, "_forget_remote", None) if remote else None
         if remote and hook is None:
             raise ConfigurationError(
-                "forget(remote=True): deleting uploads on Runware is not supported yet")
+                "forget(remote=True): deleting uploads on Runware is not supported yet"
+            )
         store = self._engine.store
         now = self._engine.clock()
         out: list[ForgetItem] = []
@@ -786,21 +873,25 @@ class MaintenanceMixin:
             if uuids:
                 clauses.append("image_uuid = ?")
                 params.append(uuids[0])
-                rows = store.read(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets "
-                                  f"WHERE {' AND '.join(clauses)}", params)
+                rows = store.read(
+                    f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE {' AND '.join(clauses)}",
+                    params,
+                )
             else:
                 rows = []
                 for chunk in _chunks(sorted(hashes)):
                     rows += store.read(
                         f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE "
                         f"{' AND '.join([*clauses, _in('content_hash', chunk)])}",
-                        [*params, *chunk])
+                        [*params, *chunk],
+                    )
             assets = {AssetRow(*r).key: AssetRow(*r) for r in rows}
             for row in self._shared_rows(uuids, hashes, all_accounts):
                 assets.setdefault(row.key, row)
             paths = self._paths_of({a.content_hash for a in assets.values()})
-            entries = tuple(self._entry(a, paths.get(a.content_hash, ()), now)
-                            for a in assets.values())
+            entries = tuple(
+                self._entry(a, paths.get(a.content_hash, ()), now) for a in assets.values()
+            )
             if not entries and not files:
                 out.append(ForgetItem(item, kind, error=f"no cache entry for {item}"))
                 continue
@@ -809,13 +900,16 @@ class MaintenanceMixin:
             if hook is not None and entries:
                 # One outcome per entry; an entry not deleted on the server stays here.
                 outcomes = hook(entries)
-                remote_done = tuple((e.uuid, o if isinstance(o, str) else f"failed: {o}")
-                                    for e, o in zip(entries, outcomes, strict=True))
+                remote_done = tuple(
+                    (e.uuid, o if isinstance(o, str) else f"failed: {o}")
+                    for e, o in zip(entries, outcomes, strict=True)
+                )
                 failed = [o for o in outcomes if not isinstance(o, str)]
                 if failed:
                     problem = f"{item}: not deleted on Runware, entry kept: {failed[0]}"
-                    entries = tuple(e for e, o in zip(entries, outcomes, strict=True)
-                                    if isinstance(o, str))
+                    entries = tuple(
+                        e for e, o in zip(entries, outcomes, strict=True) if isinstance(o, str)
+                    )
                     files = []
             if entries:
                 # Through the registry: in a fleet, the shared row goes too.
@@ -836,8 +930,11 @@ class MaintenanceMixin:
             rows = engine.registry.find_uuid(uuids[0])
         else:
             variants = dict.fromkeys((engine.variant, engine.fit_variant))  # as sent, resized
-            found = (engine.registry.get_asset((engine.namespace, h, v))
-                     for h in sorted(hashes) for v in variants)
+            found = (
+                engine.registry.get_asset((engine.namespace, h, v))
+                for h in sorted(hashes)
+                for v in variants
+            )
             rows = [r for r in found if r is not None]
         return [r for r in rows if all_accounts or r.namespace == engine.namespace]
 
@@ -863,9 +960,16 @@ class MaintenanceMixin:
             return "uuid", set(), [], [item.lower()], None
         if HASH_RE.match(item.lower()):
             return "hash", {item.lower()}, [], [], None
-        return "path", set(), [], [], (
-            f"{item}: not an existing or tracked path, a content hash (32 hex digits) "
-            "or an imageUUID")
+        return (
+            "path",
+            set(),
+            [],
+            [],
+            (
+                f"{item}: not an existing or tracked path, a content hash (32 hex digits) "
+                "or an imageUUID"
+            ),
+        )
 
     # -- export / import ------------------------------------------------------------
     def export_entries(self, *, all_accounts: bool = False) -> Iterator[str]:
@@ -873,14 +977,25 @@ class MaintenanceMixin:
         clauses, params = self._scope(all_accounts)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._engine.registry.select_assets(
-            where, params, "ORDER BY namespace, content_hash, variant")
+            where, params, "ORDER BY namespace, content_hash, variant"
+        )
         for a in rows:
-            yield json.dumps({
-                "v": EXPORT_VERSION, "namespace": a.namespace, "hash": a.content_hash,
-                "variant": a.variant, "uuid": a.image_uuid, "size": a.size, "format": a.format,
-                "uploaded_at": a.uploaded_at, "last_used_at": a.last_used_at,
-                "upload_count": a.upload_count, "bytes_sent": a.bytes_sent,
-            }, separators=(",", ":"))
+            yield json.dumps(
+                {
+                    "v": EXPORT_VERSION,
+                    "namespace": a.namespace,
+                    "hash": a.content_hash,
+                    "variant": a.variant,
+                    "uuid": a.image_uuid,
+                    "size": a.size,
+                    "format": a.format,
+                    "uploaded_at": a.uploaded_at,
+                    "last_used_at": a.last_used_at,
+                    "upload_count": a.upload_count,
+                    "bytes_sent": a.bytes_sent,
+                },
+                separators=(",", ":"),
+            )
 
     def import_entries(self, lines: Iterable[str | bytes]) -> ImportReport:
         """Merge exported JSON lines; an entry never replaces a fresher one.
@@ -970,10 +1085,19 @@ class MaintenanceMixin:
     def _entry(self, a: AssetRow, paths: Sequence[str], now: float) -> Entry:
         policy = self._engine.policy
         return Entry(
-            a.namespace, a.content_hash, a.variant, a.image_uuid, a.size, a.format,
-            a.uploaded_at, a.last_used_at, _policy.expires_at(policy, a.last_used_at),
+            a.namespace,
+            a.content_hash,
+            a.variant,
+            a.image_uuid,
+            a.size,
+            a.format,
+            a.uploaded_at,
+            a.last_used_at,
+            _policy.expires_at(policy, a.last_used_at),
             _policy.serve_until(policy, a.last_used_at),
-            _policy.state(policy, a.last_used_at, now), tuple(paths), a.upload_count,
+            _policy.state(policy, a.last_used_at, now),
+            tuple(paths),
+            a.upload_count,
             a.bytes_sent,
         )
 
@@ -984,7 +1108,8 @@ class MaintenanceMixin:
         for chunk in _chunks(sorted(hashes)):
             for digest, raw in store.read(
                 f"SELECT content_hash, path FROM files WHERE {_in('content_hash', chunk)}",
-                chunk, "find known paths",
+                chunk,
+                "find known paths",
             ):
                 found.setdefault(digest, []).append(os.fsdecode(raw))
         return {h: tuple(sorted(p)) for h, p in found.items()}
@@ -994,7 +1119,10 @@ class MaintenanceMixin:
 
         rows = self._engine.store.read(
             "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns "
-            "FROM files ORDER BY path", (), "list tracked files")
+            "FROM files ORDER BY path",
+            (),
+            "list tracked files",
+        )
         return [_file_row(r) for r in rows]
 
     def _tracked_paths(self) -> list[str]:
@@ -1008,7 +1136,7 @@ def _in(column: str, values: Sequence[Any]) -> str:
 
 def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
     for start in range(0, len(values), _IN_CHUNK):
-        yield list(values[start:start + _IN_CHUNK])
+        yield list(values[start : start + _IN_CHUNK])
 
 
 def _missing(path: str) -> bool:
@@ -1073,8 +1201,12 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
 
     def number(name: str) -> float:
         value = obj.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value) and value >= 0:
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value >= 0
+        ):
             return float(value)
         raise ValueError(f"{name!r} must be a non-negative number of epoch seconds")
 
@@ -1085,8 +1217,11 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         return value
 
     try:
-        missing = [k for k in ("namespace", "hash", "uuid", "size", "format", "uploaded_at",
-                               "last_used_at") if k not in obj]
+        missing = [
+            k
+            for k in ("namespace", "hash", "uuid", "size", "format", "uploaded_at", "last_used_at")
+            if k not in obj
+        ]
         if missing:
             return "missing field(s): " + ", ".join(missing)
         namespace = text("namespace")
@@ -1107,7 +1242,18 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         # Clock skew between machines must not stretch the window past the server's.
         last_used = min(last_used, now)
         uploaded = min(uploaded, last_used)
-        return AssetRow(namespace, digest, text("variant", ""), uuid.lower(), size, fmt, uploaded,
-                        last_used, count("upload_count", 1, 1), 0, count("bytes_sent", 0, 0))
+        return AssetRow(
+            namespace,
+            digest,
+            text("variant", ""),
+            uuid.lower(),
+            size,
+            fmt,
+            uploaded,
+            last_used,
+            count("upload_count", 1, 1),
+            0,
+            count("bytes_sent", 0, 0),
+        )
     except ValueError as exc:
         return str(exc)

@@ -81,7 +81,9 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.rsplit("@", 1)[-1]
     user = parts.username or ""
-    return urllib.parse.urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, ""))
+    return urllib.parse.urlunsplit(
+        (parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, "")
+    )
 
 
 def _lock_id(key: Key) -> int:
@@ -95,8 +97,9 @@ class PostgresRegistry:
     >>> reg = PostgresRegistry("postgresql://app@db.internal/assets")   # doctest: +SKIP
     """
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8,
-                 connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 8, connect_timeout: float = 5.0
+    ) -> None:
         try:
             import psycopg  # noqa: F401
             from psycopg_pool import ConnectionPool
@@ -107,7 +110,11 @@ class PostgresRegistry:
         self.url = url
         self.path = redact_url(url)
         self._pool = ConnectionPool(
-            url, min_size=min_size, max_size=max_size, open=False, name="assetcache",
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            name="assetcache",
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
             timeout=connect_timeout,
         )
@@ -124,8 +131,9 @@ class PostgresRegistry:
         text = text.replace(self.url, self.path)
         if re.search(r"password", text, re.I):
             text = "authentication failed"
-        return StoreError(f"shared store {self.path} failed while trying to {doing}: {text}",
-                          path=self.path)
+        return StoreError(
+            f"shared store {self.path} failed while trying to {doing}: {text}", path=self.path
+        )
 
     @contextlib.contextmanager
     def _conn(self, doing: str) -> Iterator[Any]:
@@ -151,14 +159,17 @@ class PostgresRegistry:
     def _migrate(self) -> None:
         with self.write("migrate the schema") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS assetcache_meta "
-                         "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS assetcache_meta "
+                "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
             row = conn.execute("SELECT value FROM assetcache_meta WHERE key = 'schema'").fetchone()
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise SchemaTooNew(
                     f"shared store {self.path} was written by a newer assetcache "
-                    f"(schema {version}, this version reads up to {SCHEMA_VERSION}); upgrade assetcache",
+                    f"(schema {version}, this version reads up to {SCHEMA_VERSION}); "
+                    "upgrade assetcache",
                     path=self.path,
                 )
             for number in range(version, SCHEMA_VERSION):
@@ -181,13 +192,17 @@ class PostgresRegistry:
         rows = self.read(
             f"SELECT {_COLS} FROM assetcache_assets "
             "WHERE namespace = %s AND content_hash = %s AND variant = %s",
-            key, "look up an asset",
+            key,
+            "look up an asset",
         )
         return AssetRow(*rows[0]) if rows else None
 
     def find_uuid(self, image_uuid: str) -> list[AssetRow]:
-        rows = self.read(f"SELECT {_COLS} FROM assetcache_assets WHERE image_uuid = %s",
-                         (image_uuid,), "look up a UUID")
+        rows = self.read(
+            f"SELECT {_COLS} FROM assetcache_assets WHERE image_uuid = %s",
+            (image_uuid,),
+            "look up a UUID",
+        )
         return [AssetRow(*r) for r in rows]
 
     @staticmethod
@@ -202,24 +217,32 @@ class PostgresRegistry:
         for lock in sorted({_lock_id(k) for k in keys}):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
 
-    def claim(self, keys: Sequence[Key], owner: str, now: float, ttl: float,
-              fresh_since: float) -> dict[Key, AssetRow | str]:
+    def claim(
+        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]:
         out: dict[Key, AssetRow | str] = {}
         with self.write("claim uploads") as conn:
             self._lock_keys(conn, keys)
             for key in keys:
                 row = conn.execute(
                     f"SELECT {_COLS} FROM assetcache_assets "
-                    "WHERE namespace = %s AND content_hash = %s AND variant = %s", key,
+                    "WHERE namespace = %s AND content_hash = %s AND variant = %s",
+                    key,
                 ).fetchone()
                 if row is not None and row[7] > fresh_since:
                     out[key] = AssetRow(*row)
                     continue
                 lease = conn.execute(
                     "SELECT owner, expires_at FROM assetcache_leases "
-                    "WHERE namespace = %s AND content_hash = %s AND variant = %s", key,
+                    "WHERE namespace = %s AND content_hash = %s AND variant = %s",
+                    key,
                 ).fetchone()
-                if lease is not None and lease[0] != owner and lease[1] > now and owner_alive(lease[0]):
+                if (
+                    lease is not None
+                    and lease[0] != owner
+                    and lease[1] > now
+                    and owner_alive(lease[0])
+                ):
                     out[key] = "held"
                     continue
                 conn.execute(
@@ -231,8 +254,9 @@ class PostgresRegistry:
                 out[key] = "claimed"
         return out
 
-    def record_uploads(self, records: Sequence[UploadRecord], owner: str,
-                       files: Sequence[FileRow] = ()) -> None:
+    def record_uploads(
+        self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
+    ) -> None:
         if not records:
             return
         with self.write("record uploads") as conn:
@@ -243,12 +267,22 @@ class PostgresRegistry:
                     "size, format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, 0, %s) "
                     "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
-                    "image_uuid = excluded.image_uuid, size = excluded.size, format = excluded.format, "
+                    "image_uuid = excluded.image_uuid, size = excluded.size, "
+                    "format = excluded.format, "
                     "uploaded_at = excluded.uploaded_at, last_used_at = excluded.last_used_at, "
                     "upload_count = assetcache_assets.upload_count + 1, "
                     "bytes_sent = assetcache_assets.bytes_sent + excluded.bytes_sent",
-                    (r.namespace, r.content_hash, r.variant, r.image_uuid, r.size, r.format,
-                     r.now, r.now, r.bytes_sent),
+                    (
+                        r.namespace,
+                        r.content_hash,
+                        r.variant,
+                        r.image_uuid,
+                        r.size,
+                        r.format,
+                        r.now,
+                        r.now,
+                        r.bytes_sent,
+                    ),
                 )
                 conn.execute(
                     "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
@@ -257,14 +291,16 @@ class PostgresRegistry:
                 )
 
     def release(self, keys: Iterable[Key], owner: str) -> None:
+        keys = list(keys)
         params = [(*k, owner) for k in keys]
         if not params:
             return
         with self.write("release upload leases") as conn, conn.cursor() as cur:
-            self._lock_keys(conn, (tuple(p[:3]) for p in params))
+            self._lock_keys(conn, keys)
             cur.executemany(
                 "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
-                "AND variant = %s AND owner = %s", params,
+                "AND variant = %s AND owner = %s",
+                params,
             )
 
     def touch(self, key: Key, now: float) -> None:
@@ -283,15 +319,17 @@ class PostgresRegistry:
             cur.executemany(
                 "INSERT INTO assetcache_counters VALUES (%s, %s, %s) "
                 "ON CONFLICT (namespace, name) DO UPDATE "
-                "SET value = assetcache_counters.value + excluded.value", items,
+                "SET value = assetcache_counters.value + excluded.value",
+                items,
             )
 
     def counters(self, namespace: str | None = None) -> dict[str, int]:
         if namespace is None:
             rows = self.read("SELECT name, SUM(value) FROM assetcache_counters GROUP BY name")
         else:
-            rows = self.read("SELECT name, value FROM assetcache_counters WHERE namespace = %s",
-                             (namespace,))
+            rows = self.read(
+                "SELECT name, value FROM assetcache_counters WHERE namespace = %s", (namespace,)
+            )
         return {name: int(value) for name, value in rows}
 
     # -- maintenance: the SQLiteStore calls, in this dialect ---------------------------
@@ -300,16 +338,23 @@ class PostgresRegistry:
         """Maintenance WHERE fragments are written once, with ``?`` placeholders."""
         return fragment.replace("?", "%s")
 
-    def select_assets(self, where: str = "", params: Sequence[Any] = (),
-                      order: str = "") -> list[AssetRow]:
-        rows = self.read(f"SELECT {_COLS} FROM assetcache_assets {self._dialect(where)} {order}",
-                         tuple(params), "list entries")
+    def select_assets(
+        self, where: str = "", params: Sequence[Any] = (), order: str = ""
+    ) -> list[AssetRow]:
+        rows = self.read(
+            f"SELECT {_COLS} FROM assetcache_assets {self._dialect(where)} {order}",
+            tuple(params),
+            "list entries",
+        )
         return [AssetRow(*r) for r in rows]
 
     def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
         n, total = self.read(
-            f"SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets {self._dialect(where)}",
-            tuple(params), "count entries")[0]
+            "SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets "
+            + self._dialect(where),
+            tuple(params),
+            "count entries",
+        )[0]
         return int(n), int(total)
 
     def prune_assets(self, rows: Iterable[AssetRow]) -> None:
@@ -321,25 +366,31 @@ class PostgresRegistry:
             for r in rows:
                 conn.execute(
                     "DELETE FROM assetcache_assets WHERE namespace = %s AND content_hash = %s "
-                    "AND variant = %s AND last_used_at = %s", (*r.key, r.last_used_at))
+                    "AND variant = %s AND last_used_at = %s",
+                    (*r.key, r.last_used_at),
+                )
 
     def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
         clause = " AND image_uuid = %s" if image_uuid is not None else ""
         params: tuple[Any, ...] = (stamp, *key, stamp) + ((image_uuid,) if image_uuid else ())
         with self.write("invalidate an entry") as conn:
             self._lock_keys(conn, [key])
-            return int(conn.execute(
-                "UPDATE assetcache_assets SET last_used_at = %s WHERE namespace = %s "
-                f"AND content_hash = %s AND variant = %s AND last_used_at > %s{clause}",
-                params).rowcount)
+            return int(
+                conn.execute(
+                    "UPDATE assetcache_assets SET last_used_at = %s WHERE namespace = %s "
+                    f"AND content_hash = %s AND variant = %s AND last_used_at > %s{clause}",
+                    params,
+                ).rowcount
+            )
 
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         if dry_run:
             rows = self.read("SELECT count(*) FROM assetcache_leases WHERE expires_at < %s", (now,))
             return int(rows[0][0])
         with self.write("drop dead leases") as conn:
-            return conn.execute("DELETE FROM assetcache_leases WHERE expires_at < %s",
-                                (now,)).rowcount
+            return conn.execute(
+                "DELETE FROM assetcache_leases WHERE expires_at < %s", (now,)
+            ).rowcount
 
     def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
         added = replaced = kept = 0
@@ -349,7 +400,9 @@ class PostgresRegistry:
             for a in rows:
                 old = conn.execute(
                     "SELECT last_used_at FROM assetcache_assets WHERE namespace = %s "
-                    "AND content_hash = %s AND variant = %s", a.key).fetchone()
+                    "AND content_hash = %s AND variant = %s",
+                    a.key,
+                ).fetchone()
                 if old is not None and old[0] >= a.last_used_at:
                     kept += 1
                     continue
@@ -358,7 +411,8 @@ class PostgresRegistry:
                     f"({', '.join(['%s'] * len(ASSET_COLUMNS))}) "
                     "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
                     + ", ".join(f"{c} = excluded.{c}" for c in ASSET_COLUMNS[3:]),
-                    tuple(getattr(a, c) for c in ASSET_COLUMNS))
+                    tuple(getattr(a, c) for c in ASSET_COLUMNS),
+                )
                 if old is None:
                     added += 1
                 else:
@@ -372,7 +426,8 @@ class PostgresRegistry:
         with self.write("forget entries") as conn, conn.cursor() as cur:
             cur.executemany(
                 "DELETE FROM assetcache_assets WHERE namespace = %s AND content_hash = %s "
-                "AND variant = %s", params,
+                "AND variant = %s",
+                params,
             )
             return cur.rowcount
 
@@ -409,14 +464,16 @@ class FleetRegistry:
     def find_uuid(self, image_uuid: str) -> list[AssetRow]:
         return self.shared.find_uuid(image_uuid)
 
-    def claim(self, keys: Sequence[Key], owner: str, now: float, ttl: float,
-              fresh_since: float) -> dict[Key, AssetRow | str]:
+    def claim(
+        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]:
         out = self.shared.claim(keys, owner, now, ttl, fresh_since)
         self._mirror(v for v in out.values() if isinstance(v, AssetRow))
         return out
 
-    def record_uploads(self, records: Sequence[UploadRecord], owner: str,
-                       files: Sequence[FileRow] = ()) -> None:
+    def record_uploads(
+        self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
+    ) -> None:
         self.shared.record_uploads(records, owner)
         self.local.record_uploads(records, owner, files)
 
@@ -443,8 +500,9 @@ class FleetRegistry:
         self.local.delete_assets(keys)
         return self.shared.delete_assets(keys)
 
-    def select_assets(self, where: str = "", params: Sequence[Any] = (),
-                      order: str = "") -> list[AssetRow]:
+    def select_assets(
+        self, where: str = "", params: Sequence[Any] = (), order: str = ""
+    ) -> list[AssetRow]:
         return self.shared.select_assets(where, params, order)
 
     def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
@@ -460,8 +518,9 @@ class FleetRegistry:
 
     def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
         # Other hosts' local copies learn it when their own use is rejected.
-        return (self.shared.expire_asset(key, stamp, image_uuid)
-                + self.local.expire_asset(key, stamp, image_uuid))
+        return self.shared.expire_asset(key, stamp, image_uuid) + self.local.expire_asset(
+            key, stamp, image_uuid
+        )
 
     def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
         return self.shared.merge_assets(rows)

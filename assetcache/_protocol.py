@@ -35,8 +35,16 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _B64_CHUNK = 3 * (1 << 18)
 #: Per-task codes worth re-sending (with a fresh taskUUID).
 TRANSIENT_CODES = frozenset(
-    {"rateLimitExceeded", "timeoutProvider", "uploadFailed", "conflictTaskUUID",
-     "internalServerError", "serverError", "timeout", "serviceUnavailable"}
+    {
+        "rateLimitExceeded",
+        "timeoutProvider",
+        "uploadFailed",
+        "conflictTaskUUID",
+        "internalServerError",
+        "serverError",
+        "timeout",
+        "serviceUnavailable",
+    }
 )
 
 
@@ -124,10 +132,13 @@ class Task:
     def head(self) -> bytes:
         if self.task_type == "mediaStorage":
             return (
-                '{"taskType": "mediaStorage", "taskUUID": "%s", "operation": "upload", '
-                '"media": "' % self.task_uuid
+                '{"taskType": "mediaStorage", "taskUUID": "'
+                + self.task_uuid
+                + '", "operation": "upload", "media": "'
             ).encode()
-        return ('{"taskType": "imageUpload", "taskUUID": "%s", "image": "' % self.task_uuid).encode()
+        return (
+            '{"taskType": "imageUpload", "taskUUID": "' + self.task_uuid + '", "image": "'
+        ).encode()
 
 
 _TAIL = b'"}'
@@ -156,6 +167,7 @@ def json_body(tasks: Sequence[dict[str, Any]]) -> bytes:
 
 
 # -- answers -----------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class TaskResult:
@@ -231,9 +243,7 @@ def error_from_object(
         cls = ServerError
     elif code and code.startswith("invalid") and parameter and parameter not in ("image", "media"):
         cls = UnknownImage if _names_image_param(code, parameter) else RejectedInput
-    elif code and code.startswith("invalid"):
-        cls = RejectedInput
-    elif status is not None and 400 <= status < 500:
+    elif code and code.startswith("invalid") or status is not None and 400 <= status < 500:
         cls = RejectedInput
     else:
         cls = RemoteError
@@ -283,12 +293,14 @@ def parse_response(
         if status == 429:
             raise RateLimited("Runware rate limit (HTTP 429)", status=429, retry_after=retry_after)
         if status >= 500 or status == 408:
-            raise ServerError(f"Runware server error (HTTP {status})", status=status,
-                              retry_after=retry_after)
+            raise ServerError(
+                f"Runware server error (HTTP {status})", status=status, retry_after=retry_after
+            )
         if status >= 400:
             raise RejectedInput(f"Runware refused the request (HTTP {status})", status=status)
-        raise ProtocolError(f"unreadable answer from Runware (HTTP {status}, not a JSON object)",
-                            status=status)
+        raise ProtocolError(
+            f"unreadable answer from Runware (HTTP {status}, not a JSON object)", status=status
+        )
 
     wanted = set(task_uuids)
     outcomes: dict[str, TaskResult | RemoteError] = {}
@@ -315,17 +327,24 @@ def parse_response(
             if not isinstance(item, dict):
                 continue
             tid = item.get("taskUUID")
-            if not isinstance(tid, str) or tid not in wanted or isinstance(outcomes.get(tid), TaskResult):
+            if (
+                not isinstance(tid, str)
+                or tid not in wanted
+                or isinstance(outcomes.get(tid), TaskResult)
+            ):
                 continue
             image_uuid = item.get(uuid_field)
             if not is_uuid(image_uuid):
                 outcomes[tid] = ProtocolError(
                     f"Runware answered without a valid {uuid_field} for task {tid}",
-                    task_uuid=tid, code="malformedResult",
+                    task_uuid=tid,
+                    code="malformedResult",
                 )
                 continue
             url = item.get("imageURL") or item.get("mediaURL")
-            outcomes[tid] = TaskResult(tid, image_uuid, url if isinstance(url, str) else None, item)
+            outcomes[tid] = TaskResult(
+                tid, str(image_uuid), url if isinstance(url, str) else None, item
+            )
 
     if general is not None and not any(isinstance(v, TaskResult) for v in outcomes.values()):
         raise general
@@ -333,13 +352,16 @@ def parse_response(
         if status == 429:
             raise RateLimited("Runware rate limit (HTTP 429)", status=429, retry_after=retry_after)
         if status >= 500 or status == 408:
-            raise ServerError(f"Runware server error (HTTP {status})", status=status,
-                              retry_after=retry_after)
+            raise ServerError(
+                f"Runware server error (HTTP {status})", status=status, retry_after=retry_after
+            )
         raise RejectedInput(f"Runware refused the request (HTTP {status})", status=status)
     for tid in task_uuids:
         if tid not in outcomes:
             outcomes[tid] = general or ProtocolError(
                 f"Runware's answer (HTTP {status}) has no result for task {tid}",
-                task_uuid=tid, code="missingResult", retry_after=retry_after,
+                task_uuid=tid,
+                code="missingResult",
+                retry_after=retry_after,
             )
     return outcomes

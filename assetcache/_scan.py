@@ -112,31 +112,53 @@ class _Job:
     @classmethod
     def of(cls, engine: _Engine) -> _Job:
         p = engine.policy
-        return cls(engine.store.path, engine.namespace, engine.fit_variant, engine.max_side,
-                   engine.racy_ns, (p.retention, p.margin, p.touch_every, p.expiring_soon),
-                   engine.clock())
+        return cls(
+            engine.store.path,
+            engine.namespace,
+            engine.fit_variant,
+            engine.max_side,
+            engine.racy_ns,
+            (p.retention, p.margin, p.touch_every, p.expiring_soon),
+            engine.clock(),
+        )
 
     def fields(self) -> tuple[Any, ...]:
-        return (self.db_path, self.namespace, self.variant, self.max_side, self.racy_ns,
-                self.policy, self.now)
+        return (
+            self.db_path,
+            self.namespace,
+            self.variant,
+            self.max_side,
+            self.racy_ns,
+            self.policy,
+            self.now,
+        )
 
-    def rows(self, read: Callable[..., list[Any]], lo: bytes, hi: bytes,
-             ) -> Iterator[tuple[Any, ...]]:
+    def rows(
+        self,
+        read: Callable[..., list[Any]],
+        lo: bytes,
+        hi: bytes,
+    ) -> Iterator[tuple[Any, ...]]:
         """``(path, sig, racy, hash, uuid, last_used)`` of the file rows with
         ``lo <= path < hi`` in path order, a page at a time."""
         from ._store import SQLiteStore
 
         while True:
-            sql, params = SQLiteStore.scan_query(self.namespace, self.variant, self.max_side,
-                                                 self.racy_ns, lo, hi, PAGE_ROWS)
+            sql, params = SQLiteStore.scan_query(
+                self.namespace, self.variant, self.max_side, self.racy_ns, lo, hi, PAGE_ROWS
+            )
             page = read(sql, params)
             yield from page
             if len(page) < PAGE_ROWS:
                 return
             lo = page[-1][0] + b"\0"  # the smallest key after the last one read
 
-    def results(self, runs: Iterable[list[tuple[bytes, bytes]]],
-                rows: Iterator[tuple[Any, ...]], make: Callable[..., Any]) -> Iterator[Any]:
+    def results(
+        self,
+        runs: Iterable[list[tuple[bytes, bytes]]],
+        rows: Iterator[tuple[Any, ...]],
+        make: Callable[..., Any],
+    ) -> Iterator[Any]:
         """Join the walk (runs of ``(path, sig)``) and the rows, both sorted by path,
         into ``make(path, state, uuid, hash, expires_at, time_left)`` per file, in path order."""
         from . import _policy
@@ -177,8 +199,14 @@ class _Job:
                         _policy.expires_at(policy, last_used),
                         _policy.serve_until(policy, last_used) - now,
                     )
-                yield make(key.decode(encoding, errors), timing[0], known[4], known[3],
-                           timing[1], timing[2])
+                yield make(
+                    key.decode(encoding, errors),
+                    timing[0],
+                    known[4],
+                    known[3],
+                    timing[1],
+                    timing[2],
+                )
         while row is not end:
             yield make(row[0].decode(encoding, errors), "missing", None, row[3])
             row = next(rows, end)
@@ -218,12 +246,12 @@ def scan(engine: _Engine, paths: Iterable[str]) -> Iterator[FileStatus]:
             if sig is None and not rows:
                 yield FileStatus(top, "missing")
                 continue
-            results = job.results([[(key, sig)]] if sig is not None else [], iter(rows),
-                                  FileStatus)
+            results = job.results([[(key, sig)]] if sig is not None else [], iter(rows), FileStatus)
         yield from results
 
 
 # -- one folder -----------------------------------------------------------------
+
 
 def _scan_folder(engine: _Engine, job: _Job, top: bytes) -> Iterator[FileStatus]:
     prefix = top if top.endswith(_SEP) else top + _SEP
@@ -232,9 +260,9 @@ def _scan_folder(engine: _Engine, job: _Job, top: bytes) -> Iterator[FileStatus]
     mid = hi
     helper = None
     if (os.cpu_count() or 1) > 1:
-        (count,), = read(_COUNT_SQL, (lo, hi), "count tracked files")
+        ((count,),) = read(_COUNT_SQL, (lo, hi), "count tracked files")
         if count >= PARALLEL_MIN:
-            (mid,), = read(_NTH_SQL, (lo, hi, int(count * (1 - HELPER_SHARE))), "split a scan")
+            ((mid,),) = read(_NTH_SQL, (lo, hi, int(count * (1 - HELPER_SHARE))), "split a scan")
             helper = _Helper.start(job, prefix, mid, hi)
             if helper is None:
                 mid = hi
@@ -243,8 +271,7 @@ def _scan_folder(engine: _Engine, job: _Job, top: bytes) -> Iterator[FileStatus]
         if mid != hi:
             upper = helper.results() if helper is not None else None
             if upper is None:  # the helper failed: do its share here
-                yield from job.results(_walk(prefix, mid, hi), job.rows(read, mid, hi),
-                                       FileStatus)
+                yield from job.results(_walk(prefix, mid, hi), job.rows(read, mid, hi), FileStatus)
             else:
                 yield from starmap(FileStatus, upper)
     finally:
@@ -262,11 +289,11 @@ def _walk(prefix: bytes, lo: bytes, hi: bytes) -> Iterator[list[tuple[bytes, byt
     """
     entries, mixed = _listing(prefix, lo, hi)
     if not mixed:
-        yield entries  # type: ignore[misc]
+        yield entries
         return
     stack = [iter(entries)]
     while stack:
-        run = []
+        run: list[tuple[bytes, Any]] = []
         for key, sig in stack[-1]:
             if sig is None:
                 if run:
@@ -277,7 +304,7 @@ def _walk(prefix: bytes, lo: bytes, hi: bytes) -> Iterator[list[tuple[bytes, byt
                     stack.append(iter(entries))
                     break
                 if entries:
-                    yield entries  # type: ignore[misc]
+                    yield entries
                 continue
             run.append((key, sig))
         else:
@@ -310,8 +337,11 @@ def _listing(prefix: bytes, lo: bytes, hi: bytes) -> tuple[list[tuple[bytes, Any
         for name in names:
             key = prefix + name
             # Out of range both as a file and as a folder: not ours to stat.
-            if not inside and not lo <= key < hi and not (key + _SEP < hi
-                                                          and key + _AFTER_SEP > lo):
+            if (
+                not inside
+                and not lo <= key < hi
+                and not (key + _SEP < hi and key + _AFTER_SEP > lo)
+            ):
                 continue
             try:
                 # Every entry is stat'ed anyway (following symlinks, as uploads
@@ -323,8 +353,14 @@ def _listing(prefix: bytes, lo: bytes, hi: bytes) -> tuple[list[tuple[bytes, Any
             if is_reg(mode):
                 if inside or lo <= key < hi:
                     try:
-                        append((key, pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                          st.st_ctime_ns)))
+                        append(
+                            (
+                                key,
+                                pack(
+                                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                                ),
+                            )
+                        )
                     except struct.error:
                         append((key, _sig(st)))
             elif is_dir(mode) and not os.path.islink(key):  # symlinked folders: not walked
@@ -379,8 +415,11 @@ def _spawn() -> subprocess.Popen[bytes] | None:
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", _BOOT], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
+            [sys.executable, "-S", "-c", _BOOT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
         )
         assert proc.stdin is not None
         proc.stdin.write(marshal.dumps([package_root, *sys.path]))
@@ -422,7 +461,7 @@ class _Helper:
         if code != 0:
             return None
         try:
-            return marshal.loads(data)  # type: ignore[no-any-return]
+            return marshal.loads(data)
         except (EOFError, ValueError, TypeError):
             return None
 

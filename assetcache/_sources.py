@@ -72,8 +72,10 @@ class Source:
         except UnicodeEncodeError:
             # A lone surrogate that did not come from decoding a file name: no
             # file can have this name, and os.stat would raise, not return ENOENT.
-            raise SourceError(_printable(raw), "path is not a valid file name "
-                              "(it holds characters no file name can)") from None
+            raise SourceError(
+                _printable(raw),
+                "path is not a valid file name (it holds characters no file name can)",
+            ) from None
         return cls("path", _printable(raw), path=os.path.abspath(raw))
 
     @classmethod
@@ -84,7 +86,9 @@ class Source:
     @classmethod
     def from_file(cls, stream: IO[bytes]) -> Source:
         name = getattr(stream, "name", None)
-        label = f"<file {name}>" if isinstance(name, str) else f"<file object {type(stream).__name__}>"
+        label = (
+            f"<file {name}>" if isinstance(name, str) else f"<file object {type(stream).__name__}>"
+        )
         return cls("file", label, stream=stream)
 
     @classmethod

@@ -150,6 +150,7 @@ def owner_alive(owner: str) -> bool:
 
 # -- migrations --------------------------------------------------------------
 
+
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it COMMITs first, which would break the
     # migration's BEGIN IMMEDIATE and let two processes migrate at once.
@@ -205,7 +206,7 @@ def _m1(conn: sqlite3.Connection) -> None:
             PRIMARY KEY (namespace, name)
         ) WITHOUT ROWID;
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        """
+        """,
     )
 
 
@@ -225,10 +226,13 @@ def _m3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE files ADD COLUMN sig BLOB NOT NULL DEFAULT x''")
     conn.execute("ALTER TABLE files ADD COLUMN side INTEGER")
     rows = conn.execute("SELECT path, dev, ino, size, mtime_ns, ctime_ns FROM files").fetchall()
-    conn.executemany("UPDATE files SET sig = ? WHERE path = ?",
-                     [(file_sig(*r[1:]), r[0]) for r in rows])
-    conn.execute("UPDATE files SET side = (SELECT max(d.width, d.height) FROM dimensions d "
-                 "WHERE d.content_hash = files.content_hash)")
+    conn.executemany(
+        "UPDATE files SET sig = ? WHERE path = ?", [(file_sig(*r[1:]), r[0]) for r in rows]
+    )
+    conn.execute(
+        "UPDATE files SET side = (SELECT max(d.width, d.height) FROM dimensions d "
+        "WHERE d.content_hash = files.content_hash)"
+    )
 
 
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
@@ -343,8 +347,9 @@ class SQLiteStore:
             reason = "stayed locked by another process for 30 s"
         else:
             reason = f"failed: {text}"
-        return StoreError(f"cache database {self.path} {reason} (while trying to {doing})",
-                          path=self.path)
+        return StoreError(
+            f"cache database {self.path} {reason} (while trying to {doing})", path=self.path
+        )
 
     @contextlib.contextmanager
     def write(self, doing: str = "write") -> Iterator[sqlite3.Connection]:
@@ -460,8 +465,16 @@ class SQLiteStore:
 
     @classmethod
     def scan_query(
-        cls, namespace: str, variant: str, max_side: int, racy_ns: int, lo: bytes, hi: bytes,
-        limit: int, *, join: bool = True,
+        cls,
+        namespace: str,
+        variant: str,
+        max_side: int,
+        racy_ns: int,
+        lo: bytes,
+        hi: bytes,
+        limit: int,
+        *,
+        join: bool = True,
     ) -> tuple[str, tuple[Any, ...]]:
         """SQL and parameters of one page of :attr:`SCAN_SQL` (``lo <= path < hi``);
         with ``join=False``, of :attr:`SCAN_FILES_SQL`."""
@@ -471,8 +484,7 @@ class SQLiteStore:
                 return cls.FIT_SCAN_FILES_SQL, (racy_ns, max_side, lo, hi, limit)
             return cls.SCAN_FILES_SQL, (racy_ns, lo, hi, limit)
         if fit:
-            return cls.FIT_SCAN_SQL, (racy_ns, namespace, variant, max_side, variant, lo, hi,
-                                      limit)
+            return cls.FIT_SCAN_SQL, (racy_ns, namespace, variant, max_side, variant, lo, hi, limit)
         return cls.SCAN_SQL, (racy_ns, namespace, variant, lo, hi, limit)
 
     def lookup_path(
@@ -481,9 +493,11 @@ class SQLiteStore:
         """Stat row + asset row of a path; ``variant``/``max_side`` from the transform, if any."""
         try:
             if variant and max_side:
-                return self.conn().execute(
-                    self.FIT_HIT_SQL, (namespace, variant, max_side, variant, key)
-                ).fetchone()
+                return (
+                    self.conn()
+                    .execute(self.FIT_HIT_SQL, (namespace, variant, max_side, variant, key))
+                    .fetchone()
+                )
             return self.conn().execute(self.HIT_SQL, (namespace, variant, key)).fetchone()
         except sqlite3.Error as exc:
             raise self._error(exc, "look up a file") from None
@@ -596,8 +610,17 @@ class SQLiteStore:
                     "last_used_at = excluded.last_used_at, "
                     "upload_count = assets.upload_count + 1, "
                     "bytes_sent = assets.bytes_sent + excluded.bytes_sent",
-                    (r.namespace, r.content_hash, r.variant, r.image_uuid, r.size, r.format,
-                     r.now, r.now, r.bytes_sent),
+                    (
+                        r.namespace,
+                        r.content_hash,
+                        r.variant,
+                        r.image_uuid,
+                        r.size,
+                        r.format,
+                        r.now,
+                        r.now,
+                        r.bytes_sent,
+                    ),
                 )
                 conn.execute(
                     "DELETE FROM leases WHERE namespace = ? AND content_hash = ? "
@@ -653,23 +676,24 @@ class SQLiteStore:
         if namespace is None:
             rows = self.read("SELECT name, SUM(value) FROM counters GROUP BY name")
         else:
-            rows = self.read(
-                "SELECT name, value FROM counters WHERE namespace = ?", (namespace,)
-            )
+            rows = self.read("SELECT name, value FROM counters WHERE namespace = ?", (namespace,))
         return {name: int(value) for name, value in rows}
 
     # -- registry maintenance (the same calls work on the shared PostgreSQL registry)
-    def select_assets(self, where: str = "", params: Sequence[Any] = (),
-                      order: str = "") -> list[AssetRow]:
+    def select_assets(
+        self, where: str = "", params: Sequence[Any] = (), order: str = ""
+    ) -> list[AssetRow]:
         """Rows matching a WHERE fragment over the asset columns (``?`` placeholders)."""
-        rows = self.read(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {order}",
-                         params, "list entries")
+        rows = self.read(
+            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {order}", params, "list entries"
+        )
         return [AssetRow(*r) for r in rows]
 
     def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
         """``(entries, bytes)`` of the rows matching ``where``."""
-        n, total = self.read(f"SELECT count(*), coalesce(sum(size), 0) FROM assets {where}",
-                             params, "count entries")[0]
+        n, total = self.read(
+            f"SELECT count(*), coalesce(sum(size), 0) FROM assets {where}", params, "count entries"
+        )[0]
         return int(n), int(total)
 
     def prune_assets(self, rows: Iterable[AssetRow]) -> None:
@@ -679,7 +703,9 @@ class SQLiteStore:
             with self.write("prune entries") as conn:
                 conn.executemany(
                     "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ? "
-                    "AND last_used_at = ?", params)
+                    "AND last_used_at = ?",
+                    params,
+                )
 
     def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
         """Move ``last_used_at`` back to ``stamp`` (never forward): the server no longer
@@ -687,9 +713,13 @@ class SQLiteStore:
         clause = " AND image_uuid = ?" if image_uuid is not None else ""
         params: tuple[Any, ...] = (stamp, *key, stamp) + ((image_uuid,) if image_uuid else ())
         with self.write("invalidate an entry") as conn:
-            return int(conn.execute(
-                "UPDATE assets SET last_used_at = ? WHERE namespace = ? AND content_hash = ? "
-                f"AND variant = ? AND last_used_at > ?{clause}", params).rowcount)
+            return int(
+                conn.execute(
+                    "UPDATE assets SET last_used_at = ? WHERE namespace = ? AND content_hash = ? "
+                    f"AND variant = ? AND last_used_at > ?{clause}",
+                    params,
+                ).rowcount
+            )
 
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         (n,) = self.read("SELECT count(*) FROM leases WHERE expires_at < ?", (now,))[0]
@@ -705,14 +735,17 @@ class SQLiteStore:
             for a in rows:
                 old = conn.execute(
                     "SELECT last_used_at FROM assets WHERE namespace = ? AND content_hash = ? "
-                    "AND variant = ?", a.key).fetchone()
+                    "AND variant = ?",
+                    a.key,
+                ).fetchone()
                 if old is not None and old[0] >= a.last_used_at:
                     kept += 1
                     continue
                 conn.execute(
                     f"INSERT OR REPLACE INTO assets ({', '.join(ASSET_COLUMNS)}) "
                     f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
-                    tuple(getattr(a, c) for c in ASSET_COLUMNS))
+                    tuple(getattr(a, c) for c in ASSET_COLUMNS),
+                )
                 if old is None:
                     added += 1
                 else:
@@ -776,13 +809,28 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
         "format, hashed_at_ns, sig, side) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
         "coalesce(?, (SELECT max(d.width, d.height) FROM dimensions d WHERE d.content_hash = ?)))",
         [
-            (path_key(r.path), r.dev, r.ino, r.size, r.mtime_ns, r.ctime_ns, r.content_hash,
-             r.format, r.hashed_at_ns, file_sig(r.dev, r.ino, r.size, r.mtime_ns, r.ctime_ns),
-             None if r.width is None else max(r.width, r.height or 0), r.content_hash)
+            (
+                path_key(r.path),
+                r.dev,
+                r.ino,
+                r.size,
+                r.mtime_ns,
+                r.ctime_ns,
+                r.content_hash,
+                r.format,
+                r.hashed_at_ns,
+                file_sig(r.dev, r.ino, r.size, r.mtime_ns, r.ctime_ns),
+                None if r.width is None else max(r.width, r.height or 0),
+                r.content_hash,
+            )
             for r in rows
         ],
     )
-    sizes = [(r.content_hash, r.width, r.height) for r in rows if r.width is not None]
+    sizes = [
+        (r.content_hash, r.width, r.height)
+        for r in rows
+        if r.width is not None and r.height is not None
+    ]
     if sizes:
         conn.executemany(
             "INSERT OR REPLACE INTO dimensions (content_hash, width, height) VALUES (?, ?, ?)",
@@ -823,7 +871,7 @@ def open_stores(
         local = SQLiteStore(local_db)
         return local, FleetRegistry(local, shared)
     if isinstance(text, str) and text.startswith("sqlite:///"):
-        text = text[len("sqlite:///"):] or "."
+        text = text[len("sqlite:///") :] or "."
     elif isinstance(text, str) and "://" in text:
         raise ConfigurationError(
             f"unsupported database URL {text.split('://')[0]}://...: use a path, "

@@ -120,8 +120,9 @@ class Transform:
             if fmt != "gif":
                 log.info("%s: animated %s (%d frames): sent as it is", label, fmt.upper(), frames)
                 return None
-            log.warning("%s: animated GIF (%d frames): sending its first frame only, as PNG",
-                        label, frames)
+            log.warning(
+                "%s: animated GIF (%d frames): sending its first frame only, as PNG", label, frames
+            )
         if fmt == "jpeg" and im.mode not in ("RGB", "L"):
             log.info("%s: %s JPEG: sent as it is", label, im.mode)
             return None
@@ -169,8 +170,12 @@ class Transform:
                 im.save(buf, "WEBP", quality=self.jpeg_quality, method=4, **extra)
         out = buf.getvalue()
         if fmt not in CONVERTED and len(out) >= len(data):
-            log.debug("%s: resized is not smaller (%d >= %d bytes): sending the original",
-                      label, len(out), len(data))
+            log.debug(
+                "%s: resized is not smaller (%d >= %d bytes): sending the original",
+                label,
+                len(out),
+                len(data),
+            )
             return None
         return out, out_fmt
 
@@ -234,8 +239,10 @@ def resize_available() -> tuple[bool, str]:
     except Exception as exc:  # a broken install must not break doctor
         return False, f"Pillow cannot be imported ({exc}): images are sent as they are"
     missing = [name.upper() for name in ("jpg", "zlib", "webp") if not features.check(name)]
-    text = (f"Pillow {PIL.__version__}: images larger than {MAX_SIDE} px are resized before "
-            "upload; BMP and GIF are sent as PNG")
+    text = (
+        f"Pillow {PIL.__version__}: images larger than {MAX_SIDE} px are resized before "
+        "upload; BMP and GIF are sent as PNG"
+    )
     if missing:
         text += f" (no {', '.join(missing)} support here: those images go as they are)"
     return True, text

@@ -45,8 +45,11 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def alternate(rounds: int, first: Callable[[], float], second: Callable[[], float],
-              ) -> tuple[list[float], list[float]]:
+def alternate(
+    rounds: int,
+    first: Callable[[], float],
+    second: Callable[[], float],
+) -> tuple[list[float], list[float]]:
     """Run both sides ``rounds`` times, swapping which goes first each round."""
     a: list[float] = []
     b: list[float] = []
@@ -68,8 +71,13 @@ def png(seed: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"tEXt", b"seed\x00%d" % seed)
-            + chunk(b"IDAT", zlib.compress(bytes([0, seed % 256, 7, 9]))) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"tEXt", b"seed\x00%d" % seed)
+        + chunk(b"IDAT", zlib.compress(bytes([0, seed % 256, 7, 9])))
+        + chunk(b"IEND", b"")
+    )
 
 
 def write_big_png(path: Path, seed: int, size: int) -> int:

@@ -21,11 +21,17 @@ def noisy_png(seed: int, side: int = 80) -> bytes:
     rows = b"".join(b"\x00" + rng.randbytes(side * 3) for _ in range(side))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 1))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows, 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 def write_images(folder: Path, n: int) -> list[Path]:
@@ -42,8 +48,19 @@ def start_emulator(latency: float, *extra: str) -> tuple[subprocess.Popen[str], 
     """An emulator in its own process on 127.0.0.1: ``(process, base_url)``."""
     env = dict(os.environ, RUNWARE_API_KEY=KEY)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "assetcache.emulator", "--port", "0", "--latency", str(latency), *extra],
-        stdout=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "assetcache.emulator",
+            "--port",
+            "0",
+            "--latency",
+            str(latency),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()

@@ -52,20 +52,34 @@ _LOMIRI = "/usr/share/backgrounds"
 _MATE = "/usr/share/backgrounds/mate"
 #: Every photograph over 2048 px in the three packages (their illustrations excluded).
 PHOTOS = [
-    f"{_LOMIRI}/{name}" for name in (
-        "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
-        "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
-        "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg",
-        "greentock_by_Peter_Nerlich.jpg", "life_by_Aitzol_Berasategi.jpg",
-        "picosdeeuropa_by_Aitzol_Berasategi.jpg", "seeding_by_Clements_Engelhardt.jpg",
-        "sunset_by_Aitzol_Berasategi.jpg",                       # lomiri-wallpapers-16.04
-        "Kleiber_by_Lukas_Baubkus.jpg", "Infinite-Sea_by_Aury88.jpg",  # lomiri-wallpapers-20.04
+    f"{_LOMIRI}/{name}"
+    for name in (
+        "Bridge_by_Sander_Klootwijk.jpg",
+        "Dragonfly_by_Bolly.jpg",
+        "Picture_0B_by_freespace.jpg",
+        "Wine_by_Jakkub_Mede.jpg",
+        "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "free_by_Peter_Nerlich.jpg",
+        "friends_by_Aitzol_Berasategi.jpg",
+        "greentock_by_Peter_Nerlich.jpg",
+        "life_by_Aitzol_Berasategi.jpg",
+        "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "seeding_by_Clements_Engelhardt.jpg",
+        "sunset_by_Aitzol_Berasategi.jpg",  # lomiri-wallpapers-16.04
+        "Kleiber_by_Lukas_Baubkus.jpg",
+        "Infinite-Sea_by_Aury88.jpg",  # lomiri-wallpapers-20.04
     )
 ] + [
-    f"{_MATE}/{name}" for name in (
-        "abstract/Elephants_3840x2160.jpg", "abstract/Elephants_5640x3172.jpg",
-        "nature/Aqua.jpg", "nature/Garden.jpg", "nature/LadyBird.jpg", "nature/TwoWings.jpg",
-        "nature/Wood.jpg", "nature/YellowFlower.jpg",            # mate-backgrounds
+    f"{_MATE}/{name}"
+    for name in (
+        "abstract/Elephants_3840x2160.jpg",
+        "abstract/Elephants_5640x3172.jpg",
+        "nature/Aqua.jpg",
+        "nature/Garden.jpg",
+        "nature/LadyBird.jpg",
+        "nature/TwoWings.jpg",
+        "nature/Wood.jpg",
+        "nature/YellowFlower.jpg",  # mate-backgrounds
     )
 ]
 
@@ -73,9 +87,10 @@ PHOTOS = [
 def run(url: str, paths: list[str], resize: bool, folder: Path) -> tuple[float, list, int]:
     """Upload every photo on a fresh cache: ``(seconds, results, bytes the emulator read)``."""
     before = emulator_stats(url)["bytes_received"]
-    with tempfile.TemporaryDirectory(dir=folder) as tmp, AssetCache(
-        KEY, base_url=url, db_path=Path(tmp) / "cache.db", resize=resize
-    ) as cache:
+    with (
+        tempfile.TemporaryDirectory(dir=folder) as tmp,
+        AssetCache(KEY, base_url=url, db_path=Path(tmp) / "cache.db", resize=resize) as cache,
+    ):
         started = time.perf_counter()
         results = cache.resolve_many(paths)
         seconds = time.perf_counter() - started
@@ -111,13 +126,19 @@ def ideal(path: str, size: tuple[int, int]) -> Image.Image:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2, help="runs per mode (best counts)")
-    parser.add_argument("--uplink-mbps", type=float, default=100.0,
-                        help="the modelled uplink (default 100; 0: loopback speed)")
+    parser.add_argument(
+        "--uplink-mbps",
+        type=float,
+        default=100.0,
+        help="the modelled uplink (default 100; 0: loopback speed)",
+    )
     args = parser.parse_args()
     missing = [p for p in PHOTOS if not Path(p).is_file()]
     if missing:
-        print(f"missing {len(missing)} photo(s), e.g. {missing[0]}; set up with:\n  {SETUP}",
-              file=sys.stderr)
+        print(
+            f"missing {len(missing)} photo(s), e.g. {missing[0]}; set up with:\n  {SETUP}",
+            file=sys.stderr,
+        )
         return 2
     if Image is None:
         print("Pillow is missing: pip install 'assetcache[images]'", file=sys.stderr)
@@ -141,8 +162,10 @@ def main() -> int:
         sent_fit = sum(r.bytes_sent for r in r_fit)
         scores, loss_a, loss_b = [], [], []
         with httpx.Client(timeout=60) as client:
-            print(f"{'photo':38} {'original':>9} {'sent':>9} {'(a)v(b)':>8} "
-                  f"{'(a)vX':>6} {'(b)vX':>6}   (PSNR dB; X: exact Lanczos, no re-encode)")
+            print(
+                f"{'photo':38} {'original':>9} {'sent':>9} {'(a)v(b)':>8} "
+                f"{'(a)vX':>6} {'(b)vX':>6}   (PSNR dB; X: exact Lanczos, no re-encode)"
+            )
             for path, a, b in zip(PHOTOS, r_orig, r_fit, strict=True):
                 kept_a = decoded(stored(client, url, a.uuid))
                 kept_b = decoded(stored(client, url, b.uuid))
@@ -150,21 +173,29 @@ def main() -> int:
                 scores.append(psnr(kept_a, kept_b))
                 loss_a.append(psnr(kept_a, exact))
                 loss_b.append(psnr(kept_b, exact))
-                print(f"{Path(path).name[:38]:38} {a.size:9d} {b.bytes_sent * 3 // 4:9d} "
-                      f"{scores[-1]:8.2f} {loss_a[-1]:6.2f} {loss_b[-1]:6.2f}")
+                print(
+                    f"{Path(path).name[:38]:38} {a.size:9d} {b.bytes_sent * 3 // 4:9d} "
+                    f"{scores[-1]:8.2f} {loss_a[-1]:6.2f} {loss_b[-1]:6.2f}"
+                )
         finite = [s for s in scores if math.isfinite(s)]
         mean = sum(finite) / len(finite) if finite else math.inf
         link = f"{args.uplink_mbps:g} Mbit/s uplink" if args.uplink_mbps else "loopback"
-        print(f"{len(PHOTOS)} photos over {link}; request bodies as the emulator read them: "
-              f"{b_orig} vs {b_fit} bytes")
+        print(
+            f"{len(PHOTOS)} photos over {link}; request bodies as the emulator read them: "
+            f"{b_orig} vs {b_fit} bytes"
+        )
         print(f"(a) originals:        {sent_orig:11d} bytes sent  {t_orig:7.3f} s")
         print(f"(b) resized first:    {sent_fit:11d} bytes sent  {t_fit:7.3f} s")
-        print(f"PSNR of what the server keeps, (a) vs (b): min {min(scores):.2f} dB, "
-              f"mean {mean:.2f} dB over {len(finite)} re-encoded photo(s) "
-              f"({len(scores) - len(finite)} identical)")
-        print(f"for reference, vs an exact Lanczos resize of each original: (a) min "
-              f"{min(loss_a):.2f} dB, (b) min {min(loss_b):.2f} dB (the server's own re-encode "
-              "costs as much as the client's)")
+        print(
+            f"PSNR of what the server keeps, (a) vs (b): min {min(scores):.2f} dB, "
+            f"mean {mean:.2f} dB over {len(finite)} re-encoded photo(s) "
+            f"({len(scores) - len(finite)} identical)"
+        )
+        print(
+            f"for reference, vs an exact Lanczos resize of each original: (a) min "
+            f"{min(loss_a):.2f} dB, (b) min {min(loss_b):.2f} dB (the server's own re-encode "
+            "costs as much as the client's)"
+        )
         oks = [
             ratio_line("bytes_original_vs_resized", sent_orig / sent_fit, ">=", 3.0),
             ratio_line("time_original_vs_resized", t_orig / t_fit, ">=", 1.0),

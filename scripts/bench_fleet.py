@@ -46,15 +46,22 @@ print(json.dumps({"failed": sum(1 for r in results if r.error)}))
 """
 
 
-def run_fleet(url: str, files: list[str], hosts: int, workers: int, db_for_host) -> tuple[float, int]:
+def run_fleet(
+    url: str, files: list[str], hosts: int, workers: int, db_for_host
+) -> tuple[float, int]:
     """Start hosts x workers processes together; (wall seconds, failed items)."""
     procs = []
     for h in range(hosts):
         db, local = db_for_host(h)
         for w in range(workers):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", WORKER, url, db, local, str(h * 100 + w), KEY],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", WORKER, url, db, local, str(h * 100 + w), KEY],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
     for p in procs:
         p.stdin.write(json.dumps(files) + "\n")
         p.stdin.flush()
@@ -88,8 +95,11 @@ def main() -> int:
     args = parser.parse_args()
     pg = os.environ.get("ASSETCACHE_TEST_POSTGRES")
     if not pg:
-        print("set ASSETCACHE_TEST_POSTGRES=postgresql://user@127.0.0.1:5432/db (a database the "
-              "benchmark may create a schema in)", file=sys.stderr)
+        print(
+            "set ASSETCACHE_TEST_POSTGRES=postgresql://user@127.0.0.1:5432/db (a database the "
+            "benchmark may create a schema in)",
+            file=sys.stderr,
+        )
         return 2
     import psycopg
 
@@ -103,31 +113,54 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             files = [str(p) for p in write_images(Path(tmp, "images"), args.images)]
             time.sleep(2.1)  # let the files age past the racy window before they are hashed
-            print(f"{args.hosts} hosts x {args.workers} workers, {len(files)} images, "
-                  f"emulator latency {args.latency * 1000:.0f} ms")
+            print(
+                f"{args.hosts} hosts x {args.workers} workers, {len(files)} images, "
+                f"emulator latency {args.latency * 1000:.0f} ms"
+            )
 
             before = emulator_stats(url)["upload_count"]
-            t_fleet, failed = run_fleet(url, files, args.hosts, args.workers,
-                                        lambda h: (shared, str(Path(tmp, f"fleet-host{h}.db"))))
+            t_fleet, failed = run_fleet(
+                url,
+                files,
+                args.hosts,
+                args.workers,
+                lambda h: (shared, str(Path(tmp, f"fleet-host{h}.db"))),
+            )
             stats = emulator_stats(url)
             fleet_uploads = stats["upload_count"] - before
             with psycopg.connect(pg, autocommit=True) as conn:
-                retries = conn.execute(f"SELECT coalesce(sum(value), 0) FROM {schema}.assetcache_counters "
-                                       "WHERE name = 'retries'").fetchone()[0]
+                retries = conn.execute(
+                    f"SELECT coalesce(sum(value), 0) FROM {schema}.assetcache_counters "
+                    "WHERE name = 'retries'"
+                ).fetchone()[0]
             twice = [h for h, n in stats["uploads_by_sha256"].items() if n > 1]
-            print(f"fleet (PostgreSQL):  {t_fleet:7.2f} s  {fleet_uploads} uploads  {failed} failed  "
-                  f"{retries} retried requests  {len(twice)} contents uploaded twice")
+            print(
+                f"fleet (PostgreSQL):  {t_fleet:7.2f} s  {fleet_uploads} uploads  {failed} failed  "
+                f"{retries} retried requests  {len(twice)} contents uploaded twice"
+            )
 
             before = emulator_stats(url)["upload_count"]
-            t_local, failed_local = run_fleet(url, files, args.hosts, args.workers,
-                                              lambda h: (str(Path(tmp, f"solo-host{h}.db")), ""))
+            t_local, failed_local = run_fleet(
+                url,
+                files,
+                args.hosts,
+                args.workers,
+                lambda h: (str(Path(tmp, f"solo-host{h}.db")), ""),
+            )
             local_uploads = emulator_stats(url)["upload_count"] - before
-            print(f"per-host SQLite:     {t_local:7.2f} s  {local_uploads} uploads  {failed_local} failed")
+            print(
+                f"per-host SQLite:     {t_local:7.2f} s  {local_uploads} uploads  "
+                f"{failed_local} failed"
+            )
             print(f"wall time fleet / per-host: {t_fleet / t_local:.2f}")
 
             sample = files[: min(2000, len(files))]
-            with AssetCache(KEY, base_url=url, db_path=shared, local_db=Path(tmp, "fleet-host0.db")) as fleet, \
-                    AssetCache(KEY, base_url=url, db_path=Path(tmp, "solo-host0.db")) as solo:
+            with (
+                AssetCache(
+                    KEY, base_url=url, db_path=shared, local_db=Path(tmp, "fleet-host0.db")
+                ) as fleet,
+                AssetCache(KEY, base_url=url, db_path=Path(tmp, "solo-host0.db")) as solo,
+            ):
                 for cache in (fleet, solo):  # warm both (re-verifies any racy rows)
                     warm_hit_cost(cache, sample)
                 fleet_t, solo_t = [], []
@@ -135,7 +168,9 @@ def main() -> int:
                     fleet_t.append(warm_hit_cost(fleet, sample))
                     solo_t.append(warm_hit_cost(solo, sample))
             f_med, s_med = statistics.median(fleet_t), statistics.median(solo_t)
-            print(f"warm hit: fleet {f_med * 1e6:.1f} us, SQLite-only {s_med * 1e6:.1f} us per call")
+            print(
+                f"warm hit: fleet {f_med * 1e6:.1f} us, SQLite-only {s_med * 1e6:.1f} us per call"
+            )
             ok += [
                 count_line("fleet_uploads", fleet_uploads, len(files)),
                 count_line("per_host_uploads", local_uploads, len(files) * args.hosts),

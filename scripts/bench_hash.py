@@ -39,8 +39,10 @@ def main() -> None:
     args = parser.parse_args()
     tool = shutil.which("xxh128sum")
     if tool is None:
-        print("xxh128sum not found: install it (Debian/Ubuntu: apt-get install xxhash)",
-              file=sys.stderr)
+        print(
+            "xxh128sum not found: install it (Debian/Ubuntu: apt-get install xxhash)",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-hash-"))
@@ -84,12 +86,15 @@ def main() -> None:
                     raise SystemExit(f"digests changed between rounds: {digests}")
                 return elapsed
 
-            ours_t, theirs_t = alternate(args.rounds, lambda: checked(ours),
-                                         lambda: checked(theirs))
+            ours_t, theirs_t = alternate(
+                args.rounds, lambda: checked(ours), lambda: checked(theirs)
+            )
         gb = total / 1e9
-        print(f"hashing {args.files} x {args.mib} MiB (page-cached): the cache "
-              f"{gb / median(ours_t):.2f} GB/s, xxh128sum {gb / median(theirs_t):.2f} GB/s "
-              f"(medians of {args.rounds}; {cache._engine.hash_workers} hashing threads)")
+        print(
+            f"hashing {args.files} x {args.mib} MiB (page-cached): the cache "
+            f"{gb / median(ours_t):.2f} GB/s, xxh128sum {gb / median(theirs_t):.2f} GB/s "
+            f"(medians of {args.rounds}; {cache._engine.hash_workers} hashing threads)"
+        )
         ratios = [t / o for o, t in zip(ours_t, theirs_t, strict=True)]
         report.ratio("hash_throughput_vs_xxh128sum", median(ratios), ">=", TARGET)
     finally:

@@ -84,9 +84,11 @@ def main() -> None:
         floor(), ours()  # warm: page cache, statement caches
         ours_t, floor_t = alternate(args.rounds, ours, floor)
         n = len(paths)
-        print(f"warm hit: get_uuid {median(ours_t) / n * 1e6:.2f} us, floor (stat + SELECT) "
-              f"{median(floor_t) / n * 1e6:.2f} us per call; median of {args.rounds} rounds "
-              f"of {n} calls")
+        print(
+            f"warm hit: get_uuid {median(ours_t) / n * 1e6:.2f} us, floor (stat + SELECT) "
+            f"{median(floor_t) / n * 1e6:.2f} us per call; median of {args.rounds} rounds "
+            f"of {n} calls"
+        )
         ratios = [a / b for a, b in zip(ours_t, floor_t, strict=True)]
         report.ratio("warm_hit_vs_floor", median(ratios), "<=", TARGET)
         cache.close()

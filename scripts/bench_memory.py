@@ -73,7 +73,10 @@ def main() -> None:
         with EmulatorProcess() as emu:
             out = subprocess.run(
                 [sys.executable, "-c", CLIENT, emu.url, str(tmp / "cache.db"), str(image), KEY],
-                capture_output=True, text=True, check=False, timeout=600,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=600,
             )
         if out.returncode != 0:
             raise SystemExit(f"the upload failed:\n{out.stderr.strip()}")
@@ -81,9 +84,11 @@ def main() -> None:
         if result["outcome"] != "uploaded":
             raise SystemExit(f"expected an upload, got {result['outcome']}")
         rise = result["after"] - result["before"]
-        print(f"uploading {size / 1e6:.0f} MB ({result['sent'] / 1e6:.0f} MB of base64 sent): "
-              f"client peak RSS {result['before'] / 1e6:.0f} MB before, "
-              f"{result['after'] / 1e6:.0f} MB after (+{rise / 1e6:.1f} MB)")
+        print(
+            f"uploading {size / 1e6:.0f} MB ({result['sent'] / 1e6:.0f} MB of base64 sent): "
+            f"client peak RSS {result['before'] / 1e6:.0f} MB before, "
+            f"{result['after'] / 1e6:.0f} MB after (+{rise / 1e6:.1f} MB)"
+        )
         report.ratio("upload_peak_rss_rise_vs_file_size", rise / size, "<=", TARGET)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

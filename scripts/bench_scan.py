@@ -34,11 +34,29 @@ TARGET, STRETCH = 2.0, 1.5
 
 
 def git(args: list[str], git_dir: Path, tree: Path, **kwargs: object) -> object:
-    env = dict(os.environ, GIT_DIR=str(git_dir), GIT_WORK_TREE=str(tree),
-               GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull)
-    return subprocess.run(["git", "-c", "gc.auto=0", "-c", "user.name=bench",
-                           "-c", "user.email=bench@localhost", *args],
-                          cwd=tree, env=env, check=True, **kwargs)  # type: ignore[call-overload]
+    env = dict(
+        os.environ,
+        GIT_DIR=str(git_dir),
+        GIT_WORK_TREE=str(tree),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+    )
+    return subprocess.run(
+        [
+            "git",
+            "-c",
+            "gc.auto=0",
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@localhost",
+            *args,
+        ],
+        cwd=tree,
+        env=env,
+        check=True,
+        **kwargs,
+    )  # type: ignore[call-overload]
 
 
 def build(base: Path, folders: int, files: int) -> tuple[Path, Path, Path, str]:
@@ -72,10 +90,12 @@ def build(base: Path, folders: int, files: int) -> tuple[Path, Path, Path, str]:
     from assetcache import AssetCache
 
     started = time.perf_counter()
-    with EmulatorProcess() as emu, AssetCache(KEY, base_url=emu.url, db_path=db,
-                                              batch_size=256) as cache:
+    with (
+        EmulatorProcess() as emu,
+        AssetCache(KEY, base_url=emu.url, db_path=db, batch_size=256) as cache,
+    ):
         for i in range(0, len(paths), 10_000):
-            failed = [r for r in cache.resolve_many(paths[i:i + 10_000]) if not r.ok]
+            failed = [r for r in cache.resolve_many(paths[i : i + 10_000]) if not r.ok]
             if failed:
                 raise SystemExit(f"could not fill the cache: {failed[0].error}")
         url = emu.url
@@ -114,12 +134,19 @@ def main() -> None:
         ours = [*cli, "status", str(tree)]
 
         # Correctness first: every file must be reported fresh, from the stat cache.
-        out = subprocess.run([*cli, "status", "--json", str(tree)], env=env,
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [*cli, "status", "--json", str(tree)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         summary = json.loads(out.stdout)["summary"] if out.returncode == 0 else {}
         if summary.get("fresh") != total or sum(summary.values()) != total:
-            raise SystemExit(f"assetcache status did not report {total} fresh files: "
-                             f"{summary or out.stderr.strip()}")
+            raise SystemExit(
+                f"assetcache status did not report {total} fresh files: "
+                f"{summary or out.stderr.strip()}"
+            )
 
         def run_git() -> float:
             started = time.perf_counter()
@@ -128,16 +155,19 @@ def main() -> None:
 
         def run_ours() -> float:
             started = time.perf_counter()
-            subprocess.run(ours, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           check=True)
+            subprocess.run(
+                ours, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
+            )
             return time.perf_counter() - started
 
         run_git(), run_ours()  # warm both: page cache, dentries, git's index refresh
         ours_t, git_t = alternate(args.rounds, run_ours, run_git)
         ratios = sorted(a / b for a, b in zip(ours_t, git_t, strict=True))
-        print(f"status of {total} files: assetcache {median(ours_t):.3f}s, "
-              f"git {median(git_t):.3f}s (medians of {args.rounds}); "
-              f"per-round ratios {' '.join(f'{r:.2f}' for r in ratios)}")
+        print(
+            f"status of {total} files: assetcache {median(ours_t):.3f}s, "
+            f"git {median(git_t):.3f}s (medians of {args.rounds}); "
+            f"per-round ratios {' '.join(f'{r:.2f}' for r in ratios)}"
+        )
         report.ratio("status_vs_git", median(ratios), "<=", TARGET)
         print(f"(stretch target: <= {STRETCH:g})")
 
@@ -150,8 +180,10 @@ def main() -> None:
                 started = time.perf_counter()
                 found = sum(1 for _ in cache.status([str(tree)]))
                 inner.append(time.perf_counter() - started)
-        print(f"of which cache.status() in-process: {median(inner):.3f}s for {found} files; "
-              f"the rest is interpreter start-up, imports and printing")
+        print(
+            f"of which cache.status() in-process: {median(inner):.3f}s for {found} files; "
+            f"the rest is interpreter start-up, imports and printing"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

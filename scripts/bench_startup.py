@@ -35,8 +35,13 @@ def assetcache_command() -> list[str]:
 
 def imported(command: list[str], env: dict[str, str]) -> set[str]:
     """Top-level names of the modules ``command`` imports."""
-    out = subprocess.run(command, env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        command,
+        env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     names = set()
     for line in out.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
@@ -62,21 +67,31 @@ def main() -> None:
             "assetcache status EMPTY": [*assetcache_command(), "status", str(empty)],
         }
         for command in commands.values():  # creates the database; checks each one runs
-            subprocess.run(command, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=True)
+            subprocess.run(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
+            )
         times: dict[str, list[float]] = {name: [] for name in commands}
         order = list(commands)
         for i in range(args.rounds):
-            for name in order[i % 3:] + order[:i % 3]:
+            for name in order[i % 3 :] + order[: i % 3]:
                 started = time.perf_counter()
-                subprocess.run(commands[name], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, check=True)
+                subprocess.run(
+                    commands[name],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=True,
+                )
                 times[name].append(time.perf_counter() - started)
         base = median(times["python -c pass"])
-        print(f"wall time, median of {args.rounds}: "
-              + ", ".join(f"{name} {median(t) * 1000:.0f} ms" for name, t in times.items()))
-        for name, key in (("assetcache --version", "version"),
-                          ("assetcache status EMPTY", "status_empty")):
+        print(
+            f"wall time, median of {args.rounds}: "
+            + ", ".join(f"{name} {median(t) * 1000:.0f} ms" for name, t in times.items())
+        )
+        for name, key in (
+            ("assetcache --version", "version"),
+            ("assetcache status EMPTY", "status_empty"),
+        ):
             http = sorted(set(HTTP_STACK) & imported(commands[name], env))
             print(f"{name}: imports {', '.join(http) if http else 'no HTTP stack'}")
             if http:

@@ -37,8 +37,11 @@ def naive(url: str, files: list[Path]) -> list[str]:
     with httpx.Client(timeout=60) as client:
         for path in files:
             data = path.read_bytes()
-            task = {"taskType": "imageUpload", "taskUUID": str(uuid.uuid4()),
-                    "image": "data:image/png;base64," + base64.b64encode(data).decode()}
+            task = {
+                "taskType": "imageUpload",
+                "taskUUID": str(uuid.uuid4()),
+                "image": "data:image/png;base64," + base64.b64encode(data).decode(),
+            }
             resp = client.post(url, json=[task], headers={"Authorization": f"Bearer {KEY}"})
             out.append(resp.json()["data"][0]["imageUUID"])
     return out
@@ -56,7 +59,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             files = write_images(Path(tmp, "images"), args.images)
             size = sum(p.stat().st_size for p in files) / len(files)
-            print(f"{len(files)} images of {size / 1024:.1f} KB, emulator latency {args.latency * 1000:.0f} ms")
+            latency_ms = args.latency * 1000
+            print(
+                f"{len(files)} images of {size / 1024:.1f} KB, emulator latency {latency_ms:.0f} ms"
+            )
 
             before = uploads(url)
             t0 = time.perf_counter()
@@ -79,9 +85,14 @@ def main() -> int:
                 warm_uploads = uploads(url) - before
 
             print(f"(a) naive sequential: {t_naive:8.3f} s  {naive_uploads} uploads")
-            print(f"(b) cold resolve_many: {t_cold:7.3f} s  {cold_uploads} uploads  {len(failed)} failed")
-            print(f"(c) warm resolve_many: {t_warm:7.4f} s  {warm_uploads} uploads  "
-                  f"{sum(r.outcome == 'hit' for r in warm)} hits")
+            print(
+                f"(b) cold resolve_many: {t_cold:7.3f} s  {cold_uploads} uploads  "
+                f"{len(failed)} failed"
+            )
+            print(
+                f"(c) warm resolve_many: {t_warm:7.4f} s  {warm_uploads} uploads  "
+                f"{sum(r.outcome == 'hit' for r in warm)} hits"
+            )
             oks = [
                 ratio_line("cold_vs_naive", t_naive / t_cold, ">=", 20.0),
                 ratio_line("warm_vs_naive", t_naive / t_warm, ">=", 1000.0),

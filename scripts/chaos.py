@@ -39,20 +39,35 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--fault-rate", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=1.0,
-                        help="client request timeout; the slow fault takes 2 s more")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1.0,
+        help="client request timeout; the slow fault takes 2 s more",
+    )
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After sent with 429")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="tasks per request (default: the cache's default, 16)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tasks per request (default: the cache's default, 16)",
+    )
     args = parser.parse_args()
 
     kinds = sorted(FAULT_KINDS)
     seen: Counter[str] = Counter()
     problems: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp, Emulator(
-        api_key=KEY, fault_rate=args.fault_rate, fault_kinds=kinds, seed=args.seed,
-        retry_after=args.retry_after, slow_seconds=args.timeout + 2.0,
-    ) as emu:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Emulator(
+            api_key=KEY,
+            fault_rate=args.fault_rate,
+            fault_kinds=kinds,
+            seed=args.seed,
+            retry_after=args.retry_after,
+            slow_seconds=args.timeout + 2.0,
+        ) as emu,
+    ):
         real_pick = emu._faults.pick
 
         def pick() -> str | None:
@@ -63,19 +78,28 @@ def main() -> int:
 
         emu._faults.pick = pick  # type: ignore[method-assign]
         files = write_images(Path(tmp, "images"), args.files)
-        print(f"{len(files)} files, {args.fault_rate:.0%} of requests faulty "
-              f"({len(kinds)} kinds), client timeout {args.timeout} s, default retry policy")
+        print(
+            f"{len(files)} files, {args.fault_rate:.0%} of requests faulty "
+            f"({len(kinds)} kinds), client timeout {args.timeout} s, default retry policy"
+        )
 
-        with AssetCache(KEY, base_url=emu.base_url, db_path=Path(tmp, "cache.db"),
-                        clock=emu.clock, retry=RetryPolicy(timeout=args.timeout),
-                        **({"batch_size": args.batch_size} if args.batch_size else {})) as cache:
+        with AssetCache(
+            KEY,
+            base_url=emu.base_url,
+            db_path=Path(tmp, "cache.db"),
+            clock=emu.clock,
+            retry=RetryPolicy(timeout=args.timeout),
+            **({"batch_size": args.batch_size} if args.batch_size else {}),
+        ) as cache:
             started = time.perf_counter()
             results = cache.resolve_many(files)
             elapsed = time.perf_counter() - started
             stats = cache.stats()
             failed = [r for r in results if r.error is not None]
-            print(f"first pass: {elapsed:.1f} s, {emu.request_count} requests, "
-                  f"{emu.fault_count} faulty")
+            print(
+                f"first pass: {elapsed:.1f} s, {emu.request_count} requests, "
+                f"{emu.fault_count} faulty"
+            )
             print(f"uploads {stats.uploads}  retries {stats.retries}  failures {len(failed)}")
             print("faults injected: " + ", ".join(f"{k} {seen[k]}" for k in kinds))
             for r in failed[:10]:
@@ -91,9 +115,11 @@ def main() -> int:
                 if held is None or held.sha256 != hashlib.sha256(path.read_bytes()).hexdigest():
                     wrong += 1
             orphans = emu.upload_count - len(rows)
-            print(f"cached {len(rows)}  held by the emulator for the right bytes "
-                  f"{len(rows) - wrong}  server-side orphans (uploads the client never "
-                  f"learnt of) {orphans}")
+            print(
+                f"cached {len(rows)}  held by the emulator for the right bytes "
+                f"{len(rows) - wrong}  server-side orphans (uploads the client never "
+                f"learnt of) {orphans}"
+            )
             if len(rows) != len(files):
                 problems.append(f"{len(files) - len(rows)} file(s) not cached")
             if wrong:

@@ -66,8 +66,7 @@ def main() -> int:
     env["RUNWARE_API_KEY"] = KEY
     problems: list[str] = []
 
-    with tempfile.TemporaryDirectory() as tmp, Emulator(api_key=KEY,
-                                                        latency=args.latency) as emu:
+    with tempfile.TemporaryDirectory() as tmp, Emulator(api_key=KEY, latency=args.latency) as emu:
         folder = Path(tmp, "images")
         folder.mkdir()
         content = {}
@@ -82,8 +81,9 @@ def main() -> int:
         cached = 0
         while kills < args.kills and cached < args.files:
             moment = rng.uniform(0.05, 2.0)
-            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env=env)
+            proc = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+            )
             try:
                 proc.wait(moment)
                 finished = True
@@ -96,8 +96,10 @@ def main() -> int:
             kills += not finished
             cached, found = check(db, emu, content)
             problems += found
-            print(f"{'killed' if not finished else 'finished'} at {moment:.2f} s: "
-                  f"{cached} cached, {len(found)} problem(s)")
+            print(
+                f"{'killed' if not finished else 'finished'} at {moment:.2f} s: "
+                f"{cached} cached, {len(found)} problem(s)"
+            )
         before = emu.upload_count
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -110,10 +112,12 @@ def main() -> int:
             problems.append(f"the last run uploaded {uploaded}, expected {args.files - cached}")
         if final != args.files:
             problems.append(f"{args.files - final} file(s) not cached at the end")
-        print(f"kills {kills}; last run {time.perf_counter() - started:.1f} s uploaded "
-              f"{uploaded} (not cached before: {args.files - cached}); cached {final}; "
-              f"server uploads in all {emu.upload_count} "
-              f"({emu.upload_count - args.files} lost to kills, sent again)")
+        print(
+            f"kills {kills}; last run {time.perf_counter() - started:.1f} s uploaded "
+            f"{uploaded} (not cached before: {args.files - cached}); cached {final}; "
+            f"server uploads in all {emu.upload_count} "
+            f"({emu.upload_count - args.files} lost to kills, sent again)"
+        )
     for line in problems[:20]:
         print("PROBLEM", line)
     print("lost: nothing" if not problems else f"lost: {len(problems)} problem(s)")

@@ -17,13 +17,20 @@ from assetcache.emulator import Emulator
 
 #: Settings from the machine running the tests must not leak in.
 CLEAN_ENV: dict[str, str | None] = {
-    "RUNWARE_API_KEY": None, "ASSETCACHE_DB": None, "ASSETCACHE_API_URL": None,
+    "RUNWARE_API_KEY": None,
+    "ASSETCACHE_DB": None,
+    "ASSETCACHE_API_URL": None,
 }
 
 
 def invoke(*args: Any, env: dict[str, str | None] | None = None, input: Any = None) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], env={**CLEAN_ENV, **(env or {})},
-                              input=input, catch_exceptions=False)
+    return CliRunner().invoke(
+        cli,
+        [str(a) for a in args],
+        env={**CLEAN_ENV, **(env or {})},
+        input=input,
+        catch_exceptions=False,
+    )
 
 
 class EmulatorCLI:
@@ -56,8 +63,15 @@ def script() -> str:
     return str(exe) if exe.exists() else (shutil.which("assetcache") or "assetcache")
 
 
-def run_script(*args: Any, env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_script(
+    *args: Any, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    return subprocess.run([script(), *map(str, args)], capture_output=True, text=True,
-                          env={**base, **(env or {})}, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [script(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )

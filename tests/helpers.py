@@ -17,7 +17,9 @@ def make_png(seed: int = 0, width: int = 4, height: int = 4) -> bytes:
     tag = struct.pack(">I", seed & 0xFFFFFFFF)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
@@ -33,9 +35,16 @@ def make_gif(seed: int = 0) -> bytes:
     """A 1x1 GIF89a."""
     color = bytes([seed % 256, (seed * 3) % 256, (seed * 7) % 256])
     return (
-        b"GIF89a" + struct.pack("<HH", 1, 1) + b"\x80\x00\x00" + color + b"\x00\x00\x00"
-        + b"\x2c" + struct.pack("<HHHH", 0, 0, 1, 1) + b"\x00"
-        + b"\x02\x02\x44\x01\x00" + b"\x3b"
+        b"GIF89a"
+        + struct.pack("<HH", 1, 1)
+        + b"\x80\x00\x00"
+        + color
+        + b"\x00\x00\x00"
+        + b"\x2c"
+        + struct.pack("<HHHH", 0, 0, 1, 1)
+        + b"\x00"
+        + b"\x02\x02\x44\x01\x00"
+        + b"\x3b"
     )
 
 

@@ -12,9 +12,24 @@ from helpers import API_KEY
 from assetcache._cache import account_fingerprint
 from assetcache.emulator import Emulator
 
-DOCTOR_FIELDS = {"db_path", "exists", "db_bytes", "schema_version", "schema_supported",
-                 "integrity", "entries", "files", "problems", "actions", "lost", "account",
-                 "namespace", "settings", "needs_rebuild", "ok"}
+DOCTOR_FIELDS = {
+    "db_path",
+    "exists",
+    "db_bytes",
+    "schema_version",
+    "schema_supported",
+    "integrity",
+    "entries",
+    "files",
+    "problems",
+    "actions",
+    "lost",
+    "account",
+    "namespace",
+    "settings",
+    "needs_rebuild",
+    "ok",
+}
 
 
 def test_doctor_shows_the_fingerprint_never_the_key(emu: Emulator, tmp_path: Path) -> None:

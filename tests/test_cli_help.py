@@ -16,8 +16,20 @@ from assetcache import __version__
 from assetcache._cli import cli
 from assetcache.emulator import Emulator
 
-COMMANDS = {"upload", "status", "ls", "stats", "refresh", "prune", "verify", "forget", "export",
-            "import", "doctor", "emulator"}
+COMMANDS = {
+    "upload",
+    "status",
+    "ls",
+    "stats",
+    "refresh",
+    "prune",
+    "verify",
+    "forget",
+    "export",
+    "import",
+    "doctor",
+    "emulator",
+}
 
 
 def test_every_command_and_option_has_help_text() -> None:
@@ -51,9 +63,11 @@ def test_no_api_key_option_on_the_command_line() -> None:
 
 def test_version_without_importing_httpx() -> None:
     assert invoke("--version").stdout.strip() == f"assetcache, version {__version__}"
-    code = ("import sys; from assetcache._cli import main; sys.argv = ['assetcache', '--version']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print('httpx' in sys.modules)")
+    code = (
+        "import sys; from assetcache._cli import main; sys.argv = ['assetcache', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('httpx' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines() == [f"assetcache, version {__version__}", "False"]
 
@@ -61,17 +75,33 @@ def test_version_without_importing_httpx() -> None:
 def test_verbose_logs_through_logging_without_the_key(emu: Emulator, tmp_path: Path) -> None:
     (a,) = write_images(tmp_path, 1)
     emu.fail_next("503")
-    result = invoke("--db", tmp_path / "c.db", "--api-url", emu.base_url, "-v", "upload", a,
-                    env={"RUNWARE_API_KEY": API_KEY})
+    result = invoke(
+        "--db",
+        tmp_path / "c.db",
+        "--api-url",
+        emu.base_url,
+        "-v",
+        "upload",
+        a,
+        env={"RUNWARE_API_KEY": API_KEY},
+    )
     assert result.exit_code == 0
     assert "INFO assetcache: retrying 1 upload(s)" in result.stderr
     assert API_KEY not in result.output
-    quiet = invoke("--db", tmp_path / "c2.db", "--api-url", emu.base_url, "upload", a,
-                   env={"RUNWARE_API_KEY": API_KEY})
+    quiet = invoke(
+        "--db",
+        tmp_path / "c2.db",
+        "--api-url",
+        emu.base_url,
+        "upload",
+        a,
+        env={"RUNWARE_API_KEY": API_KEY},
+    )
     assert "INFO" not in quiet.stderr
 
 
 # -- the installed console script ------------------------------------------------------------
+
 
 def test_script_upload_ls_stats_status(tmp_path: Path) -> None:
     folder = tmp_path / "img"
@@ -119,8 +149,12 @@ def test_script_maintenance_commands_run(tmp_path: Path, command: str) -> None:
 def test_script_emulator_serves_until_stopped() -> None:
     from cli_support import script
 
-    proc = subprocess.Popen([script(), "emulator", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [script(), "emulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         assert line.startswith("listening on http://127.0.0.1:")

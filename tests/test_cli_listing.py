@@ -14,8 +14,20 @@ from helpers import API_KEY, make_png
 from assetcache._cache import account_fingerprint
 from assetcache.emulator import Emulator
 
-ENTRY_FIELDS = {"hash", "uuid", "size", "format", "uploaded_at", "last_used_at", "expires_at",
-                "serve_until", "state", "paths", "upload_count", "namespace"}
+ENTRY_FIELDS = {
+    "hash",
+    "uuid",
+    "size",
+    "format",
+    "uploaded_at",
+    "last_used_at",
+    "expires_at",
+    "serve_until",
+    "state",
+    "paths",
+    "upload_count",
+    "namespace",
+}
 
 
 @pytest.fixture
@@ -83,8 +95,17 @@ def test_ls_text_table(ecli: EmulatorCLI, tmp_path: Path) -> None:
     uuid = json.loads(ecli("upload", "--json", a).stdout)["results"][0]["uuid"]
     result = ecli("ls")
     header, row = result.stdout.splitlines()
-    assert header.split() == ["HASH", "UUID", "SIZE", "FORMAT", "LAST", "USED", "EXPIRES",
-                              "STATE", "PATHS"]
+    assert header.split() == [
+        "HASH",
+        "UUID",
+        "SIZE",
+        "FORMAT",
+        "LAST",
+        "USED",
+        "EXPIRES",
+        "STATE",
+        "PATHS",
+    ]
     assert uuid in row and "png" in row and "in 29d23h" in row and "fresh" in row
     assert "1 entries" in result.stderr
 
@@ -98,8 +119,10 @@ def test_ls_without_a_key_lists_every_account(emu: Emulator, tmp_path: Path) -> 
     everyone = json.loads(invoke("--db", db, "ls", "--json").stdout)
     assert len(everyone) == 1
     assert everyone[0]["namespace"].endswith("#" + account_fingerprint(API_KEY))
-    assert len(json.loads(invoke("--db", db, "--emulator", "ls", "--json", "--all-accounts")
-                          .stdout)) == 1
+    assert (
+        len(json.loads(invoke("--db", db, "--emulator", "ls", "--json", "--all-accounts").stdout))
+        == 1
+    )
 
 
 def test_stats(ecli: EmulatorCLI, tmp_path: Path) -> None:
@@ -111,9 +134,22 @@ def test_stats(ecli: EmulatorCLI, tmp_path: Path) -> None:
     result = ecli("stats", "--json")
     assert result.exit_code == 0
     s = json.loads(result.stdout)
-    assert set(s) == {"entries", "bytes", "files", "hits", "misses", "uploads", "reuploads",
-                      "failures", "retries", "bytes_sent", "bytes_saved", "db_path", "db_bytes",
-                      "copies"}
+    assert set(s) == {
+        "entries",
+        "bytes",
+        "files",
+        "hits",
+        "misses",
+        "uploads",
+        "reuploads",
+        "failures",
+        "retries",
+        "bytes_sent",
+        "bytes_saved",
+        "db_path",
+        "db_bytes",
+        "copies",
+    }
     assert (s["entries"], s["hits"], s["uploads"], s["reuploads"]) == (2, 2, 3, 1)
     assert s["bytes_saved"] == len(make_png(1)) + len(make_png(2))
     assert s["bytes"] == s["bytes_saved"] and s["db_bytes"] > 0

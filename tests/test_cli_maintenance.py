@@ -28,6 +28,7 @@ def uuid_of(ecli: EmulatorCLI, path: Path) -> str:
 
 # -- refresh ---------------------------------------------------------------------------
 
+
 def test_refresh_renews_and_reports_what_it_could_not(ecli: EmulatorCLI, tmp_path: Path) -> None:
     a, b, c = write_images(tmp_path, 1, 2, 3)
     old = {p.name: uuid_of(ecli, p) for p in (a, b, c)}
@@ -39,8 +40,15 @@ def test_refresh_renews_and_reports_what_it_could_not(ecli: EmulatorCLI, tmp_pat
     report = json.loads(result.stdout)
     assert report["summary"] == {"renewed": 1, "would-renew": 0, "content-gone": 2, "failed": 0}
     items = {i["old_uuid"]: i for i in report["items"]}
-    assert set(items[old["img-01.png"]]) == {"hash", "old_uuid", "status", "uuid", "path",
-                                             "reason", "expires_at"}
+    assert set(items[old["img-01.png"]]) == {
+        "hash",
+        "old_uuid",
+        "status",
+        "uuid",
+        "path",
+        "reason",
+        "expires_at",
+    }
     renewed = items[old["img-01.png"]]
     assert renewed["status"] == "renewed" and renewed["uuid"] != old["img-01.png"]
     assert "no such file" in items[old["img-02.png"]]["reason"]
@@ -53,8 +61,9 @@ def test_refresh_renews_and_reports_what_it_could_not(ecli: EmulatorCLI, tmp_pat
     assert all(line.startswith("content-gone") for line in again.stdout.splitlines())
 
 
-def test_refresh_all_good_exits_0_and_dry_run_sends_nothing(ecli: EmulatorCLI,
-                                                            tmp_path: Path) -> None:
+def test_refresh_all_good_exits_0_and_dry_run_sends_nothing(
+    ecli: EmulatorCLI, tmp_path: Path
+) -> None:
     (a,) = write_images(tmp_path, 1)
     old = uuid_of(ecli, a)
     assert ecli("refresh", "--within", "2d").exit_code == 0  # nothing due
@@ -76,20 +85,25 @@ def test_refresh_needs_a_valid_window(ecli: EmulatorCLI) -> None:
 
 # -- prune ------------------------------------------------------------------------------
 
+
 def test_prune_dry_run_changes_nothing(ecli: EmulatorCLI, tmp_path: Path) -> None:
     a, b = write_images(tmp_path, 1, 2)
     ecli("upload", a, b)
     ecli.advance(days=31)
     b.unlink()
-    before = (table(ecli.db, "SELECT * FROM assets ORDER BY 2"),
-              table(ecli.db, "SELECT * FROM files ORDER BY 1"))
+    before = (
+        table(ecli.db, "SELECT * FROM assets ORDER BY 2"),
+        table(ecli.db, "SELECT * FROM files ORDER BY 1"),
+    )
     dry = ecli("prune", "--dry-run", "--json")
     assert dry.exit_code == 0
     report = json.loads(dry.stdout)
     assert report["dry_run"] is True
     assert report["summary"]["entries"] == 2 and report["files"] == [str(b)]
-    assert (table(ecli.db, "SELECT * FROM assets ORDER BY 2"),
-            table(ecli.db, "SELECT * FROM files ORDER BY 1")) == before
+    assert (
+        table(ecli.db, "SELECT * FROM assets ORDER BY 2"),
+        table(ecli.db, "SELECT * FROM files ORDER BY 1"),
+    ) == before
     text = ecli("prune")
     assert text.exit_code == 0 and "dropped 2 entries" in text.stderr
     assert table(ecli.db, "SELECT count(*) FROM assets") == [(0,)]
@@ -110,6 +124,7 @@ def test_prune_older_than(ecli: EmulatorCLI, tmp_path: Path) -> None:
 
 # -- verify -----------------------------------------------------------------------------
 
+
 def test_verify_reports_and_fixes(ecli: EmulatorCLI, tmp_path: Path) -> None:
     a, b, c = write_images(tmp_path / "img", 1, 2, 3)
     ecli("upload", tmp_path / "img")
@@ -121,7 +136,12 @@ def test_verify_reports_and_fixes(ecli: EmulatorCLI, tmp_path: Path) -> None:
     states = {Path(f["path"]).name: f["state"] for f in out["files"]}
     assert states == {"img-01.png": "ok", "img-02.png": "changed", "img-03.png": "missing"}
     assert out["summary"]["changed"] == 1 and set(out["files"][0]) == {
-        "path", "state", "old_hash", "new_hash", "reason"}
+        "path",
+        "state",
+        "old_hash",
+        "new_hash",
+        "reason",
+    }
     # Fixed as it went: a second pass finds everything fine.
     again = ecli("verify")
     assert again.stdout == "" and "2 file(s): 2 ok" in again.stderr
@@ -165,6 +185,7 @@ def test_verify_path_turned_folder_exit_1(ecli: EmulatorCLI, tmp_path: Path) -> 
 
 # -- forget -----------------------------------------------------------------------------
 
+
 def test_forget_by_path_hash_and_uuid(ecli: EmulatorCLI, tmp_path: Path) -> None:
     a, b, c = write_images(tmp_path, 1, 2, 3)
     results = json.loads(ecli("upload", "--json", a, b, c).stdout)["results"]
@@ -172,8 +193,10 @@ def test_forget_by_path_hash_and_uuid(ecli: EmulatorCLI, tmp_path: Path) -> None
     assert result.exit_code == 0
     out = json.loads(result.stdout)
     assert [(o["kind"], o["entries"][0]["uuid"]) for o in out] == [
-        ("path", results[0]["uuid"]), ("hash", results[1]["uuid"]),
-        ("uuid", results[2]["uuid"])]
+        ("path", results[0]["uuid"]),
+        ("hash", results[1]["uuid"]),
+        ("uuid", results[2]["uuid"]),
+    ]
     assert table(ecli.db, "SELECT count(*) FROM assets") == [(0,)]
     again = json.loads(ecli("upload", "--json", a).stdout)["results"][0]
     assert again["outcome"] == "uploaded" and again["uuid"] != results[0]["uuid"]
@@ -190,8 +213,9 @@ def test_forget_unknown_item_exit_1(ecli: EmulatorCLI, tmp_path: Path) -> None:
     assert ecli("forget").exit_code == 2
 
 
-def test_long_commands_show_progress_only_on_a_terminal(ecli: EmulatorCLI, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_commands_show_progress_only_on_a_terminal(
+    ecli: EmulatorCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from assetcache import _cli
 
     write_images(tmp_path / "img", 1, 2)

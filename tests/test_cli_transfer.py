@@ -22,8 +22,19 @@ def test_export_then_import_elsewhere(ecli: EmulatorCLI, tmp_path: Path) -> None
     lines = exported.stdout.splitlines()
     assert len(lines) == 3
     first = json.loads(lines[0])
-    assert set(first) == {"v", "namespace", "hash", "variant", "uuid", "size", "format",
-                          "uploaded_at", "last_used_at", "upload_count", "bytes_sent"}
+    assert set(first) == {
+        "v",
+        "namespace",
+        "hash",
+        "variant",
+        "uuid",
+        "size",
+        "format",
+        "uploaded_at",
+        "last_used_at",
+        "upload_count",
+        "bytes_sent",
+    }
     out_file = tmp_path / "entries.jsonl"
     assert ecli("export", "-o", out_file).exit_code == 0
     assert out_file.read_text().splitlines() == lines
@@ -34,7 +45,8 @@ def test_export_then_import_elsewhere(ecli: EmulatorCLI, tmp_path: Path) -> None
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"added": 3, "replaced": 0, "kept": 0, "errors": []}
     assert sorted(e["uuid"] for e in json.loads(other("ls", "--json").stdout)) == sorted(
-        json.loads(line)["uuid"] for line in lines)
+        json.loads(line)["uuid"] for line in lines
+    )
     again = other("import", "-", input=out_file.read_text())
     assert again.exit_code == 0 and "0 added, 0 replaced, 3 kept" in again.stderr
 
@@ -51,8 +63,9 @@ def test_import_never_replaces_a_fresher_entry(ecli: EmulatorCLI, tmp_path: Path
     assert [e["uuid"] for e in json.loads(ecli("ls", "--json").stdout)] == [fresh["uuid"]]
 
 
-def test_import_refuses_malformed_lines_with_line_numbers(ecli: EmulatorCLI,
-                                                          tmp_path: Path) -> None:
+def test_import_refuses_malformed_lines_with_line_numbers(
+    ecli: EmulatorCLI, tmp_path: Path
+) -> None:
     (a,) = write_images(tmp_path, 1)
     ecli("upload", a)
     good = ecli("export").stdout.strip()

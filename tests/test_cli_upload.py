@@ -31,25 +31,42 @@ def test_upload_prints_uuids_and_a_summary(ecli: EmulatorCLI, tmp_path: Path) ->
     assert "0 uploaded, 0 re-uploaded, 4 from cache" in second.stderr
     assert "0 B sent" in second.stderr
     assert {line.split("\t")[1] for line in lines} == {
-        line.split("\t")[1] for line in second.stdout.splitlines()}
+        line.split("\t")[1] for line in second.stdout.splitlines()
+    }
 
 
 def test_upload_json_has_results_and_summary(ecli: EmulatorCLI, tmp_path: Path) -> None:
     (a,) = write_images(tmp_path, 1)
     out = json.loads(ecli("upload", "--json", a).stdout)
     (res,) = out["results"]
-    assert set(res) >= {"source", "uuid", "outcome", "hash", "size", "format", "bytes_sent",
-                        "error"}
+    assert set(res) >= {
+        "source",
+        "uuid",
+        "outcome",
+        "hash",
+        "size",
+        "format",
+        "bytes_sent",
+        "error",
+    }
     assert res["outcome"] == "uploaded" and res["size"] == len(make_png(1))
-    assert out["summary"] == {"files": 1, "hit": 0, "uploaded": 1, "reuploaded": 0, "failed": 0,
-                              "bytes_sent": res["bytes_sent"], "bytes_saved": 0}
+    assert out["summary"] == {
+        "files": 1,
+        "hit": 0,
+        "uploaded": 1,
+        "reuploaded": 0,
+        "failed": 0,
+        "bytes_sent": res["bytes_sent"],
+        "bytes_saved": 0,
+    }
     again = json.loads(ecli("upload", "--json", a).stdout)
     assert again["summary"]["bytes_saved"] == len(make_png(1))
     assert again["summary"]["bytes_sent"] == 0
 
 
-def test_upload_exit_code_1_when_some_fail_and_the_rest_carry_on(ecli: EmulatorCLI,
-                                                                 tmp_path: Path) -> None:
+def test_upload_exit_code_1_when_some_fail_and_the_rest_carry_on(
+    ecli: EmulatorCLI, tmp_path: Path
+) -> None:
     (good,) = write_images(tmp_path, 1)
     bad = tmp_path / "broken.png"
     bad.write_bytes(make_png(2)[:30])
@@ -69,7 +86,8 @@ def test_upload_glob_and_concurrency(ecli: EmulatorCLI, tmp_path: Path) -> None:
     result = ecli("upload", "--glob", "*.gif.png", "--concurrency", "2", tmp_path / "img")
     assert result.exit_code == 0
     assert [line.split("\t")[0].rsplit("/", 1)[1] for line in result.stdout.splitlines()] == [
-        "keep.gif.png"]
+        "keep.gif.png"
+    ]
     nothing = ecli("upload", "--glob", "*.jpg", tmp_path / "img")
     assert nothing.exit_code == 2 and "no image files" in nothing.stderr
     assert ecli("upload", "--concurrency", "0", tmp_path / "img").exit_code == 2
@@ -101,16 +119,25 @@ def test_upload_with_key_file_and_bad_key_file(emu: Emulator, tmp_path: Path) ->
     (a,) = write_images(tmp_path, 1)
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY + "\n")
-    ok = invoke("--db", tmp_path / "c.db", "--api-url", emu.base_url, "--api-key-file", key_file,
-                "upload", a)
+    ok = invoke(
+        "--db",
+        tmp_path / "c.db",
+        "--api-url",
+        emu.base_url,
+        "--api-key-file",
+        key_file,
+        "upload",
+        a,
+    )
     assert ok.exit_code == 0 and emu.upload_count == 1
     assert API_KEY not in ok.output
     missing = invoke("--db", tmp_path / "c.db", "--api-key-file", tmp_path / "nope", "upload", a)
     assert missing.exit_code == 2 and "--api-key-file" in missing.stderr
 
 
-def test_upload_shows_progress_only_on_a_terminal(ecli: EmulatorCLI, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upload_shows_progress_only_on_a_terminal(
+    ecli: EmulatorCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_images(tmp_path / "img", 1, 2)
     quiet = ecli("upload", tmp_path / "img")
     assert "uploading" not in quiet.stderr
@@ -120,8 +147,9 @@ def test_upload_shows_progress_only_on_a_terminal(ecli: EmulatorCLI, tmp_path: P
     assert len(loud.stdout.splitlines()) == 2  # the bar never lands on stdout
 
 
-def test_upload_in_chunks_keeps_order(ecli: EmulatorCLI, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upload_in_chunks_keeps_order(
+    ecli: EmulatorCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_cli, "UPLOAD_CHUNK", 2)
     paths = write_images(tmp_path / "img", *range(1, 6))
     result = ecli("upload", "--json", *paths)
@@ -129,6 +157,7 @@ def test_upload_in_chunks_keeps_order(ecli: EmulatorCLI, tmp_path: Path,
 
 
 # -- status ------------------------------------------------------------------------
+
 
 def test_status_reports_each_state(ecli: EmulatorCLI, tmp_path: Path) -> None:
     folder = tmp_path / "img"
@@ -140,8 +169,12 @@ def test_status_reports_each_state(ecli: EmulatorCLI, tmp_path: Path) -> None:
     b.unlink()
     out = json.loads(ecli("status", "--json", folder).stdout)
     states = {Path(f["path"]).name: f["state"] for f in out["files"]}
-    assert states == {"img-01.png": "expiring", "img-02.png": "missing",
-                      "img-03.png": "changed", "img-04.png": "new"}
+    assert states == {
+        "img-01.png": "expiring",
+        "img-02.png": "missing",
+        "img-03.png": "changed",
+        "img-04.png": "new",
+    }
     first = next(f for f in out["files"] if f["path"].endswith("img-01.png"))
     assert 0 < first["time_left_seconds"] < 3 * 86400 and first["uuid"]
     assert first["expires_at"].endswith("Z")
@@ -162,12 +195,12 @@ def test_status_check_exit_code(ecli: EmulatorCLI, tmp_path: Path) -> None:
     assert fresh.stdout.startswith("fresh") and "28d23h" in fresh.stdout
 
 
-def test_status_defaults_to_the_current_folder(ecli: EmulatorCLI, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_defaults_to_the_current_folder(
+    ecli: EmulatorCLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_images(tmp_path / "img", 1, 2)
     ecli("upload", tmp_path / "img")
     monkeypatch.chdir(tmp_path / "img")
     result = ecli("status")
-    assert [line.split()[-1] for line in result.stdout.splitlines()] == ["img-01.png",
-                                                                          "img-02.png"]
+    assert [line.split()[-1] for line in result.stdout.splitlines()] == ["img-01.png", "img-02.png"]
     assert "2 fresh" in result.stderr

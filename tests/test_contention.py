@@ -90,8 +90,13 @@ print(json.dumps({"ops": ops, "errors": errors, "seconds": time.perf_counter() -
 def cli(*args: str, db: Path, url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETCACHE_", "RUNWARE_"))}
     env["RUNWARE_API_KEY"] = API_KEY
-    return subprocess.run([script(), "--db", str(db), "--api-url", url, *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [script(), "--db", str(db), "--api-url", url, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_eight_processes_for_thirty_seconds_in_all(tmp_path):
@@ -108,9 +113,23 @@ def test_eight_processes_for_thirty_seconds_in_all(tmp_path):
     with Emulator(api_key=API_KEY, latency=0.02) as emu:
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", WORKER, emu.base_url, str(db), API_KEY, str(folders[p]),
-                 str(p), str(SECONDS), str(NEW_EVERY), str(POOL)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-c",
+                    WORKER,
+                    emu.base_url,
+                    str(db),
+                    API_KEY,
+                    str(folders[p]),
+                    str(p),
+                    str(SECONDS),
+                    str(NEW_EVERY),
+                    str(POOL),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for p in range(PROCESSES)
         ]
@@ -146,8 +165,10 @@ def test_eight_processes_for_thirty_seconds_in_all(tmp_path):
         ops: Counter[str] = Counter()
         for r in reports:
             ops.update(r["ops"])
-        assert min(ops[k] for k in ("resolve_many", "resolve_bytes", "status",
-                                    "entries+stats")) >= PROCESSES
+        assert (
+            min(ops[k] for k in ("resolve_many", "resolve_bytes", "status", "entries+stats"))
+            >= PROCESSES
+        )
 
         # One upload per content, and every process got the same UUID for it.
         uploads = emu.uploads_by_sha256()
@@ -159,8 +180,10 @@ def test_eight_processes_for_thirty_seconds_in_all(tmp_path):
         assert all(len(u) == 1 for u in seen.values())
         assert emu.upload_count == len(seen)
         assert all(emu.holds(next(iter(u))) for u in seen.values())
-    print(f"\n{PROCESSES} processes, {total_seconds:.1f} s in all, ops {dict(ops)}, "
-          f"{len(listings)} CLI listings, {emu.upload_count} uploads of {len(seen)} contents")
+    print(
+        f"\n{PROCESSES} processes, {total_seconds:.1f} s in all, ops {dict(ops)}, "
+        f"{len(listings)} CLI listings, {emu.upload_count} uploads of {len(seen)} contents"
+    )
 
 
 OPENER = r"""
@@ -185,12 +208,17 @@ def test_processes_creating_one_database_at_the_same_instant(tmp_path):
     for attempt in range(8):
         db = tmp_path / f"round-{attempt}" / "cache.db"
         start = time.time() + 0.4  # every process imported and waiting by then
-        procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(db), str(start)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(PROCESSES)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, str(db), str(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(PROCESSES)
+        ]
         for proc in procs:
             out, err = proc.communicate(timeout=60)
             if out.strip() != "ok":
                 failures.append(out.strip() or err[-500:])
     assert failures == []
-

@@ -39,8 +39,9 @@ def test_off_by_default(cache: AssetCache, tmp_path: Path) -> None:
     assert cache.stats().copies == usage.as_dict()
 
 
-def test_kept_after_upload_private_and_atomic(make_cache: Callable[..., AssetCache],
-                                              tmp_path: Path) -> None:
+def test_kept_after_upload_private_and_atomic(
+    make_cache: Callable[..., AssetCache], tmp_path: Path
+) -> None:
     cache = make_cache(keep_copies=True)
     a = tmp_path / "a.png"
     a.write_bytes(make_png(1))
@@ -59,8 +60,9 @@ def test_kept_after_upload_private_and_atomic(make_cache: Callable[..., AssetCac
     assert cache.stats().copies["path"] == str(folder)  # type: ignore[index]
 
 
-def test_least_recently_used_go_first(make_cache: Callable[..., AssetCache],
-                                      tmp_path: Path) -> None:
+def test_least_recently_used_go_first(
+    make_cache: Callable[..., AssetCache], tmp_path: Path
+) -> None:
     a, b, c = make_png(1), make_png(2), make_png(3)
     cache = make_cache(keep_copies=True, copies_max_bytes=len(a) + len(c) + 10)
     cache.resolve(a)
@@ -81,8 +83,9 @@ def test_a_copy_larger_than_the_bound_is_not_kept(make_cache: Callable[..., Asse
         make_cache(keep_copies=True, copies_max_bytes=-1)
 
 
-def test_a_damaged_copy_is_dropped_not_sent(make_cache: Callable[..., AssetCache], emu: Emulator,
-                                            tmp_path: Path) -> None:
+def test_a_damaged_copy_is_dropped_not_sent(
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     cache = make_cache(keep_copies=True)
     a = tmp_path / "a.png"
     a.write_bytes(make_png(1))
@@ -101,7 +104,8 @@ def test_a_damaged_copy_is_dropped_not_sent(make_cache: Callable[..., AssetCache
 
 
 def test_copies_kept_earlier_are_used_while_keeping_is_off(
-        make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path) -> None:
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     a = tmp_path / "a.png"
     a.write_bytes(make_png(1))
     make_cache(keep_copies=True).resolve(a)
@@ -139,8 +143,9 @@ def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
     assert (usage.files, usage.bytes) == (1, len(data)) and not left.exists()
 
 
-def test_a_converted_image_keeps_its_original_bytes(make_cache: Callable[..., AssetCache],
-                                                    emu: Emulator, tmp_path: Path) -> None:
+def test_a_converted_image_keeps_its_original_bytes(
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     pytest.importorskip("PIL")
     cache = make_cache(keep_copies=True, resize=True)
     gif = tmp_path / "anim.gif"

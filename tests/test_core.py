@@ -16,8 +16,8 @@ from assetcache import (
     AuthenticationError,
     SourceError,
     UnsupportedFormat,
+    _hashing,
 )
-from assetcache import _hashing
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -99,7 +99,9 @@ def test_margin_reuploads_before_the_server_deletes(make_cache, emu, tmp_path):
     cache = make_cache(margin=timedelta(days=2))
     photo = write(tmp_path / "p.png", make_png(8))
     cache.get_uuid(photo)
-    emu.advance(days=28, hours=1)  # inside the margin: server still holds it, cache does not trust it
+    emu.advance(
+        days=28, hours=1
+    )  # inside the margin: server still holds it, cache does not trust it
     assert cache.resolve(photo).outcome == "reuploaded"
 
 
@@ -172,8 +174,14 @@ def test_rewrite_in_the_same_timestamp_tick_is_rehashed(cache, emu, tmp_path, mo
         result = real_stat(path, *args, **kwargs)
         if os.fspath(path) == str(photo):
             fields = list(result)
-            return os.stat_result(fields, {"st_mtime_ns": st.st_mtime_ns, "st_ctime_ns": st.st_ctime_ns,
-                                           "st_atime_ns": st.st_atime_ns})
+            return os.stat_result(
+                fields,
+                {
+                    "st_mtime_ns": st.st_mtime_ns,
+                    "st_ctime_ns": st.st_ctime_ns,
+                    "st_atime_ns": st.st_atime_ns,
+                },
+            )
         return result
 
     monkeypatch.setattr(os, "stat", same_tick_stat)

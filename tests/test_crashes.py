@@ -83,7 +83,9 @@ def run(db: Path, folder: Path, emu: Emulator) -> subprocess.Popen[bytes]:
     env["RUNWARE_API_KEY"] = API_KEY
     return subprocess.Popen(
         [script(), "--db", str(db), "--api-url", emu.base_url, "upload", str(folder)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
 
 
@@ -129,8 +131,10 @@ def test_ten_kills_during_a_five_hundred_file_upload_lose_nothing(tmp_path):
             if phase == "start":
                 target, timer = None, rng.uniform(0.05, 0.5)
             elif phase == "arrive":  # while the chunk's requests wait on the server
-                target, timer = (rng.randint(1, CHUNK_REQUESTS), "arrive",
-                                 rng.uniform(0.0, LATENCY * 0.8)), None
+                target, timer = (
+                    (rng.randint(1, CHUNK_REQUESTS), "arrive", rng.uniform(0.0, LATENCY * 0.8)),
+                    None,
+                )
             else:  # just after a chunk's last answer: while it is being recorded
                 chunk = rng.randint(1, min(2, left - 1))
                 target, timer = (CHUNK_REQUESTS * chunk, "answer", rng.uniform(0.0, 0.04)), None
@@ -158,5 +162,7 @@ def test_ten_kills_during_a_five_hundred_file_upload_lose_nothing(tmp_path):
             assert conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
         finally:
             conn.close()
-    print(f"\nkills: {KILLS} ({', '.join(phases)}); cached after each: {cached_after}; "
-          f"final run uploaded {uploaded}, server uploads in all {emu.upload_count}")
+    print(
+        f"\nkills: {KILLS} ({', '.join(phases)}); cached after each: {cached_after}; "
+        f"final run uploaded {uploaded}, server uploads in all {emu.upload_count}"
+    )

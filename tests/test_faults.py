@@ -70,8 +70,14 @@ def assert_nothing_lost(cache: AssetCache, emu: Emulator, files: list[Path]) -> 
 
 @pytest.fixture
 def faulty() -> Iterator[Emulator]:
-    with Emulator(api_key=API_KEY, fault_rate=0.3, fault_kinds=ALL_KINDS, seed=20240611,
-                  retry_after=3, slow_seconds=SLOW_SECONDS) as emu:
+    with Emulator(
+        api_key=API_KEY,
+        fault_rate=0.3,
+        fault_kinds=ALL_KINDS,
+        seed=20240611,
+        retry_after=3,
+        slow_seconds=SLOW_SECONDS,
+    ) as emu:
         yield emu
 
 
@@ -87,9 +93,15 @@ def open_cache(
     caches: list[AssetCache] = []
 
     def make(**kwargs: object) -> AssetCache:
-        cache = AssetCache(API_KEY, base_url=faulty.base_url, db_path=tmp_path / "cache.db",
-                           clock=faulty.clock, retry=SHORT_TIMEOUT, sleep=sleeps.append,
-                           **kwargs)
+        cache = AssetCache(
+            API_KEY,
+            base_url=faulty.base_url,
+            db_path=tmp_path / "cache.db",
+            clock=faulty.clock,
+            retry=SHORT_TIMEOUT,
+            sleep=sleeps.append,
+            **kwargs,
+        )
         caches.append(cache)
         return cache
 
@@ -114,8 +126,10 @@ def test_two_hundred_files_at_thirty_percent_faults_all_end_cached(
     assert stats.uploads == 200 and stats.failures == 0
     assert stats.retries == len(sleeps) >= 3
     assert_nothing_lost(cache, faulty, files)
-    print(f"\nfaults: {sum(seen.values())} of {faulty.request_count} requests {dict(seen)}; "
-          f"retries {stats.retries}")
+    print(
+        f"\nfaults: {sum(seen.values())} of {faulty.request_count} requests {dict(seen)}; "
+        f"retries {stats.retries}"
+    )
 
 
 def test_every_fault_kind_many_times_one_request_per_file(faulty, open_cache, tmp_path, sleeps):

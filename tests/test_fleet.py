@@ -6,6 +6,7 @@ each test gets a schema of its own. No mock stands in for PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -48,8 +49,14 @@ def pg_url():
 
 def host(emu, pg_url, tmp_path, name, **kw):
     kw.setdefault("retry", FAST_RETRY)
-    return AssetCache(API_KEY, base_url=emu.base_url, db_path=pg_url,
-                      local_db=tmp_path / f"{name}.db", clock=emu.clock, **kw)
+    return AssetCache(
+        API_KEY,
+        base_url=emu.base_url,
+        db_path=pg_url,
+        local_db=tmp_path / f"{name}.db",
+        clock=emu.clock,
+        **kw,
+    )
 
 
 def test_hosts_share_uploads(emu, pg_url, tmp_path):
@@ -81,8 +88,10 @@ def test_hits_are_answered_locally(emu, pg_url, tmp_path, monkeypatch):
 
 def test_a_use_on_one_host_slides_the_window_for_another(emu, pg_url, tmp_path):
     data = make_png(3)
-    with host(emu, pg_url, tmp_path, "a", touch_every=0) as a, \
-            host(emu, pg_url, tmp_path, "b", touch_every=0) as b:
+    with (
+        host(emu, pg_url, tmp_path, "a", touch_every=0) as a,
+        host(emu, pg_url, tmp_path, "b", touch_every=0) as b,
+    ):
         uuid_ = a.get_uuid(data)
         assert b.get_uuid(data) == uuid_  # b's local copy now says: last used day 0
         emu.advance(days=20)
@@ -118,10 +127,21 @@ def test_two_hosts_racing_on_a_hundred_files_upload_each_once(emu, pg_url, tmp_p
         path.write_bytes(make_png(500 + i))
         files.append(str(path))
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, emu.base_url, pg_url,
-                          str(tmp_path / f"host{h}.db"), API_KEY],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                emu.base_url,
+                pg_url,
+                str(tmp_path / f"host{h}.db"),
+                API_KEY,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for h in range(2)
     ]
     for p in procs:
@@ -201,18 +221,14 @@ class Proxy:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self):
         self.up = False
         for c in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.conns.clear()
 
     def restore(self):
@@ -228,7 +244,9 @@ def test_postgres_going_away_mid_run(emu, pg_url, tmp_path):
 
     parts = urlsplit(PG)
     proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    proxied = pg_url.replace(parts.netloc, f"{parts.username + '@' if parts.username else ''}127.0.0.1:{proxy.port}")
+    proxied = pg_url.replace(
+        parts.netloc, f"{parts.username + '@' if parts.username else ''}127.0.0.1:{proxy.port}"
+    )
     known = tmp_path / "known.png"
     known.write_bytes(make_png(4))
     try:
@@ -254,13 +272,18 @@ def test_postgres_going_away_mid_run(emu, pg_url, tmp_path):
 def test_without_the_extra_a_postgres_url_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(ConfigurationError, match=r"assetcache\[postgres\]"):
-        AssetCache(API_KEY, db_path="postgresql://nobody@127.0.0.1:1/none", local_db=tmp_path / "l.db")
+        AssetCache(
+            API_KEY, db_path="postgresql://nobody@127.0.0.1:1/none", local_db=tmp_path / "l.db"
+        )
 
 
 def test_password_never_in_errors(tmp_path):
     with pytest.raises(StoreError) as info:
-        AssetCache(API_KEY, db_path="postgresql://u:hunter2secret@127.0.0.1:1/none",
-                   local_db=tmp_path / "l.db")
+        AssetCache(
+            API_KEY,
+            db_path="postgresql://u:hunter2secret@127.0.0.1:1/none",
+            local_db=tmp_path / "l.db",
+        )
     assert "hunter2secret" not in str(info.value)
 
 
@@ -304,7 +327,9 @@ def test_a_claim_cannot_miss_an_upload_recorded_between_its_reads(pg_url):
 
     b.write = paused_write
     seen = {}
-    claimer = threading.Thread(target=lambda: seen.update(b.claim([key], "host-b:2:bb", 1001.0, 60, 0.0)))
+    claimer = threading.Thread(
+        target=lambda: seen.update(b.claim([key], "host-b:2:bb", 1001.0, 60, 0.0))
+    )
     claimer.start()
     assert between.wait(10)
     record = UploadRecord(*key, "5d1f9c62-0b7e-4c55-9d1e-3f0a7c1b2e44", 10, "png", 1001.0, 10)
@@ -321,7 +346,7 @@ def test_a_claim_cannot_miss_an_upload_recorded_between_its_reads(pg_url):
 
 
 def test_cli_commands_act_on_the_fleet(emu, pg_url, tmp_path):
-    """ls, stats, refresh and prune see the fleet's registry; status and verify this host's files."""
+    """ls, stats, refresh and prune see the fleet's registry; status this host's files."""
     import shutil
 
     from click.testing import CliRunner
@@ -335,10 +360,15 @@ def test_cli_commands_act_on_the_fleet(emu, pg_url, tmp_path):
     shutil.copytree(folder_a, folder_b)
 
     def run(host, *args, input=None):
-        env = {"RUNWARE_API_KEY": API_KEY, "ASSETCACHE_DB": pg_url,
-               "ASSETCACHE_LOCAL_DB": str(tmp_path / f"{host}.db"), "ASSETCACHE_API_URL": emu.base_url}
-        result = CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input,
-                                    catch_exceptions=False)
+        env = {
+            "RUNWARE_API_KEY": API_KEY,
+            "ASSETCACHE_DB": pg_url,
+            "ASSETCACHE_LOCAL_DB": str(tmp_path / f"{host}.db"),
+            "ASSETCACHE_API_URL": emu.base_url,
+        }
+        result = CliRunner().invoke(
+            cli, [str(a) for a in args], env=env, input=input, catch_exceptions=False
+        )
         assert API_KEY not in result.output
         return result
 

@@ -37,8 +37,10 @@ def big_png(path: Path, size: int = SIZE) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-        + chunk(b"zzZz", os.urandom(size)) + chunk(b"IDAT", zlib.compress(b"\x00\x01\x02\x03"))
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + chunk(b"zzZz", os.urandom(size))
+        + chunk(b"IDAT", zlib.compress(b"\x00\x01\x02\x03"))
         + chunk(b"IEND", b"")
     )
     return path
@@ -66,8 +68,9 @@ class Watch:
 
 
 @contextlib.contextmanager
-def watch(cache: AssetCache | AsyncAssetCache, path: Path,
-          monkeypatch: pytest.MonkeyPatch) -> Iterator[Watch]:
+def watch(
+    cache: AssetCache | AsyncAssetCache, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Watch]:
     """Record SQL run on this thread's connection and any open/read of ``path``."""
     record = Watch()
     conn = cache.store.conn()
@@ -143,8 +146,9 @@ def test_async_warm_hit_neither_writes_nor_reads_the_file(warm, emu, tmp_path, m
     cache, path = warm
 
     async def lookup() -> tuple[str, str]:
-        async with AsyncAssetCache(API_KEY, base_url=emu.base_url, db_path=cache.db_path,
-                                   clock=emu.clock, racy_window=0.0) as twin:
+        async with AsyncAssetCache(
+            API_KEY, base_url=emu.base_url, db_path=cache.db_path, clock=emu.clock, racy_window=0.0
+        ) as twin:
             # Open this thread's connection first, so the watch sees the lookup's SQL.
             twin.store.conn()
             with watch(twin, path, monkeypatch) as record:

@@ -69,15 +69,19 @@ def noisy_png(side: int) -> bytes:
     import struct
     import zlib
 
-    rows = b"".join(b"\x00" + deterministic_garbage(side * 3 + y) [: side * 3] for y in range(side))
+    rows = b"".join(b"\x00" + deterministic_garbage(side * 3 + y)[: side * 3] for y in range(side))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def deny_reading(path: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
@@ -135,51 +139,144 @@ def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Case]:
     jpeg = make_jpeg()
     cases = [
         Case("empty file", put("empty.png", b""), "empty.png", "empty"),
-        Case("text named .png", put("notes.png", b"just some notes, not an image\n"),
-             "notes.png", "not an image", UnsupportedFormat),
-        Case("truncated PNG", put("cut.png", PNG[: len(PNG) // 2]), "cut.png", "truncated",
-             InvalidImage),
-        Case("truncated JPEG", put("cut.jpg", jpeg[: len(jpeg) // 2]), "cut.jpg", "truncated",
-             InvalidImage),
-        Case("PNG header on garbage", put("fake.png", PNG[:16] + deterministic_garbage(300)),
-             "fake.png", "damaged PNG", InvalidImage),
-        Case("JPEG header on garbage", put("fake.jpg", jpeg[:20] + deterministic_garbage(301)),
-             "fake.jpg", "damaged JPEG", InvalidImage),
-        Case("TIFF", put("scan.tiff", b"II*\x00\x08\x00\x00\x00" + bytes(120)), "scan.tiff",
-             "TIFF", UnsupportedFormat),
-        Case("SVG", put("logo.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><rect/></svg>"),
-             "logo.svg", "SVG", UnsupportedFormat),
-        Case("HEIC", put("phone.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00" + bytes(120)),
-             "phone.heic", "HEIC", UnsupportedFormat),
+        Case(
+            "text named .png",
+            put("notes.png", b"just some notes, not an image\n"),
+            "notes.png",
+            "not an image",
+            UnsupportedFormat,
+        ),
+        Case(
+            "truncated PNG",
+            put("cut.png", PNG[: len(PNG) // 2]),
+            "cut.png",
+            "truncated",
+            InvalidImage,
+        ),
+        Case(
+            "truncated JPEG",
+            put("cut.jpg", jpeg[: len(jpeg) // 2]),
+            "cut.jpg",
+            "truncated",
+            InvalidImage,
+        ),
+        Case(
+            "PNG header on garbage",
+            put("fake.png", PNG[:16] + deterministic_garbage(300)),
+            "fake.png",
+            "damaged PNG",
+            InvalidImage,
+        ),
+        Case(
+            "JPEG header on garbage",
+            put("fake.jpg", jpeg[:20] + deterministic_garbage(301)),
+            "fake.jpg",
+            "damaged JPEG",
+            InvalidImage,
+        ),
+        Case(
+            "TIFF",
+            put("scan.tiff", b"II*\x00\x08\x00\x00\x00" + bytes(120)),
+            "scan.tiff",
+            "TIFF",
+            UnsupportedFormat,
+        ),
+        Case(
+            "SVG",
+            put("logo.svg", b"<svg xmlns='http://www.w3.org/2000/svg'><rect/></svg>"),
+            "logo.svg",
+            "SVG",
+            UnsupportedFormat,
+        ),
+        Case(
+            "HEIC",
+            put("phone.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00" + bytes(120)),
+            "phone.heic",
+            "HEIC",
+            UnsupportedFormat,
+        ),
         Case("missing path", folder / "missing.png", "missing.png", "no such file", SourceNotFound),
-        Case("directory where a file was expected", folder / "album.png", "album.png",
-             "is a directory", cli=False),
+        Case(
+            "directory where a file was expected",
+            folder / "album.png",
+            "album.png",
+            "is a directory",
+            cli=False,
+        ),
         Case("unreadable file", put("secret.png", make_png(2)), "secret.png", "permission denied"),
-        Case("dangling symlink", folder / "dangling.png", "dangling.png", "dangling symlink",
-             SourceNotFound),
+        Case(
+            "dangling symlink",
+            folder / "dangling.png",
+            "dangling.png",
+            "dangling symlink",
+            SourceNotFound,
+        ),
         Case("symlink loop", folder / "loop-a.png", "loop-a.png", "symlink loop"),
         Case("FIFO", folder / "pipe.png", "pipe.png", "FIFO"),
-        Case("above the size limit", put("huge.png", noisy_png(64)), "huge.png",
-             f"above the limit of {MAX_BYTES} bytes", SourceTooLarge, cli=False),
-        Case("changes while hashed", put("growing.png", make_png(3)), "growing.png",
-             "changed while being read", subprocess=False),
-        Case("invalid base64", "iVBORw0KGgo" + base64.b64encode(PNG).decode()[11:60] + "=A",
-             "base64 'iVBORw0KGgo", "invalid base64", InvalidImage),
-        Case("invalid base64 in a data URI", "data:image/png;base64,@@not base64@@",
-             "data URI 'data:image/png;base64,@@", "invalid base64", InvalidImage),
-        Case("data URI without a comma", "data:image/png;base64", "'data:image/png;base64' (",
-             "no comma", InvalidImage),
-        Case("data URI with a broken media type", "data:image png;base64,AAAA",
-             "data URI 'data:image png", "media type", InvalidImage),
-        Case("data URI declaring JPEG holding PNG",
-             "data:image/jpeg;base64," + base64.b64encode(PNG).decode(),
-             "data URI 'data:image/jpeg;base64,", "declared image/jpeg but the data is PNG",
-             InvalidImage),
+        Case(
+            "above the size limit",
+            put("huge.png", noisy_png(64)),
+            "huge.png",
+            f"above the limit of {MAX_BYTES} bytes",
+            SourceTooLarge,
+            cli=False,
+        ),
+        Case(
+            "changes while hashed",
+            put("growing.png", make_png(3)),
+            "growing.png",
+            "changed while being read",
+            subprocess=False,
+        ),
+        Case(
+            "invalid base64",
+            "iVBORw0KGgo" + base64.b64encode(PNG).decode()[11:60] + "=A",
+            "base64 'iVBORw0KGgo",
+            "invalid base64",
+            InvalidImage,
+        ),
+        Case(
+            "invalid base64 in a data URI",
+            "data:image/png;base64,@@not base64@@",
+            "data URI 'data:image/png;base64,@@",
+            "invalid base64",
+            InvalidImage,
+        ),
+        Case(
+            "data URI without a comma",
+            "data:image/png;base64",
+            "'data:image/png;base64' (",
+            "no comma",
+            InvalidImage,
+        ),
+        Case(
+            "data URI with a broken media type",
+            "data:image png;base64,AAAA",
+            "data URI 'data:image png",
+            "media type",
+            InvalidImage,
+        ),
+        Case(
+            "data URI declaring JPEG holding PNG",
+            "data:image/jpeg;base64," + base64.b64encode(PNG).decode(),
+            "data URI 'data:image/jpeg;base64,",
+            "declared image/jpeg but the data is PNG",
+            InvalidImage,
+        ),
         Case("file:// URL", "file:///etc/passwd", "file:///etc/passwd", "not supported"),
-        Case("ftp:// URL", "ftp://example.com/photo.png", "ftp://example.com/photo.png",
-             "not supported"),
-        Case("non-UTF-8 file name", put(b"caf\xe9-junk.png", b"\x00\x01junk" * 20),
-             "caf\\xe9-junk.png", "not an image", UnsupportedFormat),
+        Case(
+            "ftp:// URL",
+            "ftp://example.com/photo.png",
+            "ftp://example.com/photo.png",
+            "not supported",
+        ),
+        Case(
+            "non-UTF-8 file name",
+            put(b"caf\xe9-junk.png", b"\x00\x01junk" * 20),
+            "caf\\xe9-junk.png",
+            "not an image",
+            UnsupportedFormat,
+        ),
     ]
     (folder / "album.png").mkdir()
     os.symlink(folder / "nowhere.png", folder / "dangling.png")
@@ -263,16 +360,17 @@ def test_the_async_twin_fails_the_same_inputs_the_same_way(hostile, good, emu, t
     sources = interleave([c.source for c in hostile], good)
 
     async def main() -> list[Any]:
-        async with AsyncAssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "a.db",
-                                   max_bytes=MAX_BYTES) as cache:
+        async with AsyncAssetCache(
+            API_KEY, base_url=emu.base_url, db_path=tmp_path / "a.db", max_bytes=MAX_BYTES
+        ) as cache:
             return await cache.resolve_many(sources)
 
     results = asyncio.run(main())
     failed = [r for r in results if r.error is not None]
     assert len(failed) == len(hostile)
     assert sorted(r.source for r in results if r.ok) == sorted(
-        str(p).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        for p in good)
+        str(p).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for p in good
+    )
     assert_nothing_half_written(tmp_path / "a.db", emu, good)
 
 
@@ -296,11 +394,15 @@ def check_cli_output(stdout: str, cases: list[Case], good: list[Path]) -> None:
 @pytest.mark.timeout(60)
 def test_cli_upload_prints_one_line_per_bad_input_and_exits_1(hostile, good, emu, tmp_path):
     cases = [c for c in hostile if c.cli]
-    args = [os.fsdecode(os.fspath(c.source)) if isinstance(c.source, Path) else c.source
-            for c in cases]
+    args = [
+        os.fsdecode(os.fspath(c.source)) if isinstance(c.source, Path) else c.source for c in cases
+    ]
     db = tmp_path / "cli.db"
-    result = invoke(*cli_args(emu, db), *interleave(args, [str(p) for p in good]),
-                    env={"RUNWARE_API_KEY": API_KEY})
+    result = invoke(
+        *cli_args(emu, db),
+        *interleave(args, [str(p) for p in good]),
+        env={"RUNWARE_API_KEY": API_KEY},
+    )
     assert result.exit_code == 1, result.output
     check_cli_output(result.stdout, cases, good)
     assert "Traceback" not in result.stderr
@@ -317,7 +419,9 @@ def test_the_console_script_survives_the_same_inputs(hostile, good, emu, tmp_pat
     db = tmp_path / "sub.db"
     done = subprocess.run(
         [script(), *cli_args(emu, db), *interleave(args, [os.fsencode(p) for p in good])],
-        capture_output=True, env=env, timeout=100,
+        capture_output=True,
+        env=env,
+        timeout=100,
     )
     stdout = done.stdout.decode("utf-8")
     stderr = done.stderr.decode("utf-8")
@@ -328,6 +432,7 @@ def test_the_console_script_survives_the_same_inputs(hostile, good, emu, tmp_pat
 
 
 # -- bad databases -----------------------------------------------------------------
+
 
 def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
     """Folders where creating a file fails for this user (root included)."""
@@ -354,12 +459,24 @@ def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
 def bad_databases(tmp_path: Path) -> list[tuple[str, Path, type[StoreError], str]]:
     out: list[tuple[str, Path, type[StoreError], str]] = []
     for folder in unwritable_folder(tmp_path):
-        out.append((f"unwritable folder {folder}", folder / "cache.db", StoreError,
-                    "cannot create the cache database"))
+        out.append(
+            (
+                f"unwritable folder {folder}",
+                folder / "cache.db",
+                StoreError,
+                "cannot create the cache database",
+            )
+        )
     parent_is_file = tmp_path / "plain-file"
     parent_is_file.write_text("a file, not a folder")
-    out.append(("a file as its folder", parent_is_file / "cache.db", StoreError,
-                "cannot create the cache database"))
+    out.append(
+        (
+            "a file as its folder",
+            parent_is_file / "cache.db",
+            StoreError,
+            "cannot create the cache database",
+        )
+    )
     not_sqlite = tmp_path / "not-sqlite.db"
     not_sqlite.write_bytes(b"these are not the bytes of an SQLite database\n" * 100)
     out.append(("not SQLite", not_sqlite, StoreError, "is not a valid SQLite database"))
@@ -381,8 +498,11 @@ def snapshot(path: Path) -> dict[str, bytes]:
         names = sorted(os.listdir(folder))
     except OSError:
         return {}
-    return {n: (folder / n).read_bytes() for n in names if n.startswith(path.name)
-            and (folder / n).is_file()}
+    return {
+        n: (folder / n).read_bytes()
+        for n in names
+        if n.startswith(path.name) and (folder / n).is_file()
+    }
 
 
 def test_bad_databases_give_a_store_error_and_are_left_alone(tmp_path, emu):
@@ -421,8 +541,9 @@ def test_unwritable_folder_when_permission_bits_cannot_stop_us(tmp_path, emu, mo
         with pytest.raises(StoreError, match="Permission denied") as info:
             AssetCache(API_KEY, base_url=emu.base_url, db_path=db)
         assert str(db) in str(info.value)
-        result = invoke("--db", db, "--api-url", emu.base_url, "upload", image,
-                        env={"RUNWARE_API_KEY": API_KEY})
+        result = invoke(
+            "--db", db, "--api-url", emu.base_url, "upload", image, env={"RUNWARE_API_KEY": API_KEY}
+        )
         assert result.exit_code == 2
         assert str(db) in result.stderr and "Permission denied" in result.stderr
     assert not folder.exists()
@@ -435,13 +556,19 @@ def test_bad_databases_through_the_cli_exit_2_with_one_line(tmp_path, emu):
     env["RUNWARE_API_KEY"] = API_KEY
     for name, db, _, reason in bad_databases(tmp_path):
         before = snapshot(db)
-        result = invoke("--db", db, "--api-url", emu.base_url, "upload", image,
-                        env={"RUNWARE_API_KEY": API_KEY})
+        result = invoke(
+            "--db", db, "--api-url", emu.base_url, "upload", image, env={"RUNWARE_API_KEY": API_KEY}
+        )
         assert result.exit_code == 2, (name, result.output)
         assert reason in result.stderr and str(db) in result.stderr, (name, result.stderr)
         assert result.stdout == ""
-        done = subprocess.run([script(), "--db", str(db), "--api-url", emu.base_url, "upload",
-                               str(image)], capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run(
+            [script(), "--db", str(db), "--api-url", emu.base_url, "upload", str(image)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert done.returncode == 2, (name, done.stderr)
         errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and reason in errors[0], (name, done.stderr)

@@ -36,14 +36,25 @@ from assetcache.emulator import Emulator
 DAY = 86400.0
 
 
-def infer(base_url: str, image_uuid: str | list[str], field: str = "seedImage",
-          key: str = API_KEY, **extra: Any) -> httpx.Response:
+def infer(
+    base_url: str,
+    image_uuid: str | list[str],
+    field: str = "seedImage",
+    key: str = API_KEY,
+    **extra: Any,
+) -> httpx.Response:
     """A consuming task (imageInference) naming ``image_uuid`` in ``field``, as an app sends it."""
-    task = {"taskType": "imageInference", "taskUUID": str(uuid_mod.uuid4()), field: image_uuid,
-            "positivePrompt": "a test", "model": "runware:100@1", "width": 512, "height": 512,
-            **extra}
-    return httpx.post(base_url, json=[task], headers={"Authorization": f"Bearer {key}"},
-                      timeout=10)
+    task = {
+        "taskType": "imageInference",
+        "taskUUID": str(uuid_mod.uuid4()),
+        field: image_uuid,
+        "positivePrompt": "a test",
+        "model": "runware:100@1",
+        "width": 512,
+        "height": 512,
+        **extra,
+    }
+    return httpx.post(base_url, json=[task], headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
 def png_file(folder: Path, seed: int) -> Path:
@@ -66,8 +77,10 @@ class Recorder:
 
 # -- use: healing ------------------------------------------------------------------------
 
-def test_use_on_a_live_upload_calls_once_and_uploads_nothing(cache: AssetCache, emu: Emulator,
-                                                             tmp_path: Path) -> None:
+
+def test_use_on_a_live_upload_calls_once_and_uploads_nothing(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a = png_file(tmp_path, 1)
     first = cache.resolve(a)
     fn = Recorder(lambda u: infer(emu.base_url, u))
@@ -76,8 +89,9 @@ def test_use_on_a_live_upload_calls_once_and_uploads_nothing(cache: AssetCache, 
     assert emu.upload_count == 1 and emu.inference_count == 1
 
 
-def test_use_heals_an_upload_deleted_remotely(cache: AssetCache, emu: Emulator,
-                                              tmp_path: Path) -> None:
+def test_use_heals_an_upload_deleted_remotely(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a = png_file(tmp_path, 1)
     old = cache.resolve(a).uuid
     assert old is not None and emu.delete(old)  # gone on the server, fresh locally
@@ -94,8 +108,9 @@ def test_use_heals_an_upload_deleted_remotely(cache: AssetCache, emu: Emulator,
     assert (hit.outcome, hit.uuid) == ("hit", fn.uuids[1])
 
 
-def test_use_heals_an_upload_expired_under_clock_skew(make_cache: Callable[..., AssetCache],
-                                                      emu: Emulator, tmp_path: Path) -> None:
+def test_use_heals_an_upload_expired_under_clock_skew(
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     # This machine's clock ran 5 days fast when it recorded the upload, then was corrected.
     skew = [5 * DAY]
     cache = make_cache(clock=lambda: emu.clock() + skew[0])
@@ -125,6 +140,7 @@ def _ours(emu: Emulator) -> Callable[[str], Any]:
         if body.get("errors"):
             raise error_from_object(body["errors"][0], resp.status_code, str)
         return body
+
     return fn
 
 
@@ -133,13 +149,28 @@ def _sdk(emu: Emulator) -> Callable[[str], Any]:
 
     def fn(u: str) -> Any:
         async def go() -> Any:
-            async with runware.Runware(api_key=API_KEY, transport="rest",
-                                       http_base_url=emu.base_url, max_retries=0,
-                                       timeout=5_000, poll_timeout=10_000) as rw:
-                return await rw.run({"taskType": "imageInference", "model": "runware:101@1",
-                                     "positivePrompt": "a lighthouse", "width": 512,
-                                     "height": 512, "seedImage": u, "deliveryMethod": "sync"})
+            async with runware.Runware(
+                api_key=API_KEY,
+                transport="rest",
+                http_base_url=emu.base_url,
+                max_retries=0,
+                timeout=5_000,
+                poll_timeout=10_000,
+            ) as rw:
+                return await rw.run(
+                    {
+                        "taskType": "imageInference",
+                        "model": "runware:101@1",
+                        "positivePrompt": "a lighthouse",
+                        "width": 512,
+                        "height": 512,
+                        "seedImage": u,
+                        "deliveryMethod": "sync",
+                    }
+                )
+
         return asyncio.run(asyncio.wait_for(go(), timeout=20))
+
     return fn
 
 
@@ -156,13 +187,18 @@ def _wrapped(emu: Emulator) -> Callable[[str], Any]:
             return _ours(emu)(u)
         except UnknownImage as exc:
             raise JobFailed("generation failed") from exc
+
     return fn
 
 
-@pytest.mark.parametrize("make_fn", [_ours, _sdk, _returned_response, _wrapped],
-                         ids=["own-error", "runware-sdk", "httpx-response", "wrapped-cause"])
-def test_use_recognises_each_kind_of_answer(make_fn: Callable[[Emulator], Callable[[str], Any]],
-                                            cache: AssetCache, emu: Emulator) -> None:
+@pytest.mark.parametrize(
+    "make_fn",
+    [_ours, _sdk, _returned_response, _wrapped],
+    ids=["own-error", "runware-sdk", "httpx-response", "wrapped-cause"],
+)
+def test_use_recognises_each_kind_of_answer(
+    make_fn: Callable[[Emulator], Callable[[str], Any]], cache: AssetCache, emu: Emulator
+) -> None:
     data = make_png(7)
     old = cache.get_uuid(data)
     emu.delete(old)
@@ -173,8 +209,9 @@ def test_use_recognises_each_kind_of_answer(make_fn: Callable[[Emulator], Callab
     assert emu.upload_count == 2
 
 
-def test_use_recognises_a_raised_http_status_error_on_mask_image(cache: AssetCache,
-                                                                 emu: Emulator) -> None:
+def test_use_recognises_a_raised_http_status_error_on_mask_image(
+    cache: AssetCache, emu: Emulator
+) -> None:
     data = make_png(3)
     old = cache.get_uuid(data)
     emu.delete(old)
@@ -212,20 +249,34 @@ def test_use_on_the_async_twin(emu: Emulator, tmp_path: Path) -> None:
     a = png_file(tmp_path, 1)
 
     async def main() -> tuple[str | None, list[str], int]:
-        async with AsyncAssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db",
-                                   clock=emu.clock, retry=FAST_RETRY) as cache, \
-                httpx.AsyncClient(timeout=10) as http:
+        async with (
+            AsyncAssetCache(
+                API_KEY,
+                base_url=emu.base_url,
+                db_path=tmp_path / "c.db",
+                clock=emu.clock,
+                retry=FAST_RETRY,
+            ) as cache,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
             old = (await cache.resolve(a)).uuid
             emu.delete(old)
             seen: list[str] = []
 
             async def run(u: str) -> httpx.Response:
                 seen.append(u)
-                task = {"taskType": "imageInference", "taskUUID": str(uuid_mod.uuid4()),
-                        "seedImage": u, "positivePrompt": "x", "model": "runware:100@1",
-                        "width": 512, "height": 512}
-                resp = await http.post(emu.base_url, json=[task],
-                                       headers={"Authorization": f"Bearer {API_KEY}"})
+                task = {
+                    "taskType": "imageInference",
+                    "taskUUID": str(uuid_mod.uuid4()),
+                    "seedImage": u,
+                    "positivePrompt": "x",
+                    "model": "runware:100@1",
+                    "width": 512,
+                    "height": 512,
+                }
+                resp = await http.post(
+                    emu.base_url, json=[task], headers={"Authorization": f"Bearer {API_KEY}"}
+                )
                 return resp.raise_for_status()
 
             resp = await cache.use(a, run)
@@ -237,6 +288,7 @@ def test_use_on_the_async_twin(emu: Emulator, tmp_path: Path) -> None:
 
 
 # -- use: what it leaves alone, and its bound ------------------------------------------------
+
 
 def test_use_passes_other_failures_through_untouched(cache: AssetCache, emu: Emulator) -> None:
     data = make_png(5)
@@ -251,8 +303,7 @@ def test_use_passes_other_failures_through_untouched(cache: AssetCache, emu: Emu
     assert wrong_key.status_code == 401  # returned as it is: not about the image
 
     def bad_prompt(u: str) -> None:
-        raise RejectedInput("bad prompt", code="invalidPositivePrompt",
-                            parameter="positivePrompt")
+        raise RejectedInput("bad prompt", code="invalidPositivePrompt", parameter="positivePrompt")
 
     with pytest.raises(RejectedInput):
         cache.use(data, bad_prompt)
@@ -260,8 +311,9 @@ def test_use_passes_other_failures_through_untouched(cache: AssetCache, emu: Emu
     assert [e.state for e in cache.entries()] == ["fresh"]
 
 
-def test_use_counts_only_the_parameter_that_carried_the_uuid(cache: AssetCache,
-                                                             emu: Emulator) -> None:
+def test_use_counts_only_the_parameter_that_carried_the_uuid(
+    cache: AssetCache, emu: Emulator
+) -> None:
     data = make_png(6)
     live = cache.get_uuid(data)
     stranger = str(uuid_mod.uuid4())  # not from the cache, unknown to the server
@@ -311,7 +363,8 @@ def test_use_with_no_retries_invalidates_and_says_so(cache: AssetCache, emu: Emu
 
 
 def test_use_by_uuid_heals_from_a_local_copy_after_the_file_was_deleted(
-        make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path) -> None:
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     cache = make_cache(keep_copies=True)
     a = png_file(tmp_path, 1)
     old = cache.resolve(a).uuid
@@ -327,8 +380,9 @@ def test_use_by_uuid_heals_from_a_local_copy_after_the_file_was_deleted(
     assert cache.use(str(a), fn).status_code == 200 and emu.upload_count == 3
 
 
-def test_use_without_a_copy_says_the_content_is_gone(cache: AssetCache, emu: Emulator,
-                                                     tmp_path: Path) -> None:
+def test_use_without_a_copy_says_the_content_is_gone(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a = png_file(tmp_path, 1)
     old = cache.resolve(a).uuid
     assert old is not None
@@ -340,8 +394,9 @@ def test_use_without_a_copy_says_the_content_is_gone(cache: AssetCache, emu: Emu
         cache.use(str(uuid_mod.uuid4()), lambda u: None)
 
 
-def test_use_with_a_file_object_uploads_the_same_bytes_again(cache: AssetCache,
-                                                             emu: Emulator) -> None:
+def test_use_with_a_file_object_uploads_the_same_bytes_again(
+    cache: AssetCache, emu: Emulator
+) -> None:
     import io
 
     data = make_png(9)
@@ -354,8 +409,10 @@ def test_use_with_a_file_object_uploads_the_same_bytes_again(cache: AssetCache,
 
 # -- touch ------------------------------------------------------------------------------
 
-def test_touch_at_day_25_keeps_an_upload_alive_at_day_40(cache: AssetCache, emu: Emulator,
-                                                         tmp_path: Path) -> None:
+
+def test_touch_at_day_25_keeps_an_upload_alive_at_day_40(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a, b = png_file(tmp_path, 1), png_file(tmp_path, 2)
     ua, ub = cache.resolve(a).uuid, cache.resolve(b).uuid
     assert ua and ub
@@ -374,8 +431,9 @@ def test_touch_at_day_25_keeps_an_upload_alive_at_day_40(cache: AssetCache, emu:
     assert emu.upload_count == 3
 
 
-def test_touch_by_source_and_at_a_given_time(cache: AssetCache, emu: Emulator,
-                                             tmp_path: Path) -> None:
+def test_touch_by_source_and_at_a_given_time(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a = png_file(tmp_path, 1)
     data = make_png(2)
     cache.resolve_many([a, data])
@@ -390,8 +448,9 @@ def test_touch_by_source_and_at_a_given_time(cache: AssetCache, emu: Emulator,
     assert emu.upload_count == 2
 
 
-def test_touch_does_not_revive_a_deleted_upload(cache: AssetCache, emu: Emulator,
-                                                tmp_path: Path) -> None:
+def test_touch_does_not_revive_a_deleted_upload(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a = png_file(tmp_path, 1)
     ua = cache.resolve(a).uuid
     emu.advance(days=31)
@@ -411,9 +470,11 @@ def test_touch_and_invalidate_of_unknown_things(cache: AssetCache, tmp_path: Pat
 
 # -- invalidate ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("by", ["uuid", "path", "bytes"])
-def test_invalidate_makes_the_next_use_upload_once(by: str, cache: AssetCache, emu: Emulator,
-                                                   tmp_path: Path) -> None:
+def test_invalidate_makes_the_next_use_upload_once(
+    by: str, cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a = png_file(tmp_path, 1)
     old = cache.resolve(a).uuid
     assert old is not None
@@ -429,8 +490,10 @@ def test_invalidate_makes_the_next_use_upload_once(by: str, cache: AssetCache, e
 
 # -- refresh ------------------------------------------------------------------------------
 
-def test_refresh_within_3_days_renews_exactly_the_horizon(cache: AssetCache, emu: Emulator,
-                                                         tmp_path: Path) -> None:
+
+def test_refresh_within_3_days_renews_exactly_the_horizon(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     v, w, x, y = (png_file(tmp_path, seed) for seed in (1, 2, 3, 4))
     old = {v: cache.resolve(v).uuid}  # day 0: deleted by the server at day 30
     emu.advance(days=4)
@@ -442,7 +505,9 @@ def test_refresh_within_3_days_renews_exactly_the_horizon(cache: AssetCache, emu
     uploads = emu.upload_count
     report = cache.refresh(within=timedelta(days=3))
     assert sorted((i.status, i.old_uuid) for i in report.items) == [
-        ("content-gone", old[x]), ("renewed", old[w])]
+        ("content-gone", old[x]),
+        ("renewed", old[w]),
+    ]
     (gone,) = report.failed
     assert gone.reason and gone.reason.startswith("content gone") and "no such file" in gone.reason
     (renewed,) = (i for i in report.items if i.status == "renewed")
@@ -453,7 +518,8 @@ def test_refresh_within_3_days_renews_exactly_the_horizon(cache: AssetCache, emu
 
 
 def test_refresh_renews_from_a_local_copy_after_the_file_was_deleted(
-        make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path) -> None:
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     cache = make_cache(keep_copies=True)
     a, b = png_file(tmp_path, 1), png_file(tmp_path, 2)
     old = {r.source: r.uuid for r in cache.resolve_many([a, b])}
@@ -471,6 +537,7 @@ def test_refresh_renews_from_a_local_copy_after_the_file_was_deleted(
 
 # -- mediaStorage ------------------------------------------------------------------------------
 
+
 class Recording(httpx.HTTPTransport):
     """A real transport that keeps each request body."""
 
@@ -483,8 +550,9 @@ class Recording(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
-def test_uploads_through_media_storage(make_cache: Callable[..., AssetCache],
-                                       emu: Emulator) -> None:
+def test_uploads_through_media_storage(
+    make_cache: Callable[..., AssetCache], emu: Emulator
+) -> None:
     sent = Recording()
     cache = make_cache(upload_task="mediaStorage", transport=sent)
     data = make_png(1)
@@ -498,8 +566,9 @@ def test_uploads_through_media_storage(make_cache: Callable[..., AssetCache],
     assert cache.resolve(data).outcome == "reuploaded"  # same retention rule
     assert cache.doctor().settings["task_type"] == "mediaStorage"
     with pytest.raises(ConfigurationError, match="contradicts"):
-        make_cache(upload_task="mediaStorage", task_type="imageUpload",
-                   db_path=cache.db_path + "-other")
+        make_cache(
+            upload_task="mediaStorage", task_type="imageUpload", db_path=cache.db_path + "-other"
+        )
 
 
 def test_cli_upload_task_option(tmp_path: Path) -> None:
@@ -515,8 +584,10 @@ def test_cli_upload_task_option(tmp_path: Path) -> None:
 
 # -- forget --remote ----------------------------------------------------------------------------
 
-def test_forget_remote_deletes_on_the_server(cache: AssetCache, emu: Emulator,
-                                             tmp_path: Path) -> None:
+
+def test_forget_remote_deletes_on_the_server(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a, b = png_file(tmp_path, 1), png_file(tmp_path, 2)
     ua, ub = (r.uuid for r in cache.resolve_many([a, b]))
     assert emu.delete(ub)  # b is gone already: forgetting it is what was wanted
@@ -529,7 +600,8 @@ def test_forget_remote_deletes_on_the_server(cache: AssetCache, emu: Emulator,
 
 
 def test_forget_remote_retries_and_keeps_what_it_could_not_delete(
-        cache: AssetCache, emu: Emulator, tmp_path: Path) -> None:
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a, b = png_file(tmp_path, 1), png_file(tmp_path, 2)
     ua, ub = (r.uuid for r in cache.resolve_many([a, b]))
     emu.fail_next("503")  # transient: retried with fresh taskUUIDs
@@ -544,23 +616,37 @@ def test_forget_remote_retries_and_keeps_what_it_could_not_delete(
     assert emu.holds(ub) and [e.uuid for e in cache.entries()] == [ub]
 
 
-def test_forget_remote_needs_a_key(emu: Emulator, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forget_remote_needs_a_key(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("RUNWARE_API_KEY", raising=False)
-    with AssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db",
-                    clock=emu.clock, retry=FAST_RETRY) as cache:
+    with AssetCache(
+        API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db", clock=emu.clock, retry=FAST_RETRY
+    ) as cache:
         uuid = cache.get_uuid(make_png(1))
-    with AssetCache(None, base_url=emu.base_url, db_path=tmp_path / "c.db",
-                    namespace=cache.namespace, clock=emu.clock) as keyless, \
-            pytest.raises(ConfigurationError, match="no Runware API key"):
+    with (
+        AssetCache(
+            None,
+            base_url=emu.base_url,
+            db_path=tmp_path / "c.db",
+            namespace=cache.namespace,
+            clock=emu.clock,
+        ) as keyless,
+        pytest.raises(ConfigurationError, match="no Runware API key"),
+    ):
         keyless.forget([uuid], remote=True)
     assert emu.holds(uuid)
 
 
 def test_forget_remote_on_the_async_twin(emu: Emulator, tmp_path: Path) -> None:
     async def main() -> tuple[str | None, Any]:
-        async with AsyncAssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db",
-                                   clock=emu.clock, retry=FAST_RETRY) as cache:
+        async with AsyncAssetCache(
+            API_KEY,
+            base_url=emu.base_url,
+            db_path=tmp_path / "c.db",
+            clock=emu.clock,
+            retry=FAST_RETRY,
+        ) as cache:
             uuid = (await cache.resolve(make_png(1))).uuid
             return uuid, cache.forget([uuid], remote=True)
 
@@ -585,8 +671,11 @@ def test_cli_forget_remote(tmp_path: Path) -> None:
 
 # -- a fleet ---------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.environ.get("ASSETCACHE_TEST_POSTGRES"),
-                    reason="no PostgreSQL: set ASSETCACHE_TEST_POSTGRES (see test_fleet.py)")
+
+@pytest.mark.skipif(
+    not os.environ.get("ASSETCACHE_TEST_POSTGRES"),
+    reason="no PostgreSQL: set ASSETCACHE_TEST_POSTGRES (see test_fleet.py)",
+)
 def test_invalidate_and_touch_reach_the_whole_fleet(emu: Emulator, tmp_path: Path) -> None:
     import psycopg
 
@@ -596,9 +685,16 @@ def test_invalidate_and_touch_reach_the_whole_fleet(emu: Emulator, tmp_path: Pat
         conn.execute(f"CREATE SCHEMA {schema}")
     url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
     try:
+
         def host(name: str) -> AssetCache:
-            return AssetCache(API_KEY, base_url=emu.base_url, db_path=url, clock=emu.clock,
-                              local_db=tmp_path / f"{name}.db", retry=FAST_RETRY)
+            return AssetCache(
+                API_KEY,
+                base_url=emu.base_url,
+                db_path=url,
+                clock=emu.clock,
+                local_db=tmp_path / f"{name}.db",
+                retry=FAST_RETRY,
+            )
 
         data = make_png(1)
         with host("a") as a, host("b") as b:

@@ -40,10 +40,20 @@ def age(path: Path) -> None:
 
 # -- durations -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30d", 30 * DAY), ("12h", 43200), ("90m", 5400), ("45s", 45), ("1d12h", 1.5 * DAY),
-    ("2w", 14 * DAY), ("1.5h", 5400), (" 2D ", 2 * DAY),
-])
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30d", 30 * DAY),
+        ("12h", 43200),
+        ("90m", 5400),
+        ("45s", 45),
+        ("1d12h", 1.5 * DAY),
+        ("2w", 14 * DAY),
+        ("1.5h", 5400),
+        (" 2D ", 2 * DAY),
+    ],
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -64,6 +74,7 @@ def test_format_duration() -> None:
 
 # -- entries and stats -------------------------------------------------------------
 
+
 def test_entries_report_paths_and_expiry(cache: AssetCache, emu: Emulator, tmp_path: Path) -> None:
     a, b = write_images(tmp_path / "img", 1, 2)
     copy = tmp_path / "img" / "copy.png"
@@ -81,8 +92,9 @@ def test_entries_report_paths_and_expiry(cache: AssetCache, emu: Emulator, tmp_p
     assert d["hash"] == results[0].content_hash and d["expires_at"].endswith("Z")
 
 
-def test_entries_filters_follow_the_clock(make_cache: Callable[..., AssetCache],
-                                          emu: Emulator, tmp_path: Path) -> None:
+def test_entries_filters_follow_the_clock(
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     cache = make_cache()
     (a,) = write_images(tmp_path, 1)
     cache.resolve(a)
@@ -102,8 +114,9 @@ def test_entries_filters_follow_the_clock(make_cache: Callable[..., AssetCache],
     assert len(list(cache.entries(expiring_within=timedelta(days=7), expired=True))) == 2
 
 
-def test_entries_are_scoped_to_the_account(make_cache: Callable[..., AssetCache],
-                                           tmp_path: Path) -> None:
+def test_entries_are_scoped_to_the_account(
+    make_cache: Callable[..., AssetCache], tmp_path: Path
+) -> None:
     (a,) = write_images(tmp_path, 1)
     mine = make_cache()
     mine.resolve(a)
@@ -113,8 +126,9 @@ def test_entries_are_scoped_to_the_account(make_cache: Callable[..., AssetCache]
     assert other.stats().entries == 0 and other.stats(all_accounts=True).entries == 1
 
 
-def test_stats_include_unflushed_and_stored_counters(make_cache: Callable[..., AssetCache],
-                                                     tmp_path: Path) -> None:
+def test_stats_include_unflushed_and_stored_counters(
+    make_cache: Callable[..., AssetCache], tmp_path: Path
+) -> None:
     a, b = write_images(tmp_path, 1, 2)
     cache = make_cache()
     cache.resolve_many([a, b])
@@ -133,8 +147,7 @@ def test_stats_include_unflushed_and_stored_counters(make_cache: Callable[..., A
     assert s2.bytes_saved == len(make_png(1)) + len(make_png(2))
 
 
-def test_preview_sends_and_writes_nothing(cache: AssetCache, emu: Emulator,
-                                          tmp_path: Path) -> None:
+def test_preview_sends_and_writes_nothing(cache: AssetCache, emu: Emulator, tmp_path: Path) -> None:
     a, b = write_images(tmp_path, 1, 2)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
@@ -155,8 +168,10 @@ def test_preview_sends_and_writes_nothing(cache: AssetCache, emu: Emulator,
 
 # -- refresh ------------------------------------------------------------------------
 
-def test_refresh_renews_what_is_about_to_expire(cache: AssetCache, emu: Emulator,
-                                                tmp_path: Path) -> None:
+
+def test_refresh_renews_what_is_about_to_expire(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a, b, c = write_images(tmp_path, 1, 2, 3)
     for p in (a, b, c):
         age(p)
@@ -192,14 +207,14 @@ def test_refresh_dry_run_sends_nothing(cache: AssetCache, emu: Emulator, tmp_pat
     emu.advance(days=28.5)
     uploads = emu.upload_count
     report = cache.refresh(2 * DAY, dry_run=True)
-    assert [(i.status, i.old_uuid, i.path) for i in report.items] == [
-        ("would-renew", uuid, str(a))]
+    assert [(i.status, i.old_uuid, i.path) for i in report.items] == [("would-renew", uuid, str(a))]
     assert emu.upload_count == uploads
     assert cache.refresh(2 * DAY, dry_run=True).items[0].status == "would-renew"
 
 
-def test_refresh_leaves_deleted_uploads_and_fresh_ones_alone(cache: AssetCache, emu: Emulator,
-                                                             tmp_path: Path) -> None:
+def test_refresh_leaves_deleted_uploads_and_fresh_ones_alone(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     (a,) = write_images(tmp_path, 1)
     cache.resolve(a)
     assert cache.refresh(timedelta(days=2)).items == ()
@@ -223,8 +238,13 @@ def test_refresh_on_the_async_twin(emu: Emulator, tmp_path: Path) -> None:
     (a,) = write_images(tmp_path, 1)
 
     async def main() -> tuple[str, str | None]:
-        async with AsyncAssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db",
-                                   clock=emu.clock, retry=FAST_RETRY) as cache:
+        async with AsyncAssetCache(
+            API_KEY,
+            base_url=emu.base_url,
+            db_path=tmp_path / "c.db",
+            clock=emu.clock,
+            retry=FAST_RETRY,
+        ) as cache:
             first = await cache.resolve(a)
             emu.advance(days=28.5)
             report = await cache.refresh(timedelta(days=2))
@@ -234,8 +254,9 @@ def test_refresh_on_the_async_twin(emu: Emulator, tmp_path: Path) -> None:
     assert new is not None and new != old and emu.holds(new)
 
 
-def test_refresh_takes_a_renewal_made_meanwhile(make_cache: Callable[..., AssetCache],
-                                                emu: Emulator, tmp_path: Path) -> None:
+def test_refresh_takes_a_renewal_made_meanwhile(
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     (a,) = write_images(tmp_path, 1)
     one, two = make_cache(), make_cache()
     one.resolve(a)
@@ -252,20 +273,25 @@ def test_refresh_takes_a_renewal_made_meanwhile(make_cache: Callable[..., AssetC
 
 # -- prune, verify, forget ------------------------------------------------------------
 
-def test_prune_drops_expired_entries_and_missing_files(cache: AssetCache, emu: Emulator,
-                                                       tmp_path: Path) -> None:
+
+def test_prune_drops_expired_entries_and_missing_files(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     a, b, c = write_images(tmp_path, 1, 2, 3)
     cache.resolve_many([a, b, c])
     emu.advance(days=31)
     cache.resolve(b)  # uploaded again: fresh
     c.unlink()
-    snapshot = list(sqlite3.connect(cache.db_path).execute(
-        "SELECT * FROM assets ORDER BY content_hash"))
+    snapshot = list(
+        sqlite3.connect(cache.db_path).execute("SELECT * FROM assets ORDER BY content_hash")
+    )
     dry = cache.prune(dry_run=True)
     assert {e.paths[0] for e in dry.entries if e.paths} == {str(a), str(c)}
     assert dry.files == (str(c),)
-    assert list(sqlite3.connect(cache.db_path).execute(
-        "SELECT * FROM assets ORDER BY content_hash")) == snapshot
+    assert (
+        list(sqlite3.connect(cache.db_path).execute("SELECT * FROM assets ORDER BY content_hash"))
+        == snapshot
+    )
     done = cache.prune()
     assert len(done.entries) == 2 and not done.dry_run
     assert [e.paths for e in cache.entries()] == [(str(b),)]
@@ -304,7 +330,10 @@ def test_forget_by_path_hash_and_uuid(cache: AssetCache, emu: Emulator, tmp_path
     ra, rb, rc = cache.resolve_many([a, b, c])
     out = cache.forget([str(a), rb.content_hash, rc.uuid.upper(), "nonsense"])  # type: ignore[union-attr]
     assert [(f.kind, [e.uuid for e in f.entries]) for f in out[:3]] == [
-        ("path", [ra.uuid]), ("hash", [rb.uuid]), ("uuid", [rc.uuid])]
+        ("path", [ra.uuid]),
+        ("hash", [rb.uuid]),
+        ("uuid", [rc.uuid]),
+    ]
     assert out[0].files == (str(a),)
     assert out[3].error and "nonsense" in out[3].error
     assert list(cache.entries()) == []
@@ -321,8 +350,10 @@ def test_forget_remote_of_nothing_reports_it(cache: AssetCache, emu: Emulator) -
 
 # -- export / import --------------------------------------------------------------------
 
-def test_export_import_round_trip(make_cache: Callable[..., AssetCache], emu: Emulator,
-                                  tmp_path: Path) -> None:
+
+def test_export_import_round_trip(
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     a, b = write_images(tmp_path, 1, 2)
     src = make_cache()
     src.resolve_many([a, b])
@@ -338,8 +369,9 @@ def test_export_import_round_trip(make_cache: Callable[..., AssetCache], emu: Em
     assert dst.import_entries(lines).kept == 2
 
 
-def test_import_never_replaces_a_fresher_entry(make_cache: Callable[..., AssetCache],
-                                               emu: Emulator, tmp_path: Path) -> None:
+def test_import_never_replaces_a_fresher_entry(
+    make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
+) -> None:
     (a,) = write_images(tmp_path, 1)
     cache = make_cache()
     cache.resolve(a)
@@ -351,8 +383,11 @@ def test_import_never_replaces_a_fresher_entry(make_cache: Callable[..., AssetCa
     report = cache.import_entries([json.dumps(older)])
     assert (report.kept, report.replaced) == (1, 0)
     assert [e.uuid for e in cache.entries()] == [fresh.uuid]
-    newer = {**older, "uuid": "11111111-2222-3333-4444-555555555555",
-             "last_used_at": emu.clock() + 5}
+    newer = {
+        **older,
+        "uuid": "11111111-2222-3333-4444-555555555555",
+        "last_used_at": emu.clock() + 5,
+    }
     assert cache.import_entries([json.dumps(newer)]).replaced == 1
     (entry,) = cache.entries()
     assert entry.uuid == newer["uuid"]
@@ -360,9 +395,16 @@ def test_import_never_replaces_a_fresher_entry(make_cache: Callable[..., AssetCa
 
 
 def test_import_refuses_malformed_lines_with_their_number(cache: AssetCache) -> None:
-    good = {"v": 1, "namespace": cache.namespace, "hash": "0" * 32,
-            "uuid": "11111111-2222-3333-4444-555555555555", "size": 10, "format": "png",
-            "uploaded_at": 1.0, "last_used_at": 2.0}
+    good = {
+        "v": 1,
+        "namespace": cache.namespace,
+        "hash": "0" * 32,
+        "uuid": "11111111-2222-3333-4444-555555555555",
+        "size": 10,
+        "format": "png",
+        "uploaded_at": 1.0,
+        "last_used_at": 2.0,
+    }
     lines = [
         json.dumps(good),
         "{not json",
@@ -386,6 +428,7 @@ def test_import_refuses_malformed_lines_with_their_number(cache: AssetCache) -> 
 
 
 # -- doctor ------------------------------------------------------------------------------------
+
 
 def test_doctor_reports_fingerprint_never_the_key(cache: AssetCache, tmp_path: Path) -> None:
     (a,) = write_images(tmp_path, 1)

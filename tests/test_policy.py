@@ -32,7 +32,8 @@ def test_touch_granularity():
 
 
 @pytest.mark.parametrize(
-    "retention, margin", [(timedelta(0), None), (timedelta(days=1), timedelta(days=2)), (None, timedelta(-1))]
+    "retention, margin",
+    [(timedelta(0), None), (timedelta(days=1), timedelta(days=2)), (None, timedelta(-1))],
 )
 def test_invalid_settings(retention, margin):
     with pytest.raises(ValueError):

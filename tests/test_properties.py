@@ -43,9 +43,20 @@ maybe_uuid = st.one_of(
     st.sampled_from(TASKS), st.uuids().map(str), st.text(max_size=40), json_values
 )
 codes = st.one_of(
-    st.sampled_from(["invalidApiKey", "insufficientCredits", "rateLimitExceeded",
-                     "invalidImage", "invalidSeedImage", "conflictTaskUUID", "timeoutProvider",
-                     "internalServerError", "somethingNew", ""]),
+    st.sampled_from(
+        [
+            "invalidApiKey",
+            "insufficientCredits",
+            "rateLimitExceeded",
+            "invalidImage",
+            "invalidSeedImage",
+            "conflictTaskUUID",
+            "timeoutProvider",
+            "internalServerError",
+            "somethingNew",
+            "",
+        ]
+    ),
     json_values,
 )
 result_items = st.fixed_dictionaries(
@@ -71,10 +82,12 @@ error_items = st.fixed_dictionaries(
 envelopes = st.fixed_dictionaries(
     {},
     optional={
-        "data": st.one_of(st.lists(result_items | json_values, max_size=5), result_items,
-                          json_values),
-        "errors": st.one_of(st.lists(error_items | json_values, max_size=4), error_items,
-                            json_values),
+        "data": st.one_of(
+            st.lists(result_items | json_values, max_size=5), result_items, json_values
+        ),
+        "errors": st.one_of(
+            st.lists(error_items | json_values, max_size=4), error_items, json_values
+        ),
     },
 )
 bodies = st.one_of(
@@ -83,13 +96,25 @@ bodies = st.one_of(
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
 )
-statuses = st.one_of(st.sampled_from([200, 400, 401, 402, 403, 408, 429, 500, 502, 503]),
-                     st.integers(min_value=0, max_value=999))
+statuses = st.one_of(
+    st.sampled_from([200, 400, 401, 402, 403, 408, 429, 500, 502, 503]),
+    st.integers(min_value=0, max_value=999),
+)
 retry_after = st.one_of(
     st.none(),
     st.text(max_size=40),
-    st.sampled_from(["5", "-3", "nan", "inf", "1e309", "Wed, 21 Oct 2015 07:28:00 GMT",
-                     "Mon, 01 Jan 99999 00:00:00 GMT", "Fri, 31 Dec 9999 23:59:60 +2400"]),
+    st.sampled_from(
+        [
+            "5",
+            "-3",
+            "nan",
+            "inf",
+            "1e309",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Mon, 01 Jan 99999 00:00:00 GMT",
+            "Fri, 31 Dec 9999 23:59:60 +2400",
+        ]
+    ),
 )
 
 
@@ -98,8 +123,12 @@ def _redact(text: str) -> str:
 
 
 @PROPS
-@given(status=statuses, ra=retry_after, body=bodies,
-       wanted=st.lists(st.sampled_from(TASKS), min_size=1, max_size=3, unique=True))
+@given(
+    status=statuses,
+    ra=retry_after,
+    body=bodies,
+    wanted=st.lists(st.sampled_from(TASKS), min_size=1, max_size=3, unique=True),
+)
 @example(status=200, ra=None, body=b"[" * 100_000, wanted=TASKS[:1])
 @example(status=200, ra=None, body=b'{"data": ' * 5_000, wanted=TASKS[:1])
 @example(status=503, ra="Mon, 01 Jan 99999 00:00:00 GMT", body=b"", wanted=TASKS[:1])
@@ -118,8 +147,10 @@ def test_parse_response_gives_outcomes_or_a_project_error(status, ra, body, want
             # A result is only ever what the body said for exactly this task.
             assert outcome.task_uuid == tid
             assert is_uuid(outcome.image_uuid)
-            assert any(item.get("taskUUID") == tid and item.get("imageUUID") == outcome.image_uuid
-                       for item in _items(doc))
+            assert any(
+                item.get("taskUUID") == tid and item.get("imageUUID") == outcome.image_uuid
+                for item in _items(doc)
+            )
         else:
             assert isinstance(outcome, RemoteError)
             assert "SECRET" not in str(outcome)
@@ -151,22 +182,54 @@ def test_retry_after_is_a_finite_non_negative_number_or_none(value):
 PNG = make_png(5)
 B64 = base64.b64encode(PNG).decode()
 prefixes = st.sampled_from(
-    ["", "data:", "DATA:image/png;base64,", "data:image/png,", "data:image/gif;base64,",
-     "data:;base64,", "data:image/svg+xml,", "http://", "https://", "file://", "ftp://",
-     "http://[", "https://h:99999/", "iVBORw0KGgo", "/9j/", "R0lGOD", "Qk", "./", "/", "~",
-     B64[:40]]
+    [
+        "",
+        "data:",
+        "DATA:image/png;base64,",
+        "data:image/png,",
+        "data:image/gif;base64,",
+        "data:;base64,",
+        "data:image/svg+xml,",
+        "http://",
+        "https://",
+        "file://",
+        "ftp://",
+        "http://[",
+        "https://h:99999/",
+        "iVBORw0KGgo",
+        "/9j/",
+        "R0lGOD",
+        "Qk",
+        "./",
+        "/",
+        "~",
+        B64[:40],
+    ]
 )
 texts = st.one_of(
     st.text(max_size=80),
     st.tuples(prefixes, st.text(max_size=60)).map("".join),
     st.tuples(prefixes, st.text(alphabet="ABCDEFabcdef0123456789+/=-_ \n%", max_size=1200)).map(
-        "".join),
+        "".join
+    ),
 )
 blobs = st.one_of(
     st.binary(max_size=300),
-    st.tuples(st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"RIFF",
-                               b"BM", b"II*\x00", PNG[:40], PNG[:-12]]),
-              st.binary(max_size=200)).map(b"".join),
+    st.tuples(
+        st.sampled_from(
+            [
+                b"\x89PNG\r\n\x1a\n",
+                b"\xff\xd8\xff",
+                b"GIF89a",
+                b"RIFF",
+                b"BM",
+                b"II*\x00",
+                PNG[:40],
+                PNG[:-12],
+            ]
+        ),
+        st.binary(max_size=200),
+    ).map(b"".join),
 )
 
 
@@ -174,11 +237,17 @@ blobs = st.one_of(
 def offline_cache(tmp_path_factory) -> Iterator[AssetCache]:
     """A cache that never reaches a server: only preparing is exercised."""
     folder = tmp_path_factory.mktemp("props")
+
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    with AssetCache("k", base_url="http://127.0.0.1:9/v1", db_path=folder / "c.db",
-                    transport=httpx.MockTransport(refuse), sleep=lambda seconds: None) as cache:
+    with AssetCache(
+        "k",
+        base_url="http://127.0.0.1:9/v1",
+        db_path=folder / "c.db",
+        transport=httpx.MockTransport(refuse),
+        sleep=lambda seconds: None,
+    ) as cache:
         yield cache
 
 
@@ -219,8 +288,16 @@ def test_coerce_and_prepare_give_a_result_or_a_source_error(offline_cache, in_sc
 
 
 @PROPS
-@given(obj=st.one_of(texts, blobs, st.builds(bytearray, st.binary(max_size=50)),
-                     st.integers(), st.none(), st.lists(st.integers(), max_size=3)))
+@given(
+    obj=st.one_of(
+        texts,
+        blobs,
+        st.builds(bytearray, st.binary(max_size=50)),
+        st.integers(),
+        st.none(),
+        st.lists(st.integers(), max_size=3),
+    )
+)
 def test_file_objects_and_odd_types_are_classified_or_refused(obj):
     try:
         src = Source.coerce(obj)
@@ -229,8 +306,11 @@ def test_file_objects_and_odd_types_are_classified_or_refused(obj):
     assert isinstance(src, Source)
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(batch=st.lists(st.one_of(texts, blobs), min_size=1, max_size=6))
 def test_resolve_many_returns_one_result_per_input(offline_cache, in_scratch_dir, batch):
     """Whole plan, offline: bad inputs fail as values; good ones fail to reach the server."""
@@ -244,7 +324,12 @@ def test_resolve_many_returns_one_result_per_input(offline_cache, in_scratch_dir
 
 def test_the_strategies_reach_valid_images(offline_cache):
     """Guard: the decoder tests are not vacuous (valid inputs are prepared)."""
-    for obj in (PNG, B64, "data:image/png;base64," + B64, make_gif(3),
-                "data:image/gif;base64," + base64.b64encode(make_gif(3)).decode()):
+    for obj in (
+        PNG,
+        B64,
+        "data:image/png;base64," + B64,
+        make_gif(3),
+        "data:image/gif;base64," + base64.b64encode(make_gif(3)).decode(),
+    ):
         assert not isinstance(offline_cache._engine.prepare(obj), AssetCacheError)
     assert os.path.exists(offline_cache.db_path)

@@ -46,15 +46,33 @@ class Server:
 
 
 def ok_list(body):
-    return httpx.Response(200, json={"data": [
-        {"taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": str(uuid.uuid4())}
-        for t in body]})
+    return httpx.Response(
+        200,
+        json={
+            "data": [
+                {
+                    "taskType": "imageUpload",
+                    "taskUUID": t["taskUUID"],
+                    "imageUUID": str(uuid.uuid4()),
+                }
+                for t in body
+            ]
+        },
+    )
 
 
 def ok_object(body):
     (t,) = body
-    return httpx.Response(200, json={"data": {
-        "taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": str(uuid.uuid4())}})
+    return httpx.Response(
+        200,
+        json={
+            "data": {
+                "taskType": "imageUpload",
+                "taskUUID": t["taskUUID"],
+                "imageUUID": str(uuid.uuid4()),
+            }
+        },
+    )
 
 
 @pytest.fixture
@@ -68,8 +86,14 @@ def make(tmp_path, sleeps):
 
     def build(server, **kw):
         kw.setdefault("retry", RetryPolicy(attempts=4, base_delay=0.5, max_delay=4))
-        cache = AssetCache(API_KEY, base_url="https://api.example.test/v1", db_path=tmp_path / "c.db",
-                           transport=httpx.MockTransport(server), sleep=sleeps.append, **kw)
+        cache = AssetCache(
+            API_KEY,
+            base_url="https://api.example.test/v1",
+            db_path=tmp_path / "c.db",
+            transport=httpx.MockTransport(server),
+            sleep=sleeps.append,
+            **kw,
+        )
         caches.append(cache)
         return cache
 
@@ -109,10 +133,19 @@ def test_retry_after_is_honoured(make, sleeps):
     assert sleeps[0] >= 3
 
 
-@pytest.mark.parametrize("status, exc", [(400, RejectedInput), (401, AuthenticationError),
-                                         (402, InsufficientCredits), (403, RejectedInput)])
+@pytest.mark.parametrize(
+    "status, exc",
+    [
+        (400, RejectedInput),
+        (401, AuthenticationError),
+        (402, InsufficientCredits),
+        (403, RejectedInput),
+    ],
+)
 def test_no_retry_on_other_4xx(make, sleeps, status, exc):
-    server = Server(httpx.Response(status, json={"errors": [{"code": "somethingNew", "message": "no"}]}))
+    server = Server(
+        httpx.Response(status, json={"errors": [{"code": "somethingNew", "message": "no"}]})
+    )
     with pytest.raises(exc):
         make(server).get_uuid(make_png(5))
     assert len(server.requests) == 1
@@ -146,11 +179,23 @@ def test_partial_batch_caches_successes_and_reports_failures(make):
         data, errors = [], []
         for t in body:
             if t["image"].endswith(__import__("base64").b64encode(bad).decode()[-20:]):
-                errors.append({"code": "invalidImage", "message": "bad", "parameter": "image",
-                               "taskUUID": t["taskUUID"], "taskType": "imageUpload"})
+                errors.append(
+                    {
+                        "code": "invalidImage",
+                        "message": "bad",
+                        "parameter": "image",
+                        "taskUUID": t["taskUUID"],
+                        "taskType": "imageUpload",
+                    }
+                )
             else:
-                data.append({"taskType": "imageUpload", "taskUUID": t["taskUUID"],
-                             "imageUUID": str(uuid.uuid4())})
+                data.append(
+                    {
+                        "taskType": "imageUpload",
+                        "taskUUID": t["taskUUID"],
+                        "imageUUID": str(uuid.uuid4()),
+                    }
+                )
         return httpx.Response(200, json={"data": data, "errors": errors})
 
     cache = make(Server(mixed))
@@ -167,8 +212,12 @@ def test_partial_batch_caches_successes_and_reports_failures(make):
         lambda body: httpx.Response(200, text="<html>oops</html>"),
         lambda body: httpx.Response(200, json={"data": []}),
         lambda body: httpx.Response(200, json={"data": [{"taskUUID": body[0]["taskUUID"]}]}),
-        lambda body: httpx.Response(200, json={"data": [{"taskUUID": body[0]["taskUUID"], "imageUUID": "nope"}]}),
-        lambda body: httpx.Response(200, json={"data": [{"taskUUID": str(uuid.uuid4()), "imageUUID": str(uuid.uuid4())}]}),
+        lambda body: httpx.Response(
+            200, json={"data": [{"taskUUID": body[0]["taskUUID"], "imageUUID": "nope"}]}
+        ),
+        lambda body: httpx.Response(
+            200, json={"data": [{"taskUUID": str(uuid.uuid4()), "imageUUID": str(uuid.uuid4())}]}
+        ),
     ],
 )
 def test_malformed_success_is_never_cached(make, answer):
@@ -182,8 +231,11 @@ def test_malformed_success_is_never_cached(make, answer):
 
 
 def test_key_is_not_in_errors(make):
-    server = Server(httpx.Response(400, json={"errors": [{"code": "invalidImage",
-                                                          "message": f"echo {API_KEY}"}]}))
+    server = Server(
+        httpx.Response(
+            400, json={"errors": [{"code": "invalidImage", "message": f"echo {API_KEY}"}]}
+        )
+    )
     with pytest.raises(RejectedInput) as info:
         make(server).get_uuid(make_png(13))
     assert API_KEY not in str(info.value)
@@ -195,9 +247,13 @@ def test_async_twin_speaks_the_same_protocol(tmp_path):
     server = Server(httpx.Response(503), ok_list)
 
     async def main():
-        async with AsyncAssetCache(API_KEY, base_url="https://api.example.test/v1",
-                                   db_path=tmp_path / "a.db", transport=httpx.MockTransport(server),
-                                   retry=RetryPolicy(base_delay=0.0001, max_delay=0.0002)) as cache:
+        async with AsyncAssetCache(
+            API_KEY,
+            base_url="https://api.example.test/v1",
+            db_path=tmp_path / "a.db",
+            transport=httpx.MockTransport(server),
+            retry=RetryPolicy(base_delay=0.0001, max_delay=0.0002),
+        ) as cache:
             first = await cache.resolve(make_png(14))
             second = await cache.resolve(make_png(14))
             return first, second
@@ -224,12 +280,14 @@ def test_retry_after_forms():
 
 def test_streamed_body_is_the_json_it_claims():
     data = make_png(15, 50, 50)
-    tasks = [Task("a" * 8, Payload("x", len(data), "image/png", data=data)),
-             Task("b" * 8, Payload("u", 0, "", url="https://h/x.png?a=\"q\""))]
+    tasks = [
+        Task("a" * 8, Payload("x", len(data), "image/png", data=data)),
+        Task("b" * 8, Payload("u", 0, "", url='https://h/x.png?a="q"')),
+    ]
     body = b"".join(iter_body(tasks))
     assert len(body) == body_length(tasks)
     doc = json.loads(body)
-    assert doc[1]["image"] == "https://h/x.png?a=\"q\""
+    assert doc[1]["image"] == 'https://h/x.png?a="q"'
 
 
 def test_parse_response_reports_missing_tasks():

@@ -8,13 +8,41 @@ import sys
 import assetcache
 
 EXPECTED = {
-    "AssetCache", "AsyncAssetCache", "Resolution", "RetryPolicy", "Source", "FileStatus",
-    "Entry", "CacheStats", "RefreshItem", "RefreshReport", "PruneReport", "VerifyItem",
-    "ForgetItem", "ImportReport", "DoctorReport", "CopiesUsage",
-    "AssetCacheError", "SourceError", "SourceNotFound", "UnsupportedFormat", "InvalidImage",
-    "SourceTooLarge", "ConfigurationError", "StoreError", "SchemaTooNew", "RemoteError",
-    "AuthenticationError", "InsufficientCredits", "RateLimited", "ServerError",
-    "ProtocolError", "RejectedInput", "UnknownImage", "RetryBudgetExhausted", "__version__",
+    "AssetCache",
+    "AsyncAssetCache",
+    "Resolution",
+    "RetryPolicy",
+    "Source",
+    "FileStatus",
+    "Entry",
+    "CacheStats",
+    "RefreshItem",
+    "RefreshReport",
+    "PruneReport",
+    "VerifyItem",
+    "ForgetItem",
+    "ImportReport",
+    "DoctorReport",
+    "CopiesUsage",
+    "AssetCacheError",
+    "SourceError",
+    "SourceNotFound",
+    "UnsupportedFormat",
+    "InvalidImage",
+    "SourceTooLarge",
+    "ConfigurationError",
+    "StoreError",
+    "SchemaTooNew",
+    "RemoteError",
+    "AuthenticationError",
+    "InsufficientCredits",
+    "RateLimited",
+    "ServerError",
+    "ProtocolError",
+    "RejectedInput",
+    "UnknownImage",
+    "RetryBudgetExhausted",
+    "__version__",
 }
 
 
@@ -36,7 +64,9 @@ def test_errors_share_one_base():
 
 
 def test_import_is_light():
-    code = ("import sys, assetcache; "
-            "print(sorted(m for m in ('httpx', 'sqlite3', 'sqlite_utils', 'PIL') if m in sys.modules))")
+    code = (
+        "import sys, assetcache; "
+        "print(sorted(m for m in ('httpx', 'sqlite3', 'sqlite_utils', 'PIL') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

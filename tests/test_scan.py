@@ -34,7 +34,13 @@ def test_every_file_is_fresh_in_path_byte_order(scanned):
     found = list(cache.status([str(root)]))
     # "b.png" < "b/..." < "b0.png" in bytes ('.' < '/' < '0'): the files table's order.
     assert [os.path.relpath(s.path, root) for s in found] == [
-        "a.png", "b.png", "b/c.png", "b/d.png", "b0.png", "z.png"]
+        "a.png",
+        "b.png",
+        "b/c.png",
+        "b/d.png",
+        "b0.png",
+        "z.png",
+    ]
     assert {s.state for s in found} == {"fresh"}
     first = found[0]
     assert first.uuid and first.content_hash and first.expires_at is not None
@@ -43,13 +49,20 @@ def test_every_file_is_fresh_in_path_byte_order(scanned):
 
 def test_new_changed_and_missing_files_in_place(scanned):
     cache, root = scanned
-    (root / "b" / "c.png").write_bytes(make_png(100))    # changed
-    (root / "b" / "d.png").unlink()                      # missing
-    (root / "b" / "e.png").write_bytes(make_png(101))    # new
-    (root / "notes.txt").write_text("not an image")      # new (status lists every file)
+    (root / "b" / "c.png").write_bytes(make_png(100))  # changed
+    (root / "b" / "d.png").unlink()  # missing
+    (root / "b" / "e.png").write_bytes(make_png(101))  # new
+    (root / "notes.txt").write_text("not an image")  # new (status lists every file)
     assert states(cache, root) == [
-        ("a.png", "fresh"), ("b.png", "fresh"), ("b/c.png", "changed"), ("b/d.png", "missing"),
-        ("b/e.png", "new"), ("b0.png", "fresh"), ("notes.txt", "new"), ("z.png", "fresh")]
+        ("a.png", "fresh"),
+        ("b.png", "fresh"),
+        ("b/c.png", "changed"),
+        ("b/d.png", "missing"),
+        ("b/e.png", "new"),
+        ("b0.png", "fresh"),
+        ("notes.txt", "new"),
+        ("z.png", "fresh"),
+    ]
 
 
 def test_expiring_and_expired(scanned, emu):
@@ -64,8 +77,10 @@ def test_single_files_and_absent_paths(scanned, tmp_path):
     cache, root = scanned
     found = list(cache.status([str(root / "a.png"), str(root / "gone.png"), "relative.png"]))
     assert [(s.path, s.state) for s in found] == [
-        (str(root / "a.png"), "fresh"), (str(root / "gone.png"), "missing"),
-        (os.path.abspath("relative.png"), "missing")]
+        (str(root / "a.png"), "fresh"),
+        (str(root / "gone.png"), "missing"),
+        (os.path.abspath("relative.png"), "missing"),
+    ]
 
 
 def test_racily_clean_files_are_judged_by_content(make_cache, tmp_path, monkeypatch):
@@ -105,6 +120,7 @@ def test_undecodable_file_names(make_cache, tmp_path):
 
 
 # -- the helper process ---------------------------------------------------------------
+
 
 def big_folder(cache, root: Path, n: int = 60) -> None:
     for i in range(n):

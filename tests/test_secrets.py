@@ -81,16 +81,29 @@ def echoing_server(request: httpx.Request) -> httpx.Response:
     tasks = json.loads(request.content)
     kind = tasks[0]["image"][-8:]
     if "A" <= kind[-1] <= "M":
-        return httpx.Response(400, json={"errors": [{
-            "code": "invalidImage", "message": f"bad image from {echoed}", "parameter": "image",
-            "taskUUID": tasks[0]["taskUUID"], "taskType": "imageUpload"}]})
+        return httpx.Response(
+            400,
+            json={
+                "errors": [
+                    {
+                        "code": "invalidImage",
+                        "message": f"bad image from {echoed}",
+                        "parameter": "image",
+                        "taskUUID": tasks[0]["taskUUID"],
+                        "taskType": "imageUpload",
+                    }
+                ]
+            },
+        )
     if "N" <= kind[-1] <= "Z":
-        return httpx.Response(401, json={"errors": [{"code": "invalidApiKey",
-                                                     "message": f"{echoed} is not valid"}]})
+        return httpx.Response(
+            401, json={"errors": [{"code": "invalidApiKey", "message": f"{echoed} is not valid"}]}
+        )
     if "a" <= kind[-1] <= "m":
         return httpx.Response(500, text=f"<html>upstream said: {echoed}</html>")
-    return httpx.Response(200, json={"data": [{"taskUUID": tasks[0]["taskUUID"],
-                                               "imageUUID": f"{echoed}"}]})
+    return httpx.Response(
+        200, json={"data": [{"taskUUID": tasks[0]["taskUUID"], "imageUUID": f"{echoed}"}]}
+    )
 
 
 def test_the_key_is_in_no_log_error_repr_or_database_byte(tmp_path, caplog, capsys):
@@ -105,14 +118,32 @@ def test_the_key_is_in_no_log_error_repr_or_database_byte(tmp_path, caplog, caps
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     db_folder = tmp_path / "db" / "nested"
     db = db_folder / "cache.db"
-    hostile = [tmp_path / "in" / "broken.png", tmp_path / "missing.png", "ftp://h/x.png",
-               "data:image/png;base64,@@", b"not an image", "https://u:pw@cdn.example/a.png?t=1"]
+    hostile = [
+        tmp_path / "in" / "broken.png",
+        tmp_path / "missing.png",
+        "ftp://h/x.png",
+        "data:image/png;base64,@@",
+        b"not an image",
+        "https://u:pw@cdn.example/a.png?t=1",
+    ]
 
-    with Emulator(api_key=API_KEY, fault_rate=0.3, fault_kinds=sorted(FAULT_KINDS), seed=11,
-                  retry_after=0, slow_seconds=1.0) as emu:
-        with AssetCache(API_KEY, base_url=emu.base_url, db_path=db, clock=emu.clock,
-                        retry=RetryPolicy(timeout=0.5), sleep=lambda s: None,
-                        keep_copies=True) as cache:
+    with Emulator(
+        api_key=API_KEY,
+        fault_rate=0.3,
+        fault_kinds=sorted(FAULT_KINDS),
+        seed=11,
+        retry_after=0,
+        slow_seconds=1.0,
+    ) as emu:
+        with AssetCache(
+            API_KEY,
+            base_url=emu.base_url,
+            db_path=db,
+            clock=emu.clock,
+            retry=RetryPolicy(timeout=0.5),
+            sleep=lambda s: None,
+            keep_copies=True,
+        ) as cache:
             results = cache.resolve_many([*files, *hostile])
             assert sum(r.ok for r in results) >= len(files)
             emu.set_faults(rate=0.0)
@@ -120,10 +151,16 @@ def test_the_key_is_in_no_log_error_repr_or_database_byte(tmp_path, caplog, caps
             results += cache.resolve_many([make_png(900)])  # gives up: ServerError
             emu.advance(days=31)
             results += cache.resolve_many(files[:4])  # re-uploads
-            texts += [repr(cache), repr(cache.stats()), repr(list(cache.entries())),
-                      repr(list(cache.status([str(tmp_path / "in")]))),
-                      *cache.export_entries(), repr(cache.doctor()), repr(cache.verify()),
-                      repr(cache.forget([str(files[0])]))]
+            texts += [
+                repr(cache),
+                repr(cache.stats()),
+                repr(list(cache.entries())),
+                repr(list(cache.status([str(tmp_path / "in")]))),
+                *cache.export_entries(),
+                repr(cache.doctor()),
+                repr(cache.verify()),
+                repr(cache.forget([str(files[0])])),
+            ]
             for res in results:
                 texts += [repr(res), str(res)]
                 if res.error is not None:
@@ -139,9 +176,14 @@ def test_the_key_is_in_no_log_error_repr_or_database_byte(tmp_path, caplog, caps
         assert emu.fault_count > 0
 
     # A server that echoes the Authorization header back in every kind of answer.
-    with AssetCache(API_KEY, base_url="https://api.example.test/v1", db_path=db,
-                    transport=httpx.MockTransport(echoing_server), retry=FAST,
-                    sleep=lambda s: None) as cache:
+    with AssetCache(
+        API_KEY,
+        base_url="https://api.example.test/v1",
+        db_path=db,
+        transport=httpx.MockTransport(echoing_server),
+        retry=FAST,
+        sleep=lambda s: None,
+    ) as cache:
         payloads = [make_png(600 + i) for i in range(40)]
         for res in cache.resolve_many(payloads, concurrency=1):
             texts += [repr(res)] + (texts_of(res.error) if res.error else [])
@@ -157,16 +199,25 @@ def test_the_key_is_in_no_log_error_repr_or_database_byte(tmp_path, caplog, caps
                 cache.resolve(files[1])
             texts += texts_of(auth.value)
         closed_port = other.port
-    with AssetCache(API_KEY, base_url=f"http://127.0.0.1:{closed_port}/v1", db_path=db,
-                    retry=FAST, sleep=lambda s: None) as cache:
+    with AssetCache(
+        API_KEY,
+        base_url=f"http://127.0.0.1:{closed_port}/v1",
+        db_path=db,
+        retry=FAST,
+        sleep=lambda s: None,
+    ) as cache:
         with pytest.raises(RemoteError) as gone:
             cache.resolve(make_png(901))
         texts += texts_of(gone.value)
 
     async def twin() -> list[str]:
-        async with AsyncAssetCache(API_KEY, base_url="https://api.example.test/v1",
-                                   db_path=db, transport=httpx.MockTransport(echoing_server),
-                                   retry=FAST) as acache:
+        async with AsyncAssetCache(
+            API_KEY,
+            base_url="https://api.example.test/v1",
+            db_path=db,
+            transport=httpx.MockTransport(echoing_server),
+            retry=FAST,
+        ) as acache:
             out = [repr(acache)]
             for res in await acache.resolve_many([make_png(700 + i) for i in range(8)]):
                 out += [repr(res)] + (texts_of(res.error) if res.error else [])
@@ -175,8 +226,7 @@ def test_the_key_is_in_no_log_error_repr_or_database_byte(tmp_path, caplog, caps
     texts += asyncio.run(twin())
 
     assert len(caplog.records) > 20  # DEBUG logging really ran
-    assert any(r.name.startswith("httpx") or r.name.startswith("httpcore")
-               for r in caplog.records)
+    assert any(r.name.startswith("httpx") or r.name.startswith("httpcore") for r in caplog.records)
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
     assert_no_key([formatter.format(r) for r in caplog.records], "a log record")
     assert_no_key([repr(r.args) for r in caplog.records], "a log record's arguments")
@@ -206,16 +256,29 @@ def test_the_cli_at_debug_never_prints_the_key(tmp_path):
     env = {**base, "RUNWARE_API_KEY": API_KEY}
     db = tmp_path / "state" / "deeper" / "cache.db"
     outputs: list[str] = []
-    with Emulator(api_key=API_KEY, fault_rate=0.3, fault_kinds=["500", "503", "429", "drop",
-                                                                  "nonjson", "bad_uuid"],
-                  seed=5) as emu:
+    with Emulator(
+        api_key=API_KEY,
+        fault_rate=0.3,
+        fault_kinds=["500", "503", "429", "drop", "nonjson", "bad_uuid"],
+        seed=5,
+    ) as emu:
         common = ["-vv", "--db", str(db), "--api-url", emu.base_url]
         emu.fail_next("503", "drop", "bad_uuid", "429")  # retries are logged with their reason
         runs = [
             run_cli(*common, "upload", str(images), env=env),
             run_cli(*common, "upload", "--json", str(images), env=env),
-            run_cli("-vv", "--db", str(db), "--api-url", emu.base_url, "--api-key-file",
-                    str(key_file), "upload", str(images / "p00.png"), env=base),
+            run_cli(
+                "-vv",
+                "--db",
+                str(db),
+                "--api-url",
+                emu.base_url,
+                "--api-key-file",
+                str(key_file),
+                "upload",
+                str(images / "p00.png"),
+                env=base,
+            ),
             run_cli(*common, "ls", "--json", env=env),
             run_cli(*common, "stats", "--json", env=env),
             run_cli(*common, "status", str(images), env=env),
@@ -223,8 +286,18 @@ def test_the_cli_at_debug_never_prints_the_key(tmp_path):
             run_cli(*common, "export", env=env),
         ]
     with Emulator(api_key="another-account-key") as other:
-        runs.append(run_cli("-vv", "--db", str(db), "--api-url", other.base_url, "upload",
-                            str(images / "p01.png"), env={**env, "RUNWARE_API_KEY": API_KEY}))
+        runs.append(
+            run_cli(
+                "-vv",
+                "--db",
+                str(db),
+                "--api-url",
+                other.base_url,
+                "upload",
+                str(images / "p01.png"),
+                env={**env, "RUNWARE_API_KEY": API_KEY},
+            )
+        )
         refused = runs[-1]
     assert refused.returncode != 0 and "API key" in refused.stdout + refused.stderr
     assert runs[0].returncode == 1  # bad.png failed, the rest went through
@@ -238,6 +311,7 @@ def test_the_cli_at_debug_never_prints_the_key(tmp_path):
 
 
 # -- file modes ---------------------------------------------------------------------
+
 
 def test_the_database_is_0600_and_the_folders_it_creates_0700(tmp_path, emu, monkeypatch):
     monkeypatch.setattr(os, "umask", os.umask)  # restored after the test
@@ -260,8 +334,13 @@ def test_the_database_is_0600_and_the_folders_it_creates_0700(tmp_path, emu, mon
         cli_db = tmp_path / "cli-made" / "cache.db"
         image = tmp_path / "x.png"
         image.write_bytes(make_png(1001))
-        done = subprocess.run([script(), "--emulator", "--db", str(cli_db), "upload", str(image)],
-                              capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run(
+            [script(), "--emulator", "--db", str(cli_db), "upload", str(image)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         assert stat.S_IMODE(cli_db.parent.stat().st_mode) == 0o700
         assert stat.S_IMODE(cli_db.stat().st_mode) == 0o600
@@ -270,6 +349,7 @@ def test_the_database_is_0600_and_the_folders_it_creates_0700(tmp_path, emu, mon
 
 
 # -- the emulator binds to loopback ---------------------------------------------------
+
 
 def listening_addresses(port: int) -> set[str]:
     """Local addresses with a listening TCP socket on ``port`` (Linux /proc/net/tcp*)."""
@@ -287,7 +367,7 @@ def listening_addresses(port: int) -> set[str]:
                 if width == 8:
                     found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
                 else:
-                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
                     found.add(socket.inet_ntop(socket.AF_INET6, words))
     return found
 
@@ -299,8 +379,12 @@ def test_the_emulator_listens_on_loopback_only_by_default():
         if Path("/proc/net/tcp").exists():
             assert listening_addresses(emu.port) == {"127.0.0.1"}
 
-    proc = subprocess.Popen([sys.executable, "-m", "assetcache.emulator"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assetcache.emulator"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("listening on http://127.0.0.1:"), line
@@ -322,6 +406,7 @@ def test_the_emulator_listens_on_loopback_only_by_default():
 
 # -- TLS ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def self_signed_server(tmp_path) -> Iterator[str]:
     """An HTTPS server on 127.0.0.1 with a self-signed certificate, which would
@@ -330,17 +415,46 @@ def self_signed_server(tmp_path) -> Iterator[str]:
     if openssl is None:
         pytest.skip("openssl is needed to make a self-signed certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     accepted: list[Any] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             tasks = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             accepted.append(tasks)
-            body = json.dumps({"data": [{"taskType": "imageUpload", "taskUUID": t["taskUUID"],
-                                         "imageUUID": str(uuid.uuid4())} for t in tasks]})
+            body = json.dumps(
+                {
+                    "data": [
+                        {
+                            "taskType": "imageUpload",
+                            "taskUUID": t["taskUUID"],
+                            "imageUUID": str(uuid.uuid4()),
+                        }
+                        for t in tasks
+                    ]
+                }
+            )
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -367,8 +481,13 @@ def self_signed_server(tmp_path) -> Iterator[str]:
 def test_tls_certificates_are_verified(self_signed_server, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     sleeps: list[float] = []
-    with AssetCache(API_KEY, base_url=self_signed_server, db_path=tmp_path / "c.db",
-                    retry=FAST, sleep=sleeps.append) as cache:
+    with AssetCache(
+        API_KEY,
+        base_url=self_signed_server,
+        db_path=tmp_path / "c.db",
+        retry=FAST,
+        sleep=sleeps.append,
+    ) as cache:
         with pytest.raises(RemoteError) as info:
             cache.resolve(make_png(1100))
         assert "certificate" in str(info.value).lower()
@@ -382,8 +501,9 @@ def test_tls_certificates_are_verified(self_signed_server, tmp_path, caplog):
     assert_no_key([r.getMessage() for r in caplog.records], "a log record")
 
     async def twin() -> ssl.SSLContext:
-        async with AsyncAssetCache(API_KEY, base_url=self_signed_server,
-                                   db_path=tmp_path / "a.db", retry=FAST) as acache:
+        async with AsyncAssetCache(
+            API_KEY, base_url=self_signed_server, db_path=tmp_path / "a.db", retry=FAST
+        ) as acache:
             res = await acache.resolve_many([make_png(1101)])
             assert "certificate" in str(res[0].error).lower()
             return acache._driver.async_client._transport._pool._ssl_context

@@ -34,8 +34,14 @@ print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.
 def run_cli(args: list[str], tmp_path: Path) -> tuple[int, set[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ASSETCACHE_"))}
     env.update(RUNWARE_API_KEY="startup-test-key", ASSETCACHE_DB=str(tmp_path / "cache.db"))
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], env=env,
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     report = json.loads(out.stderr.strip().splitlines()[-1])
     return report["code"], set(report["modules"]), out.stdout
 
@@ -63,8 +69,9 @@ def test_importing_the_package_loads_the_cache_on_first_use():
         "cls = assetcache.AssetCache\n"
         "print(sorted(before), cls.__module__, 'httpx' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.split() == ["[]", "assetcache._cache", "False"]
 
 
@@ -73,9 +80,13 @@ def test_the_console_script_imports_no_http_stack_for_version():
     if not script.exists():
         pytest.skip("the assetcache console script is not installed next to this Python")
     env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
-    out = subprocess.run([str(script), "--version"], env=env, capture_output=True, text=True,
-                         timeout=60, check=True)
-    names = {line.rsplit("|", 1)[1].strip().split(".")[0]
-             for line in out.stderr.splitlines() if line.startswith("import time:")}
+    out = subprocess.run(
+        [str(script), "--version"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    names = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in out.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "click" in names  # the import log was read
     assert not names & HTTP_STACK

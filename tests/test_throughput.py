@@ -12,7 +12,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 from conftest import FAST_RETRY
 from helpers import API_KEY, make_png
 
@@ -75,10 +74,16 @@ def test_fifty_coroutines_one_upload(emu, tmp_path):
     paths = copies(tmp_path, data, 25)
 
     async def main():
-        async with AsyncAssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db",
-                                   clock=emu.clock, retry=FAST_RETRY) as cache:
-            return await asyncio.gather(*[cache.resolve(p) for p in paths],
-                                        *[cache.resolve(data) for _ in range(25)])
+        async with AsyncAssetCache(
+            API_KEY,
+            base_url=emu.base_url,
+            db_path=tmp_path / "c.db",
+            clock=emu.clock,
+            retry=FAST_RETRY,
+        ) as cache:
+            return await asyncio.gather(
+                *[cache.resolve(p) for p in paths], *[cache.resolve(data) for _ in range(25)]
+            )
 
     results = asyncio.run(main())
     assert emu.upload_count == 1
@@ -116,18 +121,25 @@ def test_threads_and_coroutines_of_two_caches_one_upload(emu, tmp_path):
 
     def coroutines():
         async def main():
-            async with AsyncAssetCache(API_KEY, base_url=emu.base_url, db_path=db, clock=emu.clock,
-                                       retry=FAST_RETRY) as cache:
+            async with AsyncAssetCache(
+                API_KEY, base_url=emu.base_url, db_path=db, clock=emu.clock, retry=FAST_RETRY
+            ) as cache:
                 start.wait()
                 out.extend(await asyncio.gather(*[cache.resolve(data) for _ in range(50)]))
+
         asyncio.run(main())
 
-    with AssetCache(API_KEY, base_url=emu.base_url, db_path=db, clock=emu.clock, retry=FAST_RETRY) as sync:
+    with AssetCache(
+        API_KEY, base_url=emu.base_url, db_path=db, clock=emu.clock, retry=FAST_RETRY
+    ) as sync:
+
         def thread_work():
             start.wait()
             out.append(sync.resolve(data))
 
-        threads = [threading.Thread(target=coroutines)] + [threading.Thread(target=thread_work) for _ in range(8)]
+        threads = [threading.Thread(target=coroutines)] + [
+            threading.Thread(target=thread_work) for _ in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -162,8 +174,13 @@ def test_four_processes_two_hundred_files_two_hundred_uploads(emu, tmp_path):
         files.append(str(path))
     db = str(tmp_path / "shared.db")
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, emu.base_url, db, API_KEY, str(seed)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, emu.base_url, db, API_KEY, str(seed)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for seed in range(4)
     ]
     for p in procs:
@@ -176,7 +193,7 @@ def test_four_processes_two_hundred_files_two_hundred_uploads(emu, tmp_path):
         p.stdin.flush()
     outs = [p.communicate(timeout=120) for p in procs]
     reports = []
-    for proc, (stdout, stderr) in zip(procs, outs):
+    for proc, (stdout, stderr) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, stderr
         reports.append(json.loads(stdout))
     assert all(not r["failed"] for r in reports), reports
@@ -201,7 +218,8 @@ def test_a_killed_lease_owner_is_taken_over(make_cache, emu, tmp_path):
     digest = __import__("assetcache._hashing", fromlist=["x"]).hash_bytes(data)
     owner = subprocess.Popen(
         [sys.executable, "-c", CLAIMER, cache.db_path, cache.namespace, digest, str(emu.clock())],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert owner.stdout.readline().strip() == "claimed"
     owner.send_signal(signal.SIGKILL)
@@ -221,8 +239,9 @@ def test_a_lease_from_another_host_is_taken_over_after_it_expires(make_cache, em
     data = make_png(11)
     digest = __import__("assetcache._hashing", fromlist=["x"]).hash_bytes(data)
     store = SQLiteStore(cache.db_path)
-    assert store.claim([(cache.namespace, digest, "")], "other-host:4242:beef", emu.clock(), 60,
-                       0.0) == {(cache.namespace, digest, ""): "claimed"}
+    assert store.claim(
+        [(cache.namespace, digest, "")], "other-host:4242:beef", emu.clock(), 60, 0.0
+    ) == {(cache.namespace, digest, ""): "claimed"}
     store.close()
     done = []
     worker = threading.Thread(target=lambda: done.append(cache.resolve(data)))

@@ -37,12 +37,17 @@ ORIENTATION = 0x0112
 
 # -- images --------------------------------------------------------------------------
 
+
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     """Photo-like content: smooth gradients with fine noise (cheap at any size)."""
     r = Image.linear_gradient("L").resize((width, height))
     g = Image.radial_gradient("L").resize((width, height)).rotate(seed * 37)
-    b = ImageChops.add(r.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-                       Image.effect_noise((width, height), 12 + seed), 2, 0)
+    b = ImageChops.add(
+        r.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        Image.effect_noise((width, height), 12 + seed),
+        2,
+        0,
+    )
     return Image.merge("RGB", (r, g, b))
 
 
@@ -52,8 +57,9 @@ def encode(im: Image.Image, fmt: str, **options: object) -> bytes:
     return buf.getvalue()
 
 
-def jpeg(width: int, height: int, *, orientation: int | None = None, seed: int = 0,
-         quality: int = 95) -> bytes:
+def jpeg(
+    width: int, height: int, *, orientation: int | None = None, seed: int = 0, quality: int = 95
+) -> bytes:
     options: dict[str, object] = {"quality": quality}
     if orientation is not None:
         exif = Image.Exif()
@@ -94,6 +100,7 @@ def write(tmp_path: Path, name: str, data: bytes) -> str:
 
 
 # -- the decision ---------------------------------------------------------------------
+
 
 def test_variant_rules():
     t = Transform(max_side=2048)
@@ -142,6 +149,7 @@ def test_settings_are_checked(monkeypatch):
 
 # -- what arrives -----------------------------------------------------------------------
 
+
 def test_large_jpeg_arrives_at_2048(cache, emu, tmp_path):
     original = jpeg(4000, 3000)
     r = cache.resolve(write(tmp_path, "big.jpg", original))
@@ -157,8 +165,11 @@ def test_large_jpeg_arrives_at_2048(cache, emu, tmp_path):
     assert (r.size, r.format) == (len(original), "jpeg")
     assert cache.store.read("SELECT variant FROM assets") == [(TAG,)]
     # Indistinguishable from the server resizing the original itself.
-    direct = Image.open(io.BytesIO(original)).convert("RGB").resize((2048, 1536),
-                                                                    Image.Resampling.LANCZOS)
+    direct = (
+        Image.open(io.BytesIO(original))
+        .convert("RGB")
+        .resize((2048, 1536), Image.Resampling.LANCZOS)
+    )
     assert psnr(received, direct) > 40
 
 
@@ -277,8 +288,9 @@ def test_streams_and_async_are_resized_too(make_cache, emu, tmp_path):
     assert opened(kept(emu, r.uuid)).size == (2048, 2048)
 
     async def main() -> str | None:
-        async with AsyncAssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "a.db",
-                                   clock=emu.clock) as cache:
+        async with AsyncAssetCache(
+            API_KEY, base_url=emu.base_url, db_path=tmp_path / "a.db", clock=emu.clock
+        ) as cache:
             return (await cache.resolve(jpeg(3000, 1000, seed=3))).uuid
 
     assert opened(kept(emu, asyncio.run(main()))).size == (2048, 683)
@@ -297,6 +309,7 @@ def test_large_files_are_streamed_verified_and_resized(cache, emu, tmp_path, mon
 
 
 # -- keys and the warm path ------------------------------------------------------------
+
 
 def test_settings_change_reuploads_only_what_it_changes(make_cache, emu, tmp_path):
     big = write(tmp_path, "big.jpg", jpeg(4000, 3000))
@@ -321,13 +334,16 @@ def test_settings_change_reuploads_only_what_it_changes(make_cache, emu, tmp_pat
     assert emu.upload_count == 4
 
 
-@pytest.mark.parametrize("name,data", [
-    ("big.jpg", lambda: jpeg(3000, 2000)),
-    ("small.jpg", lambda: jpeg(800, 600)),
-    ("pic.bmp", lambda: encode(photo(40, 30), "BMP")),
-    ("pic.gif", lambda: encode(photo(40, 30).quantize(16), "GIF")),
-    ("big.webp", lambda: encode(photo(2100, 50), "WEBP")),
-])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("big.jpg", lambda: jpeg(3000, 2000)),
+        ("small.jpg", lambda: jpeg(800, 600)),
+        ("pic.bmp", lambda: encode(photo(40, 30), "BMP")),
+        ("pic.gif", lambda: encode(photo(40, 30).quantize(16), "GIF")),
+        ("big.webp", lambda: encode(photo(2100, 50), "WEBP")),
+    ],
+)
 def test_warm_path_agrees_with_the_slow_path(make_cache, emu, tmp_path, name, data):
     """The warm path's SQL picks the same variant as ``Transform.variant_for``."""
     cache = make_cache(racy_window=0)
@@ -356,8 +372,9 @@ def test_rows_without_a_recorded_size_are_read_once(make_cache, emu, tmp_path):
 def test_hits_and_start_up_never_import_pillow(emu, tmp_path):
     db = tmp_path / "c.db"
     path = write(tmp_path, "big.jpg", jpeg(3000, 2000))
-    with AssetCache(API_KEY, base_url=emu.base_url, db_path=db, clock=emu.clock,
-                    racy_window=0) as cache:
+    with AssetCache(
+        API_KEY, base_url=emu.base_url, db_path=db, clock=emu.clock, racy_window=0
+    ) as cache:
         cache.resolve(path)
     code = (
         "import sys; from assetcache import AssetCache\n"
@@ -372,12 +389,14 @@ def test_hits_and_start_up_never_import_pillow(emu, tmp_path):
 
 # -- without Pillow ---------------------------------------------------------------------
 
+
 def test_without_pillow_the_originals_go(make_cache, emu, tmp_path, monkeypatch):
     originals = [jpeg(4000, 3000), encode(photo(40, 30), "BMP"), make_png(1)]
     monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
     assert resize_available() == (
-        False, "Pillow is not installed: images are sent as they are "
-        "(pip install 'assetcache[images]')")
+        False,
+        "Pillow is not installed: images are sent as they are (pip install 'assetcache[images]')",
+    )
     with pytest.raises(ConfigurationError, match=r"pip install 'assetcache\[images\]'"):
         make_cache(resize=True)
     cache = make_cache()
@@ -396,10 +415,14 @@ def test_resize_available_names_pillow():
 
 # -- the emulator keeps at most 2048 px -------------------------------------------------
 
+
 def test_emulator_keeps_large_uploads_downscaled(tmp_path):
-    with Emulator(api_key=API_KEY) as emu, AssetCache(
-        API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db", clock=emu.clock, resize=False
-    ) as cache:
+    with (
+        Emulator(api_key=API_KEY) as emu,
+        AssetCache(
+            API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db", clock=emu.clock, resize=False
+        ) as cache,
+    ):
         assert emu.downscales
         big_png = encode(photo(3000, 1000), "PNG")
         record = emu.image(cache.resolve(big_png).uuid)
@@ -413,15 +436,19 @@ def test_emulator_keeps_large_uploads_downscaled(tmp_path):
         record = emu.image(cache.resolve(small).uuid)
         assert record is not None and record.data == small
         assert (record.width, record.height) == (640, 480)
-    with Emulator(api_key=API_KEY, max_side=0) as emu, AssetCache(
-        API_KEY, base_url=emu.base_url, db_path=tmp_path / "d.db", clock=emu.clock, resize=False
-    ) as cache:
+    with (
+        Emulator(api_key=API_KEY, max_side=0) as emu,
+        AssetCache(
+            API_KEY, base_url=emu.base_url, db_path=tmp_path / "d.db", clock=emu.clock, resize=False
+        ) as cache,
+    ):
         assert not emu.downscales
         record = emu.image(cache.resolve(big_png).uuid)
         assert record is not None and record.data == big_png
 
 
 # -- doctor -----------------------------------------------------------------------------
+
 
 def test_doctor_says_whether_images_are_resized(tmp_path, monkeypatch):
     from cli_support import EmulatorCLI
@@ -453,8 +480,9 @@ def test_emulator_uplink_paces_request_bodies(tmp_path, monkeypatch):
         emu.throttle(500_000)  # queued behind the first: done a second from now
         assert waits == [pytest.approx(0.5, abs=0.05), pytest.approx(1.0, abs=0.05)]
         waits.clear()
-        with AssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db",
-                        clock=emu.clock, resize=False) as cache:
+        with AssetCache(
+            API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db", clock=emu.clock, resize=False
+        ) as cache:
             original = jpeg(600, 400)
             assert kept(emu, cache.resolve(original).uuid) == original
         assert len(waits) >= 1 and sum(waits) >= len(original) * 8 / 8e6

@@ -99,8 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (signal handlers can only be installed from the main thread).
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.max_side and not emulator.downscales:
-        print("note: Pillow is not installed: images are kept as received, not downscaled "
-              f"to {args.max_side} px", file=sys.stderr, flush=True)
+        print(
+            "note: Pillow is not installed: images are kept as received, not downscaled "
+            f"to {args.max_side} px",
+            file=sys.stderr,
+            flush=True,
+        )
     emulator.start()
     print(f"listening on {emulator.base_url}", flush=True)
     emulator.serve_forever()
