@@ -548,8 +548,9 @@ class _Engine:
         rows: list[AssetRow | None] = []
         touches: list[Key] = []
         files: list[FileRow] = []
+        found = self.registry.get_assets(item.key for item in items)
         for item in items:
-            row = self.registry.get_asset(item.key)
+            row = found.get(item.key)
             if row is not None and row.last_used_at > since and item.key not in force:
                 if _policy.needs_touch(self.policy, row.last_used_at, now):
                     touches.append(row.key)
@@ -562,10 +563,6 @@ class _Engine:
             self.registry.touch(key, now)
         self.store.put_files(files)
         return rows
-
-    def previous_uuid(self, key: Key) -> str | None:
-        row = self.registry.get_asset(key)
-        return row.image_uuid if row else None
 
     def join_flights(
         self, keys: Iterable[Key]
@@ -598,19 +595,22 @@ class _Engine:
     ) -> dict[Key, AssetRow | str]:
         """Leases for ``keys``; a forced key counts as done only if renewed after ``started``."""
         now = self.clock()
-        normal = [k for k in keys if k not in force]
-        forced = [k for k in keys if k in force]
+        since = self.fresh_since(now)
         out: dict[Key, AssetRow | str] = {}
-        if normal:
-            since = self.fresh_since(now)
-            out = self.registry.claim(normal, self.owner, now, self.lease_ttl, since)
-        if forced:
-            # Another refresher (or a use) renewed it since we started: theirs is as good.
-            out.update(
-                self.registry.claim(
-                    forced, self.owner, now, self.lease_ttl, max(started, self.fresh_since(now))
-                )
-            )
+        # Another refresher (or a use) renewed a forced key since we started: theirs is as good.
+        for group, threshold in (
+            ([k for k in keys if k not in force], since),
+            ([k for k in keys if k in force], max(started, since)),
+        ):
+            if not group:
+                continue
+            # Look first, without locks: while another process uploads, waiters poll,
+            # and taking every key's lock on each poll would slow that very upload.
+            seen = self.registry.peek(group, self.owner, now, threshold)
+            out.update((k, v) for k, v in seen.items() if v != "free")
+            free = [k for k in group if seen[k] == "free"]
+            if free:
+                out.update(self.registry.claim(free, self.owner, now, self.lease_ttl, threshold))
         return out
 
     def record(
@@ -751,7 +751,8 @@ class _Engine:
     ) -> Plan:
         leaders = {key: groups[key][0][1] for key in keys}
         try:
-            previous = yield Call(lambda: {k: self.previous_uuid(k) for k in keys}, inline=True)
+            found = yield Call(self.registry.get_assets, keys, inline=True)
+            previous = {k: row.image_uuid for k, row in found.items()}
         except AssetCacheError:
             previous = {}  # only the outcome's name depends on it
         failed: dict[Key, AssetCacheError] = {}

@@ -197,6 +197,19 @@ class PostgresRegistry:
         )
         return AssetRow(*rows[0]) if rows else None
 
+    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]:
+        """The rows of many keys in one query."""
+        wanted = set(keys)
+        if not wanted:
+            return {}
+        rows = self.read(
+            f"SELECT {_COLS} FROM assetcache_assets WHERE content_hash = ANY(%s)",
+            (sorted({k[1] for k in wanted}),),
+            "look up entries",
+        )
+        assets = (AssetRow(*r) for r in rows)
+        return {a.key: a for a in assets if a.key in wanted}
+
     def find_uuid(self, image_uuid: str) -> list[AssetRow]:
         rows = self.read(
             f"SELECT {_COLS} FROM assetcache_assets WHERE image_uuid = %s",
@@ -214,8 +227,40 @@ class PostgresRegistry:
         recorded between a claimer's two SELECTs would look like "no asset,
         no lease" and be uploaded again.
         """
-        for lock in sorted({_lock_id(k) for k in keys}):
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        locks = sorted({_lock_id(k) for k in keys})
+        if locks:
+            # One round trip; the sorted subquery fixes the order the locks are taken in.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(x) FROM "
+                "(SELECT x FROM unnest(%s::bigint[]) AS t(x) ORDER BY x) AS ordered",
+                (locks,),
+            )
+
+    @staticmethod
+    def _rows_of(conn: Any, keys: Sequence[Key]) -> tuple[dict[Key, AssetRow], dict[Key, Any]]:
+        """Asset rows and leases of ``keys``, read in two queries."""
+        wanted = set(keys)
+        hashes = sorted({k[1] for k in wanted})
+        assets = {
+            a.key: a
+            for a in (
+                AssetRow(*r)
+                for r in conn.execute(
+                    f"SELECT {_COLS} FROM assetcache_assets WHERE content_hash = ANY(%s)",
+                    (hashes,),
+                ).fetchall()
+            )
+            if a.key in wanted
+        }
+        leases = {
+            (ns, digest, variant): (lease_owner, expires)
+            for ns, digest, variant, lease_owner, expires in conn.execute(
+                "SELECT namespace, content_hash, variant, owner, expires_at "
+                "FROM assetcache_leases WHERE content_hash = ANY(%s)",
+                (hashes,),
+            ).fetchall()
+        }
+        return assets, leases
 
     def claim(
         self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
@@ -223,20 +268,14 @@ class PostgresRegistry:
         out: dict[Key, AssetRow | str] = {}
         with self.write("claim uploads") as conn:
             self._lock_keys(conn, keys)
+            assets, leases = self._rows_of(conn, keys)
+            claimed = []
             for key in keys:
-                row = conn.execute(
-                    f"SELECT {_COLS} FROM assetcache_assets "
-                    "WHERE namespace = %s AND content_hash = %s AND variant = %s",
-                    key,
-                ).fetchone()
-                if row is not None and row[7] > fresh_since:
-                    out[key] = AssetRow(*row)
+                row = assets.get(key)
+                if row is not None and row.last_used_at > fresh_since:
+                    out[key] = row
                     continue
-                lease = conn.execute(
-                    "SELECT owner, expires_at FROM assetcache_leases "
-                    "WHERE namespace = %s AND content_hash = %s AND variant = %s",
-                    key,
-                ).fetchone()
+                lease = leases.get(key)
                 if (
                     lease is not None
                     and lease[0] != owner
@@ -245,13 +284,41 @@ class PostgresRegistry:
                 ):
                     out[key] = "held"
                     continue
-                conn.execute(
-                    "INSERT INTO assetcache_leases VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE "
-                    "SET owner = excluded.owner, expires_at = excluded.expires_at",
-                    (*key, owner, now + ttl),
-                )
+                claimed.append((*key, owner, now + ttl))
                 out[key] = "claimed"
+            if claimed:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO assetcache_leases VALUES (%s, %s, %s, %s, %s) "
+                        "ON CONFLICT (namespace, content_hash, variant) DO UPDATE "
+                        "SET owner = excluded.owner, expires_at = excluded.expires_at",
+                        claimed,
+                    )
+        return out
+
+    def peek(
+        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]:
+        """Read-only :meth:`claim` (no locks): fresh row, ``"held"`` or ``"free"``."""
+        out: dict[Key, AssetRow | str] = dict.fromkeys(keys, "free")
+        for key, asset in self.get_assets(keys).items():
+            if asset.last_used_at > fresh_since:
+                out[key] = asset
+        hashes = sorted({k[1] for k in keys})
+        for ns, digest, variant, lease_owner, expires in self.read(
+            "SELECT namespace, content_hash, variant, owner, expires_at FROM assetcache_leases "
+            "WHERE content_hash = ANY(%s)",
+            (hashes,),
+            "look up leases",
+        ):
+            key = (ns, digest, variant)
+            if (
+                out.get(key) == "free"
+                and lease_owner != owner
+                and expires > now
+                and owner_alive(lease_owner)
+            ):
+                out[key] = "held"
         return out
 
     def record_uploads(
@@ -259,36 +326,28 @@ class PostgresRegistry:
     ) -> None:
         if not records:
             return
-        with self.write("record uploads") as conn:
+        with self.write("record uploads") as conn, conn.cursor() as cur:
             self._lock_keys(conn, (r.key for r in records))
-            for r in records:
-                conn.execute(
-                    "INSERT INTO assetcache_assets (namespace, content_hash, variant, image_uuid, "
-                    "size, format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, 0, %s) "
-                    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
-                    "image_uuid = excluded.image_uuid, size = excluded.size, "
-                    "format = excluded.format, "
-                    "uploaded_at = excluded.uploaded_at, last_used_at = excluded.last_used_at, "
-                    "upload_count = assetcache_assets.upload_count + 1, "
-                    "bytes_sent = assetcache_assets.bytes_sent + excluded.bytes_sent",
-                    (
-                        r.namespace,
-                        r.content_hash,
-                        r.variant,
-                        r.image_uuid,
-                        r.size,
-                        r.format,
-                        r.now,
-                        r.now,
-                        r.bytes_sent,
-                    ),
-                )
-                conn.execute(
-                    "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
-                    "AND variant = %s AND owner = %s",
-                    (r.namespace, r.content_hash, r.variant, owner),
-                )
+            cur.executemany(
+                "INSERT INTO assetcache_assets (namespace, content_hash, variant, image_uuid, "
+                "size, format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, 0, %s) "
+                "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
+                "image_uuid = excluded.image_uuid, size = excluded.size, "
+                "format = excluded.format, "
+                "uploaded_at = excluded.uploaded_at, last_used_at = excluded.last_used_at, "
+                "upload_count = assetcache_assets.upload_count + 1, "
+                "bytes_sent = assetcache_assets.bytes_sent + excluded.bytes_sent",
+                [
+                    (*r.key, r.image_uuid, r.size, r.format, r.now, r.now, r.bytes_sent)
+                    for r in records
+                ],
+            )
+            cur.executemany(
+                "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
+                "AND variant = %s AND owner = %s",
+                [(*r.key, owner) for r in records],
+            )
 
     def release(self, keys: Iterable[Key], owner: str) -> None:
         keys = list(keys)
@@ -461,6 +520,18 @@ class FleetRegistry:
             self._mirror([row])
         return row
 
+    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]:
+        """Local rows that are provably fresh; the rest from the server, copied in one write."""
+        keys = list(keys)
+        since = self.fresh_since()
+        out = {k: r for k, r in self.local.get_assets(keys).items() if r.last_used_at > since}
+        rest = [k for k in keys if k not in out]
+        if rest:
+            shared = self.shared.get_assets(rest)
+            self._mirror(shared.values())
+            out.update(shared)
+        return out
+
     def find_uuid(self, image_uuid: str) -> list[AssetRow]:
         return self.shared.find_uuid(image_uuid)
 
@@ -468,6 +539,13 @@ class FleetRegistry:
         self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
     ) -> dict[Key, AssetRow | str]:
         out = self.shared.claim(keys, owner, now, ttl, fresh_since)
+        self._mirror(v for v in out.values() if isinstance(v, AssetRow))
+        return out
+
+    def peek(
+        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]:
+        out = self.shared.peek(keys, owner, now, fresh_since)
         self._mirror(v for v in out.values() if isinstance(v, AssetRow))
         return out
 

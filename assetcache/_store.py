@@ -106,8 +106,12 @@ class Registry(Protocol):
     """namespace + content hash + variant -> imageUUID; shared in a fleet."""
 
     def get_asset(self, key: Key) -> AssetRow | None: ...
+    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]: ...
     def claim(
         self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]: ...
+    def peek(
+        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
     ) -> dict[Key, AssetRow | str]: ...
     def record_uploads(self, records: Sequence[UploadRecord], owner: str) -> None: ...
     def release(self, keys: Iterable[Key], owner: str) -> None: ...
@@ -546,6 +550,23 @@ class SQLiteStore:
         )
         return AssetRow(*rows[0]) if rows else None
 
+    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]:
+        """The rows of many keys, in a few queries (not one per key)."""
+        wanted = set(keys)
+        hashes = sorted({k[1] for k in wanted})
+        out: dict[Key, AssetRow] = {}
+        for i in range(0, len(hashes), 500):
+            part = hashes[i : i + 500]
+            for row in self.read(
+                f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets "
+                f"WHERE content_hash IN ({', '.join('?' * len(part))})",
+                part,
+            ):
+                asset = AssetRow(*row)
+                if asset.key in wanted:
+                    out[asset.key] = asset
+        return out
+
     def find_uuid(self, image_uuid: str) -> list[AssetRow]:
         rows = self.read(
             f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE image_uuid = ?", (image_uuid,)
@@ -590,6 +611,34 @@ class SQLiteStore:
                     (*key, owner, now + ttl),
                 )
                 out[key] = "claimed"
+        return out
+
+    def peek(
+        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]:
+        """Read-only :meth:`claim`: per key the fresh row, ``"held"`` (another live
+        owner's lease) or ``"free"`` (worth claiming)."""
+        out: dict[Key, AssetRow | str] = dict.fromkeys(keys, "free")
+        for key, asset in self.get_assets(keys).items():
+            if asset.last_used_at > fresh_since:
+                out[key] = asset
+        hashes = sorted({k[1] for k in keys})
+        for i in range(0, len(hashes), 500):
+            part = hashes[i : i + 500]
+            marks = ", ".join("?" * len(part))
+            for ns, digest, variant, lease_owner, expires in self.read(
+                "SELECT namespace, content_hash, variant, owner, expires_at FROM leases "
+                f"WHERE content_hash IN ({marks})",
+                part,
+            ):
+                key = (ns, digest, variant)
+                if (
+                    out.get(key) == "free"
+                    and lease_owner != owner
+                    and expires > now
+                    and owner_alive(lease_owner)
+                ):
+                    out[key] = "held"
         return out
 
     def record_uploads(

@@ -287,8 +287,7 @@ def test_repeated_batches_do_not_pile_up_connections(make_cache, emu, tmp_path):
             paths.append(path)
         return paths
 
-    cache.resolve_many(batch(0))
-    opened = len(cache.store._conns)
-    for round_ in range(1, 6):
+    for round_ in range(6):
         cache.resolve_many(batch(round_))
-    assert len(cache.store._conns) == opened
+    # This thread's connection plus one per hashing thread, however many calls.
+    assert len(cache.store._conns) <= 1 + cache._engine.hash_workers
