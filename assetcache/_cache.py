@@ -915,31 +915,48 @@ class _Engine:
         return {key: (payload.encoded_length(), answers[key]) for key, payload in batch}
 
     def _plan_upload(self, batch: list[tuple[Key, Payload]]) -> Plan:
-        """POST one batch with retries; per-key TaskResult or error."""
+        """POST one batch of uploads with retries; per-key TaskResult or error."""
+
+        def encode(pairs: list[tuple[str, Payload]]) -> tuple[Callable[[], Any], int]:
+            tasks = [Task(tid, payload, self.task_type) for tid, payload in pairs]
+            return functools.partial(iter_body, tasks), body_length(tasks)
+
+        uuid_field = "mediaUUID" if self.task_type == "mediaStorage" else "imageUUID"
+        return (yield from self.plan_tasks(batch, encode, uuid_field, "upload"))
+
+    def plan_tasks(
+        self,
+        batch: Sequence[tuple[Any, Any]],
+        encode: Callable[[list[tuple[str, Any]]], tuple[Callable[[], Any], int]],
+        uuid_field: str,
+        what: str,
+    ) -> Plan:
+        """POST ``batch`` (``(key, item)`` pairs) as one request of tasks, re-sending the
+        transient failures with fresh taskUUIDs and backoff; ``{key: TaskResult | error}``.
+
+        ``encode([(taskUUID, item), ...])`` gives the body (a re-callable chunk
+        producer) and its length. Shared by uploads and remote deletes.
+        """
         url = self.base_url
         headers = self.headers()
-        uuid_field = "mediaUUID" if self.task_type == "mediaStorage" else "imageUUID"
         pending = list(range(len(batch)))
-        out: dict[Key, TaskResult | AssetCacheError] = {}
+        out: dict[Any, TaskResult | AssetCacheError] = {}
         last: dict[int, AssetCacheError] = {}
         attempts = max(1, self.retry.attempts)
         for attempt in range(attempts):
-            tasks = [Task(new_task_uuid(), batch[i][1], self.task_type) for i in pending]
-            by_task = {t.task_uuid: i for t, i in zip(tasks, pending, strict=True)}
+            by_task = {new_task_uuid(): i for i in pending}
+            body, length = encode([(tid, batch[i][1]) for tid, i in by_task.items()])
             retry_after: float | None = None
             try:
-                resp = yield Http(
-                    url,
-                    headers,
-                    functools.partial(iter_body, tasks),
-                    body_length(tasks),
-                    self.retry.timeout,
-                )
+                resp = yield Http(url, headers, body, length, self.retry.timeout)
                 answers = parse_response(
                     resp.status, resp.headers, resp.body, list(by_task), self.redact, uuid_field
                 )
             except SourceError as exc:
-                culprits = [i for i in pending if batch[i][1].label == exc.source] or pending
+                # An upload's file changed under us: that item fails, the others go on.
+                culprits = [
+                    i for i in pending if getattr(batch[i][1], "label", None) == exc.source
+                ] or pending
                 for i in culprits:
                     out[batch[i][0]] = exc
                 pending = [i for i in pending if i not in culprits]
@@ -973,7 +990,7 @@ class _Engine:
                 break
             if attempt + 1 < attempts:
                 self.count(retries=1)
-                log.info("retrying %d upload(s) after: %s", len(pending), last[pending[0]])
+                log.info("retrying %d %s(s) after: %s", len(pending), what, last[pending[0]])
                 yield Sleep(
                     backoff_delay(
                         attempt,

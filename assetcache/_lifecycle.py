@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _policy
-from ._effects import Call, Driver, Http, Plan, Sleep, run_sync
+from ._effects import Call, Driver, Plan, run_sync
 from ._errors import (
     AssetCacheError,
     ConfigurationError,
@@ -55,12 +55,8 @@ from ._errors import (
 )
 from ._protocol import (
     TaskResult,
-    backoff_delay,
-    is_transient,
     is_uuid,
     json_body,
-    new_task_uuid,
-    parse_response,
 )
 
 if TYPE_CHECKING:
@@ -656,85 +652,33 @@ class LifecycleMixin:
 
     def _plan_delete_batch(self, uuids: list[str]) -> Plan:
         """One request of ``mediaStorage`` deletes, retried like uploads (fresh taskUUIDs)."""
-        from ._cache import _jitter
 
-        engine = self._engine
-        headers = engine.headers()
-        policy = engine.retry
-        attempts = max(1, policy.attempts)
-        out: dict[str, str | AssetCacheError] = {}
-        last: dict[str, RemoteError] = {}
-        pending = list(uuids)
-        for attempt in range(attempts):
-            tasks = {new_task_uuid(): u for u in pending}
+        def encode(pairs: list[tuple[str, str]]) -> tuple[Callable[[], list[bytes]], int]:
             body = json_body(
                 [
                     {"taskType": "mediaStorage", "taskUUID": t, "operation": "delete", "media": u}
-                    for t, u in tasks.items()
+                    for t, u in pairs
                 ]
             )
+            return (lambda: [body]), len(body)
 
-            def chunks(body: bytes = body) -> list[bytes]:
-                return [body]
-
-            retry_after: float | None = None
-            try:
-                resp = yield Http(engine.base_url, headers, chunks, len(body), policy.timeout)
-                answers = parse_response(
-                    resp.status, resp.headers, resp.body, list(tasks), engine.redact, "mediaUUID"
-                )
-            except RemoteError as exc:
-                if not is_transient(exc):
-                    out.update(dict.fromkeys(pending, exc))
-                    return out
-                last.update(dict.fromkeys(pending, exc))
-                retry_after = getattr(exc, "retry_after", None)
-            else:
-                still = []
-                for tid, u in tasks.items():
-                    answer = answers[tid]
-                    if isinstance(answer, TaskResult):
-                        if answer.image_uuid.lower() == u.lower():
-                            out[u] = "deleted"
-                        else:
-                            out[u] = RemoteError(
-                                f"Runware confirmed deleting {answer.image_uuid}, not {u}",
-                                task_uuid=tid,
-                            )
-                    elif answer.code == "invalidMedia":
-                        out[u] = "already gone"  # what deleting was for
-                    elif is_transient(answer):
-                        still.append(u)
-                        last[u] = answer
-                        ra = getattr(answer, "retry_after", None)
-                        if ra is not None:
-                            retry_after = max(retry_after or 0.0, ra)
-                    else:
-                        out[u] = answer
-                pending = still
-            if not pending:
-                break
-            if attempt + 1 < attempts:
-                engine.count(retries=1)
-                log.info("retrying %d deletion(s) after: %s", len(pending), last[pending[0]])
-                yield Sleep(
-                    backoff_delay(
-                        attempt,
-                        retry_after,
-                        base=policy.base_delay,
-                        cap=policy.max_delay,
-                        jitter=_jitter(),
+        answers = yield from self._engine.plan_tasks(
+            [(u, u) for u in uuids], encode, "mediaUUID", "deletion"
+        )
+        out: dict[str, str | AssetCacheError] = {}
+        for u, answer in answers.items():
+            if isinstance(answer, TaskResult):
+                if answer.image_uuid.lower() == u.lower():
+                    out[u] = "deleted"
+                else:
+                    out[u] = RemoteError(
+                        f"Runware confirmed deleting {answer.image_uuid}, not {u}",
+                        task_uuid=answer.task_uuid,
                     )
-                )
-        for u in pending:
-            err = last[u]
-            out[u] = type(err)(
-                f"{err.message} (gave up after {attempts} attempts)",
-                code=err.code,
-                parameter=err.parameter,
-                task_uuid=err.task_uuid,
-                status=err.status,
-            )
+            elif getattr(answer, "code", None) == "invalidMedia":
+                out[u] = "already gone"  # what deleting was for
+            else:
+                out[u] = answer
         return out
 
 
