@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _bench import KEY, Report, alternate, median, write_big_png
+from _benchlib import KEY, Report, alternate, median, write_big_png
 
 from assetcache import AssetCache
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import KEY, EmulatorProcess, Report, alternate, median, png
+from _benchlib import KEY, EmulatorProcess, Report, alternate, median, png
 
 from assetcache import AssetCache
 from assetcache._store import SQLiteStore

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _bench import KEY, EmulatorProcess, Report, write_big_png
+from _benchlib import KEY, EmulatorProcess, Report, write_big_png
 
 TARGET = 0.5
 

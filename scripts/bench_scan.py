@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import KEY, EmulatorProcess, Report, alternate, median, png
+from _benchlib import KEY, EmulatorProcess, Report, alternate, median, png
 
 TARGET, STRETCH = 2.0, 1.5
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import KEY, Report, median
+from _benchlib import KEY, Report, median
 
 TARGET = 8.0
 HTTP_STACK = ("httpx", "httpcore", "h11", "anyio", "ssl")
