@@ -50,8 +50,6 @@ from ._formats import DECLARED, MEDIA_TYPES, FormatCheck
 from ._lifecycle import (
     LifecycleMixin,
     UnknownPredicate,
-    drive_use,
-    drive_use_async,
     keep_uploaded_copies,
 )
 from ._maintenance import MaintenanceMixin
@@ -1295,9 +1293,8 @@ class AssetCache(_CacheBase):
 
         >>> cache.use("cat.png", lambda uuid: run_task(seedImage=uuid))   # doctest: +SKIP
         """
-        steps = self._use_steps(source, retries, is_unknown, parameter)
-        result: T = drive_use(steps, fn, self._drive)
-        return result
+        steps = self._use_steps(source, fn, retries, is_unknown, parameter)
+        return cast(T, run_sync(steps, self._driver))
 
     def _drive(self, plan: Plan) -> Any:
         return run_sync(plan, self._driver)
@@ -1369,9 +1366,8 @@ class AsyncAssetCache(_CacheBase):
 
         >>> await cache.use("cat.png", run_task)                        # doctest: +SKIP
         """
-        return await drive_use_async(
-            self._use_steps(source, retries, is_unknown, parameter), fn, self._drive
-        )
+        steps = self._use_steps(source, fn, retries, is_unknown, parameter)
+        return await run_async(steps, self._driver)
 
     async def _drive(self, plan: Plan) -> Any:
         return await run_async(plan, self._driver)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import inspect
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,17 @@ class Call:
         self.fn = fn
         self.args = args
         self.inline = inline
+
+
+class Invoke:
+    """Call the caller's own function (``use()``'s ``fn``) with ``arg``; the async
+    driver awaits what it returns when that is awaitable."""
+
+    __slots__ = ("fn", "arg")
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn = fn
+        self.arg = arg
 
 
 @dataclass(slots=True)
@@ -139,6 +151,8 @@ def run_sync(plan: Plan, driver: Driver) -> Any:
 def _perform_sync(effect: Any, driver: Driver) -> Any:
     if isinstance(effect, Call):
         return effect.fn(*effect.args)
+    if isinstance(effect, Invoke):
+        return effect.fn(effect.arg)
     if isinstance(effect, Http):
         return _http_sync(effect, driver)
     if isinstance(effect, Sleep):
@@ -194,6 +208,9 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
         if effect.inline:
             return effect.fn(*effect.args)
         return await asyncio.to_thread(effect.fn, *effect.args)
+    if isinstance(effect, Invoke):
+        value = effect.fn(effect.arg)
+        return await value if inspect.isawaitable(value) else value
     if isinstance(effect, Http):
         return await _http_async(effect, driver)
     if isinstance(effect, Sleep):

@@ -22,9 +22,9 @@ or ``httpx.HTTPStatusError`` (raised) whose JSON body holds such an error, and
 for a response whose request is known, only when the rejected parameter held
 the cached UUID; a caller's ``is_unknown`` predicate covers anything else.
 
-The decision logic of :meth:`use` is written once (:meth:`LifecycleMixin._use_steps`,
-a generator of steps); :func:`drive_use` and :func:`drive_use_async` only call
-the caller's function or drive a sub-plan, as ``_effects`` does for the rest.
+The decision logic of :meth:`use` is written once, as a plan
+(:meth:`LifecycleMixin._use_steps`); the caller's function is one more effect
+(``Invoke``), so the sync and async drivers of ``_effects`` run it unchanged.
 
 :meth:`touch`, :meth:`invalidate` and ``forget(remote=True)`` are blocking on
 both twins (they touch SQLite, and ``forget`` is blocking anyway).
@@ -32,18 +32,16 @@ both twins (they touch SQLite, and ``forget`` is blocking anyway).
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _policy
-from ._effects import Call, Driver, Plan, run_sync
+from ._effects import Call, Driver, Invoke, Plan, run_sync
 from ._errors import (
     AssetCacheError,
     ConfigurationError,
@@ -276,60 +274,6 @@ def _describe(obj: object) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-# -- driving use() ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Invoke:
-    """A step of :meth:`LifecycleMixin._use_steps`: call the caller's function."""
-
-    uuid: str
-
-
-def drive_use(steps: Plan, fn: Callable[[str], Any], drive: Callable[[Plan], Any]) -> Any:
-    """Run ``use()``'s steps in this thread: each is a sub-plan or a call of ``fn``."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.throw(error) if error is not None else steps.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            value = fn(step.uuid) if isinstance(step, _Invoke) else drive(step)
-        except Exception as exc:  # handed to the steps, which decide
-            error = exc
-
-
-async def drive_use_async(
-    steps: Plan, fn: Callable[[str], Awaitable[Any] | Any], drive: Callable[[Plan], Awaitable[Any]]
-) -> Any:
-    """The asyncio twin of :func:`drive_use`; ``fn`` may be async or not."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.throw(error) if error is not None else steps.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            if isinstance(step, _Invoke):
-                value = fn(step.uuid)
-                if inspect.isawaitable(value):
-                    value = await value
-            else:
-                value = await drive(step)
-        except Exception as exc:
-            error = exc
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> Plan:
-    """A one-effect plan: run a blocking function (SQLite, files)."""
-    return (yield Call(fn, *args))
-
-
 def _one_shot(target: object) -> bool:
     """A source that can be read only once (a file object): prepared once, reused."""
     from ._sources import Source
@@ -348,7 +292,6 @@ def _uuid_target(target: object) -> bool:
 
 class LifecycleMixin:
     _engine: _Engine
-    _drive: Callable[[Plan], Any]
     _driver: Driver
     _copies: Copies
     # From MaintenanceMixin (both mixins make up every cache class).
@@ -460,11 +403,12 @@ class LifecycleMixin:
     def _use_steps(
         self,
         target: SourceLike,
+        fn: Callable[[str], Any],
         retries: int,
         is_unknown: UnknownPredicate | None,
         parameter: str | Iterable[str] | None,
     ) -> Plan:
-        """``use()``'s decisions; yields sub-plans and :class:`_Invoke` steps."""
+        """``use()``'s decisions, as a plan: the caller's ``fn`` runs as an ``Invoke`` effect."""
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"use(): retries must be an integer >= 0, not {retries!r}")
         names = [parameter] if isinstance(parameter, str) else list(parameter or ())
@@ -473,13 +417,13 @@ class LifecycleMixin:
         label = target if _uuid_target(target) else _label(target)
         assert isinstance(label, str)
         if _one_shot(target):
-            target = yield _call(self._prepare_or_raise, target)
-        uuid: str = yield self._plan_uuid(target, str(label))
+            target = yield Call(self._prepare_or_raise, target)
+        uuid: str = yield from self._plan_uuid(target, str(label))
         rejected: list[str] = []
         last: object = None
         for attempt in range(retries + 1):
             try:
-                value = yield _Invoke(uuid)
+                value = yield Invoke(fn, uuid)
             except Exception as exc:
                 if not self._rejected(exc, uuid, is_unknown, names):
                     raise
@@ -490,11 +434,11 @@ class LifecycleMixin:
                 last = value
             rejected.append(uuid)
             # The server's answer is the final word: learn it whatever happens next.
-            yield _call(self._expire_uuid, uuid)
+            yield Call(self._expire_uuid, uuid)
             if attempt == retries:
                 break
             log.info("%s: Runware no longer knows %s; uploading it again", label, uuid)
-            uuid = yield self._plan_uuid(target, str(label))
+            uuid = yield from self._plan_uuid(target, str(label))
         raise self._exhausted(str(label), rejected, retries, last)
 
     def _rejected(
