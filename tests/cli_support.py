@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
-from helpers import make_png
 
 from assetcache._cli import EMULATOR_KEY, cli
 from assetcache.emulator import Emulator
@@ -45,16 +44,6 @@ class EmulatorCLI:
     def advance(self, days: float) -> None:
         """Move the persisted emulator clock (the next command sees it)."""
         Emulator(api_key=EMULATOR_KEY, state_path=f"{self.db}.emulator.json").advance(days=days)
-
-
-def write_images(folder: Path, *seeds: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for seed in seeds:
-        path = folder / f"img-{seed:02d}.png"
-        path.write_bytes(make_png(seed))
-        out.append(path)
-    return out
 
 
 def script() -> str:

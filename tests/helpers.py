@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 API_KEY = "test-key-7f3a9c-SECRET-do-not-log"
 
@@ -86,3 +87,14 @@ def use_on_server(base_url: str, image_uuid: str, api_key: str = API_KEY) -> dic
     }
     resp = httpx.post(base_url, json=[task], headers={"Authorization": f"Bearer {api_key}"})
     return resp.json()
+
+
+def write_images(folder: Path, *seeds: int) -> list[Path]:
+    """``folder/img-NN.png`` for each seed (distinct content per seed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in seeds:
+        path = folder / f"img-{seed:02d}.png"
+        path.write_bytes(make_png(seed))
+        paths.append(path)
+    return paths

@@ -6,8 +6,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from cli_support import EmulatorCLI, invoke, write_images
-from helpers import API_KEY
+from cli_support import EmulatorCLI, invoke
+from helpers import API_KEY, write_images
 
 from assetcache._cache import account_fingerprint
 from assetcache.emulator import Emulator

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 import pytest
-from cli_support import invoke, run_script, write_images
-from helpers import API_KEY
+from cli_support import invoke, run_script
+from helpers import API_KEY, write_images
 
 from assetcache import __version__
 from assetcache._cli import cli

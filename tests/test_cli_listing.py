@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_support import EmulatorCLI, invoke, write_images
-from helpers import API_KEY, make_png
+from cli_support import EmulatorCLI, invoke
+from helpers import API_KEY, make_png, write_images
 
 from assetcache._cache import account_fingerprint
 from assetcache.emulator import Emulator

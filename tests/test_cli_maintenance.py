@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from cli_support import EmulatorCLI, write_images
-from helpers import make_png
+from cli_support import EmulatorCLI
+from helpers import make_png, write_images
 
 
 @pytest.fixture

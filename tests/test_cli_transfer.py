@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_support import EmulatorCLI, write_images
+from cli_support import EmulatorCLI
+from helpers import write_images
 
 
 @pytest.fixture

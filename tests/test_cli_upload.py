@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_support import EmulatorCLI, invoke, write_images
-from helpers import API_KEY, make_png
+from cli_support import EmulatorCLI, invoke
+from helpers import API_KEY, make_png, write_images
 
 from assetcache import _cli
 from assetcache.emulator import Emulator

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST_RETRY
-from helpers import API_KEY, make_png
+from helpers import API_KEY, make_png, write_images
 
 from assetcache import AssetCache, AsyncAssetCache
 from assetcache._durations import format_duration, parse_duration
@@ -20,16 +20,6 @@ from assetcache._maintenance import inspect_database, rebuild_database
 from assetcache.emulator import Emulator
 
 DAY = 86400.0
-
-
-def write_images(folder: Path, *seeds: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed in seeds:
-        path = folder / f"img-{seed}.png"
-        path.write_bytes(make_png(seed))
-        paths.append(path)
-    return paths
 
 
 def age(path: Path) -> None:
