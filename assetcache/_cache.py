@@ -1072,12 +1072,6 @@ def _failed(label: str, err: AssetCacheError) -> Resolution:
     return Resolution(label, None, None, "failed", err)
 
 
-def _validate(label: str, data: bytes) -> str:
-    check = FormatCheck()
-    check(memoryview(data))
-    return _finish(label, check)
-
-
 def _finish(label: str, check: FormatCheck) -> str:
     try:
         return check.finish()

@@ -11,7 +11,6 @@ not trust them and re-read the content until the file has aged past the window.
 from __future__ import annotations
 
 import os
-import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -49,16 +48,6 @@ class Fingerprint:
 
     def as_tuple(self) -> tuple[int, int, int, int, int]:
         return (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
-
-
-def stat_fingerprint(path: str | bytes) -> tuple[Fingerprint, int]:
-    """``(fingerprint, st_mode)`` of ``path``, following symlinks."""
-    st = os.stat(path)
-    return Fingerprint.of(st), st.st_mode
-
-
-def is_regular(mode: int) -> bool:
-    return stat_mod.S_ISREG(mode)
 
 
 def is_racy(fp: Fingerprint, hashed_at_ns: int, window_ns: int = RACY_WINDOW_NS) -> bool:

@@ -70,10 +70,6 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _COLS = ", ".join(ASSET_COLUMNS)
 
 
-def is_postgres_url(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
-
-
 def redact_url(url: str) -> str:
     """The URL without its password, fit for messages."""
     parts = urllib.parse.urlsplit(url)
