@@ -51,7 +51,7 @@ if TYPE_CHECKING:
         RefreshReport,
         VerifyItem,
     )
-    from ._scan import FileStatus
+    from ._scan import FileStatus, StatusReport
     from ._sources import Source
 
 #: Public names whose modules load on first access (PEP 562).
@@ -62,6 +62,7 @@ _LAZY = {
     "RetryPolicy": "._cache",
     "Source": "._sources",
     "FileStatus": "._scan",
+    "StatusReport": "._scan",
     "CopiesUsage": "._copies",
     **dict.fromkeys(
         (
@@ -124,6 +125,7 @@ __all__ = [
     "SourceError",
     "SourceNotFound",
     "SourceTooLarge",
+    "StatusReport",
     "StoreError",
     "UnknownImage",
     "UnsupportedFormat",

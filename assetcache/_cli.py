@@ -503,32 +503,36 @@ def upload(
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "-a", "--all", "list_all", is_flag=True, help="List fresh files too (default: only the others)."
+)
 @click.option("--check", is_flag=True, help="Exit 1 unless every file is fresh (for scripts).")
 @json_option
 @click.pass_obj
 @handle_errors
-def status(settings: Settings, paths: tuple[str, ...], check: bool, as_json: bool) -> None:
-    """Show each file's standing without uploading (default: the current folder).
+def status(
+    settings: Settings, paths: tuple[str, ...], list_all: bool, check: bool, as_json: bool
+) -> None:
+    """Show the files that need attention, without uploading (default: the
+    current folder), and how many files are in each state.
 
     States: fresh (with the time the cache still serves it), expiring (soon),
     expired (the next use uploads again), changed (since it was hashed), new
-    (never uploaded), missing.
+    (never uploaded), missing. Like git status, fresh files are only counted
+    unless --all lists them.
     """
-    from ._scan import STATES, discard_prestarted, prestart
+    from ._scan import discard_prestarted, prestart
 
     paths = paths or (".",)
     try:
         if any(_maybe_big(p) for p in paths):
             prestart()  # a helper for a big folder boots while the cache opens
-        found = list(settings.cache().status(paths))
+        found = settings.cache().status_report(paths, fresh=list_all)
     finally:
         discard_prestarted()
-    counts = dict.fromkeys(STATES, 0)
     if as_json:
         from ._maintenance import iso
 
-        for st in found:
-            counts[st.state] += 1
         echo_json(
             {
                 "files": [
@@ -540,9 +544,9 @@ def status(settings: Settings, paths: tuple[str, ...], check: bool, as_json: boo
                         "expires_at": iso(st.expires_at),
                         "time_left_seconds": st.time_left,
                     }
-                    for st in found
+                    for st in found.files
                 ],
-                "summary": counts,
+                "summary": found.counts,
             }
         )
     else:
@@ -552,22 +556,25 @@ def status(settings: Settings, paths: tuple[str, ...], check: bool, as_json: boo
         # left), and write all lines at once.
         below = os.path.join(os.getcwd(), "")
         cut = len(below)
-        heads: dict[str, dict[float | None, str]] = {state: {} for state in STATES}
+        heads: dict[tuple[str, float | None], str] = {}
         lines: list[str] = []
         append = lines.append
-        for st in found:
+        for st in found.files:
             state, left = st.state, st.time_left
-            counts[state] += 1
-            head = heads[state].get(left)
+            head = heads.get((state, left))
             if head is None:
                 text = format_duration(int(left)) if left and left > 0 else "-"
-                head = heads[state][left] = f"{state:<9} {text:>7}  "
+                head = heads[state, left] = f"{state:<9} {text:>7}  "
             path = st.path
             append(head + path[cut:] if path.startswith(below) else head + path)
         if lines:
             click.echo("\n".join(lines))
-        note(f"{len(found)} file(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if check and any(st.state != "fresh" for st in found):
+        note(
+            f"{found.total} file(s): "
+            + ", ".join(f"{n} {s}" for s, n in found.counts.items())
+            + ("" if list_all or not found.counts["fresh"] else " (--all lists the fresh ones)")
+        )
+    if check and not found.all_fresh:
         sys.exit(EXIT_FAILED)
 
 

@@ -1,25 +1,35 @@
 """``status``: what the cache knows about files on disk, without uploading.
 
-A folder is scanned as a merge of two streams sorted the same way (by path
-bytes): the folder walked depth-first with each directory's entries sorted,
-and the stat cache's rows under the folder, read in keyset pages of one
-indexed range scan. So a folder costs one ``stat`` per file and one query per
-few thousand files, never one per file, and the results come in path order,
-each missing file in its place. Only racily-clean files (see ``_hashing``)
+A folder is walked depth-first with each directory's entries sorted, which
+yields its files in path-byte order, the order of the stat cache's rows. The
+walk comes in tiles: a directory's files between two of its subdirectories,
+each tile owning a key range, the ranges covering the folder without gap.
+So a file costs one ``stat``, and only racily-clean files (see ``_hashing``)
 are read, exactly as git re-reads them.
 
-The per-file work is kept to a minimum: each row carries its stat signature
-packed in one blob (``files.sig``) and a racy flag computed by SQLite, so a
-file is judged by one bytes comparison.
+Two ways to judge a tile:
 
-A big folder is split in two at one of its cached paths: a helper process
-scans the upper part on the other core while this one scans the lower part
-and hands its results out. The helper is a fresh interpreter with its own
-read-only SQLite connection (never a fork: that is unsafe in a threaded
-program and with open SQLite handles); if it cannot start or fails, this
-process scans that part itself. A caller that knows a big scan is coming
-(the ``status`` command) can :func:`prestart` the helper, so its start-up
-overlaps this process's own.
+- one by one (:func:`scan`, every file listed): the tile's rows, joined to
+  their assets, are merged with its files; each row carries its stat
+  signature packed in one blob (``files.sig``) and a racy flag computed by
+  SQLite, so a file is judged by one bytes comparison;
+- in bulk (:func:`report`, fresh files only counted, as ``git status`` does):
+  a tile whose files were all found fresh is remembered (``scan_marks``, see
+  ``_store._m4``) with a digest of its files' paths and stat data and their
+  oldest use. While the scan generation is the same (triggers bump it on any
+  change to a file row and on any asset row going away or getting older),
+  a tile whose files still match the digest is fresh until that oldest use
+  ages: no row is read at all. Otherwise SQLite sums the tile's rows up in
+  one row to hold against the walk, and the tile is remembered again or
+  judged one by one.
+
+A big folder is split in two: a helper process scans the upper part on the
+other core while this one scans the lower part and hands its results out.
+The helper is a fresh interpreter with its own read-only SQLite connection
+(never a fork: that is unsafe in a threaded program and with open SQLite
+handles); if it cannot start or fails, this process scans that part itself.
+A caller that knows a big scan is coming (the ``status`` command) can
+:func:`prestart` the helper, so its start-up overlaps this process's own.
 
 >>> for st in scan(engine, ["photos"]):          # doctest: +SKIP
 ...     print(st.state, st.path)
@@ -36,8 +46,10 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import starmap
+from itertools import chain
 from typing import IO, TYPE_CHECKING, Any
+
+from ._errors import AssetCacheError
 
 if TYPE_CHECKING:
     import subprocess
@@ -50,10 +62,9 @@ STATES = ("fresh", "expiring", "expired", "changed", "new", "missing")
 #: A helper process pays off from about this many cached files below a folder
 #: (it takes ~50 ms to start; a file takes ~3-5 us to scan).
 PARALLEL_MIN = 20_000
-#: Share of a split folder the helper scans (measured on 2 cores): this process
-#: also unpacks and hands out the helper's results, but the helper scans each
-#: file a little slower (a cold process, a core shared with others): even.
-HELPER_SHARE = 0.5
+#: Share of a split folder the helper scans (measured on 2 cores): a little
+#: under half, as the helper starts a little after this process and runs cold.
+HELPER_SHARE = 0.46
 #: Rows per keyset page: large enough that queries are few, small enough that
 #: no cursor stays open while results are handed out.
 PAGE_ROWS = 4096
@@ -133,6 +144,32 @@ class _Job:
             self.now,
         )
 
+    def pages(
+        self, read: Callable[..., list[Any]], lo: bytes, hi: bytes, *, join: bool = True
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The file rows with ``lo <= path < hi`` in path order, a page (list) at a
+        time: ``(path, sig, racy, hash, uuid, last_used)``, or with ``join=False``
+        ``(path, sig, racy, hash, transformed)`` (no asset columns)."""
+        from ._store import SQLiteStore
+
+        while True:
+            sql, params = SQLiteStore.scan_query(
+                self.namespace,
+                self.variant,
+                self.max_side,
+                self.racy_ns,
+                lo,
+                hi,
+                PAGE_ROWS,
+                join=join,
+            )
+            page = read(sql, params)
+            if page:
+                yield page
+            if len(page) < PAGE_ROWS:
+                return
+            lo = page[-1][0] + b"\0"  # the smallest key after the last one read
+
     def rows(
         self,
         read: Callable[..., list[Any]],
@@ -140,18 +177,8 @@ class _Job:
         hi: bytes,
     ) -> Iterator[tuple[Any, ...]]:
         """``(path, sig, racy, hash, uuid, last_used)`` of the file rows with
-        ``lo <= path < hi`` in path order, a page at a time."""
-        from ._store import SQLiteStore
-
-        while True:
-            sql, params = SQLiteStore.scan_query(
-                self.namespace, self.variant, self.max_side, self.racy_ns, lo, hi, PAGE_ROWS
-            )
-            page = read(sql, params)
-            yield from page
-            if len(page) < PAGE_ROWS:
-                return
-            lo = page[-1][0] + b"\0"  # the smallest key after the last one read
+        ``lo <= path < hi`` in path order."""
+        return chain.from_iterable(self.pages(read, lo, hi))
 
     def results(
         self,
@@ -211,6 +238,78 @@ class _Job:
             yield make(row[0].decode(encoding, errors), "missing", None, row[3])
             row = next(rows, end)
 
+    @property
+    def view(self) -> str:
+        """Which assets the files map to (the variant and, with a transform, its size)."""
+        return f"{self.variant}|{self.max_side}" if self.variant and self.max_side else self.variant
+
+    def marks(
+        self, read: Callable[..., list[Any]], gen: int, lo: bytes, hi: bytes
+    ) -> list[tuple[bytes, bytes, bytes, float, int]]:
+        """The remembered fresh ranges starting in ``[lo, hi)``, in path order:
+        ``(lo, hi, digest, oldest_use, files)``."""
+        from ._store import SQLiteStore
+
+        return read(SQLiteStore.MARKS_SQL, (self.namespace, self.view, lo, hi, gen))
+
+    def survey(
+        self,
+        tiles: Iterable[tuple[bytes, bytes, list[tuple[bytes, bytes]]]],
+        read: Callable[..., list[Any]],
+        marks: list[tuple[bytes, bytes, bytes, float, int]],
+        found: list[tuple[bytes, bytes, bytes, float, int]],
+        make: Callable[..., Any],
+    ) -> Iterator[Any]:
+        """:meth:`results` tile by tile (see :func:`_tiles`), except that a tile
+        whose files are all fresh yields only their number (an ``int``).
+
+        ``marks`` are the ranges remembered fresh as of the current generation
+        (see ``_store._m4``): a tile whose files on disk still match its mark's
+        digest costs no read at all. Otherwise SQLite sums up the tile's rows
+        in one row; when their paths and stat data equal the folder's and none
+        is racily clean, the rows are read with their assets, and all fresh
+        makes a new mark (appended to ``found``). Anything else is judged file
+        by file.
+        """
+        from xxhash import xxh3_128_digest
+
+        from . import _policy
+        from ._store import SQLiteStore
+
+        policy, now = _policy.Policy(*self.policy), self.now
+        tile_sql, racy_ns = SQLiteStore.TILE_SQL, self.racy_ns
+        known = {mark[0]: mark for mark in marks}
+        for lo, hi, run in tiles:
+            mine = b"".join([sig + key + b"\0" for key, sig in run])
+            mark = known.get(lo)
+            if (
+                mark is not None
+                and mark[1] == hi
+                and mark[2] == xxh3_128_digest(mine)
+                and _policy.state(policy, mark[3], now) == "fresh"
+            ):
+                yield len(run)
+                continue
+            ((got, racy),) = read(tile_sql, (racy_ns, lo, hi))
+            if (got or b"") != mine or racy:
+                yield from self.results([run], self.rows(read, lo, hi), make)
+                continue
+            if not run:  # nothing on disk, no row: remember that too
+                found.append((lo, hi, xxh3_128_digest(mine), now, 0))
+                yield 0
+                continue
+            rows = list(self.rows(read, lo, hi))
+            uses = [row[5] for row in rows]
+            if (
+                None not in uses
+                and _policy.state(policy, min(uses), now) == "fresh"
+                and [(row[0], row[1]) for row in rows] == run
+            ):
+                found.append((lo, hi, xxh3_128_digest(mine), min(uses), len(run)))
+                yield len(run)
+                continue
+            yield from self.results([run], iter(rows), make)
+
 
 def _racy_state(key: bytes, digest: str) -> str:
     """``""`` when a racily-clean file still has ``digest``, else its state."""
@@ -229,12 +328,54 @@ def _pack(*fields: Any) -> tuple[Any, ...]:
 
 def scan(engine: _Engine, paths: Iterable[str]) -> Iterator[FileStatus]:
     """Statuses of the files named (folders: every file below them, in path order)."""
+    return _statuses(engine, paths, survey=False)
+
+
+@dataclass(slots=True)
+class StatusReport:
+    """What :meth:`~assetcache.AssetCache.status_report` found: how many files
+    are in each state (``counts``, every state present, in :data:`STATES`
+    order) and the files listed, in path order: every file but the fresh ones,
+    unless asked for those too."""
+
+    counts: dict[str, int]
+    files: list[FileStatus]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def all_fresh(self) -> bool:
+        return self.counts["fresh"] == self.total
+
+
+def report(engine: _Engine, paths: Iterable[str], *, fresh: bool = False) -> StatusReport:
+    """A :class:`StatusReport` of the files named; fresh files listed only with ``fresh``.
+
+    Without them a big folder costs much less: runs of unchanged files with
+    fresh assets are only counted (see :meth:`_Job.survey`).
+    """
+    counts = dict.fromkeys(STATES, 0)
+    files: list[FileStatus] = []
+    for found in _statuses(engine, paths, survey=not fresh):
+        if type(found) is int:
+            counts["fresh"] += found
+        else:
+            counts[found.state] += 1
+            if fresh or found.state != "fresh":
+                files.append(found)
+    return StatusReport(counts, files)
+
+
+def _statuses(engine: _Engine, paths: Iterable[str], *, survey: bool) -> Iterator[Any]:
+    """:func:`scan`; with ``survey``, also numbers of fresh files counted in bulk."""
     job = _Job.of(engine)
     read = engine.store.read
     for raw in paths:
         top = os.path.abspath(raw)
         if os.path.isdir(top):
-            results: Iterable[FileStatus] = _scan_folder(engine, job, os.fsencode(top))
+            results: Iterable[Any] = _scan_folder(engine, job, os.fsencode(top), survey)
         else:
             key = os.fsencode(top)
             try:
@@ -253,64 +394,139 @@ def scan(engine: _Engine, paths: Iterable[str]) -> Iterator[FileStatus]:
 # -- one folder -----------------------------------------------------------------
 
 
-def _scan_folder(engine: _Engine, job: _Job, top: bytes) -> Iterator[FileStatus]:
+def _scan_folder(engine: _Engine, job: _Job, top: bytes, survey: bool) -> Iterator[Any]:
     prefix = top if top.endswith(_SEP) else top + _SEP
     lo, hi = prefix, prefix[:-1] + _AFTER_SEP  # every path below the folder, nothing else
-    read = engine.store.read
+    store = engine.store
+    read = store.read
     mid = hi
     helper = None
+    # Read before anything else: a mark found with the rows read after it is
+    # stamped with it, so a change to the assets in between voids the mark.
+    gen = _generation(read) if survey else None
+    marks = job.marks(read, gen, lo, hi) if gen is not None else []
     if (os.cpu_count() or 1) > 1:
-        ((count,),) = read(_COUNT_SQL, (lo, hi), "count tracked files")
-        if count >= PARALLEL_MIN:
-            ((mid,),) = read(_NTH_SQL, (lo, hi, int(count * (1 - HELPER_SHARE))), "split a scan")
-            helper = _Helper.start(job, prefix, mid, hi)
+        split = _split(read, lo, hi, marks)
+        if split is not None:
+            mid = split
+            helper = _Helper.start(job, prefix, mid, hi, gen)
             if helper is None:
                 mid = hi
+    found: list[tuple[bytes, bytes, bytes, float, int]] = []
     try:
-        yield from job.results(_walk(prefix, lo, mid), job.rows(read, lo, mid), FileStatus)
+        yield from _judge(job, read, prefix, lo, mid, gen, marks, found, FileStatus)
         if mid != hi:
             upper = helper.results() if helper is not None else None
             if upper is None:  # the helper failed: do its share here
-                yield from job.results(_walk(prefix, mid, hi), job.rows(read, mid, hi), FileStatus)
+                yield from _judge(job, read, prefix, mid, hi, gen, marks, found, FileStatus)
             else:
-                yield from starmap(FileStatus, upper)
+                results, theirs = upper if gen is not None else (upper, [])
+                found += theirs
+                yield from (x if type(x) is int else FileStatus(*x) for x in results)
     finally:
         if helper is not None:
             helper.close()
+    if found and gen is not None:
+        # Only a speed-up: a busy or read-only database just goes without.
+        with contextlib.suppress(AssetCacheError):
+            store.save_scan_marks(job.namespace, job.view, gen, found)
+
+
+def _generation(read: Callable[..., list[Any]]) -> int | None:
+    from ._store import SQLiteStore
+
+    rows = read(SQLiteStore.GEN_SQL, (), "read the scan generation")
+    return int(rows[0][0]) if rows else None
+
+
+def _split(
+    read: Callable[..., list[Any]],
+    lo: bytes,
+    hi: bytes,
+    marks: list[tuple[bytes, bytes, bytes, float, int]],
+) -> bytes | None:
+    """Where a helper process's share of ``[lo, hi)`` begins, or ``None`` when
+    the range is too small to share. The remembered fresh ranges know their
+    sizes (one small read); without them the files table is counted."""
+    total = sum(mark[4] for mark in marks)
+    if total >= PARALLEL_MIN:
+        below = 0
+        for mark in marks:
+            if below >= total * (1 - HELPER_SHARE):
+                return mark[0]
+            below += mark[4]
+    ((count,),) = read(_COUNT_SQL, (lo, hi), "count tracked files")
+    if count < PARALLEL_MIN:
+        return None
+    ((mid,),) = read(_NTH_SQL, (lo, hi, int(count * (1 - HELPER_SHARE))), "split a scan")
+    return bytes(mid)
+
+
+def _judge(
+    job: _Job,
+    read: Callable[..., list[Any]],
+    prefix: bytes,
+    lo: bytes,
+    hi: bytes,
+    gen: int | None,
+    marks: list[tuple[bytes, bytes, bytes, float, int]],
+    found: list[tuple[bytes, bytes, bytes, float, int]],
+    make: Callable[..., Any],
+) -> Iterator[Any]:
+    """The results of the files below ``prefix`` with ``lo <= path < hi``: a
+    survey (fresh files counted in bulk) given the scan generation and its
+    ``marks``, else one by one."""
+    if gen is None:
+        return job.results(_walk(prefix, lo, hi), job.rows(read, lo, hi), make)
+    return job.survey(_tiles(prefix, lo, hi), read, marks, found, make)
 
 
 def _walk(prefix: bytes, lo: bytes, hi: bytes) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The files of :func:`_tiles`, in runs (lists), without the empty ones."""
+    return (run for _, _, run in _tiles(prefix, lo, hi) if run)
+
+
+def _tiles(
+    prefix: bytes, lo: bytes, hi: bytes
+) -> Iterator[tuple[bytes, bytes, list[tuple[bytes, bytes]]]]:
     """Regular files (symlinks followed) below ``prefix`` with ``lo <= path < hi``,
-    in path-byte order, each with its packed stat signature, in runs (lists).
+    in path-byte order, each with its packed stat signature, as tiles
+    ``(tile_lo, tile_hi, files)``.
 
     Within a directory a subdirectory sorts as ``name/``, which makes the
     depth-first order equal to the byte order of whole paths (the order of the
-    files table), so the walk and the rows can be merged without sorting.
+    files table), so the walk and the rows can be merged without sorting. A
+    tile is a directory's files between two of its subdirectories; the tiles'
+    key ranges cover ``[lo, hi)`` below ``prefix`` without gap or overlap, so
+    every row of the files table in it (a file gone, a folder gone) falls in
+    exactly one tile.
     """
-    entries, mixed = _listing(prefix, lo, hi)
-    if not mixed:
-        yield entries
-        return
-    stack = [iter(entries)]
+    entries, _ = _listing(prefix, lo, hi)
+    stack = [(iter(entries), prefix[:-1] + _AFTER_SEP)]
+    cursor = max(prefix, lo)
+    run: list[tuple[bytes, bytes]] = []
     while stack:
-        run: list[tuple[bytes, Any]] = []
-        for key, sig in stack[-1]:
-            if sig is None:
-                if run:
-                    yield run
-                    run = []
-                entries, mixed = _listing(key, lo, hi)
-                if mixed:
-                    stack.append(iter(entries))
-                    break
-                if entries:
-                    yield entries
+        entries_left, end = stack[-1]
+        for key, sig in entries_left:
+            if sig is not None:
+                run.append((key, sig))
                 continue
-            run.append((key, sig))
+            # A subdirectory ``key`` (ending in the separator): the tile so far
+            # ends where its range begins, and the walk goes down into it.
+            edge = min(key, hi)
+            if cursor < edge:
+                yield cursor, edge, run
+            run = []
+            stack.append((iter(_listing(key, lo, hi)[0]), key[:-1] + _AFTER_SEP))
+            cursor = max(key, lo)
+            break
         else:
             stack.pop()
-        if run:
-            yield run
+            edge = min(end, hi)
+            if cursor < edge:
+                yield cursor, edge, run
+            run = []
+            cursor = max(end, lo)
 
 
 def _listing(prefix: bytes, lo: bytes, hi: bytes) -> tuple[list[tuple[bytes, Any]], bool]:
@@ -328,12 +544,35 @@ def _listing(prefix: bytes, lo: bytes, hi: bytes) -> tuple[list[tuple[bytes, Any
         # walk down the whole path for every file.
         with contextlib.suppress(OSError):
             fd = os.open(prefix, _DIR_FLAGS)
-    stat, pack, is_reg, is_dir = os.stat, _PACK, stat_mod.S_ISREG, stat_mod.S_ISDIR
+    stat, pack, is_reg = os.stat, _PACK, stat_mod.S_ISREG
     # Most directories lie wholly inside the range: no per-entry range checks.
     inside = lo <= prefix and prefix[:-1] + _AFTER_SEP <= hi
     mixed = False
     append = out.append
     try:
+        if inside and fd is not None:
+            # The common case, kept lean: ~0.5 us of the ~3 us a file costs.
+            for name in names:
+                try:
+                    st = stat(name, dir_fd=fd)
+                except (OSError, ValueError):
+                    continue
+                if is_reg(st.st_mode):
+                    try:
+                        append(
+                            (
+                                prefix + name,
+                                pack(
+                                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                                ),
+                            )
+                        )
+                    except struct.error:
+                        append((prefix + name, _sig(st)))
+                elif _is_folder(st, prefix + name):
+                    append((prefix + name + _SEP, None))
+                    mixed = True
+            names = []
         for name in names:
             key = prefix + name
             # Out of range both as a file and as a folder: not ours to stat.
@@ -349,8 +588,7 @@ def _listing(prefix: bytes, lo: bytes, hi: bytes) -> tuple[list[tuple[bytes, Any
                 st = stat(name, dir_fd=fd) if fd is not None else stat(key)
             except (OSError, ValueError):
                 continue  # vanished, dangling symlink, permission: not a file we can judge
-            mode = st.st_mode
-            if is_reg(mode):
+            if is_reg(st.st_mode):
                 if inside or lo <= key < hi:
                     try:
                         append(
@@ -363,7 +601,7 @@ def _listing(prefix: bytes, lo: bytes, hi: bytes) -> tuple[list[tuple[bytes, Any
                         )
                     except struct.error:
                         append((key, _sig(st)))
-            elif is_dir(mode) and not os.path.islink(key):  # symlinked folders: not walked
+            elif _is_folder(st, key):
                 key += _SEP
                 if inside or (key < hi and key[:-1] + _AFTER_SEP > lo):
                     append((key, None))
@@ -374,6 +612,11 @@ def _listing(prefix: bytes, lo: bytes, hi: bytes) -> tuple[list[tuple[bytes, Any
     if mixed:
         out.sort()  # "b/" sorts after "b.png" but the name "b" before it
     return out, mixed
+
+
+def _is_folder(st: os.stat_result, key: bytes) -> bool:
+    """Whether an entry is a folder to walk: symlinked folders are not."""
+    return stat_mod.S_ISDIR(st.st_mode) and not os.path.islink(key)
 
 
 # -- the helper process ------------------------------------------------------------
@@ -436,14 +679,16 @@ class _Helper:
         self.proc = proc
 
     @classmethod
-    def start(cls, job: _Job, prefix: bytes, mid: bytes, hi: bytes) -> _Helper | None:
+    def start(
+        cls, job: _Job, prefix: bytes, mid: bytes, hi: bytes, gen: int | None
+    ) -> _Helper | None:
         proc = _prestarted.pop() if _prestarted else _spawn()
         if proc is None:
             return None
         helper = cls(proc)
         try:
             assert proc.stdin is not None
-            proc.stdin.write(marshal.dumps((job.fields(), prefix, mid, hi)))
+            proc.stdin.write(marshal.dumps((job.fields(), prefix, mid, hi, gen)))
             proc.stdin.close()
         except (OSError, ValueError):
             helper.close()
@@ -481,7 +726,7 @@ def _helper_main(stdin: IO[bytes]) -> None:
     from . import _policy  # noqa: F401  (loaded before the job arrives)
 
     try:
-        fields, prefix, mid, hi = marshal.load(stdin)
+        fields, prefix, mid, hi, gen = marshal.load(stdin)
     except EOFError:
         return  # prestarted, never used
     job = _Job(*fields)
@@ -493,8 +738,13 @@ def _helper_main(stdin: IO[bytes]) -> None:
     def read(sql: str, params: tuple[Any, ...]) -> list[Any]:
         return conn.execute(sql, params).fetchall()
 
-    results = list(job.results(_walk(prefix, mid, hi), job.rows(read, mid, hi), _pack))
+    found: list[tuple[bytes, bytes, bytes, float, int]] = []
+    marks = job.marks(read, gen, mid, hi) if gen is not None else []
+    results = list(_judge(job, read, prefix, mid, hi, gen, marks, found, _pack))
     conn.close()
     out: IO[bytes] = sys.stdout.buffer
-    out.write(marshal.dumps(results))
+    out.write(marshal.dumps((results, found) if gen is not None else results))
     out.flush()
+    # The parent reads to the end of the pipe: end now, without tearing down
+    # an interpreter full of objects first.
+    os._exit(0)

@@ -239,8 +239,57 @@ def _m3(conn: sqlite3.Connection) -> None:
     )
 
 
+#: Bumped by triggers whenever a file row changes in any way, or an asset row
+#: goes away or gets older (deleted, replaced by an older row, ``last_used_at``
+#: moved back): what ``status`` remembers about fresh ranges of files (see
+#: ``_m4``) holds only while it is unchanged. Uses only make entries fresher
+#: and hits write nothing, so neither touches it.
+_BUMP = "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'scan_gen'"
+
+
+def _m4(conn: sqlite3.Connection) -> None:
+    # ``status`` of a big folder remembers, per range of paths whose files
+    # were all fresh, a digest of those files' paths and stat data as found on
+    # disk, their number and their oldest use. While the generation is the
+    # same, the file rows and their assets are as they were: a range whose
+    # files on disk still match the digest is still fresh until that oldest
+    # use ages, with no read of its rows at all.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS scan_marks (namespace TEXT NOT NULL, view TEXT NOT NULL, "
+        "lo BLOB NOT NULL, hi BLOB NOT NULL, digest BLOB NOT NULL, oldest_use REAL NOT NULL, "
+        "files INTEGER NOT NULL, gen INTEGER NOT NULL, PRIMARY KEY (namespace, view, lo)) "
+        "WITHOUT ROWID"
+    )
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('scan_gen', '0')")
+    # Triggers hold whatever code writes (one statement each: the script
+    # splitter would cut them at their inner semicolons).
+    for event in ("INSERT", "UPDATE", "DELETE"):
+        conn.execute(
+            f"CREATE TRIGGER IF NOT EXISTS scan_gen_files_{event.lower()} AFTER {event} ON files "
+            f"BEGIN {_BUMP}; END"
+        )
+    conn.execute(
+        f"CREATE TRIGGER IF NOT EXISTS scan_gen_assets_delete AFTER DELETE ON assets "
+        f"BEGIN {_BUMP}; END"
+    )
+    conn.execute(
+        "CREATE TRIGGER IF NOT EXISTS scan_gen_assets_update AFTER UPDATE ON assets "
+        "WHEN new.last_used_at < old.last_used_at OR new.namespace IS NOT old.namespace "
+        "OR new.content_hash IS NOT old.content_hash OR new.variant IS NOT old.variant "
+        f"BEGIN {_BUMP}; END"
+    )
+    # INSERT OR REPLACE deletes without firing delete triggers: catch a newer
+    # row about to be replaced by an older one before it happens.
+    conn.execute(
+        "CREATE TRIGGER IF NOT EXISTS scan_gen_assets_replace BEFORE INSERT ON assets "
+        "WHEN EXISTS (SELECT 1 FROM assets a WHERE a.namespace = new.namespace "
+        "AND a.content_hash = new.content_hash AND a.variant = new.variant "
+        f"AND a.last_used_at > new.last_used_at) BEGIN {_BUMP}; END"
+    )
+
+
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
-MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3)
+MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -466,6 +515,38 @@ class SQLiteStore:
         "WHEN f.side IS NULL THEN NULL WHEN f.side > ? THEN 1 ELSE 0 END "
         "FROM files f WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
     )
+
+    #: ``status``: one range of file rows summed up in one row: their
+    #: ``sig || path || NUL`` concatenated in path order (to hold against the
+    #: folder) and how many are racily clean. SQLite concatenates in scan
+    #: order (the primary key's); were it ever otherwise, the range would only
+    #: be judged file by file.
+    TILE_SQL = (
+        "SELECT CAST(group_concat(sig || path || x'00', '') AS BLOB), "
+        "total(hashed_at_ns - max(mtime_ns, ctime_ns) < ?) "
+        "FROM files WHERE path >= ? AND path < ?"
+    )
+    MARKS_SQL = (
+        "SELECT lo, hi, digest, oldest_use, files FROM scan_marks WHERE namespace = ? "
+        "AND view = ? AND lo >= ? AND lo < ? AND gen = ? ORDER BY lo"
+    )
+    GEN_SQL = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'scan_gen'"
+
+    def save_scan_marks(
+        self,
+        namespace: str,
+        view: str,
+        gen: int,
+        marks: Sequence[tuple[bytes, bytes, bytes, float, int]],
+    ) -> None:
+        """Remember ranges ``status`` found all fresh (``(lo, hi, digest, oldest_use,
+        files)``), as of generation ``gen``; marks of older generations go."""
+        with self.write("remember fresh ranges") as conn:
+            conn.execute("DELETE FROM scan_marks WHERE gen <> ?", (gen,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO scan_marks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(namespace, view, *mark, gen) for mark in marks],
+            )
 
     @classmethod
     def scan_query(

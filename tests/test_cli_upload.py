@@ -191,7 +191,10 @@ def test_status_check_exit_code(ecli: EmulatorCLI, tmp_path: Path) -> None:
     ecli("upload", a)
     assert ecli("status", "--check", a).exit_code == 0
     assert ecli("status", "--check", a, tmp_path / "gone.png").exit_code == 1
-    fresh = ecli("status", a)
+    quiet = ecli("status", a)  # like git status: fresh files are only counted
+    assert quiet.stdout == "" and "1 file(s): 1 fresh" in quiet.stderr
+    assert "--all lists the fresh ones" in quiet.stderr
+    fresh = ecli("status", "--all", a)
     assert fresh.stdout.startswith("fresh") and "28d23h" in fresh.stdout
 
 
@@ -201,6 +204,6 @@ def test_status_defaults_to_the_current_folder(
     write_images(tmp_path / "img", 1, 2)
     ecli("upload", tmp_path / "img")
     monkeypatch.chdir(tmp_path / "img")
-    result = ecli("status")
+    result = ecli("status", "-a")
     assert [line.split()[-1] for line in result.stdout.splitlines()] == ["img-01.png", "img-02.png"]
     assert "2 fresh" in result.stderr

@@ -381,7 +381,7 @@ def test_cli_commands_act_on_the_fleet(emu, pg_url, tmp_path):
     assert {e["uuid"] for e in listed} <= {img.uuid for img in emu.images()}
     stats = json.loads(run("b", "stats", "--json").stdout)
     assert stats["entries"] == 3 and stats["uploads"] == 3
-    status = json.loads(run("b", "status", "--json", folder_b).stdout)
+    status = json.loads(run("b", "status", "--json", "--all", folder_b).stdout)
     assert [s["state"] for s in status["files"]] == ["fresh"] * 3
 
     exported = run("a", "export").stdout.strip().splitlines()

@@ -165,7 +165,10 @@ def test_a_use_is_written_at_most_once_per_touch_interval(warm, emu, monkeypatch
     emu.advance(hours=2)  # past touch_every (1 h): this hit records the use, once
     with watch(cache, path, monkeypatch) as first:
         assert cache.resolve(path).outcome == "hit"
-    assert [s.split()[0].upper() for s in first.writes] == ["BEGIN", "UPDATE", "COMMIT"]
+    # SQLite's trace reports a statement once more when a trigger on its table
+    # runs (here the scan generation's, whose condition a use never meets).
+    verbs = [s.split()[0].upper() for i, s in enumerate(first.writes) if s not in first.writes[:i]]
+    assert verbs == ["BEGIN", "UPDATE", "COMMIT"]
     assert first.changes == 1 and first.opened == [] and not first.in_transaction
     with watch(cache, path, monkeypatch) as second:
         assert cache.resolve(path).outcome == "hit"

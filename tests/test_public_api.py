@@ -14,6 +14,7 @@ EXPECTED = {
     "RetryPolicy",
     "Source",
     "FileStatus",
+    "StatusReport",
     "Entry",
     "CacheStats",
     "RefreshItem",

@@ -214,3 +214,210 @@ def test_a_schema_2_database_is_migrated_and_still_fresh(make_cache, tmp_path):
     assert fields(again.status([str(root)])) == before
     assert {s.state for s in again.status([str(root)])} == {"fresh"}
     assert all(again._engine.fast_hit(str(p)) is not None for p in root.iterdir())
+
+
+# -- status reports: fresh files counted in bulk, remembered fresh ranges ----------
+
+
+def tree(cache, root: Path, folders: int = 3, files: int = 8) -> list[Path]:
+    """``folders`` subfolders of ``files`` uploaded images, and two loose files."""
+    paths = [root / f"d{d}" / f"f{f:02d}.png" for d in range(folders) for f in range(files)]
+    paths += [root / "a.png", root / "z.png"]
+    for i, path in enumerate(paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(make_png(3000 + i))
+    assert all(r.ok for r in cache.resolve_many(sorted(str(p) for p in paths)))
+    return paths
+
+
+def judged_one_by_one(cache, root: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """What a report must say, from ``status()`` (which never uses marks)."""
+    found = list(cache.status([str(root)]))
+    counts = dict.fromkeys(_scan.STATES, 0)
+    for s in found:
+        counts[s.state] += 1
+    return counts, [(s.path, s.state) for s in found if s.state != "fresh"]
+
+
+def reported(cache, root: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    report = cache.status_report([str(root)])
+    return report.counts, [(s.path, s.state) for s in report.files]
+
+
+def tile_reads(cache, monkeypatch) -> list[str]:
+    """SQL the store runs from now on that reads file rows (tiles or pages of rows)."""
+    seen: list[str] = []
+    real = cache.store.read
+
+    def read(sql, params=(), doing="read"):
+        if "FROM files" in sql and "count(" not in sql:
+            seen.append(sql)
+        return real(sql, params, doing)
+
+    monkeypatch.setattr(cache.store, "read", read)
+    return seen
+
+
+def test_a_report_counts_every_state_and_lists_all_but_the_fresh(scanned):
+    cache, root = scanned
+    (root / "b" / "c.png").write_bytes(make_png(100))
+    (root / "b" / "d.png").unlink()
+    (root / "b" / "e.png").write_bytes(make_png(101))
+    report = cache.status_report([str(root)])
+    assert report.counts == judged_one_by_one(cache, root)[0]
+    assert report.counts["fresh"] == 4 and report.total == 7 and not report.all_fresh
+    assert [(os.path.relpath(s.path, root), s.state) for s in report.files] == [
+        ("b/c.png", "changed"),
+        ("b/d.png", "missing"),
+        ("b/e.png", "new"),
+    ]
+    everything = cache.status_report([str(root)], fresh=True)
+    assert fields(everything.files) == fields(cache.status([str(root)]))
+
+
+@pytest.mark.parametrize("resize", [False, True])  # untouched bytes; per-image variants
+def test_a_second_report_reads_no_rows_of_unchanged_fresh_folders(
+    make_cache, tmp_path, monkeypatch, resize
+):
+    cache = make_cache(racy_window=0.0, resize=resize)
+    assert bool(cache._engine.max_side) == resize
+    root = tmp_path / "t"
+    tree(cache, root)
+    first = cache.status_report([str(root)])
+    assert first.all_fresh and first.total == 26
+    marks = cache.store.read("SELECT lo, files FROM scan_marks ORDER BY lo")
+    # One mark per run of files (the loose a.png, each folder, the loose z.png)
+    # and per stretch between folders (no files, no rows).
+    assert [n for _, n in marks] == [1, 8, 0, 8, 0, 8, 1]
+    seen = tile_reads(cache, monkeypatch)
+    again = cache.status_report([str(root)])
+    assert again.counts == first.counts and again.files == []
+    assert seen == []  # each folder was matched against its mark: no file row read
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "edit",
+        "delete",
+        "add",
+        "drop-folder",
+        "forget-entry",
+        "invalidate",
+        "forget-file-row",
+        "age",
+        "rename",
+    ],
+)
+def test_a_remembered_range_gives_way_to_every_change(make_cache, tmp_path, emu, change):
+    cache = make_cache(racy_window=0.0)
+    root = tmp_path / "t"
+    tree(cache, root)
+    assert cache.status_report([str(root)]).all_fresh  # marks written
+    one = root / "d1" / "f03.png"
+    if change == "edit":
+        one.write_bytes(make_png(9999))
+    elif change == "delete":
+        one.unlink()
+    elif change == "add":
+        (root / "d1" / "f03b.png").write_bytes(make_png(9998))
+    elif change == "drop-folder":
+        for p in (root / "d2").iterdir():
+            p.unlink()
+        (root / "d2").rmdir()
+    elif change == "forget-entry":
+        digest = cache.resolve(one).content_hash
+        cache.forget([digest])
+    elif change == "invalidate":
+        cache.invalidate(one)
+    elif change == "forget-file-row":
+        with cache.store.write() as conn:
+            conn.execute("DELETE FROM files WHERE path = ?", (os.fsencode(one),))
+    elif change == "age":
+        emu.advance(days=27)
+    elif change == "rename":
+        one.rename(root / "d1" / "g03.png")
+    expected = judged_one_by_one(cache, root)
+    assert expected[1]  # the change shows one by one...
+    assert reported(cache, root) == expected  # ...and in the report
+    assert reported(cache, root) == expected  # and again, with the marks now written
+
+
+def test_writes_that_can_void_a_mark_bump_the_generation(make_cache, tmp_path):
+    cache = make_cache(racy_window=0.0)
+    (a, b) = tree(cache, tmp_path / "t", folders=1, files=2)[:2]
+    store = cache.store
+    row = next(iter(store.select_assets()))
+    key = row.key
+
+    def gen() -> int:
+        return _scan._generation(store.read)
+
+    before = gen()
+    store.touch(key, row.last_used_at + 10)  # a use: only fresher
+    assert cache.resolve(a).outcome == "hit"  # a hit writes nothing
+    assert gen() == before
+    store.put_assets([row])  # replaced by an older copy of itself
+    assert gen() == before + 1
+    store.expire_asset(key, 0.0)  # moved back
+    assert gen() == before + 2
+    store.delete_assets([key])
+    assert gen() == before + 3
+    b.write_bytes(make_png(4242))
+    cache.resolve(b)  # hashed and uploaded: a new file row
+    assert gen() > before + 3
+
+
+def test_tiles_cover_the_range_without_gaps(make_cache, tmp_path):
+    root = tmp_path / "w"
+    for rel in ["a.png", "b/c.png", "b/e/f.png", "b.png", "c/g.png", "z.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    prefix = os.fsencode(root) + b"/"
+    end = prefix[:-1] + b"0"
+    for lo, hi in [(prefix, end), (prefix + b"b/d", prefix + b"c/"), (prefix + b"b.png", end)]:
+        tiles = list(_scan._tiles(prefix, lo, hi))
+        assert tiles[0][0] == lo and tiles[-1][1] == hi
+        # No gap, no overlap: each tile starts where the one before ends.
+        assert all(t[1] == u[0] for t, u in zip(tiles, tiles[1:], strict=False))
+        keys = [k for _, _, run in tiles for k, _ in run]
+        assert keys == sorted(keys) and all(lo <= k < hi for k in keys)
+        assert all(t_lo <= k < t_hi for t_lo, t_hi, run in tiles for k, _ in run)
+    whole = [
+        os.path.relpath(os.fsdecode(k), root)
+        for _, _, r in _scan._tiles(prefix, prefix, end)
+        for k, _ in r
+    ]
+    assert whole == ["a.png", "b.png", "b/c.png", "b/e/f.png", "c/g.png", "z.png"]
+
+
+def test_a_helper_process_shares_a_report(make_cache, tmp_path, monkeypatch):
+    cache = make_cache(racy_window=0.0)
+    root = tmp_path / "big"
+    big_folder(cache, root)
+    monkeypatch.setattr(_scan, "PARALLEL_MIN", 10**9)
+    alone = reported(cache, root)
+    monkeypatch.setattr(_scan, "PARALLEL_MIN", 10)
+    monkeypatch.setattr(_scan.os, "cpu_count", lambda: 2)
+    started = []
+    real_start = _scan._Helper.start.__func__
+
+    def start(cls, *args):
+        started.append(real_start(cls, *args))
+        return started[-1]
+
+    monkeypatch.setattr(_scan._Helper, "start", classmethod(start))
+    assert reported(cache, root) == alone  # split on a count of the rows
+    assert reported(cache, root) == alone  # split on the marks the first report wrote
+    assert len(started) == 2 and all(h is not None and h.proc.returncode == 0 for h in started)
+    assert alone[0]["missing"] == alone[0]["changed"] == alone[0]["new"] == 1
+
+
+def test_a_report_judges_racily_clean_files_by_content(make_cache, tmp_path, monkeypatch):
+    cache = make_cache(racy_window=10**9)  # every entry stays racily clean
+    paths = tree(cache, tmp_path / "r", folders=1, files=3)
+    assert cache.status_report([str(tmp_path / "r")]).all_fresh
+    assert cache.store.read("SELECT count(*) FROM scan_marks WHERE files > 0")[0][0] == 0
+    monkeypatch.setattr(_hashing, "hash_file", lambda p: ("0" * 32, 0))
+    report = cache.status_report([str(tmp_path / "r")])
+    assert report.counts["changed"] == len(paths) and report.counts["fresh"] == 0
