@@ -414,9 +414,11 @@ class SQLiteStore:
             raise self._error(exc, doing) from None
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):  # a statement in the block: one clear message
+                raise self._error(exc, doing) from None
             raise
         try:
             conn.execute("COMMIT")

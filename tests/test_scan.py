@@ -421,3 +421,18 @@ def test_a_report_judges_racily_clean_files_by_content(make_cache, tmp_path, mon
     monkeypatch.setattr(_hashing, "hash_file", lambda p: ("0" * 32, 0))
     report = cache.status_report([str(tmp_path / "r")])
     assert report.counts["changed"] == len(paths) and report.counts["fresh"] == 0
+
+
+def test_a_report_goes_on_when_it_cannot_remember(make_cache, tmp_path):
+    cache = make_cache(racy_window=0.0)
+    paths = tree(cache, tmp_path / "t", folders=1, files=2)
+    with cache.store.write() as conn:
+        conn.execute(  # saving marks now fails in SQLite, as on a full disk
+            "CREATE TRIGGER refuse BEFORE INSERT ON scan_marks "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    with pytest.raises(_store.StoreError, match="disk is full"):
+        cache.store.save_scan_marks("ns", "", 0, [(b"a", b"b", b"d", 0.0, 1)])
+    report = cache.status_report([str(tmp_path / "t")])
+    assert report.all_fresh and report.total == len(paths)
+    assert cache.store.read("SELECT count(*) FROM scan_marks")[0][0] == 0
