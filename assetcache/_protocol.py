@@ -365,3 +365,308 @@ def parse_response(
                 retry_after=retry_after,
             )
     return outcomes
+
+
+# -- "I no longer have this media": the one rule -------------------------------------
+#
+# Runware has no dedicated "expired" code: an upload it deleted is reported
+# like bad input on the parameter that carried it (``invalidSeedImage`` on
+# ``seedImage``), and the newer SDKs also expect ``mediaNotFound``,
+# ``mediaExpired`` or any code ending in ``NotFound``/``Expired``. The SDKs
+# wrap these: ``runware-sdk``'s ``RunwareError`` keeps only a category
+# (``notFound``, ``validation``) and the parameter; the WebSocket SDK's
+# ``RunwareAPIError`` keeps the raw error object. Their classes are recognised
+# by name and module, never imported: both SDKs install a package named
+# ``runware`` and cannot share an environment.
+
+#: Words that mark a parameter as one that takes an image.
+_MEDIA_WORDS = ("image", "mask", "frame", "reference", "guide")
+#: An upload's own input: bad bytes there are not an unknown UUID.
+_UPLOAD_INPUTS = frozenset({"image", "media"})
+#: ``<thing>NotFound`` / ``<thing>Expired`` about something that is not media.
+_NOT_MEDIA = (
+    "task",
+    "model",
+    "lora",
+    "vae",
+    "embedding",
+    "webhook",
+    "account",
+    "apikey",
+    "token",
+    "session",
+    "user",
+    "organization",
+    "workspace",
+    "environment",
+    "app",
+    "endpoint",
+)
+#: Runware's wording for a UUID it does not hold.
+_UNKNOWN_WORDING = "previously uploaded"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRejection:
+    """The server said it does not know an image it was given.
+
+    ``parameters``: where, as the server named them (``referenceImages[2]``,
+    ``inputs.seedImage``, ``guideImage``); empty when it did not say, in which
+    case every image of the task is suspect. ``error`` is what carried it.
+    """
+
+    parameters: tuple[str, ...]
+    code: str | None
+    error: object
+
+
+def _param_list(parameter: object) -> list[str]:
+    if isinstance(parameter, str):
+        return [p.strip() for p in parameter.split(",") if p.strip()]
+    if isinstance(parameter, (list, tuple)):
+        return [p.strip() for p in parameter if isinstance(p, str) and p.strip()]
+    return []
+
+
+def is_media_parameter(parameter: str, known: Sequence[str] = ()) -> bool:
+    """Whether ``parameter`` takes an image: one of ``known`` (the places a task
+    put its images), or a name such as ``seedImage``, ``regions[0].mask``."""
+    from ._taskmap import match, names_of
+
+    if known and match(parameter, known):
+        return True
+    if parameter.strip().lower() in _UPLOAD_INPUTS:
+        return False
+    return any(word in step.lower() for step in names_of(parameter) for word in _MEDIA_WORDS)
+
+
+def media_error(
+    code: object, parameter: object, message: object = None, known: Sequence[str] = ()
+) -> tuple[str, ...] | None:
+    """The rule, on one raw Runware error object: ``None`` when it is not about
+    an unknown image, else the image parameters it names (maybe none)."""
+    from ._taskmap import names_of
+
+    if not isinstance(code, str) or not code:
+        return None
+    params = _param_list(parameter)
+    low = code.lower()
+    if low.endswith(("notfound", "expired")):
+        stem = low[: -len("notfound")] if low.endswith("notfound") else low[: -len("expired")]
+        if params:
+            named = tuple(p for p in params if is_media_parameter(p, known))
+            return named or None
+        if stem.startswith(_NOT_MEDIA):
+            return None
+        return ()
+    if not low.startswith("invalid") or low == "invalid":
+        return None
+    wanted = low[len("invalid") :]
+    if not params:
+        # ``invalidSeedImage`` with no parameter: the code names it.
+        name = code[len("invalid")]
+        guess = name.lower() + code[len("invalid") + 1 :]
+        return (guess,) if is_media_parameter(guess, known) else None
+    worded = isinstance(message, str) and _UNKNOWN_WORDING in message.lower()
+    named = tuple(
+        p
+        for p in params
+        if is_media_parameter(p, known) and (worded or wanted in (s.lower() for s in names_of(p)))
+    )
+    return named or None
+
+
+def unknown_media(
+    obj: object, *, uuid: str | None = None, known: Sequence[str] = ()
+) -> MediaRejection | None:
+    """Whether ``obj`` (raised or returned by whatever sent a task) is Runware
+    saying it does not know an image it was given; which parameters, if it says.
+
+    Reads this project's :class:`RemoteError`, ``runware-sdk``'s
+    ``RunwareError``, the WebSocket SDK's ``RunwareAPIError`` (and its
+    ``RunwareError``), an ``httpx``/``httpx2`` ``Response`` or
+    ``HTTPStatusError`` whose JSON body holds such an error, and a decoded
+    answer (``{"errors": [...]}``); exceptions are followed along their causes.
+    With ``uuid``, a response whose request is known counts only where the
+    rejected parameter held that UUID.
+
+    >>> err = UnknownImage("gone", code="invalidSeedImage", parameter="seedImage")
+    >>> unknown_media(err).parameters
+    ('seedImage',)
+    """
+    seen = 0
+    while obj is not None and seen < 8:
+        found = _rejection_one(obj, uuid, known)
+        if found is not None:
+            return found
+        if not isinstance(obj, BaseException):
+            return None
+        obj = obj.__cause__ or (None if obj.__suppress_context__ else obj.__context__)
+        seen += 1
+    return None
+
+
+def _from(found: tuple[str, ...] | None, code: object, obj: object) -> MediaRejection | None:
+    if found is None:
+        return None
+    return MediaRejection(found, code if isinstance(code, str) else None, obj)
+
+
+def _rejection_one(obj: object, uuid: str | None, known: Sequence[str]) -> MediaRejection | None:
+    if isinstance(obj, RemoteError):
+        if obj.status == 402 or isinstance(obj, InsufficientCredits):
+            return None
+        return _from(media_error(obj.code, obj.parameter, obj.message, known), obj.code, obj)
+    cls = type(obj)
+    module = getattr(cls, "__module__", "") or ""
+    root = module.split(".")[0]
+    if root == "runware":
+        return _sdk_rejection(obj, cls.__name__, known)
+    if root in ("httpx", "httpx2"):
+        response = getattr(obj, "response", None) if cls.__name__ == "HTTPStatusError" else obj
+        if response is not None and hasattr(response, "status_code"):
+            return _response_rejection(response, obj, uuid, known)
+        return None
+    if isinstance(obj, dict) and "errors" in obj:
+        return _errors_rejection(obj.get("errors"), obj, None, uuid, known)
+    return None
+
+
+def _sdk_rejection(obj: Any, name: str, known: Sequence[str]) -> MediaRejection | None:
+    data = getattr(obj, "error_data", None)
+    if name == "RunwareAPIError" and isinstance(data, dict):  # the WebSocket SDK
+        code = data.get("code", getattr(obj, "code", None))
+        found = media_error(code, data.get("parameter"), data.get("message"), known)
+        return _from(found, code, obj)
+    ierror = getattr(obj, "ierror", None)
+    if ierror is not None:  # the WebSocket SDK's RunwareError(IError)
+        code = getattr(ierror, "error_code", None)
+        found = media_error(
+            code, getattr(ierror, "parameter", None), getattr(ierror, "error_message", None), known
+        )
+        return _from(found, code, obj)
+    if name != "RunwareError":
+        return None
+    # runware-sdk: the raw code is gone; ``notFound`` covers *NotFound/*Expired,
+    # ``validation`` every ``invalid*`` (only an image parameter counts).
+    code = getattr(obj, "code", None)
+    status = getattr(obj, "status_code", None)
+    if status is not None and status not in (400, 404, 410):
+        return None
+    params = _param_list(getattr(obj, "parameter", None))
+    if code == "notFound":
+        named = tuple(p for p in params if is_media_parameter(p, known))
+        if params and not named:
+            return None
+        return MediaRejection(named, "notFound", obj)
+    if code == "validation":
+        named = tuple(p for p in params if is_media_parameter(p, known))
+        return MediaRejection(named, "validation", obj) if named else None
+    return None
+
+
+def _response_rejection(
+    response: Any, obj: object, uuid: str | None, known: Sequence[str]
+) -> MediaRejection | None:
+    status = getattr(response, "status_code", None)
+    if status == 402 or (isinstance(status, int) and status < 400 and status != 200):
+        return None
+    try:
+        doc = json.loads(response.content)
+    except Exception:  # unread stream, not JSON, nested too deep: not a Runware answer
+        return None
+    if not isinstance(doc, dict):
+        return None
+    return _errors_rejection(doc.get("errors"), obj, _request_tasks(response), uuid, known)
+
+
+def _errors_rejection(
+    errors: object,
+    obj: object,
+    tasks: dict[str, dict[str, Any]] | None,
+    uuid: str | None,
+    known: Sequence[str],
+) -> MediaRejection | None:
+    if isinstance(errors, dict):
+        errors = [errors]
+    if not isinstance(errors, list):
+        return None
+    params: list[str] = []
+    code: str | None = None
+    hit = False
+    unnamed = False
+    for err in errors:
+        if not isinstance(err, dict):
+            continue
+        found = media_error(err.get("code"), err.get("parameter"), err.get("message"), known)
+        if found is None:
+            continue
+        if uuid is not None and tasks is not None:
+            task = tasks.get(str(err.get("taskUUID", "")).lower())
+            held = None if task is None else _holds(task, _param_list(err.get("parameter")), uuid)
+            if held is False:
+                continue
+        hit = True
+        code = code or (err.get("code") if isinstance(err.get("code"), str) else None)
+        if found:
+            params.extend(p for p in found if p not in params)
+        else:
+            unnamed = True
+    if not hit:
+        return None
+    return MediaRejection(() if unnamed else tuple(params), code, obj)
+
+
+def _request_tasks(resp: Any) -> dict[str, dict[str, Any]] | None:
+    """The tasks of the request behind ``resp``, by taskUUID, when its body is known."""
+    try:
+        body = json.loads(resp.request.content)
+    except Exception:  # no request attached, a streamed body, not JSON
+        return None
+    items = body if isinstance(body, list) else [body]
+    return {str(t.get("taskUUID", "")).lower(): t for t in items if isinstance(t, dict)}
+
+
+def _holds(task: dict[str, Any], params: list[str], uuid: str) -> bool | None:
+    """Whether the rejected parameter of ``task`` held ``uuid`` (None: not found)."""
+    from ._taskmap import names_of
+
+    found: list[object] = []
+    for param in params:
+        names = names_of(param)
+        if names:
+            _collect(task, names[-1], found, 0)
+    if not found:
+        return None
+    wanted = uuid.lower()
+    return any(wanted in _strings(value) for value in found)
+
+
+def _collect(node: object, key: str, out: list[object], depth: int) -> None:
+    if depth > 6:
+        return
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                out.append(v)
+            else:
+                _collect(v, key, out, depth + 1)
+    elif isinstance(node, list):
+        for v in node:
+            _collect(v, key, out, depth + 1)
+
+
+def _strings(value: object) -> set[str]:
+    if isinstance(value, str):
+        return {value.lower()}
+    if isinstance(value, list):
+        out = set()
+        for v in value:
+            if isinstance(v, str):
+                out.add(v.lower())
+            elif isinstance(v, dict):
+                out |= {x.lower() for x in v.values() if isinstance(x, str)}
+        return out
+    if isinstance(value, dict):
+        return {x.lower() for x in value.values() if isinstance(x, str)}
+    return set()
