@@ -32,6 +32,7 @@ from ._errors import (
     SourceNotFound,
     SourceTooLarge,
     StoreError,
+    TaskInputError,
     UnknownImage,
     UnsupportedFormat,
 )
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     )
     from ._scan import FileStatus, StatusReport
     from ._sources import Source
+    from ._taskpath import PreparedTask
 
 #: Public names whose modules load on first access (PEP 562).
 _LAZY = {
@@ -61,6 +63,7 @@ _LAZY = {
     "Resolution": "._cache",
     "RetryPolicy": "._cache",
     "Source": "._sources",
+    "PreparedTask": "._taskpath",
     "FileStatus": "._scan",
     "StatusReport": "._scan",
     "CopiesUsage": "._copies",
@@ -109,6 +112,7 @@ __all__ = [
     "ImportReport",
     "InsufficientCredits",
     "InvalidImage",
+    "PreparedTask",
     "ProtocolError",
     "PruneReport",
     "RateLimited",
@@ -127,6 +131,7 @@ __all__ = [
     "SourceTooLarge",
     "StatusReport",
     "StoreError",
+    "TaskInputError",
     "UnknownImage",
     "UnsupportedFormat",
     "VerifyItem",

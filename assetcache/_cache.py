@@ -265,9 +265,9 @@ class _Engine:
         )
 
     # -- the warm-hit path -------------------------------------------------
-    def fast_hit(self, obj: Any) -> Resolution | None:
+    def fast_hit(self, obj: Any, touch: bool = True) -> Resolution | None:
         """Answer a path whose stat data and asset are known and fresh, or ``None``."""
-        hit = self.hit_row(obj)
+        hit = self.hit_row(obj, touch)
         if hit is None:
             return None
         row, last_used = hit
@@ -282,7 +282,7 @@ class _Engine:
             last_used + self.policy.retention,
         )
 
-    def hit_row(self, obj: Any) -> tuple[tuple[Any, ...], float] | None:
+    def hit_row(self, obj: Any, touch: bool = True) -> tuple[tuple[Any, ...], float] | None:
         """The warm-hit core: ``(lookup row, last use)``, or ``None`` to take the slow path.
 
         Costs one ``os.stat`` and one indexed SELECT (``scripts/bench_hit.py``
@@ -324,7 +324,7 @@ class _Engine:
         policy = self.policy
         if now >= last_used + policy.retention - policy.margin:
             return None
-        if now - last_used >= policy.touch_every:
+        if touch and now - last_used >= policy.touch_every:
             self.registry.touch((self.namespace, row[6], row[11]), now)
             last_used = now
         with self._count_lock:
@@ -529,12 +529,23 @@ class _Engine:
         return variant, make
 
     # -- lookups and records (blocking SQLite) --------------------------------
+    def record_evidence(self, uses: Iterable[tuple[str, float | None]]) -> None:
+        """Runware accepted a task that used these imageUUIDs just now: slide their
+        windows. ``uses``: ``(imageUUID, last use the cache knows of, or None)``;
+        a window slid less than ``touch_every`` ago is left alone (no write)."""
+        now = self.clock()
+        for image_uuid, last_used in uses:
+            if last_used is not None and not _policy.needs_touch(self.policy, last_used, now):
+                continue
+            for row in self.registry.find_uuid(image_uuid.lower()):
+                self.registry.touch(row.key, now)
+
     def fresh_since(self, now: float) -> float:
         """Rows used after this instant are still served."""
         return now - (self.policy.retention - self.policy.margin)
 
     def settle(
-        self, items: Sequence[_Prepared], force: Collection[Key] = ()
+        self, items: Sequence[_Prepared], force: Collection[Key] = (), touch: bool = True
     ) -> list[AssetRow | None]:
         """The fresh row for each prepared item (touched if due), else ``None``.
 
@@ -550,7 +561,7 @@ class _Engine:
         for item in items:
             row = found.get(item.key)
             if row is not None and row.last_used_at > since and item.key not in force:
-                if _policy.needs_touch(self.policy, row.last_used_at, now):
+                if touch and _policy.needs_touch(self.policy, row.last_used_at, now):
                     touches.append(row.key)
                 if item.file_row is not None:
                     files.append(item.file_row)
@@ -641,11 +652,17 @@ class _Engine:
 
     # -- the plans -----------------------------------------------------------
     def plan_resolve_many(
-        self, sources: Sequence[SourceLike], concurrency: int | None, force: Collection[Key] = ()
+        self,
+        sources: Sequence[SourceLike],
+        concurrency: int | None,
+        force: Collection[Key] = (),
+        touch: bool = True,
     ) -> Plan:
         """Resolve every source; results in input order, failures as values.
 
         Keys in ``force`` are uploaded again even if fresh (``refresh``).
+        ``touch=False``: serving slides no window (the task path records the
+        task's outcome instead, with :meth:`record_evidence`).
         """
         limit = max(1, concurrency or self.concurrency)
         started = self.clock() if force else 0.0
@@ -653,7 +670,7 @@ class _Engine:
         todo: list[int] = []
         for i, obj in enumerate(sources):
             try:
-                hit = self.fast_hit(obj) if not force else None
+                hit = self.fast_hit(obj, touch) if not force else None
             except StoreError:
                 hit = None  # the slow path meets the same error and reports it per item
             if hit is not None:
@@ -675,7 +692,7 @@ class _Engine:
                 ready.append((i, p))
 
         try:
-            rows = yield Call(self.settle, [p for _, p in ready], force)
+            rows = yield Call(self.settle, [p for _, p in ready], force, touch)
         except AssetCacheError as exc:
             # The store cannot answer: every remaining item fails with its reason.
             self._fail_group(results, ready, exc)
@@ -1293,6 +1310,73 @@ class AssetCache(_CacheBase):
     def _drive(self, plan: Plan) -> Any:
         return run_sync(plan, self._driver)
 
+    # -- the task path (plans in _taskpath) ------------------------------------
+    def run(
+        self,
+        task: Any,
+        send: Callable[[Any], Any] | None = None,
+        *,
+        extra_params: Any = None,
+        reuploads: int = 1,
+    ) -> Any:
+        """Run one Runware task whose image parameters may hold local images.
+
+        Paths, bytes, file objects, PIL images, data URIs and base64 in any
+        image parameter (``_taskmap.TASK_PARAMS``, plus ``extra_params``)
+        become cached UUIDs; a rejected input is uploaded again alone (at most
+        ``reuploads`` times) and the task re-sent with a fresh taskUUID.
+        Without ``send``, the cache's own client sends it and the result is the
+        list of ``data`` objects of the task; with ``send``, ``send(task)``
+        sends it and its return value is returned.
+
+        >>> cache.run({"taskType": "imageInference", "seedImage": "cat.png", ...})  # doctest: +SKIP
+        """
+        from . import _taskpath
+
+        plan = _taskpath.plan_run_many(self, [task], send, extra_params, reuploads, None)
+        ((ok, value),) = run_sync(plan, self._driver)
+        if not ok:
+            raise value
+        return value
+
+    def run_many(
+        self,
+        tasks: Iterable[Any],
+        send: Callable[[Any], Any] | None = None,
+        *,
+        extra_params: Any = None,
+        reuploads: int = 1,
+        concurrency: int | None = None,
+    ) -> list[Any]:
+        """:meth:`run` for several tasks: their images resolved in one batch and,
+        without ``send``, the tasks sent in one request. One result per task, in
+        order; a task that failed holds its exception instead (nothing raised)."""
+        from . import _taskpath
+
+        plan = _taskpath.plan_run_many(
+            self, list(tasks), send, extra_params, reuploads, concurrency
+        )
+        return [value for _, value in run_sync(plan, self._driver)]
+
+    def prepare(self, task: Any, *, extra_params: Any = None) -> Any:
+        """The first half of :meth:`run`, for callers with their own client: the
+        task with its images as cached UUIDs (``prepared.task``); raises
+        :class:`TaskInputError` naming the parameter when one is unusable."""
+        from . import _taskpath
+
+        return run_sync(_taskpath.plan_prepare(self, task, extra_params), self._driver)
+
+    def settle(self, prepared: Any, ok: bool = True, error: object = None) -> list[str]:
+        """The second half: ``ok=True`` records that Runware used the task's
+        images now (their windows slide); ``ok=False, error=answer`` invalidates
+        the images the answer says Runware no longer has. Returns the
+        parameters invalidated (prepare the task again to upload them)."""
+        from . import _taskpath
+
+        return cast(
+            list[str], run_sync(_taskpath.plan_settle(self, prepared, ok, error), self._driver)
+        )
+
     def close(self) -> None:
         if self._closed:
             return
@@ -1365,6 +1449,52 @@ class AsyncAssetCache(_CacheBase):
 
     async def _drive(self, plan: Plan) -> Any:
         return await run_async(plan, self._driver)
+
+    async def run(
+        self,
+        task: Any,
+        send: Callable[[Any], Any] | None = None,
+        *,
+        extra_params: Any = None,
+        reuploads: int = 1,
+    ) -> Any:
+        """The twin of :meth:`AssetCache.run`; ``send`` may be a coroutine function."""
+        from . import _taskpath
+
+        plan = _taskpath.plan_run_many(self, [task], send, extra_params, reuploads, None)
+        ((ok, value),) = await run_async(plan, self._driver)
+        if not ok:
+            raise value
+        return value
+
+    async def run_many(
+        self,
+        tasks: Iterable[Any],
+        send: Callable[[Any], Any] | None = None,
+        *,
+        extra_params: Any = None,
+        reuploads: int = 1,
+        concurrency: int | None = None,
+    ) -> list[Any]:
+        from . import _taskpath
+
+        plan = _taskpath.plan_run_many(
+            self, list(tasks), send, extra_params, reuploads, concurrency
+        )
+        return [value for _, value in await run_async(plan, self._driver)]
+
+    async def prepare(self, task: Any, *, extra_params: Any = None) -> Any:
+        from . import _taskpath
+
+        return await run_async(_taskpath.plan_prepare(self, task, extra_params), self._driver)
+
+    async def settle(self, prepared: Any, ok: bool = True, error: object = None) -> list[str]:
+        from . import _taskpath
+
+        return cast(
+            list[str],
+            await run_async(_taskpath.plan_settle(self, prepared, ok, error), self._driver),
+        )
 
     async def aclose(self) -> None:
         if self._closed:

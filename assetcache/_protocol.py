@@ -367,6 +367,37 @@ def parse_response(
     return outcomes
 
 
+def parse_task_response(
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    task_uuids: Sequence[str],
+    redact: Callable[[str], str],
+) -> dict[str, list[dict[str, Any]] | RemoteError]:
+    """Per-task outcomes of a request of any tasks: the ``data`` objects of each
+    task that succeeded (all of them: ``numberResults`` may give several), or its
+    error. Request-level failures raise, as in :func:`parse_response`."""
+    outcomes = parse_response(status, headers, body, task_uuids, redact, uuid_field="taskUUID")
+    items: dict[str, list[dict[str, Any]]] = {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if isinstance(data, dict):
+        data = [data]
+    for item in data if isinstance(data, list) else ():
+        if isinstance(item, dict) and isinstance(item.get("taskUUID"), str):
+            items.setdefault(item["taskUUID"], []).append(item)
+    out: dict[str, list[dict[str, Any]] | RemoteError] = {}
+    for tid, outcome in outcomes.items():
+        if isinstance(outcome, TaskResult):
+            out[tid] = items.get(tid, [outcome.raw])
+        else:
+            out[tid] = outcome
+    return out
+
+
 # -- "I no longer have this media": the one rule -------------------------------------
 #
 # Runware has no dedicated "expired" code: an upload it deleted is reported
