@@ -88,6 +88,8 @@ class PreparedTask:
     original: Any = field(repr=False)
     bindings: list[Binding] = field(default_factory=list)
     extra_params: Any = field(default=None, repr=False)
+    #: Every image parameter the task sets, bound or not (URLs, foreign UUIDs).
+    parameters: tuple[str, ...] = field(default=(), repr=False)
     settled: bool = field(default=False, repr=False)
 
     @property
@@ -215,7 +217,9 @@ def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParam
         results = yield from engine.plan_resolve_many(sources, None, touch=False)
         resolved = dict(zip(where, results, strict=True))
     for t, items in enumerate(classified):
-        prepared = PreparedTask(tasks[t], tasks[t], extra_params=extra)
+        prepared = PreparedTask(
+            tasks[t], tasks[t], extra_params=extra, parameters=tuple(n for n, _ in found[t])
+        )
         error: AssetCacheError | None = None
         for n, item in enumerate(items):
             if isinstance(item, TaskInputError):
@@ -307,7 +311,7 @@ def plan_settle(cache: _CacheBase, prepared: PreparedTask, ok: bool, error: obje
     rejection = unknown_media(error, known=[b.parameter for b in prepared.bindings])
     if rejection is None:
         return []
-    rejected = _rejected(prepared.bindings, rejection, narrow=False)
+    rejected = _rejected(prepared, rejection, narrow=False)
     yield Call(_invalidate, cache, rejected)
     return [b.parameter for b in rejected]
 
@@ -325,15 +329,16 @@ def _invalidate(cache: _CacheBase, bindings: Sequence[Binding]) -> None:
 
 
 def _rejected(
-    bindings: Sequence[Binding], rejection: MediaRejection, narrow: bool = True
+    prepared: PreparedTask, rejection: MediaRejection, narrow: bool = True
 ) -> list[Binding]:
-    """The bindings a rejection designates. Named parameters that match none of
-    them designate none (that input was not ours); unnamed, all of them. An
-    array named without an index spares the images uploaded during this very
-    call (the server holds those)."""
+    """The bindings a rejection designates. A named parameter is matched against
+    every image parameter of the task: one the cache did not bind (a URL) is not
+    ours to heal. Unnamed: all of them. An array named without an index spares
+    the images uploaded during this very call (the server holds those)."""
+    bindings = prepared.bindings
     if not bindings:
         return []
-    names = [b.parameter for b in bindings]
+    names = list(dict.fromkeys([*prepared.parameters, *(b.parameter for b in bindings)]))
     if not rejection.parameters:
         chosen = list(bindings)
     else:
@@ -436,7 +441,7 @@ def _plan_rounds(
                 job.result, job.done = answer, True
                 continue
             rejection = unknown_media(answer, known=[b.parameter for b in bindings])
-            chosen = _rejected(bindings, rejection) if rejection is not None else []
+            chosen = _rejected(job.prepared, rejection) if rejection is not None else []
             if not chosen:
                 _finish_failed(job, answer, send)
                 continue

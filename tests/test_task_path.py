@@ -146,9 +146,7 @@ def test_run_without_send_returns_the_data_objects(cache: AssetCache, tmp_path: 
     assert all(is_uuid(item["imageUUID"]) for item in data)
 
 
-def test_deleted_uploads_are_healed_alone(
-    cache: AssetCache, emu: Emulator, tmp_path: Path
-) -> None:
+def test_deleted_uploads_are_healed_alone(cache: AssetCache, emu: Emulator, tmp_path: Path) -> None:
     objects = emulator_reads_image_objects(emu)
     paths = write_images(tmp_path / "img", *range(7))
     task = big_task(paths, make_png(99), objects)
@@ -276,9 +274,7 @@ def test_budget_then_retry_budget_exhausted_with_the_server_error(
     (path,) = write_images(tmp_path, 1)
 
     def always_gone(task: dict[str, Any]) -> None:
-        raise UnknownImage(
-            "gone", code="invalidSeedImage", parameter="seedImage", status=400
-        )
+        raise UnknownImage("gone", code="invalidSeedImage", parameter="seedImage", status=400)
 
     with pytest.raises(RetryBudgetExhausted) as info:
         cache.run({"taskType": "imageInference", "seedImage": path}, always_gone)
