@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePath
@@ -55,10 +55,12 @@ from ._lifecycle import (
 from ._maintenance import MaintenanceMixin
 from ._protocol import (
     Payload,
+    StillProcessing,
     Task,
     TaskResult,
     backoff_delay,
     body_length,
+    get_response_body,
     is_transient,
     iter_body,
     new_task_uuid,
@@ -201,6 +203,7 @@ class _Engine:
         self.racy_ns = int(racy_window * 1e9)
         self.lease_ttl = lease_ttl
         self.task_type = task_type
+        self.retention_basis = "documented"  # or "assumed", "configured" (set by the cache)
         self.copies: Copies | None = None  # local copies of uploaded bytes (_copies)
         self.hash_workers = min(4, os.cpu_count() or 1)
         # The registry is the store itself, or (fleet) the shared registry.
@@ -988,10 +991,13 @@ class _Engine:
                 retry_after = getattr(exc, "retry_after", None)
             else:
                 still = []
+                polls: dict[str, int] = {}
                 for tid, i in by_task.items():
                     answer = answers[tid]
                     if isinstance(answer, TaskResult):
                         out[batch[i][0]] = answer
+                    elif isinstance(answer, StillProcessing):
+                        polls[tid] = i  # stored, not ready: poll it, never send it again
                     elif is_transient(answer):
                         still.append(i)
                         last[i] = answer
@@ -1000,6 +1006,10 @@ class _Engine:
                             retry_after = max(retry_after or 0.0, ra)
                     else:
                         out[batch[i][0]] = answer
+                if polls:
+                    polled = yield from self._plan_poll(list(polls), uuid_field, url, headers)
+                    for tid, i in polls.items():
+                        out[batch[i][0]] = polled[tid]
                 pending = still
             if not pending:
                 break
@@ -1020,6 +1030,60 @@ class _Engine:
             err.message = f"{err.message} (gave up after {attempts} attempts)"
         for i in pending:
             out[batch[i][0]] = last[i]
+        return out
+
+    def _plan_poll(
+        self, task_uuids: list[str], uuid_field: str, url: str, headers: dict[str, str]
+    ) -> Plan:
+        """Poll ``getResponse`` for tasks still processing, with backoff, at most
+        ``retry.attempts`` times; ``{taskUUID: TaskResult | error}``."""
+        out: dict[str, TaskResult | AssetCacheError] = {}
+        waiting = list(task_uuids)
+        attempts = max(1, self.retry.attempts)
+        for attempt in range(attempts):
+            yield Sleep(
+                backoff_delay(
+                    attempt,
+                    None,
+                    base=self.retry.base_delay,
+                    cap=self.retry.max_delay,
+                    jitter=_jitter(),
+                )
+            )
+            body = get_response_body(waiting)
+            try:
+                resp = yield Http(
+                    url, headers, functools.partial(list, [body]), len(body), self.retry.timeout
+                )
+                answers = parse_response(
+                    resp.status, resp.headers, resp.body, waiting, self.redact, uuid_field
+                )
+            except RemoteError as exc:
+                if not is_transient(exc):
+                    for tid in waiting:
+                        out[tid] = exc
+                    return out
+                continue
+            self.count(polls=1)
+            still = []
+            for tid in waiting:
+                answer = answers[tid]
+                if isinstance(answer, TaskResult):
+                    out[tid] = answer
+                elif is_transient(answer):  # still processing, or not reported yet
+                    still.append(tid)
+                else:
+                    out[tid] = answer
+            waiting = still
+            if not waiting:
+                return out
+        for tid in waiting:
+            out[tid] = RemoteError(
+                f"Runware was still processing upload task {tid} after {attempts} polls "
+                "(getResponse); not sent again, as that would upload it twice",
+                task_uuid=tid,
+                code="stillProcessing",
+            )
         return out
 
     def close(self) -> None:
@@ -1147,7 +1211,7 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         base_url: str | None = None,
         db_path: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] | None = None,
-        retention: timedelta | float | None = None,
+        retention: timedelta | float | Mapping[str, timedelta | float] | None = None,
         margin: timedelta | float | None = None,
         touch_every: timedelta | float | None = None,
         namespace: str | None = None,
@@ -1175,6 +1239,11 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
                 f"upload_task={upload_task!r} contradicts task_type={task_type!r}: give one"
             )
         task_type = upload_task or task_type or "imageUpload"
+        try:
+            retention_basis = _policy.retention_basis(retention, task_type)
+            retention = _policy.retention_for(retention, task_type)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         self._engine = _Engine(
             api_key,
             base_url=base_url,
@@ -1205,6 +1274,7 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
             self._engine.close()
             raise
         self._engine.copies = self._copies if keep_copies else None
+        self._engine.retention_basis = retention_basis
         self._transport = transport
         self._driver = Driver(sleep=sleep or time.sleep)
         self._closed = False

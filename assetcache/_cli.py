@@ -1023,11 +1023,15 @@ def fill_settings(settings: Settings, report: Any) -> None:
     url = (settings.api_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
     report.account = account_fingerprint(key) if key else None
     report.namespace = "emulator#local" if settings.emulator else namespace_for(url, key)
-    from ._maintenance import resize_settings
+    from ._maintenance import resize_settings, retention_note
 
+    task_type = settings.options.get("upload_task") or "imageUpload"
     report.settings = {
         "api_url": "(emulator)" if settings.emulator else url,
         "namespace": report.namespace,
+        "retention_note": retention_note(
+            task_type, "documented" if task_type == "imageUpload" else "assumed"
+        ),
         **resize_settings(None),
     }
 
@@ -1071,6 +1075,8 @@ def print_doctor(report: Any) -> None:
                 ),
             ),
         ]
+    if "retention_note" in s:
+        lines.append(("basis", s["retention_note"]))
     if "resize_note" in s:
         off = s.get("resize") == "" and s.get("resize_available")
         lines.append(

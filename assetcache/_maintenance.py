@@ -313,6 +313,21 @@ class DoctorReport:
         return out
 
 
+def retention_note(task_type: str, basis: str) -> str:
+    """What the retention in force rests on, in words (doctor prints it)."""
+    if basis == "configured":
+        return f"{task_type} retention as configured"
+    if basis == "documented":
+        return (
+            f"{task_type}: documented by Runware (deleted 30 days after last use); "
+            "mediaStorage's retention is an assumption (not documented)"
+        )
+    return (
+        f"{task_type}: an assumption, not a documented fact (Runware documents no retention "
+        "for mediaStorage; the imageUpload rule is assumed; set retention={...} per task kind)"
+    )
+
+
 def resize_settings(variant: str | None) -> dict[str, Any]:
     """Whether uploads are resized (``variant``: the cache's transform tag, "" for
     off, None if no cache is open) and whether this machine can (Pillow)."""
@@ -1073,6 +1088,8 @@ class MaintenanceMixin:
             "api_url": engine.base_url,
             "namespace": engine.namespace,
             "retention_seconds": p.retention,
+            "retention_basis": engine.retention_basis,
+            "retention_note": retention_note(engine.task_type, engine.retention_basis),
             "margin_seconds": p.margin,
             "touch_every_seconds": p.touch_every,
             "concurrency": engine.concurrency,

@@ -256,6 +256,30 @@ def _names_image_param(code: str, parameter: str) -> bool:
     return code.lower() == f"invalid{first}".lower() and "image" in first.lower()
 
 
+class StillProcessing(ProtocolError):
+    """A mediaStorage answer whose ``mediaUUID`` is the placeholder ``"1"``: the
+    upload is stored but not ready. Poll ``getResponse`` for its taskUUID; never
+    send it again (that would be a second upload)."""
+
+
+#: The mediaUUID Runware answers while a mediaStorage upload is still processing.
+PLACEHOLDER_UUID = "1"
+
+
+def is_placeholder(item: dict[str, Any], uuid_field: str) -> bool:
+    if uuid_field != "mediaUUID":
+        return False
+    value = item.get(uuid_field)
+    return str(value).strip() == PLACEHOLDER_UUID or (
+        value is None and item.get("status") in ("processing", "pending")
+    )
+
+
+def get_response_body(task_uuids: Sequence[str]) -> bytes:
+    """One request polling ``getResponse`` for each taskUUID."""
+    return json_body([{"taskType": "getResponse", "taskUUID": t} for t in task_uuids])
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ServerError, RateLimited, ProtocolError)):
         return True
@@ -334,6 +358,11 @@ def parse_response(
             ):
                 continue
             image_uuid = item.get(uuid_field)
+            if is_placeholder(item, uuid_field):
+                outcomes[tid] = StillProcessing(
+                    f"Runware is still processing task {tid}", task_uuid=tid, code="processing"
+                )
+                continue
             if not is_uuid(image_uuid):
                 outcomes[tid] = ProtocolError(
                     f"Runware answered without a valid {uuid_field} for task {tid}",
