@@ -460,10 +460,11 @@ def test_unknown_or_expired_reference_is_invalid(
         response = post(http, emu, [task])
         assert response.status_code == 400
         error = only_error(response)
-        assert (error["code"], error["parameter"]) == (code, field)
+        path = f"{field}[0]" if field == "referenceImages" else field
+        assert (error["code"], error["parameter"]) == (code, path)
         assert error["taskType"] == "imageInference"
         assert error["taskUUID"] == task["taskUUID"]
-        assert f"Invalid value for {field} parameter" in error["message"]
+        assert f"Invalid value for {path} parameter" in error["message"]
         assert "previously uploaded or generated image" in error["message"]
     assert emu.inference_count == 0
 
