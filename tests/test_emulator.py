@@ -956,14 +956,17 @@ def test_cli_serves_until_sigterm(tmp_path: Path):
 
 
 def test_emulator_shares_no_code_with_the_client():
-    """The server side imports only the stdlib and its own package; Pillow is
-    the one exception, optional and imported inside functions of _downscale.py."""
+    """The server side imports only the stdlib and its own package; Pillow
+    (lazily, in _downscale.py) and websockets (guarded, in _ws.py) are the
+    optional exceptions."""
     package = Path(__file__).resolve().parents[1] / "assetcache" / "emulator"
 
     def allowed(module: str, source: Path, lazy: bool) -> bool:
         top = module.split(".")[0]
         if top in sys.stdlib_module_names:
             return True
+        if top == "websockets":
+            return source.name == "_ws.py"
         return top == "PIL" and source.name == "_downscale.py" and lazy
 
     for source in package.glob("*.py"):
