@@ -140,7 +140,7 @@ class Emulator:
         self._sessions: dict[str, _Session] = {}
         self._ws_open: dict[int, WsConnection] = {}
         self._ws_ids = 0
-        self._hang_ups = 0
+        self._hang_ups: list[str | None] = []
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -315,6 +315,11 @@ class Emulator:
         return self._engine.counters.ws_message_count
 
     @property
+    def ws_replayed_count(self) -> int:
+        """Buffered frames handed to a connection that resumed their session."""
+        return self._engine.counters.ws_replayed_count
+
+    @property
     def bytes_received(self) -> int:
         """Request body bytes received on the API path."""
         return self._engine.counters.bytes_received
@@ -366,15 +371,16 @@ class Emulator:
         with self._lock:
             self._faults.queue(*kinds)
 
-    def hang_up_next(self, count: int = 1) -> None:
-        """The next ``count`` WebSocket messages with tasks are processed, their
-        answers kept for the connection's session, and the connection closed
-        (1001 going away): a reconnect that sends the connectionSessionUUID
-        receives them, as Runware replays a session's buffered results."""
+    def hang_up_next(self, count: int = 1, *, task_type: str | None = None) -> None:
+        """The next ``count`` WebSocket messages with tasks (with a task of
+        ``task_type``, when given) are processed, their answers kept for the
+        connection's session, and the connection closed (1001 going away): a
+        reconnect that sends the connectionSessionUUID receives them first, as
+        Runware replays a session's buffered results."""
         if count < 0:
             raise ValueError("count must be >= 0")
         with self._lock:
-            self._hang_ups += count
+            self._hang_ups.extend([task_type] * count)
 
     def set_media_placeholder(self, answers: int) -> None:
         """Answer mediaStorage uploads with ``mediaUUID: "1"`` (still processing),
@@ -558,11 +564,12 @@ class Emulator:
                     )
                 )
             return outcome
+        types = {t.get("taskType") if isinstance(t, dict) else None for t in rest} - {"ping"}
         with self._lock:
-            busy = any(not (isinstance(t, dict) and t.get("taskType") == "ping") for t in rest)
-            hang_up = busy and self._hang_ups > 0
+            wanted = self._hang_ups[0] if self._hang_ups else ""
+            hang_up = bool(types) and (wanted is None or wanted in types)
             if hang_up:
-                self._hang_ups -= 1
+                self._hang_ups.pop(0)
         frames: list[str] = []
         for task in rest:
             staged = self._engine.stage([task])  # outside the lock, as for REST
@@ -604,6 +611,7 @@ class Emulator:
                 session = self._sessions[session_id] = _Session(digest)
             connection.session = session_id
             replay, session.buffered = session.buffered, []
+            self._engine.counters.ws_replayed_count += len(replay)
         auth = {"taskType": "authentication", "connectionSessionUUID": session_id}
         return [json.dumps({"data": [auth]}), *replay]
 

@@ -127,6 +127,7 @@ class Counters:
     generated_count: int = 0
     ws_connection_count: int = 0
     ws_message_count: int = 0
+    ws_replayed_count: int = 0
     bytes_received: int = 0
 
 
