@@ -14,10 +14,7 @@ Callers hold :attr:`Engine.lock` around every call.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
-import tempfile
 import threading
 import uuid
 from collections import Counter
@@ -26,6 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import _state
 from ._clock import Clock
 from ._downscale import MAX_SIDE, Kept, keep
 from ._generate import caption, output_uuid, png, task_seed
@@ -81,7 +79,6 @@ _OUTPUTS: dict[str, tuple[str, str] | None] = {
 _MULTI_RESULT = frozenset({"imageInference", "photoMaker", "videoInference"})
 
 _MAX_RESULTS = 20
-_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -213,7 +210,10 @@ class Engine:
         self.media_placeholder = 0
         # taskUUID -> [placeholder answers left, the real result]
         self._processing: dict[str, tuple[int, Json]] = {}
-        if state_path is not None and state_path.exists():
+        # Deleted image -> when it would have expired anyway (then the tombstone goes).
+        self._deleted: dict[str, float] = {}
+        self._seen_state: tuple[int, int, int] | None = None
+        if state_path is not None:
             self._load(state_path)
 
     # ------------------------------------------------------------------ store
@@ -241,9 +241,11 @@ class Engine:
 
     def remove(self, image_uuid: str) -> bool:
         """Delete an image; False if it was not (or no longer) held."""
-        if self.live(image_uuid) is None:
+        record = self.live(image_uuid)
+        if record is None:
             return False
         del self._images[image_uuid.lower()]
+        self._deleted[image_uuid.lower()] = record.last_used_at + self.retention_s
         self._dirty = True
         return True
 
@@ -308,42 +310,80 @@ class Engine:
     # ------------------------------------------------------------ persistence
 
     def save_if_dirty(self) -> None:
-        """Write the state file atomically if anything persistent changed."""
+        """Merge with the state file and write it, if anything persistent changed.
+
+        Under the file's lock: what other processes wrote since we last looked
+        is merged in first, so no process's uploads are lost (see ``_state``).
+        """
         if self.state_path is None or not self._dirty:
             return
-        images = []
-        for record in self._images.values():
-            row = asdict(record)
-            del row["data"]  # bytes stay in memory; metadata is what later runs need
-            images.append(row)
-        state = {"version": _STATE_VERSION, "clock": self.clock.snapshot(), "images": images}
-        directory = self.state_path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        # Write a sibling temp file then rename: a reader (or a crash) never
-        # sees a half-written state file.
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.state_path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(state, fh)
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with _state.locked(self.state_path):
+            self._merge(_state.read(self.state_path))
+            images = []
+            for record in self._images.values():
+                row = asdict(record)
+                del row["data"]  # bytes stay in memory; metadata is what later runs need
+                images.append(row)
+            _state.write(
+                self.state_path,
+                {"clock": self.clock.snapshot(), "images": images, "deleted": self._deleted},
+            )
+            self._seen_state = _state.signature(self.state_path)
         self._dirty = False
+
+    def refresh(self) -> None:
+        """Merge what other processes wrote, if the file changed since we last looked."""
+        if self.state_path is None:
+            return
+        seen = _state.signature(self.state_path)
+        if seen is not None and seen != self._seen_state:
+            self._merge(_state.read(self.state_path))
+            self._seen_state = seen
 
     def mark_dirty(self) -> None:
         """Force the next save_if_dirty to write (e.g. after the clock moved)."""
         self._dirty = True
 
     def _load(self, path: Path) -> None:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"{path}: unsupported emulator state version {state.get('version')}")
-        self.clock.restore(state["clock"])
+        with _state.locked(path):
+            state = _state.read(path)
+            if state is not None:
+                self.clock.restore(state["clock"])
+            self._merge(state)
+            self._seen_state = _state.signature(path)
+
+    def _merge(self, state: dict[str, Any] | None) -> None:
+        """Add another writer's view: its images (unless deleted or expired here),
+        its deletions, and its clock if it is ahead."""
+        if state is None:
+            return
+        theirs = Clock(frozen=self.clock.frozen)
+        theirs.restore(state["clock"])
+        if theirs.now() > self.clock.now():
+            self.clock.restore(state["clock"])
+        now = self.clock.now()
+        for key, until in state.get("deleted", {}).items():
+            if isinstance(until, (int, float)) and until > now:
+                self._deleted[key] = max(float(until), self._deleted.get(key, 0.0))
+                self._images.pop(key, None)
+        self._deleted = {k: v for k, v in self._deleted.items() if v > now}
         known = {f.name for f in fields(StoredImage)}
         for row in state["images"]:
-            record = StoredImage(**{k: v for k, v in row.items() if k in known})
-            self._images[record.uuid] = record
+            try:
+                record = StoredImage(**{k: v for k, v in row.items() if k in known})
+                float(record.last_used_at) + float(record.uploaded_at)
+            except (TypeError, ValueError):
+                raise _state.StateError(
+                    self.state_path or "", "is corrupt (bad image record)"
+                ) from None
+            key = record.uuid.lower()
+            if key in self._deleted or now >= record.last_used_at + self.retention_s:
+                continue
+            mine = self._images.get(key)
+            if mine is None:
+                self._images[key] = record
+            elif record.last_used_at > mine.last_used_at:
+                self._images[key] = replace(mine, last_used_at=record.last_used_at)
 
     # ------------------------------------------------------------------ tasks
 
