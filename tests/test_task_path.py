@@ -146,15 +146,23 @@ def test_run_without_send_returns_the_data_objects(cache: AssetCache, tmp_path: 
     assert all(is_uuid(item["imageUUID"]) for item in data)
 
 
-def test_deleted_uploads_are_healed_alone(cache: AssetCache, emu: Emulator, tmp_path: Path) -> None:
+# Positions in uuids_in(): 0 seedImage, 1 maskImage, 2-5 referenceImages[0..3],
+# 6 controlNet[0].guideImage, 7 inputs.referenceImages[1].image.
+@pytest.mark.parametrize(
+    "gone", [(0, 1), (4, 6), (3, 7)], ids=["seed+mask", "ref2+guide", "ref1+inputs"]
+)
+def test_deleted_uploads_are_healed_alone(
+    gone: tuple[int, int], cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
     objects = emulator_reads_image_objects(emu)
     paths = write_images(tmp_path / "img", *range(7))
     task = big_task(paths, make_png(99), objects)
     send = Recorder(emu)
     cache.run(task, send)
     first = uuids_in(send.sent[0])
-    # Runware deleted two of them (seedImage and maskImage).
-    assert emu.delete(first[0]) and emu.delete(first[1])
+    # Runware deleted two of them.
+    for i in gone:
+        assert emu.delete(first[i])
     emu.reset_counters()
 
     resp = cache.run(task, send)
@@ -162,10 +170,28 @@ def test_deleted_uploads_are_healed_alone(cache: AssetCache, emu: Emulator, tmp_
     assert resp.status_code == 200, resp.text
     assert emu.upload_count == 2  # exactly those two, uploaded again
     last = uuids_in(send.sent[-1])
-    assert last[0] != first[0] and last[1] != first[1]
-    assert last[2:] == first[2:]
+    assert [i for i in range(len(first)) if last[i] != first[i]] == sorted(gone)
     task_uuids = [t["taskUUID"] for t in send.sent[1:]]
     assert len(set(task_uuids)) == len(task_uuids)  # a fresh taskUUID per attempt
+
+
+def test_deleted_uploads_heal_through_the_caches_own_client(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
+    paths = write_images(tmp_path / "img", *range(7))
+    task = big_task(paths, make_png(99), emulator_reads_image_objects(emu))
+    first = cache.prepare(task).uuids
+    emu.delete(first["referenceImages[3]"])
+    emu.delete(first["controlNet[0].guideImage"])
+    emu.reset_counters()
+    data = cache.run(task)
+    assert data and data[0]["taskType"] == "imageInference"
+    assert emu.upload_count == 2
+    after = cache.prepare(task).uuids
+    assert {k for k in first if first[k] != after[k]} == {
+        "referenceImages[3]",
+        "controlNet[0].guideImage",
+    }
 
 
 def test_windows_slide_on_success_not_on_failure(
