@@ -311,6 +311,13 @@ class _Engine:
         row = self.store.lookup_path(
             path.encode(_FS_ENCODING, _FS_ERRORS), self.namespace, self.fit_variant, self.max_side
         )
+        return self._accept(row, st, touch)
+
+    def _accept(
+        self, row: tuple[Any, ...] | None, st: os.stat_result, touch: bool, count: bool = True
+    ) -> tuple[tuple[Any, ...], float] | None:
+        """A looked-up row is a hit when the stat data still vouch for the content
+        (not racily clean) and the entry is served; touched when due."""
         if row is None or row[8] is None:
             return None
         if (
@@ -330,10 +337,44 @@ class _Engine:
         if touch and now - last_used >= policy.touch_every:
             self.registry.touch((self.namespace, row[6], row[11]), now)
             last_used = now
-        with self._count_lock:
-            self._counts["hits"] += 1
-            self._counts["bytes_saved"] += row[10]
+        if count:
+            with self._count_lock:
+                self._counts["hits"] += 1
+                self._counts["bytes_saved"] += row[10]
         return row, last_used
+
+    def hit_rows(
+        self, paths: Sequence[str], touch: bool = True, all_or_nothing: bool = False
+    ) -> list[tuple[tuple[Any, ...], float] | None]:
+        """:meth:`hit_row` for several path strings, in one SELECT (a task's images).
+        ``all_or_nothing``: unless every path hits, count none (the caller takes
+        the slow path for all of them, which counts them then)."""
+        stats: list[tuple[bytes, os.stat_result] | None] = []
+        for obj in paths:
+            if obj[:5].lower() == "data:" or "://" in obj[:16] or not obj or "\x00" in obj:
+                stats.append(None)
+                continue
+            path = os.path.abspath(obj)
+            try:
+                stats.append((path.encode(_FS_ENCODING, _FS_ERRORS), os.stat(path)))
+            except (OSError, ValueError):
+                stats.append(None)
+        keys = [s[0] for s in stats if s is not None]
+        if not keys:
+            return [None] * len(paths)
+        found = self.store.lookup_paths(keys, self.namespace, self.fit_variant, self.max_side)
+        if not all_or_nothing:
+            return [
+                None if s is None else self._accept(found.get(s[0]), s[1], touch) for s in stats
+            ]
+        out = [
+            None if s is None else self._accept(found.get(s[0]), s[1], touch, False) for s in stats
+        ]
+        if all(hit is not None for hit in out):
+            with self._count_lock:
+                self._counts["hits"] += len(out)
+                self._counts["bytes_saved"] += sum(hit[0][10] for hit in out if hit is not None)
+        return out
 
     # -- preparing sources (blocking: stat, read, hash) ----------------------
     def prepare(self, obj: SourceLike | _Prepared) -> _Prepared | AssetCacheError:
@@ -1136,6 +1177,19 @@ def _fitted(transform: _transform.Transform, fmt: str, payload: Payload) -> Payl
     return Payload(payload.label, len(body), MEDIA_TYPES[out_fmt], data=body)
 
 
+def _task_path() -> Any:
+    """The task path's plans (loaded on first use: most callers never run a task)."""
+    global _TASKPATH
+    if _TASKPATH is None:
+        from . import _taskpath
+
+        _TASKPATH = _taskpath
+    return _TASKPATH
+
+
+_TASKPATH: Any = None
+
+
 def _jitter() -> float:
     import random
 
@@ -1401,9 +1455,9 @@ class AssetCache(_CacheBase):
 
         >>> cache.run({"taskType": "imageInference", "seedImage": "cat.png", ...})  # doctest: +SKIP
         """
-        from . import _taskpath
-
-        plan = _taskpath.plan_run_many(self, [task], send, extra_params, reuploads, None)
+        _taskpath = _task_path()
+        warm = _taskpath.prepare_warm(self, task, extra_params)
+        plan = _taskpath.plan_run_many(self, [task], send, extra_params, reuploads, None, warm)
         ((ok, value),) = run_sync(plan, self._driver)
         if not ok:
             raise value
@@ -1421,8 +1475,7 @@ class AssetCache(_CacheBase):
         """:meth:`run` for several tasks: their images resolved in one batch and,
         without ``send``, the tasks sent in one request. One result per task, in
         order; a task that failed holds its exception instead (nothing raised)."""
-        from . import _taskpath
-
+        _taskpath = _task_path()
         plan = _taskpath.plan_run_many(
             self, list(tasks), send, extra_params, reuploads, concurrency
         )
@@ -1432,8 +1485,7 @@ class AssetCache(_CacheBase):
         """The first half of :meth:`run`, for callers with their own client: the
         task with its images as cached UUIDs (``prepared.task``); raises
         :class:`TaskInputError` naming the parameter when one is unusable."""
-        from . import _taskpath
-
+        _taskpath = _task_path()
         return run_sync(_taskpath.plan_prepare(self, task, extra_params), self._driver)
 
     def settle(self, prepared: Any, ok: bool = True, error: object = None) -> list[str]:
@@ -1441,8 +1493,7 @@ class AssetCache(_CacheBase):
         images now (their windows slide); ``ok=False, error=answer`` invalidates
         the images the answer says Runware no longer has. Returns the
         parameters invalidated (prepare the task again to upload them)."""
-        from . import _taskpath
-
+        _taskpath = _task_path()
         return cast(
             list[str], run_sync(_taskpath.plan_settle(self, prepared, ok, error), self._driver)
         )
@@ -1529,9 +1580,9 @@ class AsyncAssetCache(_CacheBase):
         reuploads: int = 1,
     ) -> Any:
         """The twin of :meth:`AssetCache.run`; ``send`` may be a coroutine function."""
-        from . import _taskpath
-
-        plan = _taskpath.plan_run_many(self, [task], send, extra_params, reuploads, None)
+        _taskpath = _task_path()
+        warm = _taskpath.prepare_warm(self, task, extra_params)
+        plan = _taskpath.plan_run_many(self, [task], send, extra_params, reuploads, None, warm)
         ((ok, value),) = await run_async(plan, self._driver)
         if not ok:
             raise value
@@ -1546,21 +1597,18 @@ class AsyncAssetCache(_CacheBase):
         reuploads: int = 1,
         concurrency: int | None = None,
     ) -> list[Any]:
-        from . import _taskpath
-
+        _taskpath = _task_path()
         plan = _taskpath.plan_run_many(
             self, list(tasks), send, extra_params, reuploads, concurrency
         )
         return [value for _, value in await run_async(plan, self._driver)]
 
     async def prepare(self, task: Any, *, extra_params: Any = None) -> Any:
-        from . import _taskpath
-
+        _taskpath = _task_path()
         return await run_async(_taskpath.plan_prepare(self, task, extra_params), self._driver)
 
     async def settle(self, prepared: Any, ok: bool = True, error: object = None) -> list[str]:
-        from . import _taskpath
-
+        _taskpath = _task_path()
         return cast(
             list[str],
             await run_async(_taskpath.plan_settle(self, prepared, ok, error), self._driver),

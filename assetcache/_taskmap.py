@@ -21,6 +21,7 @@ caller's: each container on the way to a changed value is copied.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -138,6 +139,8 @@ def params_for(
     ``extra`` is either a mapping (task type -> paths, ``"*"`` for every type)
     or a plain list of paths for every task.
     """
+    if not extra:
+        return TASK_PARAMS.get(task_type, ()) if isinstance(task_type, str) else ()
     paths = list(TASK_PARAMS.get(task_type, ())) if isinstance(task_type, str) else []
     if extra:
         if isinstance(extra, Mapping):
@@ -170,7 +173,7 @@ _MISSING = _Missing()
 
 
 def _get(node: Any, key: str) -> Any:
-    if isinstance(node, dict):
+    if type(node) is dict or isinstance(node, dict):
         return node.get(key, _MISSING)
     if _is_object(node):
         return getattr(node, key, _MISSING)
@@ -183,7 +186,12 @@ def _is_object(node: Any) -> bool:
 
 
 def is_container(value: Any) -> bool:
-    return isinstance(value, (dict, list, tuple)) or _is_object(value)
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return False
+    return (
+        kind is dict or kind is list or isinstance(value, (dict, list, tuple)) or _is_object(value)
+    )
 
 
 def _set(node: Any, key: str, value: Any) -> Any:
@@ -247,6 +255,22 @@ def _visit(node: Any, steps: Steps, i: int, prefix: str, fn: Callable[[str, Any]
     return node if new is value else _set(node, key, new)
 
 
+#: Task type (and extra paths) -> the paths grouped by their first key.
+_BY_HEAD: dict[tuple[str, ...], dict[str, tuple[str, ...]]] = {}
+
+
+def _by_head(paths: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    grouped = _BY_HEAD.get(paths)
+    if grouped is None:
+        heads: dict[str, list[str]] = {}
+        for path in paths:
+            heads.setdefault(parse(path)[0][0], []).append(path)
+        grouped = {k: tuple(v) for k, v in heads.items()}
+        if len(_BY_HEAD) < 256:
+            _BY_HEAD[paths] = grouped
+    return grouped
+
+
 def find(
     task: Any, extra: Mapping[str, Iterable[str]] | Iterable[str] | None = None
 ) -> list[tuple[str, Any]]:
@@ -257,7 +281,15 @@ def find(
         found.append((name, value))
         return value
 
-    visit(task, params_for(task_type_of(task), extra), note)
+    kind = task.get("taskType") if type(task) is dict else task_type_of(task)
+    grouped = _by_head(params_for(kind, extra))
+    # Only the parameters the task sets are walked (a task sets a few of dozens).
+    keys = task.keys() if isinstance(task, dict) else list(grouped)
+    for key in keys:
+        paths = grouped.get(key)
+        if paths is not None and _get(task, key) is not None:
+            for path in paths:
+                _visit(task, parse(path), 0, "", note)
     return found
 
 
@@ -266,19 +298,67 @@ def replace(
     values: Mapping[str, Any],
     extra: Mapping[str, Iterable[str]] | Iterable[str] | None = None,
 ) -> Any:
-    """``task`` with the leaves named in ``values`` replaced (the caller's is untouched)."""
+    """``task`` with the leaves named in ``values`` (names :func:`find` gave)
+    replaced; each container on the way is copied once, the caller's untouched."""
     if not values:
         return task
-    return visit(
-        task,
-        params_for(task_type_of(task), extra),
-        lambda name, value: values.get(name, value),
-    )
+    copies: dict[int, Any] = {}
+
+    def own(node: Any) -> Any:
+        copied = copies.get(id(node))
+        if copied is None:
+            copied = _shallow(node)
+            copies[id(node)] = copied
+            copies[id(copied)] = copied  # a copy is ours already
+        return copied
+
+    child, put = _child, _put
+    root = own(task)
+    tuples: list[tuple[Any, str, Any]] = []
+    for name, value in values.items():
+        steps = tokens(name)
+        node = root
+        for token in steps[:-1]:
+            original = child(node, token)
+            mine = own(original)
+            if mine is not original:
+                put(node, token, mine)
+                if isinstance(original, tuple):
+                    tuples.append((node, token, mine))
+            node = mine
+        put(node, steps[-1], value)
+    for parent, token, items in tuples:
+        put(parent, token, tuple(items))
+    return root
+
+
+def _shallow(node: Any) -> Any:
+    if type(node) is dict:
+        return dict(node)
+    if isinstance(node, (list, tuple)):
+        return list(node)
+    return copy.copy(node)
+
+
+def _child(node: Any, token: str) -> Any:
+    if isinstance(node, list):
+        return node[int(token)]
+    return node[token] if isinstance(node, dict) else getattr(node, token)
+
+
+def _put(node: Any, token: str, value: Any) -> None:
+    if isinstance(node, list):
+        node[int(token)] = value
+    elif isinstance(node, dict):
+        node[token] = value
+    else:
+        setattr(node, token, value)
 
 
 # -- naming -----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def tokens(name: str) -> tuple[str, ...]:
     """``inputs.referenceImages[1].image`` -> ``("inputs", "referenceImages", "1", "image")``;
     also reads ``referenceImages.1`` and ``referenceImages/1``."""

@@ -53,6 +53,8 @@ from ._protocol import (
     parse_task_response,
     unknown_media,
 )
+from ._sources import _B64_IMAGE_PREFIXES as _B64_PREFIXES
+from ._sources import Source, _looks_base64
 
 if TYPE_CHECKING:
     from ._cache import _CacheBase
@@ -116,8 +118,6 @@ class _Item:
 def _classify(cache: _CacheBase, parameter: str, value: Any) -> _Item | None | TaskInputError:
     """What a mapped value is: a source to resolve, a UUID to bind, ``None`` to
     pass untouched (URLs, UUIDs the cache does not know), or why it is unusable."""
-    from ._sources import Source
-
     try:
         if isinstance(value, str):
             text = value.strip()
@@ -128,6 +128,9 @@ def _classify(cache: _CacheBase, parameter: str, value: Any) -> _Item | None | T
                 return None  # a URL: the server fetches it
             if not text:
                 raise SourceError("''", "empty value")
+            if not head.startswith("data:") and not _looks_base64(text):
+                # A path (the common case: no Source built, the warm hit reads it as it is).
+                return _Item(parameter, "source", value, value)
             src = Source.coerce(value)
             return _Item(parameter, "source", value if src.kind == "path" else src, src.label)
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -195,7 +198,11 @@ def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParam
     for entries in found:
         items: list[_Item | TaskInputError] = []
         for parameter, value in entries:
-            if hasattr(value, "read") and not isinstance(value, (str, bytes, io.TextIOBase)):
+            if (
+                type(value) is not str
+                and hasattr(value, "read")
+                and not isinstance(value, (bytes, io.TextIOBase))
+            ):
                 item = yield Call(_classify, cache, parameter, value)
             else:
                 item = _classify(cache, parameter, value)
@@ -207,15 +214,24 @@ def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParam
     # Sources of every task in one resolve: one upload per content, batched.
     sources: list[Any] = []
     where: list[tuple[int, int]] = []
-    for t, items in enumerate(classified):
-        for n, item in enumerate(items):
-            if isinstance(item, _Item) and item.kind == "source":
-                sources.append(item.value)
-                where.append((t, n))
     resolved: dict[tuple[int, int], Any] = {}
+    # Warm hits first: every path string of the call, in one SELECT.
+    spots = [
+        (t, n)
+        for t, items in enumerate(classified)
+        for n, item in enumerate(items)
+        if isinstance(item, _Item) and item.kind == "source"
+    ]
+    named = [s for s in spots if isinstance(_value(classified, s), str)]
+    hits = engine.hit_rows([_value(classified, s) for s in named], False) if named else []
+    resolved.update((s, hit) for s, hit in zip(named, hits, strict=True) if hit is not None)
+    for spot in spots:
+        if spot not in resolved:
+            sources.append(_value(classified, spot))
+            where.append(spot)
     if sources:
         results = yield from engine.plan_resolve_many(sources, None, touch=False)
-        resolved = dict(zip(where, results, strict=True))
+        resolved.update(zip(where, results, strict=True))
     for t, items in enumerate(classified):
         prepared = PreparedTask(
             tasks[t], tasks[t], extra_params=extra, parameters=tuple(n for n, _ in found[t])
@@ -227,6 +243,12 @@ def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParam
                 continue
             if item.kind == "source":
                 res = resolved[(t, n)]
+                if isinstance(res, tuple):  # (lookup row, last use): a warm hit
+                    row, last_used = res
+                    prepared.bindings.append(
+                        Binding(item.parameter, item.value, item.label, row[8], last_used)
+                    )
+                    continue
                 if res.error is not None:
                     error = error or _input_error(item, res.error)
                     continue
@@ -257,6 +279,12 @@ def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParam
     return out
 
 
+def _value(classified: list[list[_Item | TaskInputError]], spot: tuple[int, int]) -> Any:
+    item = classified[spot[0]][spot[1]]
+    assert isinstance(item, _Item)
+    return item.value
+
+
 def _input_error(item: _Item, err: AssetCacheError) -> AssetCacheError:
     if isinstance(err, SourceError):
         return TaskInputError(item.parameter, err.source or item.label, err.reason)
@@ -282,6 +310,52 @@ def _plan_bind_uuid(cache: _CacheBase, item: _Item) -> Plan:
     return Binding(item.parameter, item.value, item.label, uuid, now, uploaded=True)
 
 
+def prepare_warm(cache: _CacheBase, task: Any, extra: ExtraParams) -> PreparedTask | None:
+    """The warm task in one step, outside any plan (like the warm hit of a path):
+    a dict task whose images are all path strings the cache answers from stat
+    data, looked up in one SELECT; ``None`` sends the task down the full plan.
+    Decides nothing the plan would decide otherwise; it only skips its machinery."""
+    if type(task) is not dict:
+        return None
+    try:
+        found = _taskmap.find(task, extra)
+    except ValueError:
+        return None  # a bad extra path: the plan reports it
+    if not found:
+        return None
+    names: list[str] = []
+    paths: list[str] = []
+    for name, value in found:
+        if type(value) is not str:
+            return None
+        head = value[:16].lower()
+        if "://" in head and not head.startswith("data:"):
+            continue  # a URL: passes untouched, bound to nothing
+        if (
+            (len(value) == 36 and is_uuid(value))
+            or head.startswith("data:")
+            or not value
+            or (
+                (len(value) >= 1024 or value.lstrip().startswith(_B64_PREFIXES))
+                and _looks_base64(value)
+            )
+        ):
+            return None  # a UUID to bind, or data: the plan's work
+        names.append(name)
+        paths.append(value)
+    if not paths:
+        return None
+    hits = cache._engine.hit_rows(paths, False, all_or_nothing=True)
+    bindings = []
+    for name, value, hit in zip(names, paths, hits, strict=True):
+        if hit is None:
+            return None
+        row, last_used = hit
+        bindings.append(Binding(name, value, value, row[8], last_used))
+    replaced = _taskmap.replace(task, {b.parameter: b.uuid for b in bindings}, extra)
+    return PreparedTask(replaced, task, bindings, extra, tuple(n for n, _ in found))
+
+
 def plan_prepare(cache: _CacheBase, task: Any, extra: ExtraParams) -> Plan:
     """:func:`plan_prepare_many` for one task, raising; a dict task gets a taskUUID."""
     (prepared,) = yield from plan_prepare_many(cache, [task], extra)
@@ -304,7 +378,8 @@ def plan_settle(cache: _CacheBase, prepared: PreparedTask, ok: bool, error: obje
             f"settle() takes what prepare() returned, not {type(prepared).__name__}"
         )
     if ok:
-        yield Call(_record_evidence, cache, prepared.bindings)
+        if _evidence_due(cache, prepared.bindings):
+            yield Call(_record_evidence, cache, prepared.bindings)
         return []
     if error is None:
         return []
@@ -314,6 +389,15 @@ def plan_settle(cache: _CacheBase, prepared: PreparedTask, ok: bool, error: obje
     rejected = _rejected(prepared, rejection, narrow=False)
     yield Call(_invalidate, cache, rejected)
     return [b.parameter for b in rejected]
+
+
+def _evidence_due(cache: _CacheBase, bindings: Sequence[Binding]) -> bool:
+    """Whether recording this success would write at all (the window is slid at
+    most every ``touch_every``): a warm task that needs no write yields nothing."""
+    engine = cache._engine
+    now = engine.clock()
+    every = engine.policy.touch_every
+    return any(b.last_used is None or now - b.last_used >= every for b in bindings)
 
 
 def _record_evidence(cache: _CacheBase, bindings: Sequence[Binding]) -> None:
@@ -374,12 +458,16 @@ def plan_run_many(
     extra: ExtraParams,
     reuploads: int,
     concurrency: int | None,
+    warm: PreparedTask | None = None,
 ) -> Plan:
     """Prepare, send, heal and settle every task; per task ``(True, result)`` or
-    ``(False, error)``."""
+    ``(False, error)``. ``warm``: the one task, prepared already by :func:`prepare_warm`."""
     if isinstance(reuploads, bool) or not isinstance(reuploads, int) or reuploads < 0:
         raise ConfigurationError(f"reuploads must be an integer >= 0, not {reuploads!r}")
-    prepared = yield from plan_prepare_many(cache, tasks, extra)
+    if warm is not None:
+        prepared: list[PreparedTask | AssetCacheError] = [warm]
+    else:
+        prepared = yield from plan_prepare_many(cache, tasks, extra)
     out: list[tuple[bool, Any]] = [(False, None)] * len(tasks)
     jobs: dict[int, _Job] = {}
     for i, p in enumerate(prepared):
@@ -399,6 +487,8 @@ def plan_run_many(
         if jobs:
             cache._engine.headers()  # no key: a configuration error before anything is sent
         yield from _plan_rounds(cache, jobs, reuploads)
+    elif len(jobs) == 1:
+        yield from _plan_rounds(cache, jobs, reuploads, send)
     else:
         plans = [_plan_rounds(cache, {i: job}, reuploads, send) for i, job in jobs.items()]
         limit = max(1, concurrency or cache._engine.concurrency)
@@ -437,7 +527,8 @@ def _plan_rounds(
         for job, (ok, answer) in zip(active, answers, strict=True):
             bindings = job.prepared.bindings
             if ok:
-                yield Call(_record_evidence, cache, bindings)
+                if _evidence_due(cache, bindings):
+                    yield Call(_record_evidence, cache, bindings)
                 job.result, job.done = answer, True
                 continue
             rejection = unknown_media(answer, known=[b.parameter for b in bindings])
