@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid as uuid_mod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -242,18 +242,12 @@ def error_from_object(
     elif code in TRANSIENT_CODES or (status is not None and status >= 500):
         cls = ServerError
     elif code and code.startswith("invalid") and parameter and parameter not in ("image", "media"):
-        cls = UnknownImage if _names_image_param(code, parameter) else RejectedInput
+        cls = UnknownImage if media_error(code, parameter, message) else RejectedInput
     elif code and code.startswith("invalid") or status is not None and 400 <= status < 500:
         cls = RejectedInput
     else:
         cls = RemoteError
     return cls(text, code=code, parameter=parameter, task_uuid=task_uuid, status=status)
-
-
-def _names_image_param(code: str, parameter: str) -> bool:
-    """``invalidSeedImage`` on ``seedImage``: the server does not know that image."""
-    first = parameter.split(",")[0]
-    return code.lower() == f"invalid{first}".lower() and "image" in first.lower()
 
 
 class StillProcessing(ProtocolError):
@@ -396,6 +390,11 @@ def parse_response(
     return outcomes
 
 
+def media_gone(answer: object) -> bool:
+    """A ``mediaStorage`` delete answer saying the UUID is not (or no longer) held."""
+    return isinstance(answer, RemoteError) and answer.code == "invalidMedia"
+
+
 def parse_task_response(
     status: int,
     headers: dict[str, str],
@@ -425,6 +424,36 @@ def parse_task_response(
         else:
             out[tid] = outcome
     return out
+
+
+#: ``use()``'s caller predicate: gets what ``fn`` raised or returned.
+UnknownPredicate = Callable[[object], bool]
+
+
+def rejects_uuid(obj: object, uuid: str | None = None, parameters: Collection[str] = ()) -> bool:
+    """Whether ``obj`` (an exception, or a value such as an ``httpx.Response``) is
+    Runware saying it does not know an image UUID it was given (``use()``).
+
+    ``parameters``: the task parameters the UUID went in (only a rejection of
+    one of them counts). The rule itself is :func:`unknown_media`, shared with
+    the task path.
+
+    >>> rejects_uuid(UnknownImage("...", code="invalidSeedImage", parameter="seedImage"))
+    True
+    """
+    from ._taskmap import match, names_of
+
+    known = [p for p in parameters if isinstance(p, str)]
+    found = unknown_media(obj, uuid=uuid, known=known)
+    if found is None:
+        return False
+    if not known or not found.parameters:
+        return True
+    leaves = {names_of(p)[-1].lower() for p in known if names_of(p)}
+    return any(
+        (bool(names_of(p)) and names_of(p)[-1].lower() in leaves) or bool(match(p, known))
+        for p in found.parameters
+    )
 
 
 # -- "I no longer have this media": the one rule -------------------------------------

@@ -17,7 +17,7 @@
    taskUUID; each input at most ``reuploads`` times per call, then
    :class:`~assetcache.RetryBudgetExhausted` with the server's error chained.
 4. **settle**: a task that succeeded is evidence that every bound UUID was
-   used on Runware now (:meth:`_Engine.record_evidence`); a failure is not.
+   used on Runware now (:meth:`Engine.record_evidence`); a failure is not.
 
 Everything here is a plan (``_effects``): the sync and async caches drive
 the same decisions.
@@ -31,10 +31,11 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import _taskmap
+from . import _lifecycle, _taskmap
 from ._effects import Call, Concurrent, Http, Invoke, Plan, Sleep
+from ._engine import Engine
 from ._errors import (
     AssetCacheError,
     ConfigurationError,
@@ -53,11 +54,9 @@ from ._protocol import (
     parse_task_response,
     unknown_media,
 )
+from ._resolve import plan_resolve_many
 from ._sources import _B64_IMAGE_PREFIXES as _B64_PREFIXES
 from ._sources import Source, _looks_base64
-
-if TYPE_CHECKING:
-    from ._cache import _CacheBase
 
 log = logging.getLogger("assetcache")
 
@@ -115,7 +114,7 @@ class _Item:
     label: str
 
 
-def _classify(cache: _CacheBase, parameter: str, value: Any) -> _Item | None | TaskInputError:
+def _classify(engine: Engine, parameter: str, value: Any) -> _Item | None | TaskInputError:
     """What a mapped value is: a source to resolve, a UUID to bind, ``None`` to
     pass untouched (URLs, UUIDs the cache does not know), or why it is unusable."""
     try:
@@ -150,7 +149,7 @@ def _classify(cache: _CacheBase, parameter: str, value: Any) -> _Item | None | T
         if hasattr(value, "read"):
             src = Source.from_file(value)
             # Read once now: a healing round cannot read a stream again.
-            prepared = cache._engine.prepare(src)
+            prepared = engine.prepare(src)
             if isinstance(prepared, AssetCacheError):
                 raise prepared
             return _Item(parameter, "source", prepared, src.label)
@@ -189,10 +188,9 @@ def _walk(task: Any, extra: ExtraParams) -> list[tuple[str, Any]]:
         raise ConfigurationError(str(exc)) from None
 
 
-def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParams) -> Plan:
+def plan_prepare_many(engine: Engine, tasks: Sequence[Any], extra: ExtraParams) -> Plan:
     """Every task prepared, all images resolved in one batch; per task a
     :class:`PreparedTask` or the error that fails it (nothing sent)."""
-    engine = cache._engine
     found = [_walk(task, extra) for task in tasks]
     classified: list[list[_Item | TaskInputError]] = []
     for entries in found:
@@ -203,9 +201,9 @@ def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParam
                 and hasattr(value, "read")
                 and not isinstance(value, (bytes, io.TextIOBase))
             ):
-                item = yield Call(_classify, cache, parameter, value)
+                item = yield Call(_classify, engine, parameter, value)
             else:
-                item = _classify(cache, parameter, value)
+                item = _classify(engine, parameter, value)
             if item is not None:
                 items.append(item)
         classified.append(items)
@@ -230,7 +228,7 @@ def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParam
             sources.append(_value(classified, spot))
             where.append(spot)
     if sources:
-        results = yield from engine.plan_resolve_many(sources, None, touch=False)
+        results = yield from plan_resolve_many(engine, sources, None, touch=False)
         resolved.update(zip(where, results, strict=True))
     for t, items in enumerate(classified):
         prepared = PreparedTask(
@@ -266,7 +264,7 @@ def plan_prepare_many(cache: _CacheBase, tasks: Sequence[Any], extra: ExtraParam
                     )
                 )
             else:
-                binding = yield from _plan_bind_uuid(cache, item)
+                binding = yield from _plan_bind_uuid(engine, item)
                 if binding is not None:
                     prepared.bindings.append(binding)
         if error is not None:
@@ -291,11 +289,10 @@ def _input_error(item: _Item, err: AssetCacheError) -> AssetCacheError:
     return err  # the store or the server failed: not the input's fault
 
 
-def _plan_bind_uuid(cache: _CacheBase, item: _Item) -> Plan:
+def _plan_bind_uuid(engine: Engine, item: _Item) -> Plan:
     """A UUID the cache knows, bound to its entry (uploaded again if the cache
     no longer serves it and still has the bytes); ``None`` when unknown."""
-    engine = cache._engine
-    rows = yield Call(cache._uuid_rows, item.value)
+    rows = yield Call(_lifecycle.uuid_rows, engine, item.value)
     if not rows:
         return None
     row = rows[0]
@@ -303,14 +300,14 @@ def _plan_bind_uuid(cache: _CacheBase, item: _Item) -> Plan:
     if row.last_used_at > engine.fresh_since(now):
         return Binding(item.parameter, item.value, item.label, row.image_uuid, row.last_used_at)
     try:
-        uuid = yield from cache._plan_from_rows(rows, item.label)
+        uuid = yield from _lifecycle.plan_from_rows(engine, rows, item.label)
     except SourceError:
         # The bytes are nowhere: send it as it is; the server's answer decides.
         return Binding(item.parameter, item.value, item.label, row.image_uuid, row.last_used_at)
     return Binding(item.parameter, item.value, item.label, uuid, now, uploaded=True)
 
 
-def prepare_warm(cache: _CacheBase, task: Any, extra: ExtraParams) -> PreparedTask | None:
+def prepare_warm(engine: Engine, task: Any, extra: ExtraParams) -> PreparedTask | None:
     """The warm task in one step, outside any plan (like the warm hit of a path):
     a dict task whose images are all path strings the cache answers from stat
     data, looked up in one SELECT; ``None`` sends the task down the full plan.
@@ -345,7 +342,7 @@ def prepare_warm(cache: _CacheBase, task: Any, extra: ExtraParams) -> PreparedTa
         paths.append(value)
     if not paths:
         return None
-    hits = cache._engine.hit_rows(paths, False, all_or_nothing=True)
+    hits = engine.hit_rows(paths, False, all_or_nothing=True)
     bindings = []
     for name, value, hit in zip(names, paths, hits, strict=True):
         if hit is None:
@@ -356,9 +353,9 @@ def prepare_warm(cache: _CacheBase, task: Any, extra: ExtraParams) -> PreparedTa
     return PreparedTask(replaced, task, bindings, extra, tuple(n for n, _ in found))
 
 
-def plan_prepare(cache: _CacheBase, task: Any, extra: ExtraParams) -> Plan:
+def plan_prepare(engine: Engine, task: Any, extra: ExtraParams) -> Plan:
     """:func:`plan_prepare_many` for one task, raising; a dict task gets a taskUUID."""
-    (prepared,) = yield from plan_prepare_many(cache, [task], extra)
+    (prepared,) = yield from plan_prepare_many(engine, [task], extra)
     if isinstance(prepared, AssetCacheError):
         raise prepared
     if isinstance(prepared.task, dict) and not prepared.task.get("taskUUID"):
@@ -369,7 +366,7 @@ def plan_prepare(cache: _CacheBase, task: Any, extra: ExtraParams) -> Plan:
 # -- settle --------------------------------------------------------------------------
 
 
-def plan_settle(cache: _CacheBase, prepared: PreparedTask, ok: bool, error: object = None) -> Plan:
+def plan_settle(engine: Engine, prepared: PreparedTask, ok: bool, error: object = None) -> Plan:
     """Record a task's outcome: on success, evidence that its UUIDs were used;
     on a failure that says an image is unknown, invalidate the rejected ones.
     Returns the parameters invalidated (prepare the task again to re-upload them)."""
@@ -378,8 +375,8 @@ def plan_settle(cache: _CacheBase, prepared: PreparedTask, ok: bool, error: obje
             f"settle() takes what prepare() returned, not {type(prepared).__name__}"
         )
     if ok:
-        if _evidence_due(cache, prepared.bindings):
-            yield Call(_record_evidence, cache, prepared.bindings)
+        if _evidence_due(engine, prepared.bindings):
+            yield Call(_record_evidence, engine, prepared.bindings)
         return []
     if error is None:
         return []
@@ -387,29 +384,28 @@ def plan_settle(cache: _CacheBase, prepared: PreparedTask, ok: bool, error: obje
     if rejection is None:
         return []
     rejected = _rejected(prepared, rejection, narrow=False)
-    yield Call(_invalidate, cache, rejected)
+    yield Call(_invalidate, engine, rejected)
     return [b.parameter for b in rejected]
 
 
-def _evidence_due(cache: _CacheBase, bindings: Sequence[Binding]) -> bool:
+def _evidence_due(engine: Engine, bindings: Sequence[Binding]) -> bool:
     """Whether recording this success would write at all (the window is slid at
     most every ``touch_every``): a warm task that needs no write yields nothing."""
-    engine = cache._engine
     now = engine.clock()
     every = engine.policy.touch_every
     return any(b.last_used is None or now - b.last_used >= every for b in bindings)
 
 
-def _record_evidence(cache: _CacheBase, bindings: Sequence[Binding]) -> None:
-    cache._engine.record_evidence(dict.fromkeys((b.uuid, b.last_used) for b in bindings).keys())
-    now = cache._engine.clock()
+def _record_evidence(engine: Engine, bindings: Sequence[Binding]) -> None:
+    engine.record_evidence(dict.fromkeys((b.uuid, b.last_used) for b in bindings).keys())
+    now = engine.clock()
     for b in bindings:
         b.last_used = now
 
 
-def _invalidate(cache: _CacheBase, bindings: Sequence[Binding]) -> None:
+def _invalidate(engine: Engine, bindings: Sequence[Binding]) -> None:
     for uuid in dict.fromkeys(b.uuid for b in bindings):
-        cache._expire_uuid(uuid)
+        _lifecycle.expire_uuid(engine, uuid)
 
 
 def _rejected(
@@ -452,7 +448,7 @@ class _Job:
 
 
 def plan_run_many(
-    cache: _CacheBase,
+    engine: Engine,
     tasks: Sequence[Any],
     send: Callable[[Any], Any] | None,
     extra: ExtraParams,
@@ -467,7 +463,7 @@ def plan_run_many(
     if warm is not None:
         prepared: list[PreparedTask | AssetCacheError] = [warm]
     else:
-        prepared = yield from plan_prepare_many(cache, tasks, extra)
+        prepared = yield from plan_prepare_many(engine, tasks, extra)
     out: list[tuple[bool, Any]] = [(False, None)] * len(tasks)
     jobs: dict[int, _Job] = {}
     for i, p in enumerate(prepared):
@@ -485,13 +481,13 @@ def plan_run_many(
             jobs[i] = _Job(p)
     if send is None:
         if jobs:
-            cache._engine.headers()  # no key: a configuration error before anything is sent
-        yield from _plan_rounds(cache, jobs, reuploads)
+            engine.headers()  # no key: a configuration error before anything is sent
+        yield from _plan_rounds(engine, jobs, reuploads)
     elif len(jobs) == 1:
-        yield from _plan_rounds(cache, jobs, reuploads, send)
+        yield from _plan_rounds(engine, jobs, reuploads, send)
     else:
-        plans = [_plan_rounds(cache, {i: job}, reuploads, send) for i, job in jobs.items()]
-        limit = max(1, concurrency or cache._engine.concurrency)
+        plans = [_plan_rounds(engine, {i: job}, reuploads, send) for i, job in jobs.items()]
+        limit = max(1, concurrency or engine.concurrency)
         for outcome in (yield Concurrent(plans, limit)):
             if isinstance(outcome, BaseException):  # a bug or a store failure: that task's
                 raise outcome
@@ -501,7 +497,7 @@ def plan_run_many(
 
 
 def _plan_rounds(
-    cache: _CacheBase,
+    engine: Engine,
     jobs: dict[int, _Job],
     reuploads: int,
     send: Callable[[Any], Any] | None = None,
@@ -513,7 +509,7 @@ def _plan_rounds(
             return None
         bodies = [_outgoing(job) for job in active]
         if send is None:
-            answers = yield from _plan_post(cache, bodies)
+            answers = yield from _plan_post(engine, bodies)
         else:
             answers = []
             for body in bodies:
@@ -527,8 +523,8 @@ def _plan_rounds(
         for job, (ok, answer) in zip(active, answers, strict=True):
             bindings = job.prepared.bindings
             if ok:
-                if _evidence_due(cache, bindings):
-                    yield Call(_record_evidence, cache, bindings)
+                if _evidence_due(engine, bindings):
+                    yield Call(_record_evidence, engine, bindings)
                 job.result, job.done = answer, True
                 continue
             rejection = unknown_media(answer, known=[b.parameter for b in bindings])
@@ -537,15 +533,15 @@ def _plan_rounds(
                 _finish_failed(job, answer, send)
                 continue
             # The server's answer is the final word: learn it whatever happens next.
-            yield Call(_invalidate, cache, chosen)
+            yield Call(_invalidate, engine, chosen)
             spent = [b for b in chosen if b.reuploads >= reuploads]
             if spent:
-                job.error = _exhausted(cache, job.prepared, spent, reuploads, answer)
+                job.error = _exhausted(engine, job.prepared, spent, reuploads, answer)
                 job.failed = job.done = True
                 continue
             heal.append((job, chosen, answer))
         if heal:
-            yield from _plan_heal(cache, heal)
+            yield from _plan_heal(engine, heal)
 
 
 def _outgoing(job: _Job) -> Any:
@@ -587,16 +583,14 @@ def _finish_failed(job: _Job, answer: object, send: Callable[[Any], Any] | None)
 
 
 def _exhausted(
-    cache: _CacheBase,
+    engine: Engine,
     prepared: PreparedTask,
     spent: Sequence[Binding],
     reuploads: int,
     answer: object,
 ) -> RetryBudgetExhausted:
-    from ._lifecycle import _describe
-
     where = ", ".join(b.parameter for b in spent)
-    detail = cache._engine.redact(_describe(answer)).rstrip(".")
+    detail = engine.redact(_lifecycle._describe(answer)).rstrip(".")
     if reuploads == 0:
         text = (
             f"{prepared.task_type}: Runware does not know the image in {where} (expired or "
@@ -621,9 +615,8 @@ def _exhausted(
     return err
 
 
-def _plan_heal(cache: _CacheBase, heal: list[tuple[_Job, list[Binding], object]]) -> Plan:
+def _plan_heal(engine: Engine, heal: list[tuple[_Job, list[Binding], object]]) -> Plan:
     """Upload the rejected inputs again (all jobs' in one batch) and rebind them."""
-    engine = cache._engine
     sources: list[Binding] = []
     uuids: list[Binding] = []
     for _, chosen, _ in heal:
@@ -633,21 +626,20 @@ def _plan_heal(cache: _CacheBase, heal: list[tuple[_Job, list[Binding], object]]
             (uuids if isinstance(b.target, str) and is_uuid(b.target) else sources).append(b)
     failures: dict[int, AssetCacheError] = {}
     if sources:
-        results = yield from engine.plan_resolve_many(
-            [b.target for b in sources], None, touch=False
+        results = yield from plan_resolve_many(
+            engine, [b.target for b in sources], None, touch=False
         )
         for b, res in zip(sources, results, strict=True):
             if res.error is None:
                 b.uuid, b.uploaded, b.last_used = str(res.uuid), True, engine.clock()
             else:
-                missing = yield from _plan_gone(cache, b, res.error)
+                missing = yield from _plan_gone(engine, b, res.error)
                 if isinstance(missing, AssetCacheError):
                     failures[id(b)] = missing
     for b in uuids:
         try:
-            b.uuid = yield from cache._plan_from_rows(
-                (yield Call(cache._uuid_rows, b.target)), b.label
-            )
+            rows = yield Call(_lifecycle.uuid_rows, engine, b.target)
+            b.uuid = yield from _lifecycle.plan_from_rows(engine, rows, b.label)
             b.uploaded, b.last_used = True, engine.clock()
         except AssetCacheError as exc:
             failures[id(b)] = exc
@@ -666,31 +658,30 @@ def _plan_heal(cache: _CacheBase, heal: list[tuple[_Job, list[Binding], object]]
         )
 
 
-def _plan_gone(cache: _CacheBase, b: Binding, error: AssetCacheError) -> Plan:
+def _plan_gone(engine: Engine, b: Binding, error: AssetCacheError) -> Plan:
     """A path that vanished since the task was prepared: the entry of its content."""
     from ._errors import SourceNotFound
 
     if not isinstance(error, SourceNotFound) or not isinstance(b.target, (str, os.PathLike)):
         return _input_error(_Item(b.parameter, "source", b.target, b.label), error)
     try:
-        rows = yield Call(cache._gone_path_rows, b.target, error)
-        b.uuid = yield from cache._plan_from_rows(rows, b.label, error)
+        rows = yield Call(_lifecycle.gone_path_rows, engine, b.target, error)
+        b.uuid = yield from _lifecycle.plan_from_rows(engine, rows, b.label, error)
     except AssetCacheError as exc:
         return exc
-    b.uploaded, b.last_used = True, cache._engine.clock()
+    b.uploaded, b.last_used = True, engine.clock()
     return None
 
 
 # -- the cache's own client --------------------------------------------------------------
 
 
-def _plan_post(cache: _CacheBase, tasks: list[Any]) -> Plan:
+def _plan_post(engine: Engine, tasks: list[Any]) -> Plan:
     """POST ``tasks`` as one request; ``[(ok, data objects | error), ...]``.
 
     Transient failures (5xx, 429, a dropped connection, a task the answer
     lost) are sent again with fresh taskUUIDs and backoff, like uploads.
     """
-    engine = cache._engine
     headers = engine.headers()
     out: list[tuple[bool, Any] | None] = [None] * len(tasks)
     pending = list(range(len(tasks)))

@@ -182,7 +182,7 @@ def wrap(
     image parameters; ``cache`` is an :class:`~assetcache.AsyncAssetCache` (both
     SDKs are asyncio clients). ``extra_params`` adds image parameters for task
     types the map does not know yet; ``reuploads`` bounds healing per input."""
-    from ._cache import AsyncAssetCache
+    from ._client import AsyncAssetCache
 
     if not isinstance(cache, AsyncAssetCache):
         raise ConfigurationError(
