@@ -10,8 +10,9 @@ exists, so the server's answer to a real task is the final word::
         cache.invalidate("cat.png")    # forget what the cache believes; next use uploads
 
 ``use()`` calls ``fn(uuid)``; when the answer says Runware does not know the
-UUID (``_protocol.rejects_uuid``: ``invalid<Parameter>`` on the parameter
-that carried it; Runware has no dedicated "expired" code), the entry is
+UUID (``_protocol.rejects_uuid`` over the one rule the task path reads too,
+``_protocol.unknown_media``: ``invalid<Parameter>`` on the parameter that
+carried it, ``mediaNotFound``/``*Expired``, both SDKs' errors), the entry is
 invalidated, the image uploaded again (exactly once) and ``fn`` called once
 more, up to ``retries`` times, after which
 :class:`~assetcache.RetryBudgetExhausted` says so; a caller's ``is_unknown``
