@@ -44,6 +44,7 @@ from ._errors import (
     SourceError,
     TaskInputError,
 )
+from ._ingest import stat_source
 from ._protocol import (
     MediaRejection,
     backoff_delay,
@@ -128,7 +129,8 @@ def _classify(engine: Engine, parameter: str, value: Any) -> _Item | None | Task
             if not text:
                 raise SourceError("''", "empty value")
             if not head.startswith("data:") and not _looks_base64(text):
-                # A path (the common case: no Source built, the warm hit reads it as it is).
+                # A path: a missing or special file fails the task before any upload.
+                stat_source(os.path.abspath(value), value)
                 return _Item(parameter, "source", value, value)
             src = Source.coerce(value)
             return _Item(parameter, "source", value if src.kind == "path" else src, src.label)
@@ -137,6 +139,8 @@ def _classify(engine: Engine, parameter: str, value: Any) -> _Item | None | Task
             return _Item(parameter, "source", src, src.label)
         if isinstance(value, os.PathLike):
             src = Source.from_path(value)
+            assert src.path is not None
+            stat_source(src.path, src.label)
             return _Item(parameter, "source", value, src.label)
         if isinstance(value, io.TextIOBase):
             raise SourceError(
@@ -168,9 +172,14 @@ def _pil_png(value: Any) -> bytes | None:
         return None
     out = io.BytesIO()
     image = value
-    if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
-        image = image.convert("RGBA")
-    image.save(out, format="PNG")
+    try:
+        if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+            image = image.convert("RGBA")
+        image.save(out, format="PNG")
+    except Exception as exc:  # Pillow's own errors (a closed image, an exotic mode)
+        raise SourceError(
+            f"<PIL image {type(value).__name__}>", f"cannot be encoded as PNG: {exc}"
+        ) from None
     return out.getvalue()
 
 
@@ -214,9 +223,11 @@ def plan_prepare_many(engine: Engine, tasks: Sequence[Any], extra: ExtraParams) 
     where: list[tuple[int, int]] = []
     resolved: dict[tuple[int, int], Any] = {}
     # Warm hits first: every path string of the call, in one SELECT.
+    # A task with an unusable value fails whole: none of its images is resolved.
     spots = [
         (t, n)
         for t, items in enumerate(classified)
+        if not any(isinstance(item, TaskInputError) for item in items)
         for n, item in enumerate(items)
         if isinstance(item, _Item) and item.kind == "source"
     ]
@@ -234,11 +245,13 @@ def plan_prepare_many(engine: Engine, tasks: Sequence[Any], extra: ExtraParams) 
         prepared = PreparedTask(
             tasks[t], tasks[t], extra_params=extra, parameters=tuple(n for n, _ in found[t])
         )
+        bad = next((item for item in items if isinstance(item, TaskInputError)), None)
+        if bad is not None:
+            out.append(bad)
+            continue
         error: AssetCacheError | None = None
         for n, item in enumerate(items):
-            if isinstance(item, TaskInputError):
-                error = error or item
-                continue
+            assert isinstance(item, _Item)
             if item.kind == "source":
                 res = resolved[(t, n)]
                 if isinstance(res, tuple):  # (lookup row, last use): a warm hit

@@ -229,6 +229,7 @@ def test_bad_value_fails_the_task_before_anything_is_sent(
     assert info.value.parameter == "referenceImages[3]"
     assert "referenceImages[3]" in str(info.value) and "no such file" in str(info.value)
     assert emu.inference_count == 0
+    assert emu.upload_count == 0  # the task failed whole: its other images were not uploaded
 
     (tmp_path / "notes.txt").write_text("not an image at all" * 10)
     for bad, word in (
