@@ -294,16 +294,28 @@ class Engine:
         return out
 
     # -- lookups and records (blocking SQLite) --------------------------------
-    def record_evidence(self, uses: Iterable[tuple[str, float | None]]) -> None:
-        """Runware accepted a task that used these imageUUIDs just now: slide their
-        windows. ``uses``: ``(imageUUID, last use the cache knows of, or None)``;
-        a window slid less than ``touch_every`` ago is left alone (no write)."""
+    def record_evidence(
+        self, targets: Iterable[Key | str], at: float | None = None
+    ) -> list[AssetRow]:
+        """Record evidence that Runware used these entries (keys, or imageUUIDs) at
+        ``at`` (default now; never later than now): a task seen to succeed with
+        them. Slides their windows; returns the rows found. (Callers throttle
+        by ``touch_every``: the task path calls this only when a slide is due.)"""
         now = self.clock()
-        for image_uuid, last_used in uses:
-            if last_used is not None and not _policy.needs_touch(self.policy, last_used, now):
-                continue
-            for row in self.registry.find_uuid(image_uuid.lower()):
-                self.registry.touch(row.key, now)
+        when = now if at is None else min(float(at), now)
+        rows: dict[Key, AssetRow] = {}
+        for target in targets:
+            if isinstance(target, str):
+                for row in self.registry.find_uuid(target.lower()):
+                    rows.setdefault(row.key, row)
+            else:
+                found = self.registry.get_asset(target)
+                if found is not None:
+                    rows.setdefault(found.key, found)
+        for row in rows.values():
+            if row.last_used_at < when:
+                self.registry.touch(row.key, when)
+        return list(rows.values())
 
     def fresh_since(self, now: float) -> float:
         """Rows used after this instant are still served."""

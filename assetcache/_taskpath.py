@@ -410,9 +410,12 @@ def _evidence_due(engine: Engine, bindings: Sequence[Binding]) -> bool:
 
 
 def _record_evidence(engine: Engine, bindings: Sequence[Binding]) -> None:
-    engine.record_evidence(dict.fromkeys((b.uuid, b.last_used) for b in bindings).keys())
+    """The engine's one "evidence of use" call, for the bindings whose slide is due."""
     now = engine.clock()
-    for b in bindings:
+    every = engine.policy.touch_every
+    due = [b for b in bindings if b.last_used is None or now - b.last_used >= every]
+    engine.record_evidence(dict.fromkeys(b.uuid for b in due), at=now)
+    for b in due:
         b.last_used = now
 
 
