@@ -12,9 +12,7 @@ imports (httpx, the cache) happen inside commands, so ``--version`` and
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import io
 import json
 import logging
 import os
@@ -28,6 +26,7 @@ from typing import Any
 import click
 
 from ._durations import format_duration, parse_duration
+from ._quoting import clean, csv_line, json_list, quote
 from ._version import __version__
 
 #: The key the in-process emulator accepts; it guards nothing real.
@@ -136,9 +135,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (ConfigurationError, StoreError) as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(clean(str(exc))) from None
         except AssetCacheError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(clean(str(exc))) from None
 
     return wrapper
 
@@ -169,8 +168,9 @@ def echo_json(obj: Any) -> None:
 
 
 def note(text: str) -> None:
-    """A summary or remark for people: stderr, so stdout stays parseable."""
-    click.echo(text, err=True)
+    """A summary or remark for people: stderr, so stdout stays parseable.
+    Control characters (from names in it) are escaped: they never reach the terminal."""
+    click.echo(clean(text), err=True)
 
 
 def stderr_is_tty() -> bool:
@@ -230,7 +230,12 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def error_text(err: Any) -> str:
-    return str(getattr(err, "reason", None) or err)
+    return clean(str(getattr(err, "reason", None) or err))
+
+
+def shown(path: str) -> str:
+    """A path for a text row: relative when below the working folder, quoted as git does."""
+    return quote(show_path(path))
 
 
 class Duration(click.ParamType):
@@ -453,6 +458,9 @@ def upload(
     counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "failed": 0}
     for res in results:
         counts[res.outcome] += 1
+    # The names as given (a label shows undecodable bytes as \x escapes; the
+    # name itself maps back to the file).
+    names = inputs if len(inputs) == len(results) else [r.source for r in results]
     sent = sum(r.bytes_sent for r in results)
     saved = sum(r.size or 0 for r in results if r.outcome == "hit")
     would = "would be " if dry_run else ""
@@ -463,7 +471,7 @@ def upload(
                 "dry_run": dry_run,
                 "results": [
                     {
-                        "source": r.source,
+                        "source": name,
                         "uuid": r.uuid,
                         "outcome": r.outcome,
                         "hash": r.content_hash,
@@ -472,7 +480,7 @@ def upload(
                         "bytes_sent": r.bytes_sent,
                         "error": error_text(r.error) if r.error else None,
                     }
-                    for r in results
+                    for name, r in zip(names, results, strict=True)
                 ],
                 "summary": {
                     "files": len(results),
@@ -483,13 +491,13 @@ def upload(
             }
         )
     else:
-        for r in results:
+        for name, r in zip(names, results, strict=True):
             if r.error is not None:
-                click.echo(f"{r.source}\t-\tfailed: {error_text(r.error)}")
+                click.echo(f"{quote(name)}\t-\tfailed: {error_text(r.error)}")
             elif dry_run and r.outcome != "hit":
-                click.echo(f"{r.source}\t-\twould be {r.outcome}")
+                click.echo(f"{quote(name)}\t-\twould be {r.outcome}")
             else:
-                click.echo(f"{r.source}\t{r.uuid or '-'}\t{r.outcome}")
+                click.echo(f"{quote(name)}\t{r.uuid or '-'}\t{r.outcome}")
         note(
             f"{len(results)} file(s): {counts['uploaded']} {would}uploaded, "
             f"{counts['reuploaded']} {would}re-uploaded, {counts['hit']} from cache, "
@@ -565,8 +573,8 @@ def status(
             if head is None:
                 text = format_duration(int(left)) if left and left > 0 else "-"
                 head = heads[state, left] = f"{state:<9} {text:>7}  "
-            path = st.path
-            append(head + path[cut:] if path.startswith(below) else head + path)
+            path = quote(st.path[cut:] if st.path.startswith(below) else st.path)
+            append(head + path)
         if lines:
             click.echo("\n".join(lines))
         note(
@@ -625,7 +633,12 @@ LS_FIELDS = (
 )
 @all_accounts_option
 @json_option
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (paths joined by ';').")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="Print CSV (RFC 4180; paths as a JSON array in one field).",
+)
 @click.pass_obj
 @handle_errors
 def ls_command(
@@ -650,20 +663,18 @@ def ls_command(
         echo_json([e.as_dict() for e in entries])
         return
     if as_csv:
-        buf = io.StringIO()
-        out = csv.writer(buf, lineterminator="\n")
-        out.writerow(LS_FIELDS)
+        lines = [csv_line(LS_FIELDS)]
         for e in entries:
             d = e.as_dict()
-            d["paths"] = ";".join(e.paths)
-            out.writerow([d[f] for f in LS_FIELDS])
-        click.echo(buf.getvalue(), nl=False)
+            d["paths"] = json_list(e.paths)
+            lines.append(csv_line(clean(str(d[f])) if f != "paths" else d[f] for f in LS_FIELDS))
+        click.echo("\n".join(lines))
         return
     now = cache.now()
     rows = []
     for e in entries:
         where = (
-            show_path(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "")
+            shown(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "")
             if e.paths
             else "-"
         )
@@ -715,7 +726,7 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
         ("local copies", copies_text(s.copies)),
     ]
     for name, value in lines:
-        click.echo(f"{name:<14}{value}")
+        click.echo(f"{name:<14}{clean(str(value))}")
 
 
 def copies_text(copies: dict[str, Any] | None) -> str:
@@ -775,11 +786,12 @@ def refresh(
                 after = item.uuid or item.old_uuid
                 click.echo(
                     f"{item.status}\t{item.content_hash[:12]}\t{after}\t"
-                    f"{show_path(item.path) if item.path else '-'}"
+                    f"{shown(item.path) if item.path else '-'}"
                 )
             else:
                 click.echo(
-                    f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t{item.reason}"
+                    f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t"
+                    f"{clean(str(item.reason))}"
                 )
         summary = report.as_dict()["summary"]
         done = (
@@ -823,7 +835,7 @@ def prune(
             f"{verb}\tentry\t{e.content_hash[:12]}\t{e.uuid}\tlast used {iso_short(e.last_used_at)}"
         )
     for path in report.files:
-        click.echo(f"{verb}\tfile\t{show_path(path)}")
+        click.echo(f"{verb}\tfile\t{shown(path)}")
     note(
         f"{verb} {len(report.entries)} entries "
         f"({human_bytes(sum(e.size for e in report.entries))}), {len(report.files)} file "
@@ -859,8 +871,8 @@ def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
     else:
         for item in items:
             if item.state != "ok":
-                extra = f"\t{item.reason}" if item.reason else ""
-                click.echo(f"{item.state}\t{show_path(item.path)}{extra}")
+                extra = f"\t{clean(str(item.reason))}" if item.reason else ""
+                click.echo(f"{item.state}\t{shown(item.path)}{extra}")
         note(f"{len(items)} file(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if counts["unreadable"]:
         sys.exit(EXIT_FAILED)
@@ -902,7 +914,7 @@ def forget(
                 uuids = ", ".join(
                     f"{e.uuid} ({gone.get(e.uuid, '?')} on Runware)" for e in r.entries
                 )
-            click.echo(f"forgot\t{r.item}\t{uuids}")
+            click.echo(f"forgot\t{quote(r.item)}\t{clean(uuids)}")
     if any(r.error for r in results):
         sys.exit(EXIT_FAILED)
 
@@ -962,7 +974,7 @@ def import_command(settings: Settings, file: Any, as_json: bool) -> None:
         echo_json(report.as_dict())
     else:
         for number, reason in report.errors:
-            note(f"{file.name}: line {number}: {reason}")
+            note(f"{quote(str(file.name))}: line {number}: {reason}")
         note(
             f"imported: {report.added} added, {report.replaced} replaced, {report.kept} kept "
             f"(already as fresh here), {len(report.errors)} malformed line(s) refused"
@@ -1084,13 +1096,13 @@ def print_doctor(report: Any) -> None:
     if "local_copies" in s:
         lines.append(("copies", copies_text(s["local_copies"])))
     for name, value in lines:
-        click.echo(f"{name:<11}{value}")
+        click.echo(f"{name:<11}{clean(str(value))}")
     for action in report.actions:
-        click.echo(f"fixed:     {action}")
+        click.echo(f"fixed:     {clean(str(action))}")
     if report.lost:
-        click.echo(f"lost:      {report.lost}")
+        click.echo(f"lost:      {clean(str(report.lost))}")
     for problem in report.problems:
-        click.echo(f"problem:   {problem}")
+        click.echo(f"problem:   {clean(str(problem))}")
     if report.problems and report.needs_rebuild:
         note(
             "run `assetcache doctor --fix` to rebuild the database (it is a cache: "
