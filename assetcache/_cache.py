@@ -34,6 +34,13 @@ from typing import IO, Any, TypeVar, cast
 from . import _hashing, _policy, _transform
 from ._copies import DEFAULT_MAX_BYTES as DEFAULT_COPIES_MAX
 from ._copies import Copies
+from ._credentials import (
+    check_api_key,
+    split_url_credentials,
+    strip_url_credentials,
+    url_secrets,
+)
+from ._durations import format_duration
 from ._effects import Call, Concurrent, Driver, Http, Map, Plan, Sleep, Wait, run_async, run_sync
 from ._errors import (
     AssetCacheError,
@@ -108,12 +115,71 @@ class Resolution:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How hard to try: attempts per task, exponential backoff, per-request timeout."""
+    """How hard to try: attempts per task, exponential backoff, per-request timeout.
+
+    ``timeout`` bounds one whole request (connect, send, the entire answer).
+    ``max_retry_after`` is the longest ``Retry-After`` honoured: a server asking
+    for a longer wait fails the batch at once, naming its delay. After
+    ``unreachable_after`` requests in a row could not reach the endpoint at
+    all (refused, unresolvable, TLS failure), the following ones fail at once
+    for ``unreachable_pause`` seconds instead of each retrying on its own.
+    """
 
     attempts: int = 8
     base_delay: float = 0.25
     max_delay: float = 20.0
     timeout: float = 60.0
+    max_retry_after: float = 60.0
+    unreachable_after: int = 3
+    unreachable_pause: float = 30.0
+
+
+class _Breaker:
+    """Counts requests in a row that could not reach the endpoint; while open,
+    requests fail at once with the last such error (one probe per pause)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.after = max(1, policy.unreachable_after)
+        self.pause = policy.unreachable_pause
+        self.failures = 0
+        self.last: AssetCacheError | None = None
+        self.opened_at = 0.0
+        self._lock = threading.Lock()
+
+    def blocked(self) -> AssetCacheError | None:
+        """The error to fail with at once, or None to go ahead."""
+        with self._lock:
+            if self.failures < self.after or self.last is None:
+                return None
+            now = time.monotonic()
+            if now - self.opened_at >= self.pause:
+                self.opened_at = now  # let this one request probe the endpoint
+                return None
+            last = self.last
+        return type(last)(
+            f"{last.message} (not tried: {self.failures} requests in a row could not "
+            "reach the endpoint)",
+            code=getattr(last, "code", None),
+        )
+
+    def failed(self, exc: AssetCacheError) -> bool:
+        """Record an unreachable endpoint; True when the breaker is (now) open."""
+        with self._lock:
+            self.failures += 1
+            self.last = exc
+            if self.failures >= self.after:
+                self.opened_at = time.monotonic()
+                return True
+            return False
+
+    def reached(self) -> None:
+        with self._lock:
+            self.failures = 0
+            self.last = None
+
+
+#: Transport error codes meaning the endpoint cannot be reached at all.
+UNREACHABLE = frozenset({"unreachable", "tls"})
 
 
 @dataclass(slots=True)
@@ -134,7 +200,7 @@ def account_fingerprint(api_key: str) -> str:
 
 
 def namespace_for(base_url: str, api_key: str | None) -> str:
-    parts = urllib.parse.urlsplit(base_url)
+    parts = urllib.parse.urlsplit(strip_url_credentials(base_url))
     endpoint = f"{parts.netloc.lower()}{parts.path.rstrip('/')}"
     return f"{endpoint}#{account_fingerprint(api_key) if api_key else 'no-key'}"
 
@@ -169,9 +235,14 @@ class _Engine:
         self._api_key = (
             api_key if api_key is not None else os.environ.get("RUNWARE_API_KEY") or None
         )
-        self.base_url = (
-            base_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL
-        ).rstrip("/")
+        check_api_key(self._api_key)
+        # user:password@ in the URL: never stored, shown or logged (_credentials).
+        self.base_url, self._proxy_auth = split_url_credentials(
+            (base_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
+        )
+        self._secrets = [
+            s for s in (self._api_key, *url_secrets(base_url or "")) if s and len(s) >= 4
+        ]
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigurationError(
                 f"API URL must start with http:// or https://: {self.base_url}"
@@ -194,6 +265,7 @@ class _Engine:
         self.max_side = self.transform.max_side if self.transform else 0
         self._fit_gate = threading.BoundedSemaphore(min(4, os.cpu_count() or 1))
         self.retry = retry or RetryPolicy()
+        self.breaker = _Breaker(self.retry)
         self.concurrency = max(1, concurrency)
         self.batch_size = max(1, batch_size)
         self.batch_bytes = batch_bytes
@@ -223,7 +295,9 @@ class _Engine:
         return account_fingerprint(self._api_key) if self._api_key else None
 
     def redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def count(self, **counts: int) -> None:
         with self._count_lock:
@@ -244,12 +318,15 @@ class _Engine:
                 "no Runware API key: set RUNWARE_API_KEY (or pass api_key=...), "
                 "or use the bundled emulator (assetcache --emulator ...)"
             )
-        return {
+        headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"assetcache/{__version__}",
         }
+        if self._proxy_auth:
+            headers["Proxy-Authorization"] = self._proxy_auth
+        return headers
 
     def _resolution(self, label: str, row: AssetRow, outcome: str, sent: int = 0) -> Resolution:
         return Resolution(
@@ -942,11 +1019,24 @@ class _Engine:
         last: dict[int, AssetCacheError] = {}
         attempts = max(1, self.retry.attempts)
         for attempt in range(attempts):
+            blocked = self.breaker.blocked()
+            if blocked is not None:
+                for i in pending:
+                    out[batch[i][0]] = blocked
+                return out
             by_task = {new_task_uuid(): i for i in pending}
             body, length = encode([(tid, batch[i][1]) for tid, i in by_task.items()])
             retry_after: float | None = None
             try:
-                resp = yield Http(url, headers, body, length, self.retry.timeout)
+                try:
+                    resp = yield Http(url, headers, body, length, self.retry.timeout)
+                except RemoteError as exc:
+                    if getattr(exc, "code", None) in UNREACHABLE and self.breaker.failed(exc):
+                        for i in pending:
+                            out[batch[i][0]] = exc
+                        return out
+                    raise
+                self.breaker.reached()
                 answers = parse_response(
                     resp.status, resp.headers, resp.body, list(by_task), self.redact, uuid_field
                 )
@@ -986,6 +1076,18 @@ class _Engine:
                 pending = still
             if not pending:
                 break
+            if retry_after is not None and retry_after > self.retry.max_retry_after:
+                # Waiting longer than the policy allows would only stall the run.
+                waited = format_duration(retry_after)
+                limit = format_duration(self.retry.max_retry_after)
+                for err in {id(last[i]): last[i] for i in pending}.values():
+                    err.message = (
+                        f"{err.message}: the server asks to retry after {waited} "
+                        f"(Retry-After), longer than the {limit} this cache waits; not retried"
+                    )
+                for i in pending:
+                    out[batch[i][0]] = last[i]
+                return out
             if attempt + 1 < attempts:
                 self.count(retries=1)
                 log.info("retrying %d %s(s) after: %s", len(pending), what, last[pending[0]])

@@ -233,6 +233,18 @@ def error_text(err: Any) -> str:
     return clean(str(getattr(err, "reason", None) or err))
 
 
+def given_name(label: str, given: str) -> str:
+    """The file name as given when ``label`` names that path (a label shows
+    undecodable bytes as ``\\x`` escapes), else the label (base64, data URIs)."""
+    if label == given:
+        return given
+    try:
+        printable = os.fsencode(given).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return label
+    return given if printable == label else label
+
+
 def shown(path: str) -> str:
     """A path for a text row: relative when below the working folder, quoted as git does."""
     return quote(show_path(path))
@@ -460,7 +472,11 @@ def upload(
         counts[res.outcome] += 1
     # The names as given (a label shows undecodable bytes as \x escapes; the
     # name itself maps back to the file).
-    names = inputs if len(inputs) == len(results) else [r.source for r in results]
+    names = (
+        [given_name(r.source, given) for r, given in zip(results, inputs, strict=True)]
+        if len(inputs) == len(results)
+        else [r.source for r in results]
+    )
     sent = sum(r.bytes_sent for r in results)
     saved = sum(r.size or 0 for r in results if r.outcome == "hit")
     would = "would be " if dry_run else ""
@@ -1032,7 +1048,11 @@ def fill_settings(settings: Settings, report: Any) -> None:
     from ._cache import DEFAULT_API_URL, account_fingerprint, namespace_for
 
     key = EMULATOR_KEY if settings.emulator else settings.api_key()
-    url = (settings.api_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
+    from ._credentials import strip_url_credentials
+
+    url = strip_url_credentials(
+        (settings.api_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
+    )
     report.account = account_fingerprint(key) if key else None
     report.namespace = "emulator#local" if settings.emulator else namespace_for(url, key)
     from ._maintenance import resize_settings

@@ -256,7 +256,10 @@ def _transport_error(exc: Exception, url: str) -> RemoteError:
     if isinstance(exc, httpx.TimeoutException):
         reason = "timed out"
     elif isinstance(exc, httpx.ConnectError):
-        reason = "connection refused or unreachable"
+        # Refused, unresolvable, no route: the endpoint cannot be reached at all.
+        return TransportError(
+            f"no answer from {url}: connection refused or unreachable", code="unreachable"
+        )
     elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
         reason = "connection dropped"
     else:
@@ -278,49 +281,133 @@ def _certificate_problem(exc: BaseException) -> str | None:
     return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else None
 
 
+class _Deadline(Exception):
+    """The whole exchange ran past its bound."""
+
+
+def _request_headers(effect: Http) -> dict[str, str]:
+    from ._bodies import ACCEPT_ENCODING
+
+    headers = dict(effect.headers)
+    headers["Content-Length"] = str(effect.content_length)
+    headers["Accept-Encoding"] = ACCEPT_ENCODING  # only what BodyReader decodes
+    return headers
+
+
+def _timed_out(effect: Http) -> RemoteError:
+    return TransportError(
+        f"no answer from {effect.url}: timed out (the whole request, connect to last "
+        f"byte, is bounded by {effect.timeout:g} s)",
+        code="transport",
+    )
+
+
+def _answer_error(exc: Exception, effect: Http) -> RemoteError:
+    from ._bodies import AnswerTooLarge
+
+    code = "answerTooLarge" if isinstance(exc, AnswerTooLarge) else "badAnswer"
+    return RemoteError(f"answer from {effect.url} refused: {exc}", code=code)
+
+
+def _reader(resp: Any) -> Any:
+    """A bounded reader of ``resp``'s body. A response built in memory (a mock
+    transport) is already decoded: its bytes go through the same cap."""
+    from ._bodies import BodyReader
+
+    if resp.is_stream_consumed:
+        reader = BodyReader(None)
+        reader.feed(resp.content)
+        return reader
+    reader = BodyReader(resp.headers.get("content-encoding"))
+    reader.declared(resp.headers.get("content-length"))
+    return reader
+
+
 def _http_sync(effect: Http, driver: Driver) -> Response:
+    """POST and read the whole answer within ``effect.timeout`` (connect, send,
+    every byte of the answer), reading at most MAX_ANSWER_BYTES after decoding."""
     import httpx
+
+    from ._bodies import BadAnswer
 
     client = driver.sync_client
     if client is None:
         assert driver.make_sync_client is not None
         client = driver.sync_client = driver.make_sync_client()
-    headers = dict(effect.headers)
-    headers["Content-Length"] = str(effect.content_length)
+    deadline = time.monotonic() + effect.timeout
+
+    def body() -> Iterator[bytes]:
+        for chunk in effect.body():
+            if time.monotonic() > deadline:
+                raise _Deadline
+            yield chunk
+
     try:
-        resp = client.post(
-            effect.url, content=_iter(effect.body()), headers=headers, timeout=effect.timeout
-        )
+        with client.stream(
+            "POST",
+            effect.url,
+            content=body(),
+            headers=_request_headers(effect),
+            timeout=effect.timeout,
+        ) as resp:
+            reader = _reader(resp)
+            for raw in [] if resp.is_stream_consumed else resp.iter_raw():
+                reader.feed(raw)
+                if time.monotonic() > deadline:
+                    raise _Deadline
+            data = reader.finish()
     except AssetCacheError:
         raise
+    except _Deadline:
+        raise _timed_out(effect) from None
+    except BadAnswer as exc:
+        raise _answer_error(exc, effect) from None
     except httpx.HTTPError as exc:
         raise _transport_error(exc, effect.url) from None
-    return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
+    return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, data)
 
 
 async def _http_async(effect: Http, driver: Driver) -> Response:
+    import asyncio
+
     import httpx
+
+    from ._bodies import BadAnswer
 
     client = driver.async_client
     if client is None:
         assert driver.make_async_client is not None
         client = driver.async_client = driver.make_async_client()
-    headers = dict(effect.headers)
-    headers["Content-Length"] = str(effect.content_length)
 
     async def body() -> Any:
         for chunk in effect.body():
             yield chunk
 
+    async def exchange() -> Response:
+        async with client.stream(
+            "POST",
+            effect.url,
+            content=body(),
+            headers=_request_headers(effect),
+            timeout=effect.timeout,
+        ) as resp:
+            reader = _reader(resp)
+            if not resp.is_stream_consumed:
+                async for raw in resp.aiter_raw():
+                    reader.feed(raw)
+            data = reader.finish()
+        return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, data)
+
     try:
-        resp = await client.post(
-            effect.url, content=body(), headers=headers, timeout=effect.timeout
-        )
+        return await asyncio.wait_for(exchange(), effect.timeout)
     except AssetCacheError:
         raise
+    except asyncio.TimeoutError:
+        raise _timed_out(effect) from None
+    except BadAnswer as exc:
+        raise _answer_error(exc, effect) from None
     except httpx.HTTPError as exc:
         raise _transport_error(exc, effect.url) from None
-    return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
 
 
 def _iter(chunks: Iterable[bytes]) -> Iterator[bytes]:
