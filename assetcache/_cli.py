@@ -37,6 +37,20 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 UPLOAD_CHUNK = 128
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: As shells report a process ended by SIGINT (Ctrl-C) or SIGTERM: 128 + signal.
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: end the run as Ctrl-C does (results so far, then exit 143)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def stopped_code(exc: BaseException) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 class UsageError(click.ClickException):
@@ -58,6 +72,7 @@ class Settings:
     options: dict[str, Any] = field(default_factory=dict)
     _cache: Any = None
     _emulator: Any = None
+    _key_checked: bool = False
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def db_path(self) -> Path:
@@ -79,6 +94,9 @@ class Settings:
                 ) from None
             if not key:
                 raise UsageError(f"--api-key-file {self.api_key_file} is empty")
+            if not self._key_checked:
+                self._key_checked = True
+                warn_if_shared(self.api_key_file)
             return key
         return os.environ.get("RUNWARE_API_KEY") or None
 
@@ -135,6 +153,23 @@ class Settings:
         self._closers.clear()
 
 
+def warn_if_shared(path: str) -> None:
+    """Warn, as ssh does for keys, when a key file is open to group or others."""
+    import shlex
+
+    try:
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except OSError:
+        return
+    if os.name != "posix" or not mode & 0o077:
+        return
+    who = " and ".join(n for n, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
+    note(
+        f"assetcache: warning: --api-key-file {quote(path)} is accessible by {who} "
+        f"(mode {stat_mod.S_IMODE(mode):04o}); run: chmod 600 {shlex.quote(path)}"
+    )
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one-line messages and exit codes."""
 
@@ -144,6 +179,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
+        except (KeyboardInterrupt, Terminated) as exc:
+            # What was uploaded is recorded when the cache closes (with the context).
+            note("assetcache: " + ("terminated" if isinstance(exc, Terminated) else "interrupted"))
+            sys.exit(stopped_code(exc))
         except (ConfigurationError, StoreError) as exc:
             raise UsageError(clean(str(exc))) from None
         except AssetCacheError as exc:
@@ -370,6 +409,18 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
     help="Size bound of the local copies, e.g. 500M or 2G (default 1G); the least "
     "recently used go first.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    metavar="SECONDS",
+    help="Bound of one whole request to Runware: connect, send and the entire answer (default 60).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    metavar="N",
+    help="Retries of a request that failed transiently, with backoff (default 7).",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="assetcache")
 @click.pass_context
@@ -383,6 +434,8 @@ def cli(
     keep_copies: bool,
     copies_dir: str | None,
     copies_max: int | None,
+    timeout: float | None,
+    retries: int | None,
     verbose: int,
 ) -> None:
     """Never upload the same image to Runware twice.
@@ -402,6 +455,17 @@ def cli(
         settings.options["copies_dir"] = copies_dir
     if copies_max is not None:
         settings.options["copies_max_bytes"] = copies_max
+    if timeout is not None or retries is not None:
+        import dataclasses
+
+        from ._config import RetryPolicy
+
+        retry = RetryPolicy()
+        if timeout is not None:
+            retry = dataclasses.replace(retry, timeout=timeout)
+        if retries is not None:
+            retry = dataclasses.replace(retry, attempts=retries + 1)
+        settings.options["retry"] = retry
     ctx.obj = settings
     ctx.call_on_close(settings.close)
     if verbose:
@@ -462,6 +526,7 @@ def upload(
     Content already uploaded and still alive on Runware is not sent again.
     Prints one line per file (path, imageUUID, outcome) and a summary on stderr.
     """
+    stopped: BaseException | None = None
     inputs = list(iter_inputs(paths, pattern))
     if not inputs:
         raise UsageError(
@@ -473,18 +538,23 @@ def upload(
         results = cache.preview(inputs)
     else:
         results = []
-        with progress("uploading") as advance:
-            for start in range(0, len(inputs), UPLOAD_CHUNK):
-                results += cache.resolve_many(inputs[start : start + UPLOAD_CHUNK], concurrency)
-                advance(len(results), len(inputs))
+        try:
+            with progress("uploading") as advance:
+                for start in range(0, len(inputs), UPLOAD_CHUNK):
+                    results += cache.resolve_many(inputs[start : start + UPLOAD_CHUNK], concurrency)
+                    advance(len(results), len(inputs))
+        except (KeyboardInterrupt, Terminated) as exc:
+            # Print what is known; the uploads of the chunk in flight are recorded
+            # as their requests answer, before the cache closes.
+            stopped = exc
     counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "failed": 0}
     for res in results:
         counts[res.outcome] += 1
     # The names as given (a label shows undecodable bytes as \x escapes; the
     # name itself maps back to the file).
     names = (
-        [given_name(r.source, given) for r, given in zip(results, inputs, strict=True)]
-        if len(inputs) == len(results)
+        [given_name(r.source, given) for r, given in zip(results, inputs, strict=False)]
+        if len(inputs) >= len(results)
         else [r.source for r in results]
     )
     sent = sum(r.bytes_sent for r in results)
@@ -521,6 +591,12 @@ def upload(
             + (f"{human_bytes(to_send)} to send" if dry_run else f"{human_bytes(sent)} sent")
             + f", {human_bytes(saved)} saved"
         )
+    if stopped is not None:
+        note(
+            f"assetcache: {'terminated' if isinstance(stopped, Terminated) else 'interrupted'}"
+            f" after {len(results)} of {len(inputs)} file(s); the others were not done"
+        )
+        sys.exit(stopped_code(stopped))
     if counts["failed"]:
         sys.exit(EXIT_FAILED)
 
@@ -1136,4 +1212,10 @@ def emulator(host: str, port: int, state: str | None, latency: float, fault_rate
 
 
 def main() -> None:
+    import signal
+
+    # SIGTERM ends a run as Ctrl-C does: the results known are printed, what was
+    # uploaded is recorded, and the exit code says which signal it was.
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGTERM, _raise_terminated)
     cli(prog_name="assetcache")
