@@ -1001,9 +1001,9 @@ def forget(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, writable=True),
+    type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="Write to FILE instead of stdout.",
+    help="Write to FILE instead of stdout (atomically, mode 0600; never over the live database).",
 )
 @all_accounts_option
 @click.pass_obj
@@ -1018,17 +1018,9 @@ def export_command(settings: Settings, output: str | None, all_accounts: bool) -
             click.echo(line)
             n += 1
     else:
-        tmp = f"{output}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for line in lines:
-                    fh.write(line + "\n")
-                    n += 1
-            os.replace(tmp, output)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+        from ._maintenance import write_export
+
+        n = write_export(output, lines, protected=[str(cache.db_path)])
     note(f"exported {n} entries")
 
 
