@@ -309,7 +309,9 @@ def verify(
     done = len(targets) - len(todo)
     workers = max(1, min(engine.hash_workers, len(todo)))
     with ThreadPoolExecutor(workers) as pool:
-        for i, fresh in zip(todo, pool.map(lambda i: rehash(targets[i][0]), todo), strict=True):
+        for i, fresh in zip(
+            todo, pool.map(lambda i: rehash(targets[i][0], engine.max_bytes), todo), strict=True
+        ):
             path, row = targets[i]
             assert row is not None
             if fresh is None:
@@ -433,7 +435,7 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
             if not rows:
                 return "path", set(), [], [], f"{item}: no file below it is tracked"
             return "path", {r.content_hash for r in rows}, [r.path for r in rows], [], None
-        fresh = rehash(path)
+        fresh = rehash(path, engine.max_bytes)
         if not isinstance(fresh, FileRow):
             return "path", set(), [], [], f"{item}: cannot be read: {fresh or 'no such file'}"
         return "path", {fresh.content_hash}, [], [], None
