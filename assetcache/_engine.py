@@ -187,8 +187,9 @@ class Engine:
         if counts:
             try:
                 self.registry.add_counters(self.namespace, counts)
-            except StoreError:
-                log.warning("could not save usage counters", exc_info=True)
+            except StoreError as exc:
+                # One line (no traceback): the counters are statistics, not state.
+                log.warning("could not save usage counters: %s", exc)
 
     def headers(self) -> dict[str, str]:
         if not self._api_key:
@@ -336,9 +337,18 @@ class Engine:
                 rows.append(row)
             else:
                 rows.append(None)
-        for key in dict.fromkeys(touches):
-            self.registry.touch(key, now)
-        self.store.put_files(files)
+        # Best-effort writes: a hit stands on the rows read above. A full disk
+        # (or a lost shared store) costs the window slide and the stat shortcut
+        # of these files, never the answers.
+        try:
+            for key in dict.fromkeys(touches):
+                self.registry.touch(key, now)
+        except StoreError as exc:
+            log.warning("could not record uses of cached entries: %s", exc)
+        try:
+            self.store.put_files(files)
+        except StoreError as exc:
+            log.warning("could not record file hashes: %s", exc)
         return rows
 
     def join_flights(
