@@ -12,9 +12,7 @@ imports (httpx, the cache) happen inside commands, so ``--version`` and
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import io
 import json
 import logging
 import os
@@ -28,6 +26,7 @@ from typing import Any
 import click
 
 from ._durations import format_duration, parse_duration
+from ._quoting import clean, csv_line, json_list, quote
 from ._version import __version__
 
 #: The key the in-process emulator accepts; it guards nothing real.
@@ -38,6 +37,20 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 UPLOAD_CHUNK = 128
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: As shells report a process ended by SIGINT (Ctrl-C) or SIGTERM: 128 + signal.
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: end the run as Ctrl-C does (results so far, then exit 143)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def stopped_code(exc: BaseException) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 class UsageError(click.ClickException):
@@ -59,6 +72,7 @@ class Settings:
     options: dict[str, Any] = field(default_factory=dict)
     _cache: Any = None
     _emulator: Any = None
+    _key_checked: bool = False
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def db_path(self) -> Path:
@@ -80,6 +94,9 @@ class Settings:
                 ) from None
             if not key:
                 raise UsageError(f"--api-key-file {self.api_key_file} is empty")
+            if not self._key_checked:
+                self._key_checked = True
+                warn_if_shared(self.api_key_file)
             return key
         return os.environ.get("RUNWARE_API_KEY") or None
 
@@ -136,6 +153,23 @@ class Settings:
         self._closers.clear()
 
 
+def warn_if_shared(path: str) -> None:
+    """Warn, as ssh does for keys, when a key file is open to group or others."""
+    import shlex
+
+    try:
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except OSError:
+        return
+    if os.name != "posix" or not mode & 0o077:
+        return
+    who = " and ".join(n for n, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
+    note(
+        f"assetcache: warning: --api-key-file {quote(path)} is accessible by {who} "
+        f"(mode {stat_mod.S_IMODE(mode):04o}); run: chmod 600 {shlex.quote(path)}"
+    )
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one-line messages and exit codes."""
 
@@ -145,10 +179,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
+        except (KeyboardInterrupt, Terminated) as exc:
+            # What was uploaded is recorded when the cache closes (with the context).
+            note("assetcache: " + ("terminated" if isinstance(exc, Terminated) else "interrupted"))
+            sys.exit(stopped_code(exc))
         except (ConfigurationError, StoreError) as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(clean(str(exc))) from None
         except AssetCacheError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(clean(str(exc))) from None
 
     return wrapper
 
@@ -179,8 +217,9 @@ def echo_json(obj: Any) -> None:
 
 
 def note(text: str) -> None:
-    """A summary or remark for people: stderr, so stdout stays parseable."""
-    click.echo(text, err=True)
+    """A summary or remark for people: stderr, so stdout stays parseable.
+    Control characters (from names in it) are escaped: they never reach the terminal."""
+    click.echo(clean(text), err=True)
 
 
 def stderr_is_tty() -> bool:
@@ -240,7 +279,24 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def error_text(err: Any) -> str:
-    return str(getattr(err, "reason", None) or err)
+    return clean(str(getattr(err, "reason", None) or err))
+
+
+def given_name(label: str, given: str) -> str:
+    """The file name as given when ``label`` names that path (a label shows
+    undecodable bytes as ``\\x`` escapes), else the label (base64, data URIs)."""
+    if label == given:
+        return given
+    try:
+        printable = os.fsencode(given).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return label
+    return given if printable == label else label
+
+
+def shown(path: str) -> str:
+    """A path for a text row: relative when below the working folder, quoted as git does."""
+    return quote(show_path(path))
 
 
 class Duration(click.ParamType):
@@ -353,6 +409,18 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
     help="Size bound of the local copies, e.g. 500M or 2G (default 1G); the least "
     "recently used go first.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    metavar="SECONDS",
+    help="Bound of one whole request to Runware: connect, send and the entire answer (default 60).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    metavar="N",
+    help="Retries of a request that failed transiently, with backoff (default 7).",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="assetcache")
 @click.pass_context
@@ -366,6 +434,8 @@ def cli(
     keep_copies: bool,
     copies_dir: str | None,
     copies_max: int | None,
+    timeout: float | None,
+    retries: int | None,
     verbose: int,
 ) -> None:
     """Never upload the same image to Runware twice.
@@ -385,6 +455,17 @@ def cli(
         settings.options["copies_dir"] = copies_dir
     if copies_max is not None:
         settings.options["copies_max_bytes"] = copies_max
+    if timeout is not None or retries is not None:
+        import dataclasses
+
+        from ._config import RetryPolicy
+
+        retry = RetryPolicy()
+        if timeout is not None:
+            retry = dataclasses.replace(retry, timeout=timeout)
+        if retries is not None:
+            retry = dataclasses.replace(retry, attempts=retries + 1)
+        settings.options["retry"] = retry
     ctx.obj = settings
     ctx.call_on_close(settings.close)
     if verbose:
@@ -445,6 +526,7 @@ def upload(
     Content already uploaded and still alive on Runware is not sent again.
     Prints one line per file (path, imageUUID, outcome) and a summary on stderr.
     """
+    stopped: BaseException | None = None
     inputs = list(iter_inputs(paths, pattern))
     if not inputs:
         raise UsageError(
@@ -456,13 +538,25 @@ def upload(
         results = cache.preview(inputs)
     else:
         results = []
-        with progress("uploading") as advance:
-            for start in range(0, len(inputs), UPLOAD_CHUNK):
-                results += cache.resolve_many(inputs[start : start + UPLOAD_CHUNK], concurrency)
-                advance(len(results), len(inputs))
+        try:
+            with progress("uploading") as advance:
+                for start in range(0, len(inputs), UPLOAD_CHUNK):
+                    results += cache.resolve_many(inputs[start : start + UPLOAD_CHUNK], concurrency)
+                    advance(len(results), len(inputs))
+        except (KeyboardInterrupt, Terminated) as exc:
+            # Print what is known; the uploads of the chunk in flight are recorded
+            # as their requests answer, before the cache closes.
+            stopped = exc
     counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "failed": 0}
     for res in results:
         counts[res.outcome] += 1
+    # The names as given (a label shows undecodable bytes as \x escapes; the
+    # name itself maps back to the file).
+    names = (
+        [given_name(r.source, given) for r, given in zip(results, inputs, strict=False)]
+        if len(inputs) >= len(results)
+        else [r.source for r in results]
+    )
     sent = sum(r.bytes_sent for r in results)
     saved = sum(r.size or 0 for r in results if r.outcome == "hit")
     would = "would be " if dry_run else ""
@@ -471,7 +565,9 @@ def upload(
         echo_json(
             {
                 "dry_run": dry_run,
-                "results": [r.as_dict() for r in results],
+                "results": [
+                    {**r.as_dict(), "source": name} for name, r in zip(names, results, strict=True)
+                ],
                 "summary": {
                     "files": len(results),
                     **counts,
@@ -481,13 +577,13 @@ def upload(
             }
         )
     else:
-        for r in results:
+        for name, r in zip(names, results, strict=True):
             if r.error is not None:
-                click.echo(f"{r.source}\t-\tfailed: {error_text(r.error)}")
+                click.echo(f"{quote(name)}\t-\tfailed: {error_text(r.error)}")
             elif dry_run and r.outcome != "hit":
-                click.echo(f"{r.source}\t-\twould be {r.outcome}")
+                click.echo(f"{quote(name)}\t-\twould be {r.outcome}")
             else:
-                click.echo(f"{r.source}\t{r.uuid or '-'}\t{r.outcome}")
+                click.echo(f"{quote(name)}\t{r.uuid or '-'}\t{r.outcome}")
         note(
             f"{len(results)} file(s): {counts['uploaded']} {would}uploaded, "
             f"{counts['reuploaded']} {would}re-uploaded, {counts['hit']} from cache, "
@@ -495,6 +591,12 @@ def upload(
             + (f"{human_bytes(to_send)} to send" if dry_run else f"{human_bytes(sent)} sent")
             + f", {human_bytes(saved)} saved"
         )
+    if stopped is not None:
+        note(
+            f"assetcache: {'terminated' if isinstance(stopped, Terminated) else 'interrupted'}"
+            f" after {len(results)} of {len(inputs)} file(s); the others were not done"
+        )
+        sys.exit(stopped_code(stopped))
     if counts["failed"]:
         sys.exit(EXIT_FAILED)
 
@@ -546,8 +648,8 @@ def status(
             if head is None:
                 text = format_duration(int(left)) if left and left > 0 else "-"
                 head = heads[state, left] = f"{state:<9} {text:>7}  "
-            path = st.path
-            append(head + path[cut:] if path.startswith(below) else head + path)
+            path = quote(st.path[cut:] if st.path.startswith(below) else st.path)
+            append(head + path)
         if lines:
             click.echo("\n".join(lines))
         note(
@@ -606,7 +708,12 @@ LS_FIELDS = (
 )
 @all_accounts_option
 @json_option
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (paths joined by ';').")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="Print CSV (RFC 4180; paths as a JSON array in one field).",
+)
 @click.pass_obj
 @handle_errors
 def ls_command(
@@ -631,20 +738,18 @@ def ls_command(
         echo_json([e.as_dict() for e in entries])
         return
     if as_csv:
-        buf = io.StringIO()
-        out = csv.writer(buf, lineterminator="\n")
-        out.writerow(LS_FIELDS)
+        lines = [csv_line(LS_FIELDS)]
         for e in entries:
             d = e.as_dict()
-            d["paths"] = ";".join(e.paths)
-            out.writerow([d[f] for f in LS_FIELDS])
-        click.echo(buf.getvalue(), nl=False)
+            d["paths"] = json_list(e.paths)
+            lines.append(csv_line(clean(str(d[f])) if f != "paths" else d[f] for f in LS_FIELDS))
+        click.echo("\n".join(lines))
         return
     now = cache.now()
     rows = []
     for e in entries:
         where = (
-            show_path(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "")
+            shown(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "")
             if e.paths
             else "-"
         )
@@ -696,7 +801,7 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
         ("local copies", copies_text(s.copies)),
     ]
     for name, value in lines:
-        click.echo(f"{name:<14}{value}")
+        click.echo(f"{name:<14}{clean(str(value))}")
 
 
 def copies_text(copies: dict[str, Any] | None) -> str:
@@ -756,11 +861,12 @@ def refresh(
                 after = item.uuid or item.old_uuid
                 click.echo(
                     f"{item.status}\t{item.content_hash[:12]}\t{after}\t"
-                    f"{show_path(item.path) if item.path else '-'}"
+                    f"{shown(item.path) if item.path else '-'}"
                 )
             else:
                 click.echo(
-                    f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t{item.reason}"
+                    f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t"
+                    f"{clean(str(item.reason))}"
                 )
         summary = report.as_dict()["summary"]
         done = (
@@ -804,7 +910,7 @@ def prune(
             f"{verb}\tentry\t{e.content_hash[:12]}\t{e.uuid}\tlast used {iso_short(e.last_used_at)}"
         )
     for path in report.files:
-        click.echo(f"{verb}\tfile\t{show_path(path)}")
+        click.echo(f"{verb}\tfile\t{shown(path)}")
     note(
         f"{verb} {len(report.entries)} entries "
         f"({human_bytes(sum(e.size for e in report.entries))}), {len(report.files)} file "
@@ -840,8 +946,8 @@ def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
     else:
         for item in items:
             if item.state != "ok":
-                extra = f"\t{item.reason}" if item.reason else ""
-                click.echo(f"{item.state}\t{show_path(item.path)}{extra}")
+                extra = f"\t{clean(str(item.reason))}" if item.reason else ""
+                click.echo(f"{item.state}\t{shown(item.path)}{extra}")
         note(f"{len(items)} file(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if counts["unreadable"]:
         sys.exit(EXIT_FAILED)
@@ -883,7 +989,7 @@ def forget(
                 uuids = ", ".join(
                     f"{e.uuid} ({gone.get(e.uuid, '?')} on Runware)" for e in r.entries
                 )
-            click.echo(f"forgot\t{r.item}\t{uuids}")
+            click.echo(f"forgot\t{quote(r.item)}\t{clean(uuids)}")
     if any(r.error for r in results):
         sys.exit(EXIT_FAILED)
 
@@ -895,9 +1001,9 @@ def forget(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, writable=True),
+    type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="Write to FILE instead of stdout.",
+    help="Write to FILE instead of stdout (atomically, mode 0600; never over the live database).",
 )
 @all_accounts_option
 @click.pass_obj
@@ -912,17 +1018,9 @@ def export_command(settings: Settings, output: str | None, all_accounts: bool) -
             click.echo(line)
             n += 1
     else:
-        tmp = f"{output}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for line in lines:
-                    fh.write(line + "\n")
-                    n += 1
-            os.replace(tmp, output)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+        from ._maintenance import write_export
+
+        n = write_export(output, lines, protected=[str(cache.db_path)])
     note(f"exported {n} entries")
 
 
@@ -943,7 +1041,7 @@ def import_command(settings: Settings, file: Any, as_json: bool) -> None:
         echo_json(report.as_dict())
     else:
         for number, reason in report.errors:
-            note(f"{file.name}: line {number}: {reason}")
+            note(f"{quote(str(file.name))}: line {number}: {reason}")
         note(
             f"imported: {report.added} added, {report.replaced} replaced, {report.kept} kept "
             f"(already as fresh here), {len(report.errors)} malformed line(s) refused"
@@ -1064,13 +1162,13 @@ def print_doctor(report: Any) -> None:
     if "local_copies" in s:
         lines.append(("copies", copies_text(s["local_copies"])))
     for name, value in lines:
-        click.echo(f"{name:<11}{value}")
+        click.echo(f"{name:<11}{clean(str(value))}")
     for action in report.actions:
-        click.echo(f"fixed:     {action}")
+        click.echo(f"fixed:     {clean(str(action))}")
     if report.lost:
-        click.echo(f"lost:      {report.lost}")
+        click.echo(f"lost:      {clean(str(report.lost))}")
     for problem in report.problems:
-        click.echo(f"problem:   {problem}")
+        click.echo(f"problem:   {clean(str(problem))}")
     if report.problems and report.needs_rebuild:
         note(
             "run `assetcache doctor --fix` to rebuild the database (it is a cache: "
@@ -1109,4 +1207,10 @@ def emulator(host: str, port: int, state: str | None, latency: float, fault_rate
 
 
 def main() -> None:
+    import signal
+
+    # SIGTERM ends a run as Ctrl-C does: the results known are printed, what was
+    # uploaded is recorded, and the exit code says which signal it was.
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGTERM, _raise_terminated)
     cli(prog_name="assetcache")

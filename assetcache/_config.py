@@ -16,6 +16,7 @@ accounts sharing a database never hand out each other's UUIDs.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import urllib.parse
@@ -72,12 +73,23 @@ SETTINGS: dict[str, Setting] = {
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How hard to try: attempts per task, exponential backoff, per-request timeout."""
+    """How hard to try: attempts per task, exponential backoff, per-request timeout.
+
+    ``timeout`` bounds one whole request (connect, send, the entire answer).
+    ``max_retry_after`` is the longest ``Retry-After`` honoured: a server asking
+    for a longer wait fails the batch at once, naming its delay. After
+    ``unreachable_after`` requests in a row could not reach the endpoint at
+    all (refused, unresolvable, TLS failure), the following ones fail at once
+    for ``unreachable_pause`` seconds instead of each retrying on its own.
+    """
 
     attempts: int = 8
     base_delay: float = 0.25
     max_delay: float = 20.0
     timeout: float = 60.0
+    max_retry_after: float = 60.0
+    unreachable_after: int = 3
+    unreachable_pause: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,7 @@ class Config:
     """The settings in force, resolved and checked (see :func:`resolve`)."""
 
     api_key: str | None = field(repr=False)
+    #: The API URL without any ``user:password@`` (those are in ``proxy_auth``).
     base_url: str
     db: str | os.PathLike[str]
     local_db: str | None
@@ -107,6 +120,10 @@ class Config:
     keep_copies: bool
     copies_dir: str | None
     copies_max_bytes: int
+    #: ``Proxy-Authorization`` value from credentials in the API URL (never shown).
+    proxy_auth: str | None = field(default=None, repr=False)
+    #: What messages from the server must never echo: the key, the URL's password.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def account(self) -> str | None:
@@ -181,7 +198,10 @@ def resolve(
             f"upload_task={upload_task!r} contradicts task_type={task_type!r}: give one"
         )
     key = pick("api_key", api_key) or None
-    url = str(pick("base_url", base_url or None)).rstrip("/")
+    check_api_key(key)
+    raw_url = str(pick("base_url", base_url or None)).rstrip("/")
+    # user:password@ in the URL: never stored, shown or logged (see split_url_credentials).
+    url, proxy_auth = split_url_credentials(raw_url)
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"API URL must start with http:// or https://: {url}")
     kind = pick("task_type", upload_task or task_type)
@@ -223,6 +243,8 @@ def resolve(
         keep_copies=_flag(pick("keep_copies", keep_copies)),
         copies_dir=os.fspath(copies) if copies is not None else None,
         copies_max_bytes=_size(pick("copies_max_bytes", copies_max_bytes)),
+        proxy_auth=proxy_auth,
+        secrets=tuple(x for x in (key, *url_secrets(raw_url)) if x and len(x) >= 4),
     )
 
 
@@ -265,7 +287,7 @@ def account_fingerprint(api_key: str) -> str:
 
 def namespace_for(base_url: str, api_key: str | None) -> str:
     """The key prefix of entries: the endpoint and the account's fingerprint."""
-    parts = urllib.parse.urlsplit(base_url)
+    parts = urllib.parse.urlsplit(strip_url_credentials(base_url))
     endpoint = f"{parts.netloc.lower()}{parts.path.rstrip('/')}"
     return f"{endpoint}#{account_fingerprint(api_key) if api_key else 'no-key'}"
 
@@ -278,3 +300,63 @@ def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("assetcache", appauthor=False)) / "cache.db"
+
+
+# -- credentials: checked at once, kept out of everything stored or shown ------------------
+#
+# check_api_key refuses a key no HTTP header can carry (control characters,
+# non-ASCII, surrounding whitespace) as a configuration error naming the
+# position and kind of the character, never the key. split_url_credentials
+# takes ``user:password@`` out of an API URL: the URL without them is what is
+# stored (namespace), shown and logged; the pair is sent as
+# ``Proxy-Authorization`` (Basic), so it never replaces the Bearer key.
+
+
+def check_api_key(key: str | None, where: str = "RUNWARE_API_KEY") -> None:
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise ConfigurationError(f"the API key must be a string, not {type(key).__name__}")
+    if key != key.strip():
+        raise ConfigurationError(f"the API key has leading or trailing whitespace; check {where}")
+    for position, ch in enumerate(key, 1):
+        code = ord(ch)
+        if 0x20 <= code < 0x7F:
+            continue
+        kind = (
+            "a control character"
+            if code < 0x20 or 0x7F <= code < 0xA0
+            else ("a non-ASCII character")
+        )
+        raise ConfigurationError(
+            f"the API key holds {kind} at position {position}, which no HTTP header "
+            f"can carry; check {where}"
+        )
+
+
+def split_url_credentials(url: str) -> tuple[str, str | None]:
+    """``(url without user:password@, Proxy-Authorization value or None)``."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    if not user and not password:
+        return clean, None
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+    return clean, "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def strip_url_credentials(url: str) -> str:
+    return split_url_credentials(url)[0]
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password of ``url`` (as written and decoded), for redaction."""
+    netloc = urllib.parse.urlsplit(url).netloc
+    if "@" not in netloc:
+        return []
+    userinfo = netloc.rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    return [p for p in {password, urllib.parse.unquote(password)} if p]

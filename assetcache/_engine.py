@@ -25,7 +25,7 @@ from pathlib import PurePath
 from typing import Any
 
 from . import _policy, _transform
-from ._config import Config
+from ._config import Config, RetryPolicy
 from ._copies import Copies
 from ._errors import AssetCacheError, ConfigurationError, StoreError
 from ._ingest import Ingest, Prepared
@@ -42,6 +42,55 @@ log = logging.getLogger("assetcache")
 
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
+#: Transport error codes meaning the endpoint cannot be reached at all.
+UNREACHABLE = frozenset({"unreachable", "tls"})
+
+
+class Breaker:
+    """Counts requests in a row that could not reach the endpoint at all; once
+    ``unreachable_after`` did, requests fail at once with the last such error,
+    and one request per ``unreachable_pause`` seconds probes the endpoint again."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.after = max(1, policy.unreachable_after)
+        self.pause = policy.unreachable_pause
+        self.failures = 0
+        self.last: AssetCacheError | None = None
+        self.opened_at = 0.0
+        self._lock = threading.Lock()
+
+    def blocked(self) -> AssetCacheError | None:
+        """The error to fail with at once, or None to go ahead."""
+        with self._lock:
+            if self.failures < self.after or self.last is None:
+                return None
+            now = time.monotonic()
+            if now - self.opened_at >= self.pause:
+                self.opened_at = now  # this one request probes the endpoint
+                return None
+            last, failures = self.last, self.failures
+        return type(last)(
+            f"{last.message} (not tried: {failures} requests in a row could not "
+            "reach the endpoint)",
+            code=getattr(last, "code", None),
+        )
+
+    def failed(self, exc: AssetCacheError) -> bool:
+        """Record an unreachable endpoint; True when the breaker is (now) open."""
+        with self._lock:
+            self.failures += 1
+            self.last = exc
+            if self.failures >= self.after:
+                self.opened_at = time.monotonic()
+                return True
+            return False
+
+    def reached(self) -> None:
+        with self._lock:
+            self.failures = 0
+            self.last = None
 
 
 class Engine:
@@ -67,6 +116,7 @@ class Engine:
         self.fit_variant = self.transform.tag if self.transform else ""
         self.max_side = self.transform.max_side if self.transform else 0
         self.retry = config.retry
+        self.breaker = Breaker(config.retry)
         self.concurrency = config.concurrency
         self.batch_size = config.batch_size
         self.batch_bytes = config.batch_bytes
@@ -118,7 +168,9 @@ class Engine:
         return self.ingest.prepare(obj)
 
     def redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        for secret in self.config.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def count(self, **counts: int) -> None:
         with self._count_lock:
@@ -135,8 +187,9 @@ class Engine:
         if counts:
             try:
                 self.registry.add_counters(self.namespace, counts)
-            except StoreError:
-                log.warning("could not save usage counters", exc_info=True)
+            except StoreError as exc:
+                # One line (no traceback): the counters are statistics, not state.
+                log.warning("could not save usage counters: %s", exc)
 
     def headers(self) -> dict[str, str]:
         if not self._api_key:
@@ -144,12 +197,15 @@ class Engine:
                 "no Runware API key: set RUNWARE_API_KEY (or pass api_key=...), "
                 "or use the bundled emulator (assetcache --emulator ...)"
             )
-        return {
+        headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"assetcache/{__version__}",
         }
+        if self.config.proxy_auth:
+            headers["Proxy-Authorization"] = self.config.proxy_auth
+        return headers
 
     def resolution(self, label: str, row: AssetRow, outcome: str, sent: int = 0) -> Resolution:
         return Resolution(
@@ -345,9 +401,18 @@ class Engine:
                 rows.append(row)
             else:
                 rows.append(None)
-        for key in dict.fromkeys(touches):
-            self.registry.touch(key, now)
-        self.store.put_files(files)
+        # Best-effort writes: a hit stands on the rows read above. A full disk
+        # (or a lost shared store) costs the window slide and the stat shortcut
+        # of these files, never the answers.
+        try:
+            for key in dict.fromkeys(touches):
+                self.registry.touch(key, now)
+        except StoreError as exc:
+            log.warning("could not record uses of cached entries: %s", exc)
+        try:
+            self.store.put_files(files)
+        except StoreError as exc:
+            log.warning("could not record file hashes: %s", exc)
         return rows
 
     def join_flights(

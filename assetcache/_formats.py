@@ -2,10 +2,17 @@
 
 The format comes from magic bytes, never from a file name or a declared media
 type. Beyond the magic, each accepted format is checked for the structure that
-a truncated or garbage file cannot fake cheaply: PNG's chunk chain ending in
-IEND, JPEG's marker segments up to the scan and its EOI marker, GIF's trailer,
-WEBP's RIFF length, BMP's header sizes. The check is streamed alongside the
-hash and costs O(chunks), not O(bytes): it never decodes pixels.
+a truncated or garbage file cannot fake cheaply: PNG's chunk chain, JPEG's
+marker segments up to the scan and its EOI marker, GIF's block chain, WEBP's
+RIFF length, BMP's pixel array size. The check is streamed alongside the hash
+and costs O(chunks), not O(bytes): it never decodes pixels.
+
+Strict about structure, never stricter than the decoders: what mainstream
+decoders (libpng, libjpeg, giflib, Pillow) read in full is accepted. A BMP's
+file-size field, stray bytes between JPEG markers (libjpeg skips them with a
+warning), a JPEG segment shorter than its content, a PNG that ends after its
+image data without IEND and a GIF without its trailer all decode, so none of
+them is refused; a file cut inside its image data is.
 """
 
 from __future__ import annotations
@@ -106,6 +113,8 @@ class _Walker:
         self.buf = bytearray()
         self.on_full: Callable[[bytes], None] | None = None
         self.trailing = 0
+        #: Skip bytes up to and including the next 0xFF, then call this.
+        self.hunt: Callable[[], None] | None = None
 
     def expect(self, n: int, then: Callable[[bytes], None]) -> None:
         self.want = n
@@ -114,7 +123,14 @@ class _Walker:
     def feed(self, mv: memoryview) -> None:
         i, n = 0, len(mv)
         while i < n:
-            if self.skip:
+            if self.hunt is not None:
+                found = bytes(mv[i:]).find(b"\xff")
+                if found < 0:
+                    return
+                i += found + 1
+                then, self.hunt = self.hunt, None
+                then()
+            elif self.skip:
                 k = min(self.skip, n - i)
                 self.skip -= k
                 i += k
@@ -135,7 +151,7 @@ class _Walker:
 
     @property
     def pending(self) -> bool:
-        return bool(self.skip or self.want)
+        return bool(self.skip or self.want or self.hunt)
 
 
 class FormatCheck:
@@ -225,6 +241,8 @@ class FormatCheck:
     # -- PNG -----------------------------------------------------------------
     def _start_png(self, w: _Walker) -> None:
         state = {"first": True}
+        self._png_where = "chunk"  # chunk: between chunks; idat: in an IDAT chunk
+        self._png_idat = False
 
         def chunk_header(data: bytes) -> None:
             length, ctype = struct.unpack(">I4s", data)
@@ -234,38 +252,71 @@ class FormatCheck:
                 state["first"] = False
                 if ctype != b"IHDR" or length != 13:
                     raise _Bad("first chunk is not IHDR")
+                self._png_where = "other"
                 w.expect(13 + 4, ihdr)
                 return
             if ctype == b"IEND":
                 self._done = True
                 w.skip = length + 4
                 return
+            if ctype == b"IDAT":
+                self._png_idat = True
+                self._png_where = "idat"
+                w.skip = length
+                w.expect(4, after_chunk)
+                return
+            self._png_where = "other"
             w.skip = length + 4
+            w.expect(8, chunk_header)
+
+        def after_chunk(data: bytes) -> None:
+            self._png_where = "chunk"
             w.expect(8, chunk_header)
 
         def ihdr(data: bytes) -> None:
             self.width, self.height = struct.unpack(">II", data[:8])
             if not self.width or not self.height:
                 raise _Bad("zero image size")
+            self._png_where = "chunk"
             w.expect(8, chunk_header)
 
         w.skip = 8
         w.expect(8, chunk_header)
 
     def _finish_png(self, head: bytes, tail: bytes) -> str | None:
-        assert self._walker is not None
-        if not self._done or self._walker.pending:
-            return "truncated (no IEND chunk)"
-        return None
+        w = self._walker
+        assert w is not None
+        if self._done and not w.pending:
+            return None
+        # Decoders stop at the end of the image data: a file that ends after
+        # its last IDAT chunk (or inside that chunk's CRC) without IEND reads.
+        at_end = self._png_where == "idat" or (self._png_where == "chunk" and not w.buf)
+        if self._png_idat and not w.skip and at_end:
+            return None
+        if not self._png_idat:
+            return "truncated (no image data)"
+        return "truncated (cut inside a chunk)"
 
     # -- JPEG ----------------------------------------------------------------
     def _start_jpeg(self, w: _Walker) -> None:
+        def code_follows() -> None:
+            w.expect(1, lambda d: marker(b"\xff" + d))
+
         def marker(data: bytes) -> None:
             if data[0] != 0xFF:
-                raise _Bad("broken marker structure")
+                # Stray bytes between segments (or a segment longer than its
+                # length says): libjpeg skips to the next marker, and so do we.
+                if data[1] == 0xFF:
+                    code_follows()
+                else:
+                    w.hunt = code_follows
+                return
             code = data[1]
             if code == 0xFF:  # fill byte: the real marker code follows
-                w.expect(1, lambda d: marker(b"\xff" + d))
+                code_follows()
+                return
+            if code == 0x00:  # a stuffed 0xFF is no marker: still junk
+                w.hunt = code_follows
                 return
             if code == 0xD9:
                 self._done = True
@@ -283,6 +334,8 @@ class FormatCheck:
                 w.expect(min(length - 2, 5), lambda d: sof(d, length))
                 return
             if code == 0xDA:  # start of scan: entropy-coded data follows, stop walking
+                if self.width is None:
+                    raise _Bad("no frame header before the image data")
                 self._scan = True
                 w.skip = length - 2
                 return
@@ -308,13 +361,62 @@ class FormatCheck:
         return None
 
     # -- GIF -----------------------------------------------------------------
+    def _start_gif(self, w: _Walker) -> None:
+        self._gif_images = 0
+        self._gif_between = False  # at a block boundary (where decoders may stop)
+
+        def screen(data: bytes) -> None:
+            flags = data[10]
+            w.skip = 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+            boundary()
+
+        def boundary() -> None:
+            self._gif_between = True
+            w.expect(1, block)
+
+        def block(data: bytes) -> None:
+            self._gif_between = False
+            kind = data[0]
+            if kind == 0x3B:  # trailer: whatever follows is not the image's
+                self._done = True
+                return
+            if kind == 0x21:
+                w.expect(1, lambda d: w.expect(1, sub_block))
+                return
+            if kind == 0x2C:
+                w.expect(9, descriptor)
+                return
+            # Decoders pass over an unknown byte between blocks.
+            boundary()
+
+        def descriptor(data: bytes) -> None:
+            flags = data[8]
+            w.skip = 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+            self._gif_images += 1
+            w.expect(1, lambda d: w.expect(1, sub_block))  # LZW code size, then data
+
+        def sub_block(data: bytes) -> None:
+            if data[0] == 0:
+                boundary()
+                return
+            w.skip = data[0]
+            w.expect(1, sub_block)
+
+        w.expect(13, screen)
+
     def _finish_gif(self, head: bytes, tail: bytes) -> str | None:
         if self.size < 14:
             return "truncated header"
         self.width, self.height = struct.unpack("<HH", head[6:10])
-        if not tail.rstrip(b"\x00").endswith(b";"):
-            return "truncated (no trailer)"
-        return None
+        assert self._walker is not None
+        if self._done:
+            return None
+        if not self._gif_images:
+            return "truncated (no image data)"
+        # Decoders read a GIF without its trailer when its last block is whole.
+        if self._gif_between and not self._walker.buf and not self._walker.skip:
+            return None
+        return "truncated (cut inside a block)"
 
     # -- WEBP ----------------------------------------------------------------
     def _finish_webp(self, head: bytes, tail: bytes) -> str | None:
@@ -322,6 +424,9 @@ class FormatCheck:
         if head[12:16] not in (b"VP8 ", b"VP8L", b"VP8X"):
             return "unknown WEBP chunk"
         self._webp_size(head)
+        (first,) = struct.unpack("<I", head[16:20])
+        if riff_size < 12 + first:
+            return "RIFF size smaller than its first chunk"
         if self.size < riff_size + 8:
             return f"truncated ({self.size} of {riff_size + 8} bytes)"
         return None
@@ -343,16 +448,23 @@ class FormatCheck:
 
     # -- BMP -----------------------------------------------------------------
     def _finish_bmp(self, head: bytes, tail: bytes) -> str | None:
-        file_size, _, _, pixel_offset, dib_size = struct.unpack("<IHHII", head[2:18])
+        # The header's file-size field is not checked: decoders ignore it, and
+        # writers get it wrong. The pixel array's size is what must be there.
+        _, _, _, pixel_offset, dib_size = struct.unpack("<IHHII", head[2:18])
         if dib_size not in _BMP_DIB_SIZES:
             return "unknown BMP header"
-        if dib_size >= 40 and len(head) >= 26:
-            w, h = struct.unpack("<ii", head[18:26])
-            self.width, self.height = abs(w), abs(h)
+        if dib_size == 12:
+            w, h, _, bpp = struct.unpack("<HHHH", head[18:26])
+            compression = 0
+        else:
+            w, h, _, bpp, compression = struct.unpack("<iiHHI", head[18:34])
+        self.width, self.height = abs(w), abs(h)
         if pixel_offset >= self.size or pixel_offset < 14 + dib_size:
             return "pixel data missing"
-        if file_size and self.size < file_size:
-            return f"truncated ({self.size} of {file_size} bytes)"
+        if compression in (0, 3, 6) and bpp in (1, 2, 4, 8, 16, 24, 32):
+            need = pixel_offset + ((abs(w) * bpp + 31) // 32) * 4 * abs(h)
+            if self.size < need:
+                return f"truncated ({self.size} of {need} bytes)"
         return None
 
 

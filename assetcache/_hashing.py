@@ -128,7 +128,17 @@ def hash_stream(
     return hasher.hexdigest(), size
 
 
-def hash_file(path: str | bytes) -> tuple[str, int]:
-    """Hash a whole file: ``(hexdigest, size)``. No validation, no limit."""
-    with open(path, "rb", buffering=0) as f:
-        return hash_stream(f)
+def hash_file(path: str | bytes, limit: int | None = None) -> tuple[str, int]:
+    """Hash a whole regular file: ``(hexdigest, size)``. No validation.
+
+    A FIFO, device or other special file is never read (``OSError``), nor more
+    than ``limit`` bytes (``OverflowError``)."""
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", os.fsdecode(path))
+    with open(fd, "rb", buffering=0, closefd=True) as f:
+        return hash_stream(f, limit=limit)

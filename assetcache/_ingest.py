@@ -105,12 +105,15 @@ def read_file(path: str, label: str, *, limit: int | None = None, keep: bool = F
     return FileRead(fp, digest, size, check, started, b"".join(chunks) if chunks else None)
 
 
-def rehash(path: str) -> FileRow | str | None:
+def rehash(path: str, limit: int | None = None) -> FileRow | str | None:
     """A fresh stat row for ``path`` (``verify``, ``forget``); ``None`` if it is
     gone, the reason if it cannot be read. A file that is no longer a valid
-    image gets ``format=None``: the next upload attempt says why."""
+    image gets ``format=None``: the next upload attempt says why.
+
+    The same guards as an upload: no FIFO, device or other special file is
+    opened (read), nothing above ``limit`` (the cache's ``max_bytes``) is read."""
     try:
-        found = read_file(path, path)
+        found = read_file(path, path, limit=limit)
     except SourceNotFound:
         return None
     except SourceError as exc:

@@ -19,6 +19,7 @@ after. Listings treat stale and expired alike ("the cache will upload again").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -58,6 +59,10 @@ Progress = Callable[[int, int], None]
 RemoteDelete = Callable[[Sequence[Entry]], "list[str | AssetCacheError]"]
 
 EXPORT_VERSION = 1
+#: Bounds of imported numbers: what SQLite (and PostgreSQL) store exactly.
+_MAX_INT = 1 << 53
+_MAX_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 HASH_RE = re.compile(r"^[0-9a-f]{32}$")
 _FORMATS = frozenset((*ACCEPTED, "url"))
@@ -304,7 +309,9 @@ def verify(
     done = len(targets) - len(todo)
     workers = max(1, min(engine.hash_workers, len(todo)))
     with ThreadPoolExecutor(workers) as pool:
-        for i, fresh in zip(todo, pool.map(lambda i: rehash(targets[i][0]), todo), strict=True):
+        for i, fresh in zip(
+            todo, pool.map(lambda i: rehash(targets[i][0], engine.max_bytes), todo), strict=True
+        ):
             path, row = targets[i]
             assert row is not None
             if fresh is None:
@@ -428,7 +435,7 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
             if not rows:
                 return "path", set(), [], [], f"{item}: no file below it is tracked"
             return "path", {r.content_hash for r in rows}, [r.path for r in rows], [], None
-        fresh = rehash(path)
+        fresh = rehash(path, engine.max_bytes)
         if not isinstance(fresh, FileRow):
             return "path", set(), [], [], f"{item}: cannot be read: {fresh or 'no such file'}"
         return "path", {fresh.content_hash}, [], [], None
@@ -475,29 +482,165 @@ def export_entries(engine: Engine, *, all_accounts: bool = False) -> Iterator[st
         )
 
 
+def write_export(
+    path: str | os.PathLike[str], lines: Iterable[str], protected: Sequence[str]
+) -> int:
+    """Write ``lines`` to ``path`` atomically and privately; the number written.
+
+    Through a temporary file created exclusively in the target folder
+    (``mkstemp``: an unpredictable name, ``O_EXCL``, never a planted symlink's
+    target), mode 0600 whatever the umask, flushed to disk, then renamed over
+    ``path`` (a symlink at ``path`` is replaced, never followed). Refuses a
+    path that is one of ``protected`` (the live database and its ``-wal``/
+    ``-shm``/``-journal``), by name, through symlinks or by inode.
+    """
+    import stat
+    import tempfile
+
+    target = os.path.abspath(os.fspath(path))
+    for live in protected:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            other = os.path.abspath(live + suffix)
+            same = os.path.realpath(target) == os.path.realpath(other) or target == other
+            if not same:
+                with contextlib.suppress(OSError):
+                    same = os.path.samefile(target, other)
+            if same:
+                raise ConfigurationError(
+                    f"refusing to write the export over the live database file {other}"
+                )
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {target}: {exc.strerror or exc}") from None
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigurationError(f"cannot write {target}: it is a folder")
+    folder, name = os.path.split(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+    n = 0
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in lines:
+                fh.write(line + "\n")
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ConfigurationError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return n
+
+
+#: The longest export line read (an entry is a few hundred bytes).
+MAX_IMPORT_LINE = 1 << 20
+#: Bytes skipped looking for the end of an over-long line before giving up on
+#: the input (``/dev/zero`` never has one).
+MAX_LINE_SKIP = 64 << 20
+#: Malformed lines reported before the rest of an input is given up on.
+MAX_IMPORT_ERRORS = 1000
+
+
+class _InputEnds(Exception):
+    """The input cannot be read further; ``str()`` says why."""
+
+
+class _LineTooLong:
+    """Stands for a line longer than :data:`MAX_IMPORT_LINE` (its text is not kept)."""
+
+
+def _bounded_lines(stream: Any) -> Iterator[bytes | str | _LineTooLong]:
+    """The lines of a file object, none longer than MAX_IMPORT_LINE in memory."""
+    while True:
+        line = stream.readline(MAX_IMPORT_LINE + 1)
+        if not line:
+            return
+        if len(line) <= MAX_IMPORT_LINE or line[-1:] in (b"\n", "\n"):
+            yield line
+            continue
+        skipped = len(line)
+        while True:  # drop the rest of the line, within a bound
+            more = stream.readline(1 << 16)
+            skipped += len(more)
+            if not more or more[-1:] in (b"\n", "\n"):
+                break
+            if skipped > MAX_LINE_SKIP:
+                yield _LineTooLong()
+                raise _InputEnds(
+                    f"no end of line after {MAX_LINE_SKIP >> 20} MiB: the input was "
+                    "given up on (is it an export file?)"
+                )
+        yield _LineTooLong()
+
+
 def import_entries(engine: Engine, lines: Iterable[str | bytes]) -> ImportReport:
-    """Merge exported JSON lines; an entry never replaces a fresher one."""
+    """Merge exported JSON lines; an entry never replaces a fresher one.
+
+    Each malformed line is refused with its number (the others are imported);
+    a file object is read with a bound on each line's length, and an input
+    that never ends a line, or holds nothing but errors, is given up on with
+    one last error instead of growing without bound.
+    """
     now = engine.clock()
     errors: list[tuple[int, str]] = []
     good: list[AssetRow] = []
-    for number, line in enumerate(lines, 1):
-        if isinstance(line, bytes):
-            try:
-                line = line.decode("utf-8")
-            except UnicodeDecodeError:
-                errors.append((number, "not UTF-8 text"))
-                continue
-        if not line.strip():
-            continue
-        parsed = _parse_export_line(line, now)
-        if isinstance(parsed, str):
-            errors.append((number, parsed))
-        else:
-            good.append(parsed)
+    source: Iterable[Any] = _bounded_lines(lines) if hasattr(lines, "readline") else lines
+    number = 0
+    try:
+        for number, line in enumerate(source, 1):
+            if len(errors) >= MAX_IMPORT_ERRORS:
+                errors.append((number, f"more than {MAX_IMPORT_ERRORS} malformed lines: stopped"))
+                break
+            _import_line(number, line, now, errors, good)
+    except _InputEnds as exc:
+        errors.append((number, str(exc)))
     added = replaced = kept = 0
     if good:
         added, replaced, kept = engine.registry.merge_assets(good)
     return ImportReport(added, replaced, kept, tuple(errors))
+
+
+def _import_line(
+    number: int, line: Any, now: float, errors: list[tuple[int, str]], good: list[AssetRow]
+) -> None:
+    if isinstance(line, _LineTooLong):
+        errors.append((number, f"line longer than {MAX_IMPORT_LINE >> 20} MiB"))
+        return
+    if not isinstance(line, (str, bytes)):
+        errors.append((number, f"not a line of text ({type(line).__name__})"))
+        return
+    if len(line) > MAX_IMPORT_LINE:
+        errors.append((number, f"line longer than {MAX_IMPORT_LINE >> 20} MiB"))
+        return
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            errors.append((number, "not UTF-8 text"))
+            return
+    if not line.strip():
+        return
+    parsed = _parse_export_line(line, now)
+    if isinstance(parsed, str):
+        errors.append((number, parsed))
+    else:
+        good.append(parsed)
 
 
 # -- doctor ---------------------------------------------------------------------------------
@@ -562,6 +705,8 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
     """An :class:`AssetRow` from one export line, or the reason it is refused."""
     try:
         obj = json.loads(line)
+    except RecursionError:
+        return "not an export entry (JSON nested too deeply)"
     except ValueError as exc:
         return f"not valid JSON ({exc})"
     if not isinstance(obj, dict):
@@ -573,6 +718,10 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         value = obj.get(name, default)
         if not isinstance(value, str):
             raise ValueError(f"{name!r} must be a string")
+        if value != value.strip() or _CONTROL_RE.search(value):
+            raise ValueError(f"{name!r} has surrounding whitespace or control characters")
+        if len(value) > 1024:
+            raise ValueError(f"{name!r} is longer than 1024 characters")
         return value
 
     def number(name: str) -> float:
@@ -581,15 +730,17 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
             isinstance(value, (int, float))
             and not isinstance(value, bool)
             and math.isfinite(value)
-            and value >= 0
+            and 0 <= value <= _MAX_EPOCH
         ):
             return float(value)
-        raise ValueError(f"{name!r} must be a non-negative number of epoch seconds")
+        raise ValueError(
+            f"{name!r} must be a number of epoch seconds between 0 and {_MAX_EPOCH:.0f}"
+        )
 
     def count(name: str, default: int, low: int) -> int:
         value = obj.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name!r} must be an integer >= {low}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _MAX_INT:
+            raise ValueError(f"{name!r} must be an integer from {low} to 2**53")
         return value
 
     try:
@@ -604,10 +755,10 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         if not namespace:
             return "'namespace' is empty"
         digest = text("hash")
-        if not HASH_RE.match(digest):
+        if not HASH_RE.fullmatch(digest):
             return f"'hash' must be 32 lowercase hex digits, not {digest[:40]!r}"
         uuid = text("uuid")
-        if not UUID_RE.match(uuid):
+        if not UUID_RE.fullmatch(uuid):
             return f"'uuid' is not a UUID: {uuid[:40]!r}"
         fmt = text("format")
         if fmt not in _FORMATS:

@@ -220,6 +220,7 @@ def plan_upload_groups(
         [plan_recorded(engine, plan, leaders, groups) for plan in plans], limit
     )
     recorded: dict[Key, tuple[AssetRow, int]] = {}
+    unrecorded: dict[Key, tuple[TaskResult, int, AssetCacheError]] = {}
     for slot, outcome in zip(slots, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             err = (
@@ -235,9 +236,11 @@ def plan_upload_groups(
             if key in rows:
                 recorded[key] = (rows[key], sent)
             elif isinstance(res, TaskResult):
-                failures[key] = record_error or AssetCacheError("upload not recorded")
+                unrecorded[key] = (res, sent, record_error or AssetCacheError("not recorded"))
             else:
                 failures[key] = res
+    if unrecorded:
+        recorded.update((yield from plan_record_again(engine, leaders, unrecorded, failures)))
     for key, (row, sent) in recorded.items():
         outcome_name = _policy.outcome_for_upload(previous.get(key))
         engine.count(
@@ -257,6 +260,41 @@ def plan_upload_groups(
         for key, err in failures.items():
             engine.land(key, err)
             fail_group(engine, results, groups.pop(key), err)
+
+
+#: Pauses before recording again uploads that could not be recorded (a full
+#: disk, a shared store that blipped): the run ends after these at the latest.
+RECORD_RETRIES = (0.05, 0.25, 1.0)
+
+
+def plan_record_again(
+    engine: Engine,
+    leaders: dict[Key, Prepared],
+    unrecorded: dict[Key, tuple[TaskResult, int, AssetCacheError]],
+    failures: dict[Key, AssetCacheError],
+) -> Plan:
+    """Record again (without the best-effort stat rows) uploads Runware accepted
+    but the store refused; what still cannot be recorded fails, naming its UUID."""
+    keys = list(unrecorded)
+    last: AssetCacheError = unrecorded[keys[0]][2]
+    for pause in RECORD_RETRIES:
+        yield Sleep(pause)
+        try:
+            stored = yield Call(
+                engine.record, [(leaders[k], unrecorded[k][0], unrecorded[k][1]) for k in keys], []
+            )
+        except AssetCacheError as exc:
+            last = exc
+            continue
+        return {key: (row, unrecorded[key][1]) for key, row in zip(keys, stored, strict=True)}
+    log.warning("could not record %d upload(s): %s", len(keys), last)
+    for key in keys:
+        uuid = unrecorded[key][0].image_uuid
+        failures[key] = StoreError(
+            f"uploaded to Runware as {uuid}, but the upload could not be recorded "
+            f"({last}); the next run uploads it again"
+        )
+    return {}
 
 
 def plan_recorded(engine: Engine, send: Plan, leaders: dict[Key, Prepared], groups: Groups) -> Plan:

@@ -298,8 +298,10 @@ def _racy_state(key: bytes, digest: str) -> str:
 
     try:
         same = _hashing.hash_file(key)[0] == digest
-    except OSError:
+    except FileNotFoundError:
         return "missing"
+    except OSError:  # unreadable, or no longer a regular file
+        return "changed"
     return "" if same else "changed"
 
 

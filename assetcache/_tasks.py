@@ -18,8 +18,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._durations import format_duration
 from ._effects import Http, Plan, Sleep
-from ._engine import Engine
+from ._engine import UNREACHABLE, Engine
 from ._errors import AssetCacheError, RemoteError, SourceError
 from ._protocol import (
     Payload,
@@ -65,11 +66,24 @@ def plan_tasks(
     last: dict[int, AssetCacheError] = {}
     attempts = max(1, retry.attempts)
     for attempt in range(attempts):
+        blocked = engine.breaker.blocked()
+        if blocked is not None:  # the endpoint could not be reached, again and again
+            for i in pending:
+                out[batch[i][0]] = blocked
+            return out
         by_task = {new_task_uuid(): i for i in pending}
         body, length = encode([(tid, batch[i][1]) for tid, i in by_task.items()])
         retry_after: float | None = None
         try:
-            resp = yield Http(url, headers, body, length, retry.timeout)
+            try:
+                resp = yield Http(url, headers, body, length, retry.timeout)
+            except RemoteError as exc:
+                if getattr(exc, "code", None) in UNREACHABLE and engine.breaker.failed(exc):
+                    for i in pending:
+                        out[batch[i][0]] = exc
+                    return out
+                raise
+            engine.breaker.reached()
             answers = parse_response(
                 resp.status, resp.headers, resp.body, list(by_task), engine.redact, uuid_field
             )
@@ -116,6 +130,18 @@ def plan_tasks(
             pending = still
         if not pending:
             break
+        if retry_after is not None and retry_after > retry.max_retry_after:
+            # Waiting longer than the policy allows would only stall the run.
+            waited = format_duration(retry_after)
+            limit = format_duration(retry.max_retry_after)
+            for err in {id(last[i]): last[i] for i in pending}.values():
+                err.message = (
+                    f"{err.message}: the server asks to retry after {waited} "
+                    f"(Retry-After), longer than the {limit} this cache waits; not retried"
+                )
+            for i in pending:
+                out[batch[i][0]] = last[i]
+            return out
         if attempt + 1 < attempts:
             engine.count(retries=1)
             log.info("retrying %d %s(s) after: %s", len(pending), what, last[pending[0]])

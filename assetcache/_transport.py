@@ -3,12 +3,19 @@
 As httpx's ``map_httpcore_exceptions``: every foreign error of a request is
 turned into an assetcache error here and nowhere else (:func:`mapped`).
 httpx is imported inside the functions, so start-up stays free of it.
+
+Every exchange is bounded: ``effect.timeout`` covers the whole of it (connect,
+send, every byte of the answer; the async twin enforces it exactly, the
+blocking one between reads, each read itself bounded by the same timeout), and
+an answer is read through :class:`~assetcache._bodies.BodyReader`, so at most
+``MAX_ANSWER_BYTES`` after decoding, gzip bombs included.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +73,10 @@ def _transport_error(exc: Exception, url: str) -> RemoteError:
     if isinstance(exc, httpx.TimeoutException):
         reason = "timed out"
     elif isinstance(exc, httpx.ConnectError):
-        reason = "connection refused or unreachable"
+        # Refused, unresolvable, no route, TLS handshake: the endpoint cannot be reached.
+        return TransportError(
+            f"no answer from {url}: connection refused or unreachable", code="unreachable"
+        )
     elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
         reason = "connection dropped"
     else:
@@ -88,41 +98,114 @@ def _certificate_problem(exc: BaseException) -> str | None:
     return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else None
 
 
+class _Deadline(Exception):
+    """The whole exchange ran past its bound."""
+
+
+def _timed_out(effect: Any) -> RemoteError:
+    return TransportError(
+        f"no answer from {effect.url}: timed out (the whole request, connect to last "
+        f"byte, is bounded by {effect.timeout:g} s)",
+        code="transport",
+    )
+
+
+def _answer_error(exc: Exception, effect: Any) -> RemoteError:
+    from ._bodies import AnswerTooLarge
+
+    code = "answerTooLarge" if isinstance(exc, AnswerTooLarge) else "badAnswer"
+    return RemoteError(f"answer from {effect.url} refused: {exc}", code=code)
+
+
+def _reader(resp: Any) -> Any:
+    """A bounded reader of ``resp``'s body. A response built in memory (a mock
+    transport) is already decoded: its bytes go through the same cap."""
+    from ._bodies import BodyReader
+
+    if resp.is_stream_consumed:
+        reader = BodyReader(None)
+        reader.feed(resp.content)
+        return reader
+    reader = BodyReader(resp.headers.get("content-encoding"))
+    reader.declared(resp.headers.get("content-length"))
+    return reader
+
+
 def post_sync(effect: Any, client: Any) -> Response:
-    """POST an ``Http`` effect on a blocking ``httpx.Client``."""
-    with mapped(effect.url):
-        resp = client.post(
-            effect.url,
-            content=_iter(effect.body()),
-            headers=_headers(effect),
-            timeout=effect.timeout,
-        )
-    return _response(resp)
+    """POST an ``Http`` effect on a blocking ``httpx.Client``, reading the whole
+    answer within ``effect.timeout`` and at most MAX_ANSWER_BYTES of it."""
+    from ._bodies import BadAnswer
+
+    deadline = time.monotonic() + effect.timeout
+
+    def body() -> Iterator[bytes]:
+        for chunk in effect.body():
+            if time.monotonic() > deadline:
+                raise _Deadline
+            yield chunk
+
+    try:
+        with (
+            mapped(effect.url),
+            client.stream(
+                "POST",
+                effect.url,
+                content=body(),
+                headers=_headers(effect),
+                timeout=effect.timeout,
+            ) as resp,
+        ):
+            reader = _reader(resp)
+            for raw in [] if resp.is_stream_consumed else resp.iter_raw():
+                reader.feed(raw)
+                if time.monotonic() > deadline:
+                    raise _Deadline
+            data = reader.finish()
+    except _Deadline:
+        raise _timed_out(effect) from None
+    except BadAnswer as exc:
+        raise _answer_error(exc, effect) from None
+    return _response(resp, data)
 
 
 async def post_async(effect: Any, client: Any) -> Response:
-    """The asyncio twin of :func:`post_sync`, on an ``httpx.AsyncClient``."""
+    """The asyncio twin of :func:`post_sync`: the bound is exact (``wait_for``)."""
+    import asyncio
+
+    from ._bodies import BadAnswer
 
     async def body() -> Any:
         for chunk in effect.body():
             yield chunk
 
-    with mapped(effect.url):
-        resp = await client.post(
-            effect.url, content=body(), headers=_headers(effect), timeout=effect.timeout
-        )
-    return _response(resp)
+    async def exchange() -> Response:
+        async with client.stream(
+            "POST", effect.url, content=body(), headers=_headers(effect), timeout=effect.timeout
+        ) as resp:
+            reader = _reader(resp)
+            if not resp.is_stream_consumed:
+                async for raw in resp.aiter_raw():
+                    reader.feed(raw)
+            data = reader.finish()
+        return _response(resp, data)
+
+    try:
+        with mapped(effect.url):
+            return await asyncio.wait_for(exchange(), effect.timeout)
+    except asyncio.TimeoutError:
+        raise _timed_out(effect) from None
+    except BadAnswer as exc:
+        raise _answer_error(exc, effect) from None
 
 
 def _headers(effect: Any) -> dict[str, str]:
+    from ._bodies import ACCEPT_ENCODING
+
     headers = dict(effect.headers)
     headers["Content-Length"] = str(effect.content_length)
+    headers["Accept-Encoding"] = ACCEPT_ENCODING  # only what BodyReader decodes
     return headers
 
 
-def _response(resp: Any) -> Response:
-    return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
-
-
-def _iter(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    yield from chunks
+def _response(resp: Any, data: bytes) -> Response:
+    return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, data)

@@ -53,9 +53,9 @@ def test_jpeg():
 @pytest.mark.parametrize(
     "data, match",
     [
-        (make_png(1)[:-12], "IEND"),  # truncated
+        (make_png(1)[:-30], "truncated"),  # cut inside IDAT
         (make_png(1)[:33] + b"\xde\xad\xbe\xef" * 40, "damaged PNG"),  # header on garbage
-        (make_gif()[:-1], "trailer"),
+        (make_gif()[:-3], "truncated"),  # cut inside the image data
         (make_bmp()[:-3], "truncated"),
         (b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF\x00" + b"garbage" * 20, "damaged JPEG"),
     ],
