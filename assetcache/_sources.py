@@ -201,7 +201,7 @@ def _parse_data_uri(uri: str, label: str) -> tuple[str | None, bytes]:
     payload = uri[comma + 1 :]
     params = [p.strip() for p in meta.split(";")]
     media_type = params[0].lower() or None
-    if media_type and not re.match(r"^[a-z0-9.+\-]+/[a-z0-9.+\-]+$", media_type):
+    if media_type and not re.match(r"^[a-z0-9.+\-]+/[a-z0-9.+\-]+\Z", media_type):
         raise InvalidImage(label, f"malformed data URI (media type {media_type!r})")
     if "base64" in (p.lower() for p in params[1:]):
         return media_type, _b64decode(payload, label)
