@@ -39,6 +39,7 @@ from ._errors import (
     AssetCacheError,
     ConfigurationError,
     InvalidImage,
+    ProtocolError,
     RemoteError,
     SourceError,
     SourceNotFound,
@@ -59,10 +60,13 @@ from ._protocol import (
     TaskResult,
     backoff_delay,
     body_length,
+    canonical_uuid,
     is_transient,
     iter_body,
+    json_body,
     new_task_uuid,
     parse_response,
+    server_date,
 )
 from ._sources import Source, SourceLike
 from ._store import AssetRow, FileRow, Key, SQLiteStore, UploadRecord, open_stores, owner_id
@@ -81,6 +85,17 @@ INLINE_LIMIT = 8 << 20
 #: Originals resized per upload group: big photos go a few per request, as soon
 #: as they are ready; small conversions (BMP, GIF) still share requests.
 FIT_GROUP_BYTES = 4 << 20
+#: A server time learnt from an answer's Date header is trusted this long (seconds).
+SERVER_TIME_MAX_AGE = 300.0
+#: A local clock that moved this much more (or less) than monotonic time since the
+#: server's time was learnt has jumped: the learnt offset no longer applies.
+CLOCK_JUMP = 60.0
+
+
+def _durations_text(seconds: float) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d{hours}h" if days else f"{hours}h{rest // 60}m"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +154,56 @@ def namespace_for(base_url: str, api_key: str | None) -> str:
     return f"{endpoint}#{account_fingerprint(api_key) if api_key else 'no-key'}"
 
 
+class _Heartbeat:
+    """Renews the upload leases an engine holds, every third of the lease TTL, for
+    as long as their uploads are in flight: an upload slower than the TTL (a big
+    image on a slow link, long 429 waits) is not taken over and done twice by
+    another process. A thread of its own, running only while a lease is held."""
+
+    def __init__(self, engine: _Engine) -> None:
+        self._engine = engine
+        self._held: set[Key] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, keys: Iterable[Key]) -> None:
+        with self._lock:
+            self._held.update(keys)
+            if self._held and self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="assetcache-lease-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def drop(self, keys: Iterable[Key]) -> None:
+        with self._lock:
+            self._held.difference_update(keys)
+
+    def _run(self) -> None:
+        engine = self._engine
+        interval = max(0.01, engine.lease_ttl / 3)
+        while not self._stop.wait(interval):
+            with self._lock:
+                keys = sorted(self._held)
+                if not keys:
+                    self._thread = None
+                    return
+            try:
+                engine.registry.renew(keys, engine.owner, engine.judge_now() + engine.lease_ttl)
+            except Exception:  # a blip: the next beat tries again, well within the TTL
+                log.warning("could not renew upload leases", exc_info=True)
+        with self._lock:
+            self._thread = None
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(5.0)
+
+
 class _Engine:
     """Everything both twins share. Blocking methods only; no HTTP here."""
 
@@ -165,6 +230,8 @@ class _Engine:
         local_db: str | os.PathLike[str] | None = None,
         resize: bool | str | None = None,
         max_side: int = _transform.MAX_SIDE,
+        served_is_used: bool = False,
+        shared_db: bool | None = None,
     ) -> None:
         self._api_key = (
             api_key if api_key is not None else os.environ.get("RUNWARE_API_KEY") or None
@@ -199,7 +266,14 @@ class _Engine:
         self.batch_bytes = batch_bytes
         self.max_bytes = max_bytes
         self.racy_ns = int(racy_window * 1e9)
-        self.lease_ttl = lease_ttl
+        if not isinstance(lease_ttl, (int, float)) or not lease_ttl > 0:
+            raise ConfigurationError(
+                f"lease_ttl must be a positive number of seconds, not {lease_ttl!r}"
+            )
+        self.lease_ttl = float(lease_ttl)
+        #: Serving counts as a use (the caller passes every served UUID into a task).
+        self.served_is_used = bool(served_is_used)
+        self.shared_db = shared_db
         self.task_type = task_type
         self.copies: Copies | None = None  # local copies of uploaded bytes (_copies)
         self.hash_workers = min(4, os.cpu_count() or 1)
@@ -208,14 +282,23 @@ class _Engine:
         if store is not None:
             self.store, self.registry = store, store
         else:
-            self.store, self.registry = open_stores(db_path, local_db)
+            self.store, self.registry = open_stores(db_path, local_db, shared=shared_db)
             if self.registry is not self.store:
-                self.registry.fresh_since = lambda: self.fresh_since(self.clock())
+                self.registry.fresh_since = lambda: self.fresh_since(self.judge_now())
         self.owner = owner_id()
         self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
         self._flight_lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
+        # When each entry was last handed out; kept in memory (a hit writes
+        # nothing) and saved with the counters.
+        self._served: dict[Key, float] = {}
+        # The server's time, from the Date header of its answers: server - local.
+        self.server_offset: float | None = None
+        self._server_seen: float | None = None  # time.monotonic() of the last Date read
+        self._server_local = 0.0  # the local clock then
+        self._skew_warned = False
+        self.heartbeat = _Heartbeat(self)
 
     # -- small helpers ---------------------------------------------------
     @property
@@ -232,11 +315,121 @@ class _Engine:
     def flush_counters(self) -> None:
         with self._count_lock:
             counts, self._counts = dict(self._counts), collections.Counter()
+            served, self._served = self._served, {}
         if counts:
             try:
                 self.registry.add_counters(self.namespace, counts)
             except StoreError:
                 log.warning("could not save usage counters", exc_info=True)
+        if served:
+            try:
+                self.store.mark_served(served.items())
+            except StoreError:
+                log.warning("could not save when entries were last served", exc_info=True)
+
+    def note_served(self, key: Key, when: float) -> None:
+        """Remember that ``key``'s UUID was handed out (not evidence of a use)."""
+        with self._count_lock:
+            if self._served.get(key, 0.0) < when:
+                self._served[key] = when
+
+    def served_times(self, keys: Iterable[Key]) -> dict[Key, float]:
+        """When each entry was last handed out: stored, or by this process since."""
+        keys = list(keys)
+        out = self.store.served_times(keys)
+        with self._count_lock:
+            for key in keys:
+                when = self._served.get(key)
+                if when is not None and when > out.get(key, 0.0):
+                    out[key] = when
+        return out
+
+    # -- time ------------------------------------------------------------
+    def learn_server_time(self, headers: dict[str, str], local: float | None = None) -> None:
+        """Note the server's time from an answer's ``Date`` header."""
+        server = server_date(headers)
+        if server is None:
+            return
+        local = self.clock() if local is None else local
+        # Date has whole seconds: the server's clock is on average half a second on.
+        offset = server + 0.5 - local
+        self.server_offset = offset
+        self._server_seen = time.monotonic()
+        self._server_local = local
+        if abs(offset) > self.policy.margin and not self._skew_warned:
+            self._skew_warned = True
+            log.warning(
+                "this machine's clock is %s %s Runware's; assetcache uses the server's "
+                "time for its stamps (fix the clock: NTP)",
+                _durations_text(abs(offset)),
+                "behind" if offset > 0 else "ahead of",
+            )
+
+    def _offset(self, local: float) -> float | None:
+        """The server's offset, while the local clock has not jumped since it was
+        learnt (a clock stepped by NTP, a VM restored): then it is forgotten."""
+        seen = self._server_seen
+        if seen is None:
+            return None
+        moved = (local - self._server_local) - (time.monotonic() - seen)
+        if abs(moved) > CLOCK_JUMP:
+            self.server_offset = self._server_seen = None
+            return None
+        return self.server_offset
+
+    def clock_offset(self) -> float | None:
+        """Server time minus local time, when this run knows it."""
+        return self._offset(self.clock())
+
+    def server_time_recent(self) -> bool:
+        seen = self._server_seen
+        return (
+            seen is not None
+            and time.monotonic() - seen < SERVER_TIME_MAX_AGE
+            and self._offset(self.clock()) is not None
+        )
+
+    def judge_now(self) -> float:
+        """The time freshness is judged by: the server's when this run knows it."""
+        local = self.clock()
+        return _policy.judge_time(local, self._offset(local))
+
+    def stamp_now(self) -> float:
+        """The time evidence is stamped with: the server's when the local clock is
+        off by more than the margin, else the local one."""
+        local = self.clock()
+        return _policy.stamp_time(local, self._offset(local), self.policy.margin)
+
+    def in_doubt(self, last_used_at: float, now: float) -> bool:
+        """Near the serve limit (or stamped in the future) with no recent server
+        time: this run asks the server's time before it decides."""
+        return not self.server_time_recent() and _policy.in_doubt(self.policy, last_used_at, now)
+
+    def record_evidence(
+        self, targets: Iterable[Key | str], at: float | None = None
+    ) -> list[AssetRow]:
+        """Record evidence that Runware used these entries (keys, or imageUUIDs of this
+        account) at ``at`` (default now; never later than now): a task seen to
+        succeed with them. Slides their windows; an entry whose upload Runware had
+        already deleted by then is not revived. Returns the rows found."""
+        now = self.stamp_now()
+        when = now if at is None else min(float(at), now)
+        rows: dict[Key, AssetRow] = {}
+        for target in targets:
+            if isinstance(target, str):
+                for row in self.registry.find_uuid(canonical_uuid(target)):
+                    if row.namespace == self.namespace:
+                        rows.setdefault(row.key, row)
+            else:
+                found = self.registry.get_asset(target)
+                if found is not None:
+                    rows.setdefault(found.key, found)
+        for row in rows.values():
+            if row.last_used_at < when < _policy.expires_at(
+                self.policy, row.last_used_at
+            ) and not _policy.is_suspect(self.policy, row.last_used_at, now):
+                self.registry.touch(row.key, when)
+        return list(rows.values())
 
     def headers(self) -> dict[str, str]:
         if not self._api_key:
@@ -319,17 +512,32 @@ class _Engine:
             or max(row[3], row[4]) + self.racy_ns > row[5]
         ):
             return None
-        now = self.clock()
+        local = self.clock()
+        offset = self._offset(local) if self._server_seen is not None else None
+        now = local if offset is None else local + offset
         last_used = row[9]
         policy = self.policy
-        if now >= last_used + policy.retention - policy.margin:
-            return None
-        if now - last_used >= policy.touch_every:
-            self.registry.touch((self.namespace, row[6], row[11]), now)
+        limit = last_used + policy.retention - policy.margin
+        if (
+            now >= limit - policy.clock_skew
+            or last_used > now + policy.future_tolerance  # stamped in the future: suspect
+        ) and (
+            now >= limit
+            or last_used > now + policy.future_tolerance
+            or not self.server_time_recent()
+        ):
+            return None  # the slow path decides (and asks the server's time if in doubt)
+        key = (self.namespace, row[6], row[11])
+        if self.served_is_used and now - last_used >= policy.touch_every:
+            if not self.server_time_recent():
+                return None  # the slow path learns the server's time to stamp the use
+            self.registry.touch(key, self.stamp_now())
             last_used = now
         with self._count_lock:
             self._counts["hits"] += 1
             self._counts["bytes_saved"] += row[10]
+            if self._served.get(key, 0.0) < now:
+                self._served[key] = now
         return row, last_used
 
     # -- preparing sources (blocking: stat, read, hash) ----------------------
@@ -534,33 +742,68 @@ class _Engine:
         return now - (self.policy.retention - self.policy.margin)
 
     def settle(
-        self, items: Sequence[_Prepared], force: Collection[Key] = ()
-    ) -> list[AssetRow | None]:
-        """The fresh row for each prepared item (touched if due), else ``None``.
+        self, items: Sequence[_Prepared], force: Collection[Key] = (), checked: bool = False
+    ) -> list[AssetRow | None] | None:
+        """The fresh row for each prepared item, else ``None``; ``None`` for the
+        whole list when a row is so close to its serve limit that this run must
+        learn the server's time first (unless ``checked``: then it is a miss).
 
         Keys in ``force`` count as misses even when fresh (refresh renews them).
-        Also records the stat rows of items that hit, in one transaction.
+        Serving is remembered apart; it slides the window only with
+        ``served_is_used``. Also records the stat rows of items that hit.
         """
-        now = self.clock()
-        since = self.fresh_since(now)
+        now = self.judge_now()
         rows: list[AssetRow | None] = []
         touches: list[Key] = []
         files: list[FileRow] = []
         found = self.registry.get_assets(item.key for item in items)
+        policy = self.policy
         for item in items:
             row = found.get(item.key)
-            if row is not None and row.last_used_at > since and item.key not in force:
-                if _policy.needs_touch(self.policy, row.last_used_at, now):
+            fresh = False
+            if row is not None and item.key not in force:
+                doubt = self.in_doubt(row.last_used_at, now)
+                if doubt and not checked:
+                    return None
+                # In doubt even after asking (no server time to be had): upload, not guess.
+                fresh = _policy.is_fresh(policy, row.last_used_at, now) and not doubt
+            if (
+                fresh
+                and row is not None
+                and self.served_is_used
+                and not checked
+                and not self.server_time_recent()
+                and _policy.needs_touch(policy, row.last_used_at, now)
+            ):
+                return None  # a use to stamp: in the server's time
+            if fresh and row is not None:
+                if self.served_is_used and _policy.needs_touch(policy, row.last_used_at, now):
                     touches.append(row.key)
                 if item.file_row is not None:
                     files.append(item.file_row)
+                self.note_served(row.key, now)
                 rows.append(row)
             else:
                 rows.append(None)
-        for key in dict.fromkeys(touches):
-            self.registry.touch(key, now)
+        if touches:
+            stamp = self.stamp_now()
+            for key in dict.fromkeys(touches):
+                self.registry.touch(key, stamp)
         self.store.put_files(files)
         return rows
+
+    def plan_server_time(self) -> Plan:
+        """One cheap request (a ``ping`` task) for the server's ``Date``; errors are
+        fine (any answer carries the header), no answer leaves the time unknown."""
+        body = json_body([{"taskType": "ping", "ping": True}])
+        try:
+            resp = yield Http(
+                self.base_url, self.headers(), lambda: [body], len(body), self.retry.timeout
+            )
+        except AssetCacheError as exc:
+            log.info("could not learn the server's time: %s", exc)
+            return
+        self.learn_server_time(resp.headers)
 
     def join_flights(
         self, keys: Iterable[Key]
@@ -579,6 +822,7 @@ class _Engine:
         return lead, follow
 
     def land(self, key: Key, result: AssetRow | BaseException) -> None:
+        self.heartbeat.drop([key])
         with self._flight_lock:
             fut = self._flights.pop(key, None)
         if fut is None:
@@ -592,7 +836,7 @@ class _Engine:
         self, keys: Sequence[Key], force: Collection[Key] = (), started: float = 0.0
     ) -> dict[Key, AssetRow | str]:
         """Leases for ``keys``; a forced key counts as done only if renewed after ``started``."""
-        now = self.clock()
+        now = self.judge_now()
         since = self.fresh_since(now)
         out: dict[Key, AssetRow | str] = {}
         # Another refresher (or a use) renewed a forced key since we started: theirs is as good.
@@ -604,17 +848,44 @@ class _Engine:
                 continue
             # Look first, without locks: while another process uploads, waiters poll,
             # and taking every key's lock on each poll would slow that very upload.
-            seen = self.registry.peek(group, self.owner, now, threshold)
+            # A row stamped in the future is suspect: not fresh, whatever its stamp says.
+            until = now + self.policy.future_tolerance
+            seen = self.registry.peek(group, self.owner, now, threshold, until)
             out.update((k, v) for k, v in seen.items() if v != "free")
             free = [k for k in group if seen[k] == "free"]
             if free:
-                out.update(self.registry.claim(free, self.owner, now, self.lease_ttl, threshold))
+                got = self.registry.claim(free, self.owner, now, self.lease_ttl, threshold, until)
+                self.heartbeat.hold(k for k, v in got.items() if v == "claimed")
+                out.update(got)
         return out
+
+    def vet(self, done: Sequence[tuple[Key, TaskResult]]) -> dict[Key, ProtocolError]:
+        """Results whose UUID this account's registry already holds for other bytes:
+        a protocol error, and the older entry is no longer served that UUID either."""
+        bad: dict[Key, ProtocolError] = {}
+        for key, res in done:
+            others = [
+                r
+                for r in self.registry.find_uuid(res.image_uuid)
+                if r.namespace == key[0] and r.content_hash != key[1]
+            ]
+            if not others:
+                continue
+            bad[key] = ProtocolError(
+                f"Runware answered {res.image_uuid}, the UUID of other cached bytes "
+                f"({others[0].content_hash}); it is used for neither",
+                task_uuid=res.task_uuid,
+                code="duplicateResult",
+            )
+            stamp = self.judge_now() - self.policy.retention - self.policy.clock_skew
+            for r in others:
+                self.registry.expire_asset(r.key, stamp, r.image_uuid)
+        return bad
 
     def record(
         self, done: Sequence[tuple[_Prepared, TaskResult, int]], files: Sequence[FileRow]
     ) -> list[AssetRow]:
-        now = self.clock()
+        now = self.stamp_now()
         records = [
             UploadRecord(p.key[0], p.key[1], p.key[2], r.image_uuid, p.size, p.format, now, sent)
             for p, r, sent in done
@@ -637,6 +908,8 @@ class _Engine:
         ]
 
     def release(self, keys: Iterable[Key]) -> None:
+        keys = list(keys)
+        self.heartbeat.drop(keys)
         self.registry.release(keys, self.owner)
 
     # -- the plans -----------------------------------------------------------
@@ -648,7 +921,7 @@ class _Engine:
         Keys in ``force`` are uploaded again even if fresh (``refresh``).
         """
         limit = max(1, concurrency or self.concurrency)
-        started = self.clock() if force else 0.0
+        started = self.stamp_now() if force else 0.0
         results: list[Resolution | None] = [None] * len(sources)
         todo: list[int] = []
         for i, obj in enumerate(sources):
@@ -676,6 +949,9 @@ class _Engine:
 
         try:
             rows = yield Call(self.settle, [p for _, p in ready], force)
+            if rows is None:
+                yield from self.plan_server_time()
+                rows = yield Call(self.settle, [p for _, p in ready], force, True)
         except AssetCacheError as exc:
             # The store cannot answer: every remaining item fails with its reason.
             self._fail_group(results, ready, exc)
@@ -793,6 +1069,7 @@ class _Engine:
                 reuploads=1 if outcome_name == "reuploaded" else 0,
             )
             members = groups.pop(key)
+            self.note_served(key, row.last_used_at)
             first_i, first_p = members[0]
             results[first_i] = self._resolution(first_p.label, row, outcome_name, sent)
             self._hit_group(results, members[1:], row)
@@ -816,6 +1093,11 @@ class _Engine:
         done = [
             (key, sent, res) for key, (sent, res) in answers.items() if isinstance(res, TaskResult)
         ]
+        if done:
+            bad = yield Call(self.vet, [(key, res) for key, _, res in done])
+            for key, err in bad.items():
+                answers[key] = (answers[key][0], err)
+            done = [d for d in done if d[0] not in bad]
         rows: dict[Key, AssetRow] = {}
         error: AssetCacheError | None = None
         if done:
@@ -842,6 +1124,8 @@ class _Engine:
             self.count(hits=1, bytes_saved=p.size)
             if files is not None and p.file_row is not None:
                 files.append(p.file_row)
+        if members:
+            self.note_served(row.key, self.judge_now())
 
     def _fail_group(
         self,
@@ -947,6 +1231,7 @@ class _Engine:
             retry_after: float | None = None
             try:
                 resp = yield Http(url, headers, body, length, self.retry.timeout)
+                self.learn_server_time(resp.headers)
                 answers = parse_response(
                     resp.status, resp.headers, resp.body, list(by_task), self.redact, uuid_field
                 )
@@ -1006,6 +1291,7 @@ class _Engine:
         return out
 
     def close(self) -> None:
+        self.heartbeat.close()
         self.flush_counters()
         if self.registry is not self.store:
             self.registry.close()
@@ -1152,6 +1438,8 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         keep_copies: bool = False,
         copies_dir: str | os.PathLike[str] | None = None,
         copies_max_bytes: int = DEFAULT_COPIES_MAX,
+        served_is_used: bool = False,
+        shared_db: bool | None = None,
     ) -> None:
         if upload_task is not None and task_type not in (None, upload_task):
             raise ConfigurationError(
@@ -1179,6 +1467,8 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
             local_db=local_db,
             resize=resize,
             max_side=max_side,
+            served_is_used=served_is_used,
+            shared_db=shared_db,
         )
         try:
             self._copies = Copies(

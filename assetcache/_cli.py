@@ -343,6 +343,22 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
     help="Size bound of the local copies, e.g. 500M or 2G (default 1G); the least "
     "recently used go first.",
 )
+@click.option(
+    "--shared-db",
+    is_flag=True,
+    envvar="ASSETCACHE_SHARED_DB",
+    help="Use a database (or folder) that other users own or can write: the sharing "
+    "is deliberate. Without it such a database is refused, since whoever can write "
+    "it chooses the UUIDs you get (env ASSETCACHE_SHARED_DB=1).",
+)
+@click.option(
+    "--lease-ttl",
+    type=DURATION,
+    metavar="DURATION",
+    envvar="ASSETCACHE_LEASE_TTL",
+    help="How long an upload lease holds without renewal (default 5m; the owner "
+    "renews it while its upload is in flight; env ASSETCACHE_LEASE_TTL).",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="assetcache")
 @click.pass_context
@@ -356,6 +372,8 @@ def cli(
     keep_copies: bool,
     copies_dir: str | None,
     copies_max: int | None,
+    shared_db: bool,
+    lease_ttl: float | None,
     verbose: int,
 ) -> None:
     """Never upload the same image to Runware twice.
@@ -375,6 +393,10 @@ def cli(
         settings.options["copies_dir"] = copies_dir
     if copies_max is not None:
         settings.options["copies_max_bytes"] = copies_max
+    if shared_db:
+        settings.options["shared_db"] = True
+    if lease_ttl is not None:
+        settings.options["lease_ttl"] = lease_ttl
     ctx.obj = settings
     ctx.call_on_close(settings.close)
     if verbose:
@@ -602,6 +624,7 @@ LS_FIELDS = (
     "format",
     "uploaded_at",
     "last_used_at",
+    "last_served_at",
     "expires_at",
     "serve_until",
     "state",
@@ -636,9 +659,13 @@ def ls_command(
     as_json: bool,
     as_csv: bool,
 ) -> None:
-    """List cache entries: hash, imageUUID, size, format, last use, expiry, known paths.
+    """List cache entries: hash, imageUUID, size, format, last use, last served,
+    expiry, known paths.
 
-    Soonest to expire first. With both --expiring-within and --expired: either.
+    LAST USED is the last evidence that Runware used the upload (the upload, a task
+    seen to succeed, use(), touch()): only it slides the 30-day window. SERVED is
+    when the cache last handed the UUID out, which is not a use. Soonest to expire
+    first. With both --expiring-within and --expired: either.
     """
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
@@ -674,6 +701,7 @@ def ls_command(
                 human_bytes(e.size),
                 e.format,
                 relative(e.last_used_at - now),
+                "-" if e.last_served_at is None else relative(e.last_served_at - now),
                 relative(e.expires_at - now),
                 e.state,
                 where,
@@ -681,7 +709,8 @@ def ls_command(
         )
     if rows:
         print_table(
-            ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "EXPIRES", "STATE", "PATHS"], rows
+            ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "SERVED", "EXPIRES", "STATE", "PATHS"],
+            rows,
         )
     note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))}")
 
@@ -708,6 +737,8 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
         ("uploads", str(s.uploads)),
         ("re-uploads", str(s.reuploads)),
         ("failures", str(s.failures)),
+        ("last use", "-" if s.last_used_at is None else f"{iso_short(s.last_used_at)} (evidence)"),
+        ("last served", "-" if s.last_served_at is None else iso_short(s.last_served_at)),
         ("retries", str(s.retries)),
         ("bytes sent", human_bytes(s.bytes_sent)),
         ("bytes saved", f"{human_bytes(s.bytes_saved)} (not sent again thanks to the cache)"),
@@ -1047,6 +1078,7 @@ def print_doctor(report: Any) -> None:
         ("entries", "-" if report.entries is None else str(report.entries)),
         ("files", "-" if report.files is None else str(report.files)),
         ("account", report.account or "none (no API key configured)"),
+        ("clock", report.clock),
         ("api url", s.get("api_url", "-")),
         ("namespace", s.get("namespace", "-")),
     ]

@@ -295,7 +295,7 @@ class LifecycleMixin:
     _driver: Driver
     _copies: Copies
     # From MaintenanceMixin (both mixins make up every cache class).
-    _entry: Callable[[AssetRow, Sequence[str], float], Entry]
+    _entry: Callable[[AssetRow, Sequence[str], float, float | None], Entry]
     _paths_of: Callable[[set[str]], dict[str, tuple[str, ...]]]
     _locate: Callable[[Entry], tuple[_Prepared | None, str | None, str | None]]
 
@@ -312,14 +312,13 @@ class LifecycleMixin:
         'fresh'
         """
         engine = self._engine
-        now = engine.clock()
-        when = now if at is None else min(float(at), now)
         rows = self._rows_for(target)
-        for row in rows:
-            # Runware extends only what it still holds: a use after expires_at failed.
-            if when < _policy.expires_at(engine.policy, row.last_used_at):
-                engine.registry.touch(row.key, when)
-        return self._entry_of(rows, now)
+        if rows and engine.account is not None and not engine.server_time_recent():
+            self._drive_blocking(engine.plan_server_time())  # stamp in the server's time
+        # Evidence of a use, stamped no later than now (in the server's time when the
+        # local clock is off); Runware extends only what it still holds.
+        engine.record_evidence([row.key for row in rows], at)
+        return self._entry_of(rows, engine.judge_now())
 
     def invalidate(self, target: SourceLike) -> Entry | None:
         """Drop what the cache believes about an upload: the next use uploads again
@@ -338,20 +337,22 @@ class LifecycleMixin:
             rows = self._rows_for(target)
             for row in rows:
                 self._expire(row.key, None)
-        return self._entry_of(rows, self._engine.clock())
+        return self._entry_of(rows, self._engine.judge_now())
 
     def _entry_of(self, rows: list[AssetRow], now: float) -> Entry | None:
         if not rows:
             return None
         row = self._engine.registry.get_asset(rows[0].key) or rows[0]
-        return self._entry(row, self._paths_of({row.content_hash}).get(row.content_hash, ()), now)
+        served = self._engine.served_times([row.key]).get(row.key)
+        paths = self._paths_of({row.content_hash}).get(row.content_hash, ())
+        return self._entry(row, paths, now, served)
 
     def _rows_for(self, target: SourceLike) -> list[AssetRow]:
         """The registry rows an imageUUID or a source stands for (no upload, no write)."""
         engine = self._engine
         if _uuid_target(target):
             assert isinstance(target, str)
-            return engine.registry.find_uuid(target.lower())
+            return self._uuid_rows(target)
         prepared = engine.prepare(target)
         if isinstance(prepared, SourceNotFound):
             return self._gone_path_rows(target, prepared)
@@ -381,20 +382,22 @@ class LifecycleMixin:
         """Mark an entry as deleted on the server (kept, so the next upload reads
         "reuploaded"); with ``image_uuid``, only while it still holds that UUID."""
         engine = self._engine
-        stamp = engine.clock() - engine.policy.retention
+        stamp = engine.judge_now() - engine.policy.retention - engine.policy.clock_skew
         return _expire_rows(engine.registry, key, image_uuid, stamp)
 
     def _uuid_rows(self, image_uuid: str) -> list[AssetRow]:
         """Rows holding ``image_uuid``: the registry's and, in a fleet, this host's
         local copy (which may still hold a UUID another host has replaced)."""
-        registry = self._engine.registry
+        engine = self._engine
+        registry = engine.registry
         rows = registry.find_uuid(image_uuid.lower())
         local = getattr(registry, "local", None)
         if local is not None:
             rows += [
                 r for r in local.find_uuid(image_uuid.lower()) if r.key not in {x.key for x in rows}
             ]
-        return rows
+        # Only this account's entries: another key must not touch or expire ours.
+        return [r for r in rows if r.namespace == engine.namespace]
 
     def _expire_uuid(self, image_uuid: str) -> int:
         return sum(self._expire(row.key, row.image_uuid) for row in self._uuid_rows(image_uuid))
@@ -430,6 +433,11 @@ class LifecycleMixin:
                 last = exc
             else:
                 if not self._rejected(value, uuid, is_unknown, names):
+                    # The task succeeded with this UUID: evidence that Runware used it,
+                    # stamped in the server's time (asked for first if this run has none).
+                    if not self._engine.server_time_recent():
+                        yield from self._engine.plan_server_time()
+                    yield Call(self._engine.record_evidence, [uuid])
                     return value
                 last = value
             rejected.append(uuid)
@@ -485,7 +493,7 @@ class LifecycleMixin:
         engine = self._engine
         if _uuid_target(target):
             assert isinstance(target, str)
-            rows = yield Call(engine.registry.find_uuid, target.lower())
+            rows = yield Call(self._uuid_rows, target)
             return (yield from self._plan_from_rows(rows, label))
         sources: list[Any] = [target]  # a source, or one prepared already (file objects)
         (res,) = yield from engine.plan_resolve_many(sources, 1)
@@ -503,15 +511,21 @@ class LifecycleMixin:
         if not rows:
             raise missing or SourceError(label, "no cache entry holds this imageUUID")
         row = rows[0]
-        now = engine.clock()
-        if row.last_used_at > engine.fresh_since(now):
-            if _policy.needs_touch(engine.policy, row.last_used_at, now):
-                yield Call(engine.registry.touch, row.key, now)
+        now = engine.judge_now()
+        if engine.in_doubt(row.last_used_at, now):
+            yield from engine.plan_server_time()
+            now = engine.judge_now()
+        if _policy.is_fresh(engine.policy, row.last_used_at, now) and not engine.in_doubt(
+            row.last_used_at, now
+        ):
+            if engine.served_is_used and _policy.needs_touch(engine.policy, row.last_used_at, now):
+                yield Call(engine.registry.touch, row.key, engine.stamp_now())
+            engine.note_served(row.key, now)
             engine.count(hits=1, bytes_saved=row.size)
             return row.image_uuid
         # Not served any more: upload again from wherever the bytes still are.
         paths = yield Call(self._paths_of, {row.content_hash})
-        entry = self._entry(row, paths.get(row.content_hash, ()), now)
+        entry = self._entry(row, paths.get(row.content_hash, ()), now, None)
         prepared, _, reason = yield Call(self._locate, entry)
         if prepared is None:
             raise SourceError(label, f"cannot be uploaded again: {reason}")

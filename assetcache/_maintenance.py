@@ -50,6 +50,7 @@ from ._store import (
     SQLiteStore,
     path_key,
     row_sig,
+    sharing_declared,
 )
 
 if TYPE_CHECKING:
@@ -60,8 +61,9 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 EXPORT_VERSION = 1
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-HASH_RE = re.compile(r"^[0-9a-f]{32}$")
+#: Identifiers are matched whole: ``\Z``, not ``$`` (which also matches before a final newline).
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
+HASH_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _FORMATS = frozenset((*ACCEPTED, "url"))
 #: SQLite caps bound parameters per statement; stay well below.
 _IN_CHUNK = 500
@@ -100,10 +102,15 @@ class Entry:
     last_used_at: float
     expires_at: float
     serve_until: float
-    state: str  # fresh | expiring | stale | expired
+    state: str  # fresh | expiring | stale | expired | suspect
     paths: tuple[str, ...] = ()
     upload_count: int = 1
     bytes_sent: int = 0
+    #: When the cache last handed the UUID out (``None``: never since it was
+    #: recorded). Serving is not evidence of a use: ``last_used_at`` is the last
+    #: evidence (upload, a task seen to succeed, use(), touch()); only it slides
+    #: the window.
+    last_served_at: float | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -118,6 +125,7 @@ class Entry:
             "format": self.format,
             "uploaded_at": iso(self.uploaded_at),
             "last_used_at": iso(self.last_used_at),
+            "last_served_at": iso(self.last_served_at),
             "expires_at": iso(self.expires_at),
             "serve_until": iso(self.serve_until),
             "state": self.state,
@@ -146,9 +154,16 @@ class CacheStats:
     db_bytes: int
     #: Local copies of uploaded bytes (``CopiesUsage.as_dict()``), on or off.
     copies: dict[str, Any] | None = None
+    #: The newest evidence of a use on Runware (upload, task, use(), touch()) of any entry.
+    last_used_at: float | None = None
+    #: The last time the cache handed out any entry's UUID (not evidence of a use).
+    last_served_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["last_used_at"] = iso(self.last_used_at)
+        out["last_served_at"] = iso(self.last_served_at)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +317,10 @@ class DoctorReport:
     namespace: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     needs_rebuild: bool = False
+    #: Server time minus this machine's (from an answer's Date header), or None
+    #: when unknown; ``clock`` says it in words.
+    clock_skew_seconds: float | None = None
+    clock: str = "not checked"
 
     @property
     def ok(self) -> bool:
@@ -494,7 +513,7 @@ class MaintenanceMixin:
     # -- reading ---------------------------------------------------------------
     def now(self) -> float:
         """The cache's clock, in epoch seconds (what expiry is measured against)."""
-        return self._engine.clock()
+        return self._engine.judge_now()
 
     def status(self, paths: Iterable[str]) -> Iterator[FileStatus]:
         """Each file's standing (fresh, expiring, expired, changed, new, missing); no upload."""
@@ -528,7 +547,7 @@ class MaintenanceMixin:
         """
         engine = self._engine
         policy = engine.policy
-        now = engine.clock()
+        now = engine.judge_now()
         window = policy.retention - policy.margin  # serve_until = last_used_at + window
         clauses, params = self._scope(all_accounts)
         filters = []
@@ -537,16 +556,18 @@ class MaintenanceMixin:
             filters.append("(last_used_at > ? AND last_used_at <= ?)")
             params += [now - window, now + within - window]
         if expired:
-            filters.append("last_used_at <= ?")
-            params.append(now - window)
+            # Not served any more, or stamped in the future (suspect: not served either).
+            filters.append("(last_used_at <= ? OR last_used_at > ?)")
+            params += [now - window, now + policy.future_tolerance]
         if filters:
             clauses.append("(" + " OR ".join(filters) + ")")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         # Through the registry: in a fleet, the fleet's entries.
         assets = engine.registry.select_assets(where, params, "ORDER BY last_used_at, content_hash")
         paths = self._paths_of({a.content_hash for a in assets})
+        served = engine.served_times(a.key for a in assets)
         for a in assets:
-            yield self._entry(a, paths.get(a.content_hash, ()), now)
+            yield self._entry(a, paths.get(a.content_hash, ()), now, served.get(a.key))
 
     def stats(self, *, all_accounts: bool = False) -> CacheStats:
         """Counts, bytes and usage counters (stored ones plus this process's unflushed ones)."""
@@ -562,6 +583,19 @@ class MaintenanceMixin:
             pending = dict(engine._counts)
         for name, value in pending.items():
             counts[name] = counts.get(name, 0) + value
+        newest = engine.registry.select_assets(where, params, "ORDER BY last_used_at DESC LIMIT 1")
+        served_where = "WHERE namespace = ?" if not all_accounts else ""
+        served_params = [] if all_accounts else [engine.namespace]
+        (last_served,) = store.read(
+            f"SELECT max(last_served_at) FROM served {served_where}", served_params, "read served"
+        )[0]
+        with engine._count_lock:
+            pending_served = [
+                t for k, t in engine._served.items() if all_accounts or k[0] == engine.namespace
+            ]
+        last_served = max(
+            [t for t in [last_served, *pending_served] if t is not None], default=None
+        )
         c = counts.get
         return CacheStats(
             int(n),
@@ -578,6 +612,8 @@ class MaintenanceMixin:
             store.path,
             db_size(store.path),
             self._copies_info(),
+            newest[0].last_used_at if newest else None,
+            last_served,
         )
 
     def _copies_info(self) -> dict[str, Any] | None:
@@ -596,7 +632,7 @@ class MaintenanceMixin:
         items = list(sources)
         with ThreadPoolExecutor(max(1, min(engine.hash_workers, len(items)))) as pool:
             prepared = list(pool.map(engine.prepare, items))
-        now = engine.clock()
+        now = engine.judge_now()
         since = engine.fresh_since(now)
         seen: set[tuple[str, str, str]] = set()
         out: list[Resolution] = []
@@ -719,7 +755,7 @@ class MaintenanceMixin:
 
     def _refresh_candidates(self, within: float) -> list[Entry]:
         engine = self._engine
-        now = engine.clock()
+        now = engine.judge_now()
         # Only this account's uploads can be renewed with this key; entries Runware
         # already deleted are not "about to expire" and stay on-demand.
         return [
@@ -776,13 +812,14 @@ class MaintenanceMixin:
         """
         engine = self._engine
         store = engine.store
-        now = engine.clock()
+        now = engine.judge_now()
         age = _seconds(older_than)
-        # By default, what Runware has deleted: everything last used a retention ago.
+        # By default, what Runware has deleted: everything last used a retention ago;
+        # and rows stamped in the future (a clock ahead wrote them: no evidence at all).
         cutoff = now - (engine.policy.retention if age is None else age)
         clauses, params = self._scope(all_accounts)
-        clauses.append("last_used_at <= ?")
-        params.append(cutoff)
+        clauses.append("(last_used_at <= ? OR last_used_at > ?)")
+        params += [cutoff, now + engine.policy.future_tolerance]
         registry = engine.registry  # in a fleet: the fleet's entries and leases
         assets = registry.select_assets(
             f"WHERE {' AND '.join(clauses)}", params, "ORDER BY last_used_at"
@@ -874,7 +911,7 @@ class MaintenanceMixin:
                 "forget(remote=True): deleting uploads on Runware is not supported yet"
             )
         store = self._engine.store
-        now = self._engine.clock()
+        now = self._engine.judge_now()
         out: list[ForgetItem] = []
         for item in items:
             kind, hashes, files, uuids, error = self._classify(item)
@@ -1017,7 +1054,7 @@ class MaintenanceMixin:
         >>> cache.import_entries(open("entries.jsonl")).errors     # doctest: +SKIP
         ()
         """
-        now = self._engine.clock()
+        now = self._engine.stamp_now()
         errors: list[tuple[int, str]] = []
         good: list[AssetRow] = []
         for number, line in enumerate(lines, 1):
@@ -1063,7 +1100,35 @@ class MaintenanceMixin:
         report.account = engine.account
         report.namespace = engine.namespace
         report.settings = self.settings()
+        self._check_clock(report)
         return report
+
+    def _check_clock(self, report: DoctorReport) -> None:
+        """Compare this machine's clock with the server's (one cheap request if this
+        run has not seen an answer yet and a key is configured)."""
+        engine = self._engine
+        drive = getattr(self, "_drive_blocking", None)
+        if engine.clock_offset() is None and engine.account is not None and drive is not None:
+            try:
+                drive(engine.plan_server_time())
+            except AssetCacheError as exc:
+                report.clock = f"server time unknown: {exc}"
+                return
+        offset = engine.clock_offset()
+        if offset is None:
+            if engine.account is not None:
+                report.clock = "server time unknown (no Date header in its answer)"
+            return
+        report.clock_skew_seconds = offset
+        margin = engine.policy.margin
+        if abs(offset) > margin:
+            report.clock = (
+                f"this machine's clock is {abs(offset) / 3600:.1f}h "
+                f"{'behind' if offset > 0 else 'ahead of'} the server's, more than the "
+                "margin: stamps use the server's time (fix the clock: NTP)"
+            )
+        else:
+            report.clock = f"within {max(abs(offset), 1):.0f}s of the server's"
 
     def settings(self) -> dict[str, Any]:
         """The settings in force (never the API key)."""
@@ -1075,6 +1140,10 @@ class MaintenanceMixin:
             "retention_seconds": p.retention,
             "margin_seconds": p.margin,
             "touch_every_seconds": p.touch_every,
+            "served_is_used": engine.served_is_used,
+            "future_tolerance_seconds": p.future_tolerance,
+            "clock_skew_seconds": p.clock_skew,
+            "shared_db": sharing_declared(engine.shared_db),
             "concurrency": engine.concurrency,
             "batch_size": engine.batch_size,
             "batch_bytes": engine.batch_bytes,
@@ -1094,7 +1163,9 @@ class MaintenanceMixin:
             return [], []
         return ["namespace = ?"], [self._engine.namespace]
 
-    def _entry(self, a: AssetRow, paths: Sequence[str], now: float) -> Entry:
+    def _entry(
+        self, a: AssetRow, paths: Sequence[str], now: float, served: float | None = None
+    ) -> Entry:
         policy = self._engine.policy
         return Entry(
             a.namespace,
@@ -1111,6 +1182,7 @@ class MaintenanceMixin:
             tuple(paths),
             a.upload_count,
             a.bytes_sent,
+            served,
         )
 
     def _paths_of(self, hashes: set[str]) -> dict[str, tuple[str, ...]]:
@@ -1239,6 +1311,11 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         namespace = text("namespace")
         if not namespace:
             return "'namespace' is empty"
+        if namespace != namespace.strip() or any(ord(c) < 32 or ord(c) == 127 for c in namespace):
+            return f"'namespace' holds blanks or control characters: {namespace[:40]!r}"
+        variant = text("variant", "")
+        if any(ord(c) <= 32 or ord(c) == 127 for c in variant):
+            return f"'variant' holds blanks or control characters: {variant[:40]!r}"
         digest = text("hash")
         if not HASH_RE.match(digest):
             return f"'hash' must be 32 lowercase hex digits, not {digest[:40]!r}"
@@ -1257,7 +1334,7 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         return AssetRow(
             namespace,
             digest,
-            text("variant", ""),
+            variant,
             uuid.lower(),
             size,
             fmt,

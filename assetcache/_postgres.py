@@ -64,6 +64,11 @@ _MIGRATIONS = (
         PRIMARY KEY (namespace, name)
     );
     """,
+    # Evidence, not belief (SQLite migration 5): serving slid last_used_at until
+    # now; the only evidence of a use that survives is the upload itself.
+    """
+    UPDATE assetcache_assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -259,7 +264,13 @@ class PostgresRegistry:
         return assets, leases
 
     def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        ttl: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
         out: dict[Key, AssetRow | str] = {}
         with self.write("claim uploads") as conn:
@@ -268,7 +279,7 @@ class PostgresRegistry:
             claimed = []
             for key in keys:
                 row = assets.get(key)
-                if row is not None and row.last_used_at > fresh_since:
+                if row is not None and fresh_since < row.last_used_at <= fresh_until:
                     out[key] = row
                     continue
                 lease = leases.get(key)
@@ -293,12 +304,17 @@ class PostgresRegistry:
         return out
 
     def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
         """Read-only :meth:`claim` (no locks): fresh row, ``"held"`` or ``"free"``."""
         out: dict[Key, AssetRow | str] = dict.fromkeys(keys, "free")
         for key, asset in self.get_assets(keys).items():
-            if asset.last_used_at > fresh_since:
+            if fresh_since < asset.last_used_at <= fresh_until:
                 out[key] = asset
         hashes = sorted({k[1] for k in keys})
         for ns, digest, variant, lease_owner, expires in self.read(
@@ -343,6 +359,18 @@ class PostgresRegistry:
                 "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
                 "AND variant = %s AND owner = %s",
                 [(*r.key, owner) for r in records],
+            )
+
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
+        """Extend the leases ``owner`` still holds (the heartbeat of an upload in flight)."""
+        params = [(expires_at, *k, owner) for k in keys]
+        if not params:
+            return
+        with self.write("renew upload leases") as conn, conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE assetcache_leases SET expires_at = %s WHERE namespace = %s "
+                "AND content_hash = %s AND variant = %s AND owner = %s",
+                params,
             )
 
     def release(self, keys: Iterable[Key], owner: str) -> None:
@@ -532,16 +560,27 @@ class FleetRegistry:
         return self.shared.find_uuid(image_uuid)
 
     def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        ttl: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
-        out = self.shared.claim(keys, owner, now, ttl, fresh_since)
+        out = self.shared.claim(keys, owner, now, ttl, fresh_since, fresh_until)
         self._mirror(v for v in out.values() if isinstance(v, AssetRow))
         return out
 
     def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
-        out = self.shared.peek(keys, owner, now, fresh_since)
+        out = self.shared.peek(keys, owner, now, fresh_since, fresh_until)
         self._mirror(v for v in out.values() if isinstance(v, AssetRow))
         return out
 
@@ -553,6 +592,9 @@ class FleetRegistry:
 
     def release(self, keys: Iterable[Key], owner: str) -> None:
         self.shared.release(keys, owner)
+
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
+        self.shared.renew(keys, owner, expires_at)
 
     def touch(self, key: Key, now: float) -> None:
         self.local.touch(key, now)

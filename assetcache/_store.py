@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat as stat_mod
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -108,13 +109,25 @@ class Registry(Protocol):
     def get_asset(self, key: Key) -> AssetRow | None: ...
     def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]: ...
     def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        ttl: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]: ...
     def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]: ...
     def record_uploads(self, records: Sequence[UploadRecord], owner: str) -> None: ...
     def release(self, keys: Iterable[Key], owner: str) -> None: ...
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None: ...
     def touch(self, key: Key, now: float) -> None: ...
     def add_counters(self, namespace: str, counts: dict[str, int]) -> None: ...
 
@@ -129,20 +142,37 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
+#: This process's own token: a lease naming this host and this pid but another
+#: token was taken by a predecessor that had the same pid (a restarted
+#: container's main process): it is dead. A forked child gets a token of its own.
+_PROCESS_TOKEN = os.urandom(4).hex()
+
+
+def _new_process_token() -> None:
+    global _PROCESS_TOKEN
+    _PROCESS_TOKEN = os.urandom(4).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_process_token)
+
+
 def owner_id() -> str:
-    """Identify this process for leases: ``host:pid:random``."""
-    return f"{_hostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+    """Identify a lease owner: ``host:pid:process token:cache token`` (several
+    caches in one process are distinct owners, all alive while the process is)."""
+    return f"{_hostname()}:{os.getpid()}:{_PROCESS_TOKEN}:{os.urandom(4).hex()}"
 
 
 def owner_alive(owner: str) -> bool:
-    """False only when the owner provably died: same host, no such process."""
+    """False only when the owner provably died: same host and no such process, or
+    this very pid with another process token (a predecessor that had our pid)."""
     host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
+    pid_text, _, tokens = rest.partition(":")
     if host != _hostname() or not pid_text.isdigit():
         return True
     pid = int(pid_text)
     if pid == os.getpid():
-        return True
+        return tokens.partition(":")[0] == _PROCESS_TOKEN
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -288,8 +318,28 @@ def _m4(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m5(conn: sqlite3.Connection) -> None:
+    # Evidence, not belief: ``assets.last_used_at`` is the last *evidence* that
+    # Runware used the upload (the upload, a task seen to succeed with it,
+    # use(), touch()); the last time the cache handed the UUID out goes to
+    # ``served``, for display. Until now serving slid ``last_used_at`` too, and
+    # the two cannot be told apart afterwards: the only evidence kept is the
+    # upload itself, and the old value becomes the last-served time. Entries
+    # uploaded more than 29 days ago are uploaded again on their next request.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS served (namespace TEXT NOT NULL, content_hash TEXT NOT NULL, "
+        "variant TEXT NOT NULL DEFAULT '', last_served_at REAL NOT NULL, "
+        "PRIMARY KEY (namespace, content_hash, variant)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO served SELECT namespace, content_hash, variant, last_used_at "
+        "FROM assets WHERE last_used_at > uploaded_at"
+    )
+    conn.execute("UPDATE assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at")
+
+
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
-MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4)
+MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4, _m5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -328,23 +378,56 @@ class SQLiteStore:
     >>> store = SQLiteStore("/tmp/cache.db")   # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        shared: bool | None = None,
+        folders: Sequence[str] = (),
+    ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._shared = sharing_declared(shared)
+        self._folders = tuple(folders)
         self._prepare_file()
         self._migrate()
 
     # -- connections -----------------------------------------------------
     def _prepare_file(self) -> None:
         folder = os.path.dirname(self.path)
+        if os.path.islink(self.path) and not os.path.exists(self.path):
+            raise ConfigurationError(
+                f"refusing the cache database {self.path}: it is a symbolic link to "
+                f"{os.readlink(self.path)}, which does not exist; assetcache does not create "
+                "files through a dangling link (create the target, or point --db elsewhere)"
+            )
         try:
+            for extra in self._folders:
+                if os.path.isdir(extra):
+                    check_private(extra, self._shared, is_dir=True, sticky_ok=True)
             _private_dirs(folder)
+            check_private(os.path.dirname(os.path.realpath(self.path)), self._shared, is_dir=True)
+            if os.path.realpath(folder) != os.path.dirname(os.path.realpath(self.path)):
+                check_private(folder, self._shared, is_dir=True)
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                if os.path.lexists(self.path + suffix):
+                    check_private(self.path + suffix, self._shared, is_dir=False)
             # Created 0600 before SQLite sees it; SQLite gives -wal/-shm the same mode.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            # O_EXCL when new: a link or file planted meanwhile is not opened.
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            if not os.path.lexists(self.path):
+                flags |= os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                fd = os.open(self.path, flags, 0o600)
+            except FileExistsError:
+                fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+                os.close(fd)
+                check_private(self.path, self._shared, is_dir=False)
+            else:
+                os.close(fd)
         except OSError as exc:
             raise StoreError(
                 f"cannot create the cache database {self.path}: {exc.strerror or exc}",
@@ -657,7 +740,13 @@ class SQLiteStore:
         return [AssetRow(*r) for r in rows]
 
     def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        ttl: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
         """Claim the right to upload each key, in one transaction.
 
@@ -673,7 +762,7 @@ class SQLiteStore:
                     "WHERE namespace = ? AND content_hash = ? AND variant = ?",
                     key,
                 ).fetchone()
-                if row is not None and row[7] > fresh_since:
+                if row is not None and fresh_since < row[7] <= fresh_until:
                     out[key] = AssetRow(*row)
                     continue
                 lease = conn.execute(
@@ -697,13 +786,18 @@ class SQLiteStore:
         return out
 
     def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
         """Read-only :meth:`claim`: per key the fresh row, ``"held"`` (another live
         owner's lease) or ``"free"`` (worth claiming)."""
         out: dict[Key, AssetRow | str] = dict.fromkeys(keys, "free")
         for key, asset in self.get_assets(keys).items():
-            if asset.last_used_at > fresh_since:
+            if fresh_since < asset.last_used_at <= fresh_until:
                 out[key] = asset
         hashes = sorted({k[1] for k in keys})
         for i in range(0, len(hashes), 500):
@@ -773,6 +867,18 @@ class SQLiteStore:
                 params,
             )
 
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
+        """Extend the leases ``owner`` still holds (the heartbeat of an upload in flight)."""
+        params = [(expires_at, *k, owner) for k in keys]
+        if not params:
+            return
+        with self.write("renew upload leases") as conn:
+            conn.executemany(
+                "UPDATE leases SET expires_at = ? WHERE namespace = ? AND content_hash = ? "
+                "AND variant = ? AND owner = ?",
+                params,
+            )
+
     def release(self, keys: Iterable[Key], owner: str) -> None:
         params = [(*k, owner) for k in keys]
         if not params:
@@ -783,6 +889,37 @@ class SQLiteStore:
                 "AND variant = ? AND owner = ?",
                 params,
             )
+
+    def mark_served(self, served: Iterable[tuple[Key, float]]) -> None:
+        """Remember when each entry was last handed out (display only, never evidence)."""
+        params = [(*key, when) for key, when in served]
+        if not params:
+            return
+        with self.write("record served times") as conn:
+            conn.executemany(
+                "INSERT INTO served VALUES (?, ?, ?, ?) ON CONFLICT "
+                "(namespace, content_hash, variant) DO UPDATE SET last_served_at = "
+                "max(last_served_at, excluded.last_served_at)",
+                params,
+            )
+
+    def served_times(self, keys: Iterable[Key]) -> dict[Key, float]:
+        """When each entry was last handed out (entries never served are absent)."""
+        keys = list(keys)
+        out: dict[Key, float] = {}
+        for i in range(0, len(keys), 300):
+            part = keys[i : i + 300]
+            marks = " OR ".join(
+                "(namespace = ? AND content_hash = ? AND variant = ?)" for _ in part
+            )
+            for ns, digest, variant, when in self.read(
+                "SELECT namespace, content_hash, variant, last_served_at FROM served "
+                f"WHERE {marks}",
+                [v for key in part for v in key],
+                "read served times",
+            ):
+                out[(ns, digest, variant)] = when
+        return out
 
     def touch(self, key: Key, now: float) -> None:
         """Slide the window: ``last_used_at = now`` unless it is already later."""
@@ -891,7 +1028,12 @@ class SQLiteStore:
                 "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ?",
                 params,
             )
-            return cur.rowcount
+            gone = cur.rowcount
+            conn.executemany(
+                "DELETE FROM served WHERE namespace = ? AND content_hash = ? AND variant = ?",
+                params,
+            )
+            return gone
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -926,6 +1068,53 @@ def _private_dirs(folder: str) -> None:
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another process, or a file (ENOTDIR next)
             os.mkdir(path, 0o700)
+
+
+SHARED_DB_ENV = "ASSETCACHE_SHARED_DB"
+
+
+def sharing_declared(shared: bool | None) -> bool:
+    """Whether the caller said a database others own or can write is shared on purpose
+    (``shared_db=True``, ``--shared-db`` or ``ASSETCACHE_SHARED_DB=1``)."""
+    if shared is not None:
+        return bool(shared)
+    value = os.environ.get(SHARED_DB_ENV, "").strip().lower()
+    return value in ("1", "true", "yes", "on")
+
+
+def check_private(path: str, shared: bool, *, is_dir: bool, sticky_ok: bool = False) -> None:
+    """Refuse a database file (or a folder on its way) that another user owns or that
+    group or others can write, unless ``shared``: whoever can write it chooses the
+    UUIDs this cache hands out (the rule of ssh's StrictModes and git's
+    safe.directory). Folders may be owned by root; files must be ours."""
+    if shared or not hasattr(os, "geteuid"):
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    what = "folder" if is_dir else "file"
+    hint = (
+        "; use a database of your own, or declare the sharing deliberate with "
+        f"--shared-db (or {SHARED_DB_ENV}=1, shared_db=True)"
+    )
+    owners = (me, 0) if is_dir else (me,)
+    if st.st_uid not in owners:
+        raise ConfigurationError(
+            f"refusing the cache database: its {what} {path} is owned by another user "
+            f"(uid {st.st_uid}, you are uid {me}){hint}"
+        )
+    if st.st_mode & 0o022 and not (sticky_ok and is_dir and st.st_mode & stat_mod.S_ISVTX):
+        who = (
+            "group and others"
+            if st.st_mode & 0o022 == 0o022
+            else ("group" if st.st_mode & 0o020 else "others")
+        )
+        raise ConfigurationError(
+            f"refusing the cache database: its {what} {path} is writable by {who} "
+            f"(mode {stat_mod.S_IMODE(st.st_mode):04o}; chmod go-w {path}){hint}"
+        )
 
 
 def _file_row(row: Sequence[Any]) -> FileRow:
@@ -976,7 +1165,10 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
 
 
 def open_stores(
-    db: str | os.PathLike[str] | None, local_db: str | os.PathLike[str] | None = None
+    db: str | os.PathLike[str] | None,
+    local_db: str | os.PathLike[str] | None = None,
+    *,
+    shared: bool | None = None,
 ) -> tuple[SQLiteStore, Any]:
     """``(file index, registry)`` for a database path or URL.
 
@@ -986,13 +1178,18 @@ def open_stores(
     ``$ASSETCACHE_LOCAL_DB``, else a file per server in the user cache folder)
     and the registry on the server.
     """
+    folders: list[str] = []
     if db is None:
         db = default_db_path()
     text = os.fspath(db)
+    if not os.environ.get("ASSETCACHE_DB") and isinstance(text, str) and "://" not in text:
+        default = default_db_path()
+        if os.path.abspath(text) == os.path.abspath(default):
+            folders = default_folders(default)  # the default location: its folders too
     if isinstance(text, str) and text.startswith(("postgresql://", "postgres://")):
         from ._postgres import FleetRegistry, PostgresRegistry, redact_url
 
-        shared = PostgresRegistry(text)
+        registry = PostgresRegistry(text)
         if local_db is None:
             local_db = os.environ.get("ASSETCACHE_LOCAL_DB") or None
         if local_db is None:
@@ -1000,8 +1197,9 @@ def open_stores(
 
             tag = hashlib.sha256(redact_url(text).encode()).hexdigest()[:12]
             local_db = default_db_path().with_name(f"fleet-{tag}.db")
-        local = SQLiteStore(local_db)
-        return local, FleetRegistry(local, shared)
+            folders = default_folders(local_db)
+        local = SQLiteStore(local_db, shared=shared, folders=folders)
+        return local, FleetRegistry(local, registry)
     if isinstance(text, str) and text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :] or "."
     elif isinstance(text, str) and "://" in text:
@@ -1009,8 +1207,19 @@ def open_stores(
             f"unsupported database URL {text.split('://')[0]}://...: use a path, "
             "sqlite:///path or postgresql://..."
         )
-    store = SQLiteStore(text)
+    store = SQLiteStore(text, shared=shared, folders=folders)
     return store, store
+
+
+def default_folders(db: str | os.PathLike[str]) -> list[str]:
+    """The folders of the default location to check, outermost first: from the
+    home folder (or the cache root outside it) down to the database's own."""
+    folder = Path(os.path.abspath(os.fspath(db))).parent
+    home = Path(os.path.expanduser("~")).absolute()
+    chain = [folder, *folder.parents]
+    # Outside the home folder: $XDG_CACHE_HOME/assetcache and its parents nearby.
+    chain = chain[: chain.index(home) + 1] if home in chain else chain[:3]
+    return [str(p) for p in reversed(chain)]
 
 
 def default_db_path() -> Path:
