@@ -27,6 +27,7 @@ A clock that is *behind* cannot be seen in stored stamps: an entry within
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -156,3 +157,26 @@ def stamp_time(local: float, offset: float | None, margin: float) -> float:
 def judge_time(local: float, offset: float | None) -> float:
     """The time to judge freshness by: the server's when this run knows it."""
     return local if offset is None else local + offset
+
+
+def lease_held(
+    lease: tuple[str, float] | None, owner: str, now: float, alive: Callable[[str], bool]
+) -> bool:
+    """The lease decision, for every store: another owner's lease blocks an upload
+    while it is unexpired and its owner is not provably dead (``alive(owner)``).
+
+    >>> lease_held(("host:1:ab", 100.0), "me", 50.0, lambda owner: True)
+    True
+    >>> lease_held(("host:1:ab", 100.0), "me", 150.0, lambda owner: True)
+    False
+    """
+    return lease is not None and lease[0] != owner and lease[1] > now and alive(lease[0])
+
+
+def keeps_existing(existing_last_used: float | None, incoming_last_used: float) -> bool:
+    """The merge rule: never replace a fresher (or equally fresh) row.
+
+    >>> keeps_existing(10.0, 5.0), keeps_existing(None, 5.0), keeps_existing(1.0, 5.0)
+    (True, False, False)
+    """
+    return existing_last_used is not None and existing_last_used >= incoming_last_used
