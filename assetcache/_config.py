@@ -222,10 +222,14 @@ def resolve(
     folders: tuple[str, ...] = ()
     if not env.get("ASSETCACHE_DB"):
         default = default_db_path(env)
-        if target is None or (
-            not (isinstance(target, str) and "://" in target)
-            and os.path.abspath(os.fspath(target)) == os.path.abspath(default)
-        ) or fleet_dir is not None:
+        if (
+            target is None
+            or (
+                not (isinstance(target, str) and "://" in target)
+                and os.path.abspath(os.fspath(target)) == os.path.abspath(default)
+            )
+            or fleet_dir is not None
+        ):
             folders = default_folders(default)
     return Config(
         api_key=key,

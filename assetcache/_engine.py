@@ -157,6 +157,7 @@ class Engine:
         self._server_seen: float | None = None  # time.monotonic() of the last Date read
         self._server_local = 0.0  # the local clock then
         self._skew_warned = False
+        self.heartbeat = Heartbeat(self)
         # The registry is the store itself, or (fleet) the shared registry.
         self.store: SQLiteStore
         self.registry: Registry
@@ -184,7 +185,6 @@ class Engine:
             self.namespace, self.transform, self.max_bytes, self.racy_ns, self._get_file
         )
         self.owner = owner_id()
-        self.heartbeat = Heartbeat(self)
         self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
         self._flight_lock = threading.Lock()
 
