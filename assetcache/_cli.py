@@ -421,6 +421,22 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
     metavar="N",
     help="Retries of a request that failed transiently, with backoff (default 7).",
 )
+@click.option(
+    "--shared-db",
+    is_flag=True,
+    envvar="ASSETCACHE_SHARED_DB",
+    help="Use a database (or folder) that other users own or can write: the sharing "
+    "is deliberate. Without it such a database is refused, since whoever can write "
+    "it chooses the UUIDs you get (env ASSETCACHE_SHARED_DB=1).",
+)
+@click.option(
+    "--lease-ttl",
+    type=DURATION,
+    metavar="DURATION",
+    envvar="ASSETCACHE_LEASE_TTL",
+    help="How long an upload lease holds without renewal (default 5m; the owner "
+    "renews it while its upload is in flight; env ASSETCACHE_LEASE_TTL).",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="assetcache")
 @click.pass_context
@@ -436,6 +452,8 @@ def cli(
     copies_max: int | None,
     timeout: float | None,
     retries: int | None,
+    shared_db: bool,
+    lease_ttl: float | None,
     verbose: int,
 ) -> None:
     """Never upload the same image to Runware twice.
@@ -466,6 +484,10 @@ def cli(
         if retries is not None:
             retry = dataclasses.replace(retry, attempts=retries + 1)
         settings.options["retry"] = retry
+    if shared_db:
+        settings.options["shared_db"] = True
+    if lease_ttl is not None:
+        settings.options["lease_ttl"] = lease_ttl
     ctx.obj = settings
     ctx.call_on_close(settings.close)
     if verbose:
@@ -685,6 +707,7 @@ LS_FIELDS = (
     "format",
     "uploaded_at",
     "last_used_at",
+    "last_served_at",
     "expires_at",
     "serve_until",
     "state",
@@ -724,9 +747,13 @@ def ls_command(
     as_json: bool,
     as_csv: bool,
 ) -> None:
-    """List cache entries: hash, imageUUID, size, format, last use, expiry, known paths.
+    """List cache entries: hash, imageUUID, size, format, last use, last served,
+    expiry, known paths.
 
-    Soonest to expire first. With both --expiring-within and --expired: either.
+    LAST USED is the last evidence that Runware used the upload (the upload, a task
+    seen to succeed, use(), touch()): only it slides the 30-day window. SERVED is
+    when the cache last handed the UUID out, which is not a use. Soonest to expire
+    first. With both --expiring-within and --expired: either.
     """
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
@@ -760,6 +787,7 @@ def ls_command(
                 human_bytes(e.size),
                 e.format,
                 relative(e.last_used_at - now),
+                "-" if e.last_served_at is None else relative(e.last_served_at - now),
                 relative(e.expires_at - now),
                 e.state,
                 where,
@@ -767,7 +795,8 @@ def ls_command(
         )
     if rows:
         print_table(
-            ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "EXPIRES", "STATE", "PATHS"], rows
+            ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "SERVED", "EXPIRES", "STATE", "PATHS"],
+            rows,
         )
     note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))}")
 
@@ -794,6 +823,8 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
         ("uploads", str(s.uploads)),
         ("re-uploads", str(s.reuploads)),
         ("failures", str(s.failures)),
+        ("last use", "-" if s.last_used_at is None else f"{iso_short(s.last_used_at)} (evidence)"),
+        ("last served", "-" if s.last_served_at is None else iso_short(s.last_served_at)),
         ("retries", str(s.retries)),
         ("bytes sent", human_bytes(s.bytes_sent)),
         ("bytes saved", f"{human_bytes(s.bytes_saved)} (not sent again thanks to the cache)"),
@@ -1123,6 +1154,7 @@ def print_doctor(report: Any) -> None:
         ("entries", "-" if report.entries is None else str(report.entries)),
         ("files", "-" if report.files is None else str(report.files)),
         ("account", report.account or "none (no API key configured)"),
+        ("clock", report.clock),
         ("api url", s.get("api_url", "-")),
         ("namespace", s.get("namespace", "-")),
     ]

@@ -40,6 +40,7 @@ from ._resolve import plan_resolve_many
 from ._sources import SourceLike
 from ._storage._sqlite import SQLiteStore
 from ._taskpath import PreparedTask
+from ._tasks import plan_server_time
 from ._transport import client_kwargs
 
 T = TypeVar("T")
@@ -104,8 +105,9 @@ class BaseCache:
         return self._engine.account
 
     def now(self) -> float:
-        """The cache's clock, in epoch seconds (what expiry is measured against)."""
-        return self._engine.clock()
+        """The cache's clock, in epoch seconds (what expiry is measured against): the
+        server's time when this run has learnt it and this machine's is off."""
+        return self._engine.judge_now()
 
     def settings(self) -> dict[str, Any]:
         """The settings in force (never the API key)."""
@@ -144,6 +146,9 @@ class AssetCache(BaseCache):
         return httpx.Client(**self._client_kwargs())
 
     def _run(self, plan: Plan) -> Any:
+        return run_sync(plan, self._driver)
+
+    def _run_blocking(self, plan: Plan) -> Any:
         return run_sync(plan, self._driver)
 
     # -- resolving ---------------------------------------------------------------------
@@ -274,7 +279,10 @@ class AssetCache(BaseCache):
         >>> cache.touch("5d1f9c62-0b7e-4c55-9d1e-3f0a7c1b2e44").state   # doctest: +SKIP
         'fresh'
         """
-        return _lifecycle.touch(self._engine, target, at)
+        engine = self._engine
+        return _lifecycle.touch(
+            engine, target, at, lambda: self._run_blocking(plan_server_time(engine))
+        )
 
     def invalidate(self, target: SourceLike) -> Entry | None:
         """Drop what the cache believes about an upload: the next use uploads again
@@ -412,7 +420,12 @@ class AssetCache(BaseCache):
         over; ``report.lost`` says what could not be). Other users of the file should
         be closed first.
         """
-        return _maintenance.doctor(self._engine, fix)
+        engine = self._engine
+        report = _maintenance.doctor(engine, fix)
+        _maintenance.check_clock(
+            engine, report, lambda: self._run_blocking(plan_server_time(engine))
+        )
+        return report
 
     # -- closing -------------------------------------------------------------------------
     def close(self) -> None:
@@ -562,7 +575,10 @@ class AsyncAssetCache(BaseCache):
 
     def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
         """The twin of :meth:`AssetCache.touch` (blocking)."""
-        return _lifecycle.touch(self._engine, target, at)
+        engine = self._engine
+        return _lifecycle.touch(
+            engine, target, at, lambda: self._run_blocking(plan_server_time(engine))
+        )
 
     def invalidate(self, target: SourceLike) -> Entry | None:
         """The twin of :meth:`AssetCache.invalidate` (blocking)."""
@@ -645,7 +661,12 @@ class AsyncAssetCache(BaseCache):
 
     def doctor(self, fix: bool = False) -> DoctorReport:
         """The twin of :meth:`AssetCache.doctor` (blocking)."""
-        return _maintenance.doctor(self._engine, fix)
+        engine = self._engine
+        report = _maintenance.doctor(engine, fix)
+        _maintenance.check_clock(
+            engine, report, lambda: self._run_blocking(plan_server_time(engine))
+        )
+        return report
 
     # -- closing -------------------------------------------------------------------------
     async def aclose(self) -> None:

@@ -61,7 +61,18 @@ SETTINGS: dict[str, Setting] = {
     "batch_bytes": Setting(16 << 20, None, "body bytes per request"),
     "max_bytes": Setting(1 << 30, None, "largest input accepted"),
     "racy_window": Setting(_hashing.RACY_WINDOW_NS / 1e9, None, "git's racily-clean window"),
-    "lease_ttl": Setting(300.0, None, "an upload lease ends after this long"),
+    "lease_ttl": Setting(
+        300.0,
+        "ASSETCACHE_LEASE_TTL",
+        "an upload lease ends this long after its last renewal (renewed every third of it "
+        "while the upload is in flight)",
+    ),
+    "served_is_used": Setting(
+        False, None, "count serving a UUID as a use on Runware (only if every one goes to a task)"
+    ),
+    "shared_db": Setting(
+        False, "ASSETCACHE_SHARED_DB", "accept a database other users own or can write"
+    ),
     "task_type": Setting("imageUpload", "ASSETCACHE_UPLOAD_TASK", "imageUpload or mediaStorage"),
     "resize": Setting("auto", "ASSETCACHE_RESIZE", "resize before upload: auto, true, false"),
     "max_side": Setting(DEFAULT_MAX_SIDE, None, "longer pixel side when resizing"),
@@ -124,6 +135,12 @@ class Config:
     proxy_auth: str | None = field(default=None, repr=False)
     #: What messages from the server must never echo: the key, the URL's password.
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: Serving slides the window (the caller passes every served UUID into a task).
+    served_is_used: bool = False
+    #: A database others own or can write is used on purpose.
+    shared_db: bool = False
+    #: The default location's folders, checked like the database's own (outermost first).
+    default_folders: tuple[str, ...] = ()
 
     @property
     def account(self) -> str | None:
@@ -148,6 +165,10 @@ class Config:
             "task_type": self.task_type,
             "racy_window_seconds": self.racy_ns / 1e9,
             "lease_ttl_seconds": self.lease_ttl,
+            "served_is_used": self.served_is_used,
+            "shared_db": self.shared_db,
+            "future_tolerance_seconds": p.future_tolerance,
+            "clock_skew_seconds": p.clock_skew,
         }
 
 
@@ -176,6 +197,8 @@ def resolve(
     keep_copies: bool | None = None,
     copies_dir: str | os.PathLike[str] | None = None,
     copies_max_bytes: int | None = None,
+    served_is_used: bool | None = None,
+    shared_db: bool | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """One :class:`Config` from what was given, else the environment, else the default.
@@ -221,6 +244,21 @@ def resolve(
     if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
         fleet_dir = str(default_db_path(env).parent) if local is None else None
     copies = pick("copies_dir", copies_dir)
+    ttl = _duration("lease_ttl", pick("lease_ttl", lease_ttl))
+    if not ttl > 0:
+        raise ConfigurationError(f"lease_ttl must be a positive number of seconds, not {ttl!r}")
+    folders: tuple[str, ...] = ()
+    if not env.get("ASSETCACHE_DB"):
+        default = default_db_path(env)
+        if (
+            target is None
+            or (
+                not (isinstance(target, str) and "://" in target)
+                and os.path.abspath(os.fspath(target)) == os.path.abspath(default)
+            )
+            or fleet_dir is not None
+        ):
+            folders = default_folders(default)
     return Config(
         api_key=key,
         base_url=url,
@@ -235,7 +273,7 @@ def resolve(
         batch_bytes=pick("batch_bytes", batch_bytes),
         max_bytes=SETTINGS["max_bytes"].default if max_bytes is ... else max_bytes,  # type: ignore[arg-type]
         racy_ns=int(pick("racy_window", racy_window) * 1e9),
-        lease_ttl=float(pick("lease_ttl", lease_ttl)),
+        lease_ttl=ttl,
         task_type=kind,
         retention_basis=basis,
         resize=pick("resize", resize),
@@ -245,7 +283,39 @@ def resolve(
         copies_max_bytes=_size(pick("copies_max_bytes", copies_max_bytes)),
         proxy_auth=proxy_auth,
         secrets=tuple(x for x in (key, *url_secrets(raw_url)) if x and len(x) >= 4),
+        served_is_used=bool(pick("served_is_used", served_is_used)),
+        shared_db=_flag(pick("shared_db", shared_db)),
+        default_folders=folders,
     )
+
+
+def _duration(name: str, value: float | str | timedelta) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    from ._durations import parse_duration
+
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return parse_duration(str(value))
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} must be a duration (e.g. 300 or 5m), not {value!r}"
+        ) from None
+
+
+def default_folders(db: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The default location's folders to check, outermost first: from the home
+    folder (or, outside it, the cache root's nearest parents) down to the database's."""
+    folder = Path(os.path.abspath(os.fspath(db))).parent
+    home = Path(os.path.expanduser("~")).absolute()
+    chain = [folder, *folder.parents]
+    chain = chain[: chain.index(home) + 1] if home in chain else chain[:3]
+    return tuple(str(p) for p in reversed(chain))
 
 
 def _flag(value: bool | str) -> bool:

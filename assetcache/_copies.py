@@ -35,7 +35,7 @@ from ._protocol import Payload
 
 log = logging.getLogger("assetcache")
 
-_NAME = re.compile(r"^[0-9a-f]{32}$")
+_NAME = re.compile(r"^[0-9a-f]{32}\Z")
 #: Copies at most this large are verified in memory; larger ones spool to disk.
 _SPOOL_LIMIT = 8 << 20
 

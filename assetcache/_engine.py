@@ -7,8 +7,16 @@ release. No HTTP here.
 
 The warm-hit path (:meth:`Engine.hit_row`) is one ``os.stat`` plus one
 indexed SELECT joining the file's stat row to its asset row; it opens no file
-and starts no write transaction (except, at most once per ``touch_every`` per
-asset, to slide the stored window).
+and starts no write transaction (serving is remembered in memory and saved
+with the counters; only with ``served_is_used``, at most once per
+``touch_every`` per asset, does a hit slide the stored window).
+
+Time: ``judge_now()`` is the server's time when this run has learnt it from an
+answer's ``Date`` header (and the local clock has not jumped since), else the
+local clock; ``stamp_now()`` is the server's time when the local clock is off
+by more than the margin. :meth:`Engine.record_evidence` is the one way to say
+"Runware used these entries": upload answers, ``use()``, ``touch()`` and the
+task path all go through it or through :meth:`Engine.record`.
 """
 
 from __future__ import annotations
@@ -27,10 +35,10 @@ from typing import Any
 from . import _policy, _transform
 from ._config import Config, RetryPolicy
 from ._copies import Copies
-from ._errors import AssetCacheError, ConfigurationError, StoreError
+from ._errors import AssetCacheError, ConfigurationError, ProtocolError, StoreError
 from ._ingest import Ingest, Prepared
 from ._models import Entry, Resolution
-from ._protocol import TaskResult
+from ._protocol import TaskResult, canonical_uuid, server_date
 from ._sources import Source
 from ._storage import open_stores
 from ._storage._base import AssetRow, FileRow, Key, Registry, UploadRecord, owner_id
@@ -39,6 +47,12 @@ from ._storage._sqlite import SQLiteStore
 from ._version import __version__
 
 log = logging.getLogger("assetcache")
+
+#: A server time learnt from an answer's Date header is trusted this long (seconds).
+SERVER_TIME_MAX_AGE = 300.0
+#: A local clock that moved this much more (or less) than monotonic time since the
+#: server's time was learnt has jumped: the learnt offset no longer applies.
+CLOCK_JUMP = 60.0
 
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
@@ -93,6 +107,62 @@ class Breaker:
             self.last = None
 
 
+def _duration_text(seconds: float) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d{hours}h" if days else f"{hours}h{rest // 60}m"
+
+
+class Heartbeat:
+    """Renews the upload leases an engine holds, every third of the lease TTL, for
+    as long as their uploads are in flight: an upload slower than the TTL (a big
+    image on a slow link, long 429 waits) is not taken over and done twice by
+    another process. A thread of its own, running only while a lease is held."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._held: set[Key] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, keys: Iterable[Key]) -> None:
+        with self._lock:
+            self._held.update(keys)
+            if self._held and self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="assetcache-lease-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def drop(self, keys: Iterable[Key]) -> None:
+        with self._lock:
+            self._held.difference_update(keys)
+
+    def _run(self) -> None:
+        engine = self._engine
+        interval = max(0.01, engine.lease_ttl / 3)
+        while not self._stop.wait(interval):
+            with self._lock:
+                keys = sorted(self._held)
+                if not keys:
+                    self._thread = None
+                    return
+            try:
+                engine.registry.renew(keys, engine.owner, engine.judge_now() + engine.lease_ttl)
+            except Exception:  # a blip: the next beat tries again, well within the TTL
+                log.warning("could not renew upload leases", exc_info=True)
+        with self._lock:
+            self._thread = None
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(5.0)
+
+
 class Engine:
     """Everything both twins share. Blocking methods only; no HTTP here."""
 
@@ -123,10 +193,21 @@ class Engine:
         self.max_bytes = config.max_bytes
         self.racy_ns = config.racy_ns
         self.lease_ttl = config.lease_ttl
+        #: Serving counts as a use (the caller passes every served UUID into a task).
+        self.served_is_used = config.served_is_used
         self.task_type = config.task_type
         self.hash_workers = min(4, os.cpu_count() or 1)
         self._counts: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
+        # When each entry was last handed out; kept in memory (a hit writes
+        # nothing) and saved with the counters.
+        self._served: dict[Key, float] = {}
+        # The server's time, from the Date header of its answers: server - local.
+        self._server_offset: float | None = None
+        self._server_seen: float | None = None  # time.monotonic() of the last Date read
+        self._server_local = 0.0  # the local clock then
+        self._skew_warned = False
+        self.heartbeat = Heartbeat(self)
         # The registry is the store itself, or (fleet) the shared registry.
         self.store: SQLiteStore
         self.registry: Registry
@@ -136,8 +217,10 @@ class Engine:
             self.store, self.registry = open_stores(
                 config.db,
                 config.local_db,
-                fresh_since=lambda: self.fresh_since(self.clock()),
+                fresh_since=lambda: self.fresh_since(self.judge_now()),
                 default_dir=config.fleet_dir,
+                shared=config.shared_db,
+                folders=config.default_folders,
             )
         try:
             self.copies = Copies(
@@ -184,12 +267,158 @@ class Engine:
     def flush_counters(self) -> None:
         with self._count_lock:
             counts, self._counts = dict(self._counts), collections.Counter()
+            served, self._served = self._served, {}
         if counts:
             try:
                 self.registry.add_counters(self.namespace, counts)
             except StoreError as exc:
                 # One line (no traceback): the counters are statistics, not state.
                 log.warning("could not save usage counters: %s", exc)
+        if served:
+            try:
+                self.store.mark_served(served.items())
+            except StoreError as exc:
+                log.warning("could not save when entries were last served: %s", exc)
+
+    # -- serving (not evidence) ------------------------------------------------
+    def note_served(self, key: Key, when: float) -> None:
+        """Remember that ``key``'s UUID was handed out (not evidence of a use)."""
+        with self._count_lock:
+            if self._served.get(key, 0.0) < when:
+                self._served[key] = when
+
+    def served_times(self, keys: Iterable[Key]) -> dict[Key, float]:
+        """When each entry was last handed out: stored, or by this process since."""
+        keys = list(keys)
+        out = self.store.served_times(keys)
+        with self._count_lock:
+            for key in keys:
+                when = self._served.get(key)
+                if when is not None and when > out.get(key, 0.0):
+                    out[key] = when
+        return out
+
+    def last_served(self, namespace: str | None) -> float | None:
+        """The last time any entry (of ``namespace``; all: ``None``) was handed out."""
+        stored = self.store.last_served(namespace)
+        with self._count_lock:
+            pending = [t for k, t in self._served.items() if namespace in (None, k[0])]
+        return max([t for t in (stored, *pending) if t is not None], default=None)
+
+    # -- time ------------------------------------------------------------
+    def learn_server_time(self, headers: dict[str, str], local: float | None = None) -> None:
+        """Note the server's time from an answer's ``Date`` header."""
+        server = server_date(headers)
+        if server is None:
+            return
+        local = self.clock() if local is None else local
+        # Date has whole seconds: the server's clock is on average half a second on.
+        offset = server + 0.5 - local
+        self._server_offset = offset
+        self._server_seen = time.monotonic()
+        self._server_local = local
+        if abs(offset) > self.policy.margin and not self._skew_warned:
+            self._skew_warned = True
+            log.warning(
+                "this machine's clock is %s %s Runware's; assetcache uses the server's "
+                "time for its stamps (fix the clock: NTP)",
+                _duration_text(abs(offset)),
+                "behind" if offset > 0 else "ahead of",
+            )
+
+    def _offset(self, local: float) -> float | None:
+        """The server's offset, while the local clock has not jumped since it was
+        learnt (a clock stepped by NTP, a VM restored): then it is forgotten."""
+        seen = self._server_seen
+        if seen is None:
+            return None
+        moved = (local - self._server_local) - (time.monotonic() - seen)
+        if abs(moved) > CLOCK_JUMP:
+            self._server_offset = self._server_seen = None
+            return None
+        return self._server_offset
+
+    def clock_offset(self) -> float | None:
+        """Server time minus local time, when this run knows it."""
+        return self._offset(self.clock())
+
+    def server_time_recent(self) -> bool:
+        seen = self._server_seen
+        return (
+            seen is not None
+            and time.monotonic() - seen < SERVER_TIME_MAX_AGE
+            and self._offset(self.clock()) is not None
+        )
+
+    def judge_now(self) -> float:
+        """The time freshness is judged by: the server's when this run knows it."""
+        local = self.clock()
+        return _policy.judge_time(local, self._offset(local))
+
+    def stamp_now(self) -> float:
+        """The time evidence is stamped with: the server's when the local clock is
+        off by more than the margin, else the local one."""
+        local = self.clock()
+        return _policy.stamp_time(local, self._offset(local), self.policy.margin)
+
+    def in_doubt(self, last_used_at: float, now: float) -> bool:
+        """Near the serve limit (or stamped in the future) with no recent server
+        time: this run asks the server's time before it decides."""
+        return not self.server_time_recent() and _policy.in_doubt(self.policy, last_used_at, now)
+
+    # -- evidence ----------------------------------------------------------
+    def record_evidence(
+        self, targets: Iterable[Key | str], at: float | None = None
+    ) -> list[AssetRow]:
+        """Record evidence that Runware used these entries (keys, or imageUUIDs of this
+        account) at ``at`` (default now; never later than now): a task seen to
+        succeed with them. Slides their windows; an entry whose upload Runware had
+        already deleted by then is not revived. Returns the rows found.
+
+        Stamps are in the server's time when the local clock is off: a caller that
+        has the task's answer calls :meth:`learn_server_time` with its headers first.
+        """
+        now = self.stamp_now()
+        when = now if at is None else min(float(at), now)
+        rows: dict[Key, AssetRow] = {}
+        for target in targets:
+            if isinstance(target, str):
+                for row in self.registry.find_uuid(canonical_uuid(target)):
+                    if row.namespace == self.namespace:
+                        rows.setdefault(row.key, row)
+            else:
+                found = self.registry.get_asset(target)
+                if found is not None:
+                    rows.setdefault(found.key, found)
+        for row in rows.values():
+            if row.last_used_at < when < _policy.expires_at(
+                self.policy, row.last_used_at
+            ) and not _policy.is_suspect(self.policy, row.last_used_at, now):
+                self.registry.touch(row.key, when)
+        return list(rows.values())
+
+    def vet(self, done: Sequence[tuple[Key, TaskResult]]) -> dict[Key, ProtocolError]:
+        """Results whose UUID this account's registry already holds for other bytes:
+        a protocol error, and the older entry is no longer served that UUID either."""
+        bad: dict[Key, ProtocolError] = {}
+        for key, res in done:
+            others = [
+                r
+                for r in self.registry.find_uuid(res.image_uuid)
+                if r.namespace == key[0] and r.content_hash != key[1]
+            ]
+            if not others:
+                continue
+            bad[key] = ProtocolError(
+                f"Runware answered {res.image_uuid}, the UUID of other cached bytes "
+                f"({others[0].content_hash}); it is used for neither",
+                task_uuid=res.task_uuid,
+                code="duplicateResult",
+            )
+            stamp = self.judge_now() - self.policy.retention - self.policy.clock_skew
+            for r in others:
+                self.registry.expire_asset(r.key, stamp, r.image_uuid)
+        return bad
 
     def headers(self) -> dict[str, str]:
         if not self._api_key:
@@ -220,7 +449,9 @@ class Engine:
             sent,
         )
 
-    def entry(self, a: AssetRow, paths: Sequence[str], now: float) -> Entry:
+    def entry(
+        self, a: AssetRow, paths: Sequence[str], now: float, served: float | None = None
+    ) -> Entry:
         """The :class:`Entry` of a registry row, judged at ``now``."""
         policy = self.policy
         return Entry(
@@ -238,6 +469,7 @@ class Engine:
             tuple(paths),
             a.upload_count,
             a.bytes_sent,
+            served,
         )
 
     # -- the warm-hit path -------------------------------------------------
@@ -302,18 +534,29 @@ class Engine:
             or max(row[3], row[4]) + self.racy_ns > row[5]
         ):
             return None
-        now = self.clock()
+        local = self.clock()
+        offset = self._offset(local) if self._server_seen is not None else None
+        now = local if offset is None else local + offset
         last_used = row[9]
         policy = self.policy
-        if now >= last_used + policy.retention - policy.margin:
-            return None
-        if touch and now - last_used >= policy.touch_every:
-            self.registry.touch((self.namespace, row[6], row[11]), now)
+        limit = last_used + policy.retention - policy.margin
+        future = last_used > now + policy.future_tolerance  # suspect, or a clock behind
+        if (now >= limit - policy.clock_skew or future) and (
+            now >= limit or future or not self.server_time_recent()
+        ):
+            return None  # the slow path decides (and asks the server's time if in doubt)
+        key = (self.namespace, row[6], row[11])
+        if touch and self.served_is_used and now - last_used >= policy.touch_every:
+            if not self.server_time_recent():
+                return None  # the slow path learns the server's time to stamp the use
+            self.registry.touch(key, self.stamp_now())
             last_used = now
-        if count:
-            with self._count_lock:
+        with self._count_lock:
+            if count:
                 self._counts["hits"] += 1
                 self._counts["bytes_saved"] += row[10]
+            if self._served.get(key, 0.0) < now:
+                self._served[key] = now
         return row, last_used
 
     def hit_rows(
@@ -350,54 +593,54 @@ class Engine:
         return out
 
     # -- lookups and records (blocking SQLite) --------------------------------
-    def record_evidence(
-        self, targets: Iterable[Key | str], at: float | None = None
-    ) -> list[AssetRow]:
-        """Record evidence that Runware used these entries (keys, or imageUUIDs) at
-        ``at`` (default now; never later than now): a task seen to succeed with
-        them. Slides their windows; returns the rows found. (Callers throttle
-        by ``touch_every``: the task path calls this only when a slide is due.)"""
-        now = self.clock()
-        when = now if at is None else min(float(at), now)
-        rows: dict[Key, AssetRow] = {}
-        for target in targets:
-            if isinstance(target, str):
-                for row in self.registry.find_uuid(target.lower()):
-                    rows.setdefault(row.key, row)
-            else:
-                found = self.registry.get_asset(target)
-                if found is not None:
-                    rows.setdefault(found.key, found)
-        for row in rows.values():
-            if row.last_used_at < when:
-                self.registry.touch(row.key, when)
-        return list(rows.values())
-
     def fresh_since(self, now: float) -> float:
         """Rows used after this instant are still served."""
         return now - (self.policy.retention - self.policy.margin)
 
     def settle(
-        self, items: Sequence[Prepared], force: Collection[Key] = (), touch: bool = True
-    ) -> list[AssetRow | None]:
-        """The fresh row for each prepared item (touched if due), else ``None``.
+        self,
+        items: Sequence[Prepared],
+        force: Collection[Key] = (),
+        touch: bool = True,
+        checked: bool = False,
+    ) -> list[AssetRow | None] | None:
+        """The fresh row for each prepared item, else ``None``; ``None`` for the
+        whole list when a row is in doubt (near its serve limit, or stamped in the
+        future) and this run must learn the server's time first (unless
+        ``checked``: then a row still in doubt is a miss, uploaded rather than
+        guessed). ``touch=False``: a use is never recorded here (the task path
+        records evidence once its task succeeded).
 
         Keys in ``force`` count as misses even when fresh (refresh renews them).
-        Also records the stat rows of items that hit, in one transaction.
+        Serving is remembered apart; it slides the window only with
+        ``served_is_used``. Also records the stat rows of items that hit.
         """
-        now = self.clock()
-        since = self.fresh_since(now)
+        now = self.judge_now()
         rows: list[AssetRow | None] = []
         touches: list[Key] = []
         files: list[FileRow] = []
         found = self.registry.get_assets(item.key for item in items)
+        policy = self.policy
         for item in items:
             row = found.get(item.key)
-            if row is not None and row.last_used_at > since and item.key not in force:
-                if touch and _policy.needs_touch(self.policy, row.last_used_at, now):
+            fresh = False
+            if row is not None and item.key not in force:
+                doubt = self.in_doubt(row.last_used_at, now)
+                if doubt and not checked:
+                    return None
+                fresh = _policy.is_fresh(policy, row.last_used_at, now) and not doubt
+            if fresh and row is not None:
+                if (
+                    touch
+                    and self.served_is_used
+                    and _policy.needs_touch(policy, row.last_used_at, now)
+                ):
+                    if not checked and not self.server_time_recent():
+                        return None  # a use to stamp: in the server's time
                     touches.append(row.key)
                 if item.file_row is not None:
                     files.append(item.file_row)
+                self.note_served(row.key, now)
                 rows.append(row)
             else:
                 rows.append(None)
@@ -405,8 +648,10 @@ class Engine:
         # (or a lost shared store) costs the window slide and the stat shortcut
         # of these files, never the answers.
         try:
-            for key in dict.fromkeys(touches):
-                self.registry.touch(key, now)
+            if touches:
+                stamp = self.stamp_now()
+                for key in dict.fromkeys(touches):
+                    self.registry.touch(key, stamp)
         except StoreError as exc:
             log.warning("could not record uses of cached entries: %s", exc)
         try:
@@ -432,6 +677,7 @@ class Engine:
         return lead, follow
 
     def land(self, key: Key, result: AssetRow | BaseException) -> None:
+        self.heartbeat.drop([key])
         with self._flight_lock:
             fut = self._flights.pop(key, None)
         if fut is None:
@@ -445,7 +691,7 @@ class Engine:
         self, keys: Sequence[Key], force: Collection[Key] = (), started: float = 0.0
     ) -> dict[Key, AssetRow | str]:
         """Leases for ``keys``; a forced key counts as done only if renewed after ``started``."""
-        now = self.clock()
+        now = self.judge_now()
         since = self.fresh_since(now)
         out: dict[Key, AssetRow | str] = {}
         # Another refresher (or a use) renewed a forced key since we started: theirs is as good.
@@ -457,17 +703,21 @@ class Engine:
                 continue
             # Look first, without locks: while another process uploads, waiters poll,
             # and taking every key's lock on each poll would slow that very upload.
-            seen = self.registry.peek(group, self.owner, now, threshold)
+            # A row stamped in the future is suspect: not fresh, whatever its stamp says.
+            until = now + self.policy.future_tolerance
+            seen = self.registry.peek(group, self.owner, now, threshold, until)
             out.update((k, v) for k, v in seen.items() if v != "free")
             free = [k for k in group if seen[k] == "free"]
             if free:
-                out.update(self.registry.claim(free, self.owner, now, self.lease_ttl, threshold))
+                got = self.registry.claim(free, self.owner, now, self.lease_ttl, threshold, until)
+                self.heartbeat.hold(k for k, v in got.items() if v == "claimed")
+                out.update(got)
         return out
 
     def record(
         self, done: Sequence[tuple[Prepared, TaskResult, int]], files: Sequence[FileRow]
     ) -> list[AssetRow]:
-        now = self.clock()
+        now = self.stamp_now()  # the upload is evidence, stamped in the server's time
         records = [
             UploadRecord(p.key[0], p.key[1], p.key[2], r.image_uuid, p.size, p.format, now, sent)
             for p, r, sent in done
@@ -533,6 +783,8 @@ class Engine:
         return None, None, f"content gone: {why}"
 
     def release(self, keys: Iterable[Key]) -> None:
+        keys = list(keys)
+        self.heartbeat.drop(keys)
         self.registry.release(keys, self.owner)
 
     def rebuild_store(self) -> Any:
@@ -541,7 +793,7 @@ class Engine:
         old = self.store
         old.close()
         report = rebuild_database(old.path)
-        self.store = SQLiteStore(old.path)
+        self.store = SQLiteStore(old.path, shared=self.config.shared_db)
         if self.registry is old:
             self.registry = self.store
         else:
@@ -552,6 +804,7 @@ class Engine:
         return report
 
     def close(self) -> None:
+        self.heartbeat.close()
         self.flush_counters()
         if self.registry is not self.store:
             self.registry.close()

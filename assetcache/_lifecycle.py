@@ -48,6 +48,7 @@ from ._protocol import UnknownPredicate, is_uuid, rejects_uuid
 from ._resolve import plan_resolve_many
 from ._sources import Source, SourceLike
 from ._storage._base import AssetRow, Key
+from ._tasks import plan_server_time
 
 log = logging.getLogger("assetcache")
 
@@ -55,17 +56,25 @@ log = logging.getLogger("assetcache")
 # -- touch / invalidate -------------------------------------------------------------------
 
 
-def touch(engine: Engine, target: SourceLike, at: float | None = None) -> Entry | None:
+def touch(
+    engine: Engine,
+    target: SourceLike,
+    at: float | None = None,
+    learn_time: Callable[[], object] | None = None,
+) -> Entry | None:
     """Record a use made outside the cache, sliding the entry's window (see
-    ``AssetCache.touch``); an entry Runware had already deleted is not revived."""
-    now = engine.clock()
-    when = now if at is None else min(float(at), now)
+    ``AssetCache.touch``); an entry Runware had already deleted is not revived.
+
+    Evidence is stamped in the server's time: ``learn_time()`` (one ``ping``)
+    runs first when this run has no recent server time and a key is configured."""
     rows = rows_for(engine, target)
-    for row in rows:
-        # Runware extends only what it still holds: a use after expires_at failed.
-        if when < _policy.expires_at(engine.policy, row.last_used_at):
-            engine.registry.touch(row.key, when)
-    return entry_of(engine, rows, now)
+    if rows and learn_time is not None and engine.account and not engine.server_time_recent():
+        try:
+            learn_time()
+        except AssetCacheError as exc:
+            log.info("could not learn the server's time: %s", exc)
+    engine.record_evidence([row.key for row in rows], at)
+    return entry_of(engine, rows, engine.judge_now())
 
 
 def invalidate(engine: Engine, target: SourceLike) -> Entry | None:
@@ -79,7 +88,7 @@ def invalidate(engine: Engine, target: SourceLike) -> Entry | None:
         rows = rows_for(engine, target)
         for row in rows:
             expire(engine, row.key, None)
-    return entry_of(engine, rows, engine.clock())
+    return entry_of(engine, rows, engine.judge_now())
 
 
 def entry_of(engine: Engine, rows: list[AssetRow], now: float) -> Entry | None:
@@ -87,14 +96,14 @@ def entry_of(engine: Engine, rows: list[AssetRow], now: float) -> Entry | None:
         return None
     row = engine.registry.get_asset(rows[0].key) or rows[0]
     paths = engine.store.paths_of({row.content_hash}).get(row.content_hash, ())
-    return engine.entry(row, paths, now)
+    return engine.entry(row, paths, now, engine.served_times([row.key]).get(row.key))
 
 
 def rows_for(engine: Engine, target: SourceLike) -> list[AssetRow]:
     """The registry rows an imageUUID or a source stands for (no upload, no write)."""
     if uuid_target(target):
         assert isinstance(target, str)
-        return engine.registry.find_uuid(target.lower())
+        return uuid_rows(engine, target)
     prepared = engine.prepare(target)
     if isinstance(prepared, SourceNotFound):
         return gone_path_rows(engine, target, prepared)
@@ -124,7 +133,9 @@ def gone_path_rows(engine: Engine, target: Any, missing: SourceNotFound) -> list
 def expire(engine: Engine, key: Key, image_uuid: str | None) -> int:
     """Mark an entry as deleted on the server (kept, so the next upload reads
     "reuploaded"); with ``image_uuid``, only while it still holds that UUID."""
-    stamp = engine.clock() - engine.policy.retention
+    policy = engine.policy
+    # Well before any judge's "now" (a clock ahead included): expired for everyone.
+    stamp = engine.judge_now() - policy.retention - policy.clock_skew
     return engine.registry.expire_asset(key, stamp, image_uuid)
 
 
@@ -134,7 +145,9 @@ def uuid_rows(engine: Engine, image_uuid: str) -> list[AssetRow]:
     registry = engine.registry
     rows = registry.find_uuid(image_uuid.lower())
     seen = {x.key for x in rows}
-    return rows + [r for r in registry.local_rows(image_uuid.lower()) if r.key not in seen]
+    rows += [r for r in registry.local_rows(image_uuid.lower()) if r.key not in seen]
+    # Only this account's entries: another key must not touch or expire ours.
+    return [r for r in rows if r.namespace == engine.namespace]
 
 
 def expire_uuid(engine: Engine, image_uuid: str) -> int:
@@ -172,6 +185,11 @@ def plan_use(
             last = exc
         else:
             if not _rejected(value, uuid, is_unknown, names):
+                # The task succeeded with this UUID: evidence that Runware used it,
+                # stamped in the server's time (asked for first if this run has none).
+                if not engine.server_time_recent():
+                    yield from plan_server_time(engine)
+                yield Call(engine.record_evidence, [uuid])
                 return value
             last = value
         rejected.append(uuid)
@@ -221,7 +239,7 @@ def plan_uuid(engine: Engine, target: SourceLike | Prepared, label: str) -> Plan
     source, or from the entry of an imageUUID or of a path that is gone."""
     if uuid_target(target):
         assert isinstance(target, str)
-        rows = yield Call(engine.registry.find_uuid, target.lower())
+        rows = yield Call(uuid_rows, engine, target)
         return (yield from plan_from_rows(engine, rows, label))
     sources: list[Any] = [target]  # a source, or one prepared already (file objects)
     (res,) = yield from plan_resolve_many(engine, sources, 1)
@@ -239,10 +257,16 @@ def plan_from_rows(
     if not rows:
         raise missing or SourceError(label, "no cache entry holds this imageUUID")
     row = rows[0]
-    now = engine.clock()
-    if row.last_used_at > engine.fresh_since(now):
-        if _policy.needs_touch(engine.policy, row.last_used_at, now):
-            yield Call(engine.registry.touch, row.key, now)
+    now = engine.judge_now()
+    if engine.in_doubt(row.last_used_at, now):
+        yield from plan_server_time(engine)
+        now = engine.judge_now()
+    if _policy.is_fresh(engine.policy, row.last_used_at, now) and not engine.in_doubt(
+        row.last_used_at, now
+    ):
+        if engine.served_is_used and _policy.needs_touch(engine.policy, row.last_used_at, now):
+            yield Call(engine.registry.touch, row.key, engine.stamp_now())
+        engine.note_served(row.key, now)
         engine.count(hits=1, bytes_saved=row.size)
         return row.image_uuid
     # Not served any more: upload again from wherever the bytes still are.

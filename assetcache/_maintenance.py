@@ -63,8 +63,9 @@ EXPORT_VERSION = 1
 _MAX_INT = 1 << 53
 _MAX_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-HASH_RE = re.compile(r"^[0-9a-f]{32}$")
+#: Identifiers are matched whole: ``\Z``, not ``$`` (which also matches before a final newline).
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
+HASH_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _FORMATS = frozenset((*ACCEPTED, "url"))
 
 
@@ -80,7 +81,7 @@ def entries(
 ) -> Iterator[Entry]:
     """This account's entries, soonest to expire first (see ``AssetCache.entries``)."""
     policy = engine.policy
-    now = engine.clock()
+    now = engine.judge_now()
     window = policy.retention - policy.margin  # serve_until = last_used_at + window
     within = _seconds(expiring_within)
     # expiring: serve_until in (now, now + within]; expired: serve_until <= now;
@@ -88,15 +89,24 @@ def entries(
     used_after = now - window if within is not None and not expired else None
     used_before = now + within - window if within is not None else now - window if expired else None
     # Through the registry: in a fleet, the fleet's entries.
+    namespace = None if all_accounts else engine.namespace
     assets = engine.registry.select_assets(
-        namespace=None if all_accounts else engine.namespace,
-        used_after=used_after,
-        used_before=used_before,
-        order="last_use",
+        namespace=namespace, used_after=used_after, used_before=used_before, order="last_use"
     )
+    if expired and (used_after is not None or used_before is not None):
+        # Stamped in the future (suspect): not served either, so "expired" lists them.
+        seen = {a.key for a in assets}
+        assets += [
+            a
+            for a in engine.registry.select_assets(
+                namespace=namespace, used_after=now + policy.future_tolerance, order="last_use"
+            )
+            if a.key not in seen
+        ]
     paths = engine.store.paths_of({a.content_hash for a in assets})
+    served = engine.served_times(a.key for a in assets)
     for a in assets:
-        yield engine.entry(a, paths.get(a.content_hash, ()), now)
+        yield engine.entry(a, paths.get(a.content_hash, ()), now, served.get(a.key))
 
 
 def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
@@ -109,6 +119,7 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
     counts = dict(engine.registry.counters(namespace))
     for name, value in engine.pending_counts().items():
         counts[name] = counts.get(name, 0) + value
+    newest = engine.registry.select_assets(namespace=namespace, order="last_use")
     c = counts.get
     return CacheStats(
         int(n),
@@ -125,6 +136,8 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
         store.path,
         db_size(store.path),
         copies_info(engine),
+        max((a.last_used_at for a in newest), default=None),
+        engine.last_served(namespace),
     )
 
 
@@ -137,8 +150,7 @@ def preview(engine: Engine, sources: Iterable[SourceLike]) -> list[Resolution]:
     items = list(sources)
     with ThreadPoolExecutor(max(1, min(engine.hash_workers, len(items)))) as pool:
         prepared = list(pool.map(engine.prepare, items))
-    now = engine.clock()
-    since = engine.fresh_since(now)
+    now = engine.judge_now()
     seen: set[tuple[str, str, str]] = set()
     out: list[Resolution] = []
     for obj, p in zip(items, prepared, strict=True):
@@ -146,7 +158,7 @@ def preview(engine: Engine, sources: Iterable[SourceLike]) -> list[Resolution]:
             out.append(failed(label_of(obj), p))
             continue
         row = engine.registry.get_asset(p.key)
-        if row is not None and row.last_used_at > since:
+        if row is not None and _policy.is_fresh(engine.policy, row.last_used_at, now):
             out.append(
                 Resolution(
                     p.label,
@@ -240,7 +252,7 @@ def plan_refresh(
 
 
 def refresh_candidates(engine: Engine, within: float) -> list[Entry]:
-    now = engine.clock()
+    now = engine.judge_now()
     # Only this account's uploads can be renewed with this key; entries Runware
     # already deleted are not "about to expire" and stay on-demand.
     return [
@@ -264,13 +276,16 @@ def prune(
 ) -> PruneReport:
     """Drop old entries, stat rows of files gone and dead leases (``AssetCache.prune``)."""
     store = engine.store
-    now = engine.clock()
+    now = engine.judge_now()
     age = _seconds(older_than)
-    # By default, what Runware has deleted: everything last used a retention ago.
+    # By default, what Runware has deleted: everything last used a retention ago;
+    # and rows stamped in the future (a clock ahead wrote them: no evidence at all).
     cutoff = now - (engine.policy.retention if age is None else age)
     registry = engine.registry  # in a fleet: the fleet's entries and leases
-    assets = registry.select_assets(
-        namespace=None if all_accounts else engine.namespace, used_before=cutoff
+    namespace = None if all_accounts else engine.namespace
+    assets = registry.select_assets(namespace=namespace, used_before=cutoff)
+    assets += registry.select_assets(
+        namespace=namespace, used_after=now + engine.policy.future_tolerance
     )
     paths = store.paths_of({a.content_hash for a in assets})
     found = tuple(engine.entry(a, paths.get(a.content_hash, ()), now) for a in assets)
@@ -344,7 +359,7 @@ def forget(
     """Remove the entries of each path, content hash or imageUUID (``AssetCache.forget``);
     with ``delete_remote``, only entries the server deleted (or no longer had)."""
     store = engine.store
-    now = engine.clock()
+    now = engine.judge_now()
     namespace = None if all_accounts else engine.namespace
     out: list[ForgetItem] = []
     for item in items:
@@ -597,7 +612,7 @@ def import_entries(engine: Engine, lines: Iterable[str | bytes]) -> ImportReport
     that never ends a line, or holds nothing but errors, is given up on with
     one last error instead of growing without bound.
     """
-    now = engine.clock()
+    now = engine.stamp_now()  # no imported stamp is later than now
     errors: list[tuple[int, str]] = []
     good: list[AssetRow] = []
     source: Iterable[Any] = _bounded_lines(lines) if hasattr(lines, "readline") else lines
@@ -655,6 +670,31 @@ def doctor(engine: Engine, fix: bool = False) -> DoctorReport:
     report.namespace = engine.namespace
     report.settings = settings(engine)
     return report
+
+
+def check_clock(engine: Engine, report: DoctorReport, learn_time: Callable[[], object]) -> None:
+    """Compare this machine's clock with the server's (``learn_time()``: one cheap
+    request, made only when this run has seen no answer yet and a key is set)."""
+    if engine.clock_offset() is None and engine.account is not None:
+        try:
+            learn_time()
+        except AssetCacheError as exc:
+            report.clock = f"server time unknown: {exc}"
+            return
+    offset = engine.clock_offset()
+    if offset is None:
+        if engine.account is not None:
+            report.clock = "server time unknown (no Date header in its answer)"
+        return
+    report.clock_skew_seconds = offset
+    if abs(offset) > engine.policy.margin:
+        report.clock = (
+            f"this machine's clock is {abs(offset) / 3600:.1f}h "
+            f"{'behind' if offset > 0 else 'ahead of'} the server's, more than the "
+            "margin: stamps use the server's time (fix the clock: NTP)"
+        )
+    else:
+        report.clock = f"within {max(abs(offset), 1):.0f}s of the server's"
 
 
 def settings(engine: Engine) -> dict[str, Any]:
@@ -754,6 +794,11 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         namespace = text("namespace")
         if not namespace:
             return "'namespace' is empty"
+        if namespace != namespace.strip() or any(ord(c) < 32 or ord(c) == 127 for c in namespace):
+            return f"'namespace' holds blanks or control characters: {namespace[:40]!r}"
+        variant = text("variant", "")
+        if any(ord(c) <= 32 or ord(c) == 127 for c in variant):
+            return f"'variant' holds blanks or control characters: {variant[:40]!r}"
         digest = text("hash")
         if not HASH_RE.fullmatch(digest):
             return f"'hash' must be 32 lowercase hex digits, not {digest[:40]!r}"
@@ -772,7 +817,7 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         return AssetRow(
             namespace,
             digest,
-            text("variant", ""),
+            variant,
             uuid.lower(),
             size,
             fmt,

@@ -112,10 +112,15 @@ class Entry:
     last_used_at: float
     expires_at: float
     serve_until: float
-    state: str  # fresh | expiring | stale | expired
+    state: str  # fresh | expiring | stale | expired | suspect
     paths: tuple[str, ...] = ()
     upload_count: int = 1
     bytes_sent: int = 0
+    #: When the cache last handed the UUID out (``None``: never since it was
+    #: recorded). Serving is not evidence of a use: ``last_used_at`` is the last
+    #: evidence (upload, a task seen to succeed, use(), touch()); only it slides
+    #: the window.
+    last_served_at: float | None = None
 
     _SPEC: ClassVar[Spec] = (
         ("hash", "content_hash", None),
@@ -124,6 +129,7 @@ class Entry:
         "format",
         ("uploaded_at", "uploaded_at", iso),
         ("last_used_at", "last_used_at", iso),
+        ("last_served_at", "last_served_at", iso),
         ("expires_at", "expires_at", iso),
         ("serve_until", "serve_until", iso),
         "state",
@@ -174,9 +180,16 @@ class CacheStats:
     db_bytes: int
     #: Local copies of uploaded bytes (``CopiesUsage.as_dict()``), on or off.
     copies: dict[str, Any] | None = None
+    #: The newest evidence of a use on Runware (upload, task, use(), touch()) of any entry.
+    last_used_at: float | None = None
+    #: The last time the cache handed out any entry's UUID (not evidence of a use).
+    last_served_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return to_dict(self, _fields(CacheStats))
+        out = to_dict(self, _fields(CacheStats))
+        out["last_used_at"] = iso(self.last_used_at)
+        out["last_served_at"] = iso(self.last_served_at)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +355,10 @@ class DoctorReport:
     namespace: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     needs_rebuild: bool = False
+    #: Server time minus this machine's (from an answer's Date header), or None
+    #: when unknown; ``clock`` says it in words.
+    clock_skew_seconds: float | None = None
+    clock: str = "not checked"
 
     @property
     def ok(self) -> bool:

@@ -1,18 +1,28 @@
 """The expiry policy: pure functions of timestamps, no I/O.
 
-Runware deletes an upload ``retention`` (30 days) after its last use. The cache
-serves a UUID only while ``now < last_used_at + retention - margin``; the margin
-absorbs clock skew and the time between our answer and the caller's use.
-Serving counts as a use, but writing ``last_used_at`` on every hit would turn
-reads into writes, so a use is persisted only once the stored value is older
-than ``touch_every`` (far below the margin, so the window never shrinks below
-what the server grants).
+Runware deletes an upload ``retention`` (30 days) after its last use *in a
+task on Runware*. ``last_used_at`` is the time of the last **evidence** of such
+a use: the upload itself, a task the cache saw succeed with the UUID, ``use()``
+succeeding, an explicit ``touch()``. Handing a UUID out (serving) is not
+evidence; it is recorded apart, for display only, unless a cache opts in with
+``served_is_used`` (then a served UUID is persisted as used once the stored
+value is older than ``touch_every``).
+
+The cache serves a UUID only while ``now < last_used_at + retention - margin``;
+the margin absorbs clock skew and the time between our answer and the caller's
+use. A stamp more than ``future_tolerance`` ahead of now is not evidence (a
+clock that ran ahead wrote it): such a row is ``"suspect"``, never served.
+A clock that is *behind* cannot be seen in stored stamps: an entry within
+``clock_skew`` of its serve limit is judged in the server's time
+(:func:`in_doubt`), learnt from the ``Date`` of a recent answer.
 
 >>> p = Policy()
 >>> state(p, last_used_at=0.0, now=20 * 86400.0)
 'fresh'
 >>> state(p, last_used_at=0.0, now=29.5 * 86400.0)
 'stale'
+>>> state(p, last_used_at=10 * 86400.0, now=0.0)
+'suspect'
 """
 
 from __future__ import annotations
@@ -30,6 +40,11 @@ class Policy:
     margin: float = 1 * DAY
     touch_every: float = 3600.0
     expiring_soon: float = 3 * DAY
+    #: A stamp further ahead of now than this was written by a clock running ahead.
+    future_tolerance: float = 300.0
+    #: The largest client clock error planned for: entries this close to their
+    #: serve limit are judged in the server's time.
+    clock_skew: float = 3 * DAY
 
     @classmethod
     def from_timedeltas(
@@ -48,7 +63,14 @@ class Policy:
             raise ValueError("margin must be at least 0 and less than retention")
         if touch_s < 0:
             raise ValueError("touch_every must be at least 0")
-        return cls(retention_s, margin_s, touch_s, base.expiring_soon)
+        return cls(
+            retention_s,
+            margin_s,
+            touch_s,
+            base.expiring_soon,
+            base.future_tolerance,
+            base.clock_skew,
+        )
 
 
 #: Upload task kinds, and whether Runware documents their retention. imageUpload:
@@ -101,13 +123,41 @@ def serve_until(policy: Policy, last_used_at: float) -> float:
     return last_used_at + policy.retention - policy.margin
 
 
+def is_suspect(policy: Policy, last_used_at: float, now: float) -> bool:
+    """A stamp in the future: not evidence of anything (re-upload, never serve)."""
+    return last_used_at > now + policy.future_tolerance
+
+
 def is_fresh(policy: Policy, last_used_at: float, now: float) -> bool:
-    return now < serve_until(policy, last_used_at)
+    return now < serve_until(policy, last_used_at) and not is_suspect(policy, last_used_at, now)
+
+
+def in_doubt(policy: Policy, last_used_at: float, now: float) -> bool:
+    """Whether this clock's verdict could be wrong by a skew of up to ``clock_skew``:
+    within that of the serve limit (either side), or stamped in the future (a clock
+    behind sees honest stamps there). Judge it in the server's time.
+
+    >>> p = Policy()
+    >>> in_doubt(p, 0.0, 20 * DAY), in_doubt(p, 0.0, 27 * DAY), in_doubt(p, 0.0, 40 * DAY)
+    (False, True, False)
+    """
+    limit = serve_until(policy, last_used_at)
+    return limit - policy.clock_skew <= now < limit + policy.clock_skew or is_suspect(
+        policy, last_used_at, now
+    )
+
+
+def clamp(policy: Policy, stamp: float, now: float) -> float:
+    """A stamp to write as evidence: never later than now."""
+    return min(stamp, now)
 
 
 def state(policy: Policy, last_used_at: float, now: float) -> str:
     """``"fresh"``, ``"expiring"`` (within ``expiring_soon`` of the serve limit),
-    ``"stale"`` (past the serve limit, maybe still on the server) or ``"expired"``."""
+    ``"stale"`` (past the serve limit, maybe still on the server), ``"expired"``
+    or ``"suspect"`` (stamped in the future by a clock that ran ahead)."""
+    if is_suspect(policy, last_used_at, now):
+        return "suspect"
     if now >= expires_at(policy, last_used_at):
         return "expired"
     limit = serve_until(policy, last_used_at)
@@ -119,13 +169,26 @@ def state(policy: Policy, last_used_at: float, now: float) -> str:
 
 
 def needs_touch(policy: Policy, last_used_at: float, now: float) -> bool:
-    """Whether serving now should persist the use (slide the stored window)."""
+    """Whether a use now should be persisted (the stored one is ``touch_every`` old)."""
     return now - last_used_at >= policy.touch_every
 
 
 def outcome_for_upload(previous_uuid: str | None) -> str:
     """The outcome name of an upload: ``"reuploaded"`` when it replaces one."""
     return "reuploaded" if previous_uuid else "uploaded"
+
+
+def stamp_time(local: float, offset: float | None, margin: float) -> float:
+    """The time to stamp evidence with: the server's (``local + offset``) when the
+    local clock disagrees with it by more than ``margin``, else the local one."""
+    if offset is not None and abs(offset) > margin:
+        return local + offset
+    return local
+
+
+def judge_time(local: float, offset: float | None) -> float:
+    """The time to judge freshness by: the server's when this run knows it."""
+    return local if offset is None else local + offset
 
 
 def lease_held(

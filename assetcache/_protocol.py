@@ -30,7 +30,8 @@ from ._errors import (
 )
 from ._hashing import Hasher
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: Matched whole (``fullmatch``): ``$`` would also accept a final newline.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: Raw bytes per base64 chunk: a multiple of 3, so chunks encode without padding.
 _B64_CHUNK = 3 * (1 << 18)
 #: Per-task codes worth re-sending (with a fresh taskUUID).
@@ -49,7 +50,29 @@ TRANSIENT_CODES = frozenset(
 
 
 def is_uuid(value: object) -> bool:
-    return isinstance(value, str) and bool(_UUID.match(value))
+    """A UUID in its 36-character text form, nothing before or after it."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
+def canonical_uuid(value: str) -> str:
+    """The one spelling stored, compared and printed: lower case."""
+    return value.lower()
+
+
+def server_date(headers: dict[str, str] | Any) -> float | None:
+    """The server's own time from an answer's ``Date`` header (epoch seconds)."""
+    value = headers.get("date") if headers is not None else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return when.timestamp()
 
 
 def new_task_uuid() -> str:
@@ -287,6 +310,7 @@ def parse_response(
     task_uuids: Sequence[str],
     redact: Callable[[str], str],
     uuid_field: str = "imageUUID",
+    contents: dict[str, str] | None = None,
 ) -> dict[str, TaskResult | RemoteError]:
     """Per-task outcomes of one request, or raise a request-level error.
 
@@ -296,8 +320,24 @@ def parse_response(
     malformed UUID, and tasks the answer does not mention, become a transient
     :class:`ProtocolError` (re-sent, never cached). Results for task UUIDs we
     did not send are ignored.
+
+    Which answers can carry results (see ``README.md``, "How it decides"):
+    a 2xx, or a 4xx that also carries per-task errors for tasks of this
+    request (a batch where some tasks failed: the others' results stand).
+    Never a 1xx/3xx (a redirect is not Runware's answer) or a 5xx. A task
+    named in ``errors`` is failed even if ``data`` names it too; a task
+    answered with two different UUIDs, or one UUID answered for tasks of
+    different content (``contents``: task UUID -> content identity; by
+    default every task is a different content), is a :class:`ProtocolError`
+    for each task involved: none of them is cached.
     """
     retry_after = parse_retry_after(headers.get("retry-after"))
+    if status < 200 or 300 <= status < 400:
+        raise ProtocolError(
+            f"unexpected answer from Runware (HTTP {status}); results in it are not trusted",
+            status=status,
+            retry_after=retry_after,
+        )
     try:
         doc = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -334,22 +374,21 @@ def parse_response(
             err.retry_after = retry_after  # type: ignore[attr-defined]
             tid = err.task_uuid
             if tid in wanted:
-                outcomes[tid] = err
+                outcomes.setdefault(tid, err)
             elif tid is None or obj.get("taskType") == "authentication":
                 general = general or err
-    data = doc.get("data")
+    failed_tasks = set(outcomes)
+    carries = 200 <= status < 300 or (400 <= status < 500 and bool(failed_tasks))
+    data = doc.get("data") if carries else None
     if isinstance(data, dict):
         data = [data]
+    answered: dict[str, str] = {}  # task -> the UUID it was answered with
     if isinstance(data, list):
         for item in data:
             if not isinstance(item, dict):
                 continue
             tid = item.get("taskUUID")
-            if (
-                not isinstance(tid, str)
-                or tid not in wanted
-                or isinstance(outcomes.get(tid), TaskResult)
-            ):
+            if not isinstance(tid, str) or tid not in wanted or tid in failed_tasks:
                 continue
             image_uuid = item.get(uuid_field)
             if is_placeholder(item, uuid_field):
@@ -363,11 +402,37 @@ def parse_response(
                     task_uuid=tid,
                     code="malformedResult",
                 )
+                failed_tasks.add(tid)
                 continue
+            image_uuid = canonical_uuid(str(image_uuid))
+            seen = answered.get(tid)
+            if seen is not None:
+                if seen != image_uuid:
+                    outcomes[tid] = ProtocolError(
+                        f"Runware answered task {tid} with two different {uuid_field}s "
+                        f"({seen} and {image_uuid}); neither is used",
+                        task_uuid=tid,
+                        code="conflictingResult",
+                    )
+                    failed_tasks.add(tid)
+                continue
+            answered[tid] = image_uuid
             url = item.get("imageURL") or item.get("mediaURL")
-            outcomes[tid] = TaskResult(
-                tid, str(image_uuid), url if isinstance(url, str) else None, item
-            )
+            outcomes[tid] = TaskResult(tid, image_uuid, url if isinstance(url, str) else None, item)
+
+    by_uuid: dict[str, list[str]] = {}
+    for tid, outcome in outcomes.items():
+        if isinstance(outcome, TaskResult):
+            by_uuid.setdefault(outcome.image_uuid, []).append(tid)
+    for image_uuid, tids in by_uuid.items():
+        if len({(contents or {}).get(t, t) for t in tids}) > 1:
+            for tid in tids:
+                outcomes[tid] = ProtocolError(
+                    f"Runware answered {image_uuid} for {len(tids)} different images in one "
+                    "request; it is not used for any of them",
+                    task_uuid=tid,
+                    code="duplicateResult",
+                )
 
     if general is not None and not any(isinstance(v, TaskResult) for v in outcomes.values()):
         raise general

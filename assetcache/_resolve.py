@@ -31,7 +31,7 @@ from ._models import Resolution
 from ._protocol import TaskResult
 from ._sources import SourceLike
 from ._storage._base import AssetRow, FileRow, Key
-from ._tasks import pack, plan_send
+from ._tasks import pack, plan_send, plan_server_time
 
 log = logging.getLogger("assetcache")
 
@@ -69,7 +69,7 @@ def plan_resolve_many(
     task's outcome instead, with :meth:`Engine.record_evidence`).
     """
     limit = max(1, concurrency or engine.concurrency)
-    started = engine.clock() if force else 0.0
+    started = engine.stamp_now() if force else 0.0
     results: Results = [None] * len(sources)
     todo: list[int] = []
     for i, obj in enumerate(sources):
@@ -117,6 +117,9 @@ def plan_settle(
     when the store cannot answer: every item then failed with its reason)."""
     try:
         rows = yield Call(engine.settle, [p for _, p in ready], force, touch)
+        if rows is None:  # a row in doubt: learn the server's time (once), then decide
+            yield from plan_server_time(engine)
+            rows = yield Call(engine.settle, [p for _, p in ready], force, touch, True)
     except AssetCacheError as exc:
         fail_group(engine, results, ready, exc)
         return None
@@ -250,6 +253,7 @@ def plan_upload_groups(
             reuploads=1 if outcome_name == "reuploaded" else 0,
         )
         members = groups.pop(key)
+        engine.note_served(key, row.last_used_at)
         first_i, first_p = members[0]
         results[first_i] = engine.resolution(first_p.label, row, outcome_name, sent)
         hit_group(engine, results, members[1:], row)
@@ -302,6 +306,12 @@ def plan_recorded(engine: Engine, send: Plan, leaders: dict[Key, Prepared], grou
     so a crash later in a long batch loses only the requests in flight."""
     answers = yield from send
     done = [(key, sent, res) for key, (sent, res) in answers.items() if isinstance(res, TaskResult)]
+    if done:
+        # A UUID this account already holds for other bytes is used for neither.
+        bad = yield Call(engine.vet, [(key, res) for key, _, res in done])
+        for key, err in bad.items():
+            answers[key] = (answers[key][0], err)
+        done = [d for d in done if d[0] not in bad]
     rows: dict[Key, AssetRow] = {}
     error: AssetCacheError | None = None
     if done:
@@ -357,6 +367,8 @@ def hit_group(
         engine.count(hits=1, bytes_saved=p.size)
         if files is not None and p.file_row is not None:
             files.append(p.file_row)
+    if members:
+        engine.note_served(row.key, engine.judge_now())
 
 
 def fail_group(

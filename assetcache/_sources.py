@@ -203,7 +203,7 @@ def _parse_data_uri(uri: str, label: str) -> tuple[str | None, bytes]:
     payload = uri[comma + 1 :]
     params = [p.strip() for p in meta.split(";")]
     media_type = params[0].lower() or None
-    if media_type and not re.match(r"^[a-z0-9.+\-]+/[a-z0-9.+\-]+$", media_type):
+    if media_type and not re.match(r"^[a-z0-9.+\-]+/[a-z0-9.+\-]+\Z", media_type):
         raise InvalidImage(label, f"malformed data URI (media type {media_type!r})")
     if media_type in _UNDECLARED:
         # "Some bytes": runware-sdk's file_to_data_uri labels bytes so, and the

@@ -111,7 +111,7 @@ class _Job:
             engine.max_side,
             engine.racy_ns,
             (p.retention, p.margin, p.touch_every, p.expiring_soon),
-            engine.clock(),
+            engine.judge_now(),
         )
 
     def fields(self) -> tuple[Any, ...]:

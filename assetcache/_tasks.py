@@ -84,6 +84,7 @@ def plan_tasks(
                     return out
                 raise
             engine.breaker.reached()
+            engine.learn_server_time(resp.headers)
             answers = parse_response(
                 resp.status, resp.headers, resp.body, list(by_task), engine.redact, uuid_field
             )
@@ -211,6 +212,20 @@ def plan_poll(engine: Engine, task_uuids: list[str], uuid_field: str) -> Plan:
             code="stillProcessing",
         )
     return out
+
+
+def plan_server_time(engine: Engine) -> Plan:
+    """One cheap request (a ``ping`` task) for the server's ``Date``; errors are
+    fine (any answer carries the header), no answer leaves the time unknown."""
+    body = json_body([{"taskType": "ping", "ping": True}])
+    try:
+        resp = yield Http(
+            engine.base_url, engine.headers(), lambda: [body], len(body), engine.retry.timeout
+        )
+    except AssetCacheError as exc:
+        log.info("could not learn the server's time: %s", exc)
+        return
+    engine.learn_server_time(resp.headers)
 
 
 def _jitter() -> float:

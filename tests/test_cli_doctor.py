@@ -29,6 +29,8 @@ DOCTOR_FIELDS = {
     "settings",
     "needs_rebuild",
     "ok",
+    "clock",
+    "clock_skew_seconds",
 }
 
 

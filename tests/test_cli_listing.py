@@ -21,6 +21,7 @@ ENTRY_FIELDS = {
     "format",
     "uploaded_at",
     "last_used_at",
+    "last_served_at",
     "expires_at",
     "serve_until",
     "state",
@@ -102,6 +103,7 @@ def test_ls_text_table(ecli: EmulatorCLI, tmp_path: Path) -> None:
         "FORMAT",
         "LAST",
         "USED",
+        "SERVED",
         "EXPIRES",
         "STATE",
         "PATHS",
@@ -149,6 +151,8 @@ def test_stats(ecli: EmulatorCLI, tmp_path: Path) -> None:
         "db_path",
         "db_bytes",
         "copies",
+        "last_used_at",
+        "last_served_at",
     }
     assert (s["entries"], s["hits"], s["uploads"], s["reuploads"]) == (2, 2, 3, 1)
     assert s["bytes_saved"] == len(make_png(1)) + len(make_png(2))

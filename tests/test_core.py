@@ -82,6 +82,7 @@ def test_reuploads_after_the_window_and_a_use_slides_it(make_cache, emu, tmp_pat
     kept_now = cache.resolve(kept)  # the app asks at day 20 ...
     assert kept_now.outcome == "hit"
     assert "errors" not in use_on_server(emu.base_url, kept_now.uuid)  # ... and uses it
+    cache.touch(kept_now.uuid)  # ... and says so: serving alone is no evidence of a use
     emu.advance(days=11)  # day 31 since the first upload
     again = cache.resolve(stale)
     assert again.outcome == "reuploaded"
@@ -105,8 +106,19 @@ def test_margin_reuploads_before_the_server_deletes(make_cache, emu, tmp_path):
     assert cache.resolve(photo).outcome == "reuploaded"
 
 
-def test_hits_do_not_slide_the_window_more_than_once_an_hour(make_cache, emu, tmp_path):
+def test_hits_never_slide_the_window(make_cache, emu, tmp_path):
     cache = make_cache()
+    photo = write(tmp_path / "p.png", make_png(9))
+    cache.get_uuid(photo)
+    key = (cache.namespace, _hashing.hash_bytes(photo.read_bytes()), "")
+    uploaded_at = cache.store.get_asset(key).last_used_at
+    emu.advance(hours=2)
+    cache.get_uuid(photo)
+    assert cache.store.get_asset(key).last_used_at == uploaded_at
+
+
+def test_opted_in_hits_slide_the_window_at_most_once_an_hour(make_cache, emu, tmp_path):
+    cache = make_cache(served_is_used=True)
     photo = write(tmp_path / "p.png", make_png(9))
     cache.get_uuid(photo)
     key = (cache.namespace, _hashing.hash_bytes(photo.read_bytes()), "")

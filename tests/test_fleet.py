@@ -95,8 +95,9 @@ def test_a_use_on_one_host_slides_the_window_for_another(emu, pg_url, tmp_path):
         uuid_ = a.get_uuid(data)
         assert b.get_uuid(data) == uuid_  # b's local copy now says: last used day 0
         emu.advance(days=20)
-        assert a.get_uuid(data) == uuid_  # a use on host A at day 20 ...
+        assert a.get_uuid(data) == uuid_  # served on host A at day 20, used in a task ...
         use_on_server(emu.base_url, uuid_)
+        assert a.touch(uuid_) is not None  # ... and that use recorded: evidence for the fleet
         emu.advance(days=15)  # day 35: b's own copy is stale, the fleet's is not
         res = b.resolve(data)
     assert res.outcome == "hit"

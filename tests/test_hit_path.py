@@ -160,8 +160,11 @@ def test_async_warm_hit_neither_writes_nor_reads_the_file(warm, emu, tmp_path, m
     assert (outcome, uuid) == ("hit", cache.get_uuid(path))
 
 
-def test_a_use_is_written_at_most_once_per_touch_interval(warm, emu, monkeypatch):
-    cache, path = warm
+def test_a_use_is_written_at_most_once_per_touch_interval(make_cache, tmp_path, emu, monkeypatch):
+    # Opted in: serving counts as a use (by default a hit never writes).
+    cache = make_cache(racy_window=0.0, served_is_used=True)
+    path = big_png(tmp_path / "big.png")
+    assert cache.resolve(path).outcome == "uploaded"
     emu.advance(hours=2)  # past touch_every (1 h): this hit records the use, once
     with watch(cache, path, monkeypatch) as first:
         assert cache.resolve(path).outcome == "hit"
@@ -189,8 +192,11 @@ def test_the_watch_sees_a_file_read(make_cache, tmp_path, monkeypatch):
         assert_read_only(record)
 
 
-def test_the_watch_sees_a_write(warm, emu, monkeypatch):
-    cache, path = warm
+def test_the_watch_sees_a_write(make_cache, tmp_path, emu, monkeypatch):
+    # Opted in: serving counts as a use (by default a hit never writes).
+    cache = make_cache(racy_window=0.0, served_is_used=True)
+    path = big_png(tmp_path / "big.png")
+    assert cache.resolve(path).outcome == "uploaded"
     emu.advance(hours=2)
     with watch(cache, path, monkeypatch) as record:
         cache.get_uuid(path)

@@ -111,15 +111,22 @@ def test_use_heals_an_upload_deleted_remotely(
 def test_use_heals_an_upload_expired_under_clock_skew(
     make_cache: Callable[..., AssetCache], emu: Emulator, tmp_path: Path
 ) -> None:
-    # This machine's clock ran 5 days fast when it recorded the upload, then was corrected.
+    # This machine's clock ran 5 days fast when it recorded the upload, then was
+    # corrected: the answer's Date header gave the stamp in the server's time.
     skew = [5 * DAY]
     cache = make_cache(clock=lambda: emu.clock() + skew[0])
     a = png_file(tmp_path, 1)
-    old = cache.resolve(a).uuid
+    first = cache.resolve(a).uuid
     skew[0] = 0.0
     emu.advance(days=31)
-    assert not emu.holds(old)
-    assert cache.resolve(a).outcome == "hit"  # 26 days by our clock: still looks fresh
+    assert not emu.holds(first)
+    renewed = cache.resolve(a)
+    assert renewed.outcome == "reuploaded" and emu.holds(renewed.uuid)
+    # Then Runware drops it behind the cache's back: only a use can find out.
+    old = renewed.uuid
+    emu.delete(old)
+    before = emu.upload_count
+    assert cache.resolve(a).outcome == "hit"
 
     def run(u: str) -> dict[str, Any]:
         resp = infer(emu.base_url, u)
@@ -129,7 +136,7 @@ def test_use_heals_an_upload_expired_under_clock_skew(
     fn = Recorder(run)
     result = cache.use(a, fn)
     assert result["data"][0]["taskType"] == "imageInference"
-    assert fn.uuids[0] == old and len(fn.uuids) == 2 and emu.upload_count == 2
+    assert fn.uuids[0] == old and len(fn.uuids) == 2 and emu.upload_count == before + 1
     assert emu.holds(fn.uuids[1])
 
 

@@ -9,7 +9,7 @@ the stores for a database path or URL.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .._errors import ConfigurationError
 from ._base import Registry
@@ -22,6 +22,8 @@ def open_stores(
     *,
     fresh_since: Callable[[], float] | None = None,
     default_dir: str | os.PathLike[str] | None = None,
+    shared: bool | None = None,
+    folders: Sequence[str] = (),
 ) -> tuple[SQLiteStore, Registry]:
     """``(file index, registry)`` for a database path or URL.
 
@@ -30,21 +32,25 @@ def open_stores(
     copy of the rows this host uses, in ``local_db`` (default: a file per
     server in ``default_dir``) and the registry on the server;
     ``fresh_since()`` tells the fleet which local rows are provably fresh.
+
+    The SQLite file (and ``folders``, the default location's) must be this
+    user's and writable by no one else, unless ``shared`` says the sharing is
+    deliberate (``_sqlite.check_private``).
     """
     text = os.fspath(db)
     if isinstance(text, str) and text.startswith(("postgresql://", "postgres://")):
         from ._fleet import FleetRegistry
         from ._postgres import PostgresRegistry, redact_url
 
-        shared = PostgresRegistry(text)
+        registry = PostgresRegistry(text)
         if local_db is None:
             import hashlib
 
             tag = hashlib.sha256(redact_url(text).encode()).hexdigest()[:12]
             assert default_dir is not None
             local_db = os.path.join(os.fspath(default_dir), f"fleet-{tag}.db")
-        local = SQLiteStore(local_db)
-        return local, FleetRegistry(local, shared, fresh_since)
+        local = SQLiteStore(local_db, shared=shared, folders=folders)
+        return local, FleetRegistry(local, registry, fresh_since)
     if isinstance(text, str) and text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :] or "."
     elif isinstance(text, str) and "://" in text:
@@ -52,5 +58,5 @@ def open_stores(
             f"unsupported database URL {text.split('://')[0]}://...: use a path, "
             "sqlite:///path or postgresql://..."
         )
-    store = SQLiteStore(text)
+    store = SQLiteStore(text, shared=shared, folders=folders)
     return store, store

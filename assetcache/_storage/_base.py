@@ -85,7 +85,9 @@ class Registry(Protocol):
 
     Leases: :meth:`claim` answers per key the fresh row, ``"claimed"`` or
     ``"held"``; :meth:`peek` the same read-only (``"free"`` for worth
-    claiming). Rows are fresh when ``last_used_at > fresh_since``.
+    claiming). Rows are fresh when ``fresh_since < last_used_at <= fresh_until``
+    (a row stamped further in the future is suspect: a clock ahead wrote it).
+    :meth:`renew` is the heartbeat of an upload in flight.
     """
 
     path: str
@@ -94,15 +96,27 @@ class Registry(Protocol):
     def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]: ...
     def find_uuid(self, image_uuid: str) -> list[AssetRow]: ...
     def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        ttl: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]: ...
     def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]: ...
     def record_uploads(
         self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
     ) -> None: ...
     def release(self, keys: Iterable[Key], owner: str) -> None: ...
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None: ...
     def touch(self, key: Key, now: float) -> None: ...
     def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int: ...
     def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]: ...
@@ -141,6 +155,9 @@ class FileIndex(Protocol):
     def put_files(self, rows: Iterable[FileRow]) -> None: ...
     def delete_files(self, paths: Iterable[str]) -> int: ...
     def fix_files(self, fixes: Sequence[FileRow], drops: Sequence[str]) -> None: ...
+    def mark_served(self, served: Iterable[tuple[Key, float]]) -> None: ...
+    def served_times(self, keys: Iterable[Key]) -> dict[Key, float]: ...
+    def last_served(self, namespace: str | None = None) -> float | None: ...
     def close(self) -> None: ...
 
 
@@ -154,20 +171,37 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
+#: This process's own token: a lease naming this host and this pid but another
+#: token was taken by a predecessor that had the same pid (a restarted
+#: container's main process): it is dead. A forked child gets a token of its own.
+_PROCESS_TOKEN = os.urandom(4).hex()
+
+
+def _new_process_token() -> None:
+    global _PROCESS_TOKEN
+    _PROCESS_TOKEN = os.urandom(4).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_process_token)
+
+
 def owner_id() -> str:
-    """Identify this process for leases: ``host:pid:random``."""
-    return f"{_hostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+    """Identify a lease owner: ``host:pid:process token:cache token`` (several
+    caches in one process are distinct owners, all alive while the process is)."""
+    return f"{_hostname()}:{os.getpid()}:{_PROCESS_TOKEN}:{os.urandom(4).hex()}"
 
 
 def owner_alive(owner: str) -> bool:
-    """False only when the owner provably died: same host, no such process."""
+    """False only when the owner provably died: same host and no such process, or
+    this very pid with another process token (a predecessor that had our pid)."""
     host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
+    pid_text, _, tokens = rest.partition(":")
     if host != _hostname() or not pid_text.isdigit():
         return True
     pid = int(pid_text)
     if pid == os.getpid():
-        return True
+        return tokens.partition(":")[0] == _PROCESS_TOKEN
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

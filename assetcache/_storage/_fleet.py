@@ -71,16 +71,27 @@ class FleetRegistry:
         return self.shared.find_uuid(image_uuid)
 
     def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        ttl: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
-        out = self.shared.claim(keys, owner, now, ttl, fresh_since)
+        out = self.shared.claim(keys, owner, now, ttl, fresh_since, fresh_until)
         self._mirror(v for v in out.values() if isinstance(v, AssetRow))
         return out
 
     def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
-        out = self.shared.peek(keys, owner, now, fresh_since)
+        out = self.shared.peek(keys, owner, now, fresh_since, fresh_until)
         self._mirror(v for v in out.values() if isinstance(v, AssetRow))
         return out
 
@@ -92,6 +103,9 @@ class FleetRegistry:
 
     def release(self, keys: Iterable[Key], owner: str) -> None:
         self.shared.release(keys, owner)
+
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
+        self.shared.renew(keys, owner, expires_at)
 
     def touch(self, key: Key, now: float) -> None:
         self.local.touch(key, now)

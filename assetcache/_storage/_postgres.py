@@ -66,6 +66,11 @@ _MIGRATIONS = (
         PRIMARY KEY (namespace, name)
     );
     """,
+    # Evidence, not belief (SQLite migration 5): serving slid last_used_at until
+    # now; the only evidence of a use that survives is the upload itself.
+    """
+    UPDATE assetcache_assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -261,7 +266,13 @@ class PostgresRegistry:
         return assets, leases
 
     def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        ttl: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
         out: dict[Key, AssetRow | str] = {}
         with self.write("claim uploads") as conn:
@@ -270,7 +281,7 @@ class PostgresRegistry:
             claimed = []
             for key in keys:
                 row = assets.get(key)
-                if row is not None and row.last_used_at > fresh_since:
+                if row is not None and fresh_since < row.last_used_at <= fresh_until:
                     out[key] = row
                     continue
                 if _policy.lease_held(leases.get(key), owner, now, owner_alive):
@@ -289,12 +300,17 @@ class PostgresRegistry:
         return out
 
     def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
         """Read-only :meth:`claim` (no locks): fresh row, ``"held"`` or ``"free"``."""
         out: dict[Key, AssetRow | str] = dict.fromkeys(keys, "free")
         for key, asset in self.get_assets(keys).items():
-            if asset.last_used_at > fresh_since:
+            if fresh_since < asset.last_used_at <= fresh_until:
                 out[key] = asset
         hashes = sorted({k[1] for k in keys})
         for ns, digest, variant, lease_owner, expires in self.read(
@@ -336,6 +352,18 @@ class PostgresRegistry:
                 "DELETE FROM assetcache_leases WHERE namespace = %s AND content_hash = %s "
                 "AND variant = %s AND owner = %s",
                 [(*r.key, owner) for r in records],
+            )
+
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
+        """Extend the leases ``owner`` still holds (the heartbeat of an upload in flight)."""
+        params = [(expires_at, *k, owner) for k in keys]
+        if not params:
+            return
+        with self.write("renew upload leases") as conn, conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE assetcache_leases SET expires_at = %s WHERE namespace = %s "
+                "AND content_hash = %s AND variant = %s AND owner = %s",
+                params,
             )
 
     def release(self, keys: Iterable[Key], owner: str) -> None:

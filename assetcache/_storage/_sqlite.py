@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat as stat_mod
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _policy
-from .._errors import SchemaTooNew, StoreError
+from .._errors import ConfigurationError, SchemaTooNew, StoreError
 from ._base import (
     ASSET_COLUMNS,
     AssetRow,
@@ -184,7 +185,27 @@ def _m4(conn: sqlite3.Connection) -> None:
 
 
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
-MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4)
+def _m5(conn: sqlite3.Connection) -> None:
+    # Evidence, not belief: ``assets.last_used_at`` is the last *evidence* that
+    # Runware used the upload (the upload, a task seen to succeed with it,
+    # use(), touch()); the last time the cache handed the UUID out goes to
+    # ``served``, for display. Until now serving slid ``last_used_at`` too, and
+    # the two cannot be told apart afterwards: the only evidence kept is the
+    # upload itself, and the old value becomes the last-served time. Entries
+    # uploaded more than 29 days ago are uploaded again on their next request.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS served (namespace TEXT NOT NULL, content_hash TEXT NOT NULL, "
+        "variant TEXT NOT NULL DEFAULT '', last_served_at REAL NOT NULL, "
+        "PRIMARY KEY (namespace, content_hash, variant)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO served SELECT namespace, content_hash, variant, last_used_at "
+        "FROM assets WHERE last_used_at > uploaded_at"
+    )
+    conn.execute("UPDATE assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at")
+
+
+MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4, _m5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -194,24 +215,58 @@ class SQLiteStore:
     >>> store = SQLiteStore("/tmp/cache.db")   # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        shared: bool | None = None,
+        folders: Sequence[str] = (),
+    ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self._local = threading.local()
         self._batch_sql: dict[tuple[bool, int], str] = {}
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._shared = sharing_declared(shared)
+        self._folders = tuple(folders)
         self._prepare_file()
         self._migrate()
 
     # -- connections -----------------------------------------------------
     def _prepare_file(self) -> None:
         folder = os.path.dirname(self.path)
+        if os.path.islink(self.path) and not os.path.exists(self.path):
+            raise ConfigurationError(
+                f"refusing the cache database {self.path}: it is a symbolic link to "
+                f"{os.readlink(self.path)}, which does not exist; assetcache does not create "
+                "files through a dangling link (create the target, or point --db elsewhere)"
+            )
         try:
+            for extra in self._folders:
+                if os.path.isdir(extra):
+                    check_private(extra, self._shared, is_dir=True, sticky_ok=True)
             _private_dirs(folder)
+            real_folder = os.path.dirname(os.path.realpath(self.path))
+            check_private(real_folder, self._shared, is_dir=True)
+            if os.path.realpath(folder) != real_folder:
+                check_private(folder, self._shared, is_dir=True)
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                if os.path.lexists(self.path + suffix):
+                    check_private(self.path + suffix, self._shared, is_dir=False)
             # Created 0600 before SQLite sees it; SQLite gives -wal/-shm the same mode.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            # O_EXCL when new: a link or file planted meanwhile is not opened.
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            if not os.path.lexists(self.path):
+                flags |= os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                fd = os.open(self.path, flags, 0o600)
+            except FileExistsError:
+                fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+                os.close(fd)
+                check_private(self.path, self._shared, is_dir=False)
+            else:
+                os.close(fd)
         except OSError as exc:
             raise StoreError(
                 f"cannot create the cache database {self.path}: {exc.strerror or exc}",
@@ -608,7 +663,13 @@ class SQLiteStore:
         return [AssetRow(*r) for r in rows]
 
     def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        ttl: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
         """Claim the right to upload each key, in one transaction.
 
@@ -624,7 +685,7 @@ class SQLiteStore:
                     "WHERE namespace = ? AND content_hash = ? AND variant = ?",
                     key,
                 ).fetchone()
-                if row is not None and row[7] > fresh_since:
+                if row is not None and fresh_since < row[7] <= fresh_until:
                     out[key] = AssetRow(*row)
                     continue
                 lease = conn.execute(
@@ -643,13 +704,18 @@ class SQLiteStore:
         return out
 
     def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+        self,
+        keys: Sequence[Key],
+        owner: str,
+        now: float,
+        fresh_since: float,
+        fresh_until: float = float("inf"),
     ) -> dict[Key, AssetRow | str]:
         """Read-only :meth:`claim`: per key the fresh row, ``"held"`` (another live
         owner's lease) or ``"free"`` (worth claiming)."""
         out: dict[Key, AssetRow | str] = dict.fromkeys(keys, "free")
         for key, asset in self.get_assets(keys).items():
-            if asset.last_used_at > fresh_since:
+            if fresh_since < asset.last_used_at <= fresh_until:
                 out[key] = asset
         hashes = sorted({k[1] for k in keys})
         for i in range(0, len(hashes), 500):
@@ -715,6 +781,55 @@ class SQLiteStore:
                 f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
                 params,
             )
+
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
+        """Extend the leases ``owner`` still holds (the heartbeat of an upload in flight)."""
+        params = [(expires_at, *k, owner) for k in keys]
+        if not params:
+            return
+        with self.write("renew upload leases") as conn:
+            conn.executemany(
+                "UPDATE leases SET expires_at = ? WHERE namespace = ? AND content_hash = ? "
+                "AND variant = ? AND owner = ?",
+                params,
+            )
+
+    def mark_served(self, served: Iterable[tuple[Key, float]]) -> None:
+        """Remember when each entry was last handed out (display only, never evidence)."""
+        params = [(*key, when) for key, when in served]
+        if not params:
+            return
+        with self.write("record served times") as conn:
+            conn.executemany(
+                "INSERT INTO served VALUES (?, ?, ?, ?) ON CONFLICT "
+                "(namespace, content_hash, variant) DO UPDATE SET last_served_at = "
+                "max(last_served_at, excluded.last_served_at)",
+                params,
+            )
+
+    def served_times(self, keys: Iterable[Key]) -> dict[Key, float]:
+        """When each entry was last handed out (entries never served are absent)."""
+        keys = list(keys)
+        out: dict[Key, float] = {}
+        one = "(namespace = ? AND content_hash = ? AND variant = ?)"
+        for i in range(0, len(keys), 300):
+            part = keys[i : i + 300]
+            for ns, digest, variant, when in self.read(
+                "SELECT namespace, content_hash, variant, last_served_at FROM served "
+                f"WHERE {' OR '.join(one for _ in part)}",
+                [v for key in part for v in key],
+                "read served times",
+            ):
+                out[(ns, digest, variant)] = when
+        return out
+
+    def last_served(self, namespace: str | None = None) -> float | None:
+        """The last time any entry (of ``namespace``) was handed out."""
+        where, params = ("WHERE namespace = ?", [namespace]) if namespace is not None else ("", [])
+        (when,) = self.read(
+            f"SELECT max(last_served_at) FROM served {where}", params, "read served times"
+        )[0]
+        return None if when is None else float(when)
 
     def release(self, keys: Iterable[Key], owner: str) -> None:
         params = [(*k, owner) for k in keys]
@@ -873,7 +988,12 @@ class SQLiteStore:
                 "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ?",
                 params,
             )
-            return cur.rowcount
+            gone = cur.rowcount
+            conn.executemany(
+                "DELETE FROM served WHERE namespace = ? AND content_hash = ? AND variant = ?",
+                params,
+            )
+            return gone
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -908,6 +1028,51 @@ def _private_dirs(folder: str) -> None:
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another process, or a file (ENOTDIR next)
             os.mkdir(path, 0o700)
+
+
+SHARED_DB_ENV = "ASSETCACHE_SHARED_DB"
+
+
+def sharing_declared(shared: bool | None) -> bool:
+    """Whether the caller said a database others own or can write is shared on purpose
+    (``shared_db=True``, ``--shared-db`` or ``ASSETCACHE_SHARED_DB=1``)."""
+    if shared is not None:
+        return bool(shared)
+    value = os.environ.get(SHARED_DB_ENV, "").strip().lower()
+    return value in ("1", "true", "yes", "on")
+
+
+def check_private(path: str, shared: bool, *, is_dir: bool, sticky_ok: bool = False) -> None:
+    """Refuse a database file (or a folder on its way) that another user owns or that
+    group or others can write, unless ``shared``: whoever can write it chooses the
+    UUIDs this cache hands out (the rule of ssh's StrictModes and git's
+    safe.directory). Folders may be owned by root; files must be ours; with
+    ``sticky_ok`` a sticky folder (/tmp) may be writable by all."""
+    if shared or not hasattr(os, "geteuid"):
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    what = "folder" if is_dir else "file"
+    hint = (
+        "; use a database of your own, or declare the sharing deliberate with "
+        f"--shared-db (or {SHARED_DB_ENV}=1, shared_db=True)"
+    )
+    owners = (me, 0) if is_dir else (me,)
+    if st.st_uid not in owners:
+        raise ConfigurationError(
+            f"refusing the cache database: its {what} {path} is owned by another user "
+            f"(uid {st.st_uid}, you are uid {me}){hint}"
+        )
+    if st.st_mode & 0o022 and not (sticky_ok and is_dir and st.st_mode & stat_mod.S_ISVTX):
+        bits = st.st_mode & 0o022
+        who = "group and others" if bits == 0o022 else ("group" if bits & 0o020 else "others")
+        raise ConfigurationError(
+            f"refusing the cache database: its {what} {path} is writable by {who} "
+            f"(mode {stat_mod.S_IMODE(st.st_mode):04o}; chmod go-w {path}){hint}"
+        )
 
 
 def _file_row(row: Sequence[Any]) -> FileRow:
