@@ -457,22 +457,22 @@ def export_entries(engine: Engine, *, all_accounts: bool = False) -> Iterator[st
         namespace=None if all_accounts else engine.namespace, order="key"
     )
     for a in rows:
-        yield json.dumps(
-            {
-                "v": EXPORT_VERSION,
-                "namespace": a.namespace,
-                "hash": a.content_hash,
-                "variant": a.variant,
-                "uuid": a.image_uuid,
-                "size": a.size,
-                "format": a.format,
-                "uploaded_at": a.uploaded_at,
-                "last_used_at": a.last_used_at,
-                "upload_count": a.upload_count,
-                "bytes_sent": a.bytes_sent,
-            },
-            separators=(",", ":"),
-        )
+        line = {
+            "v": EXPORT_VERSION,
+            "namespace": a.namespace,
+            "hash": a.content_hash,
+            "variant": a.variant,
+            "uuid": a.image_uuid,
+            "size": a.size,
+            "format": a.format,
+            "uploaded_at": a.uploaded_at,
+            "last_used_at": a.last_used_at,
+            "upload_count": a.upload_count,
+            "bytes_sent": a.bytes_sent,
+        }
+        if a.url:
+            line["url"] = a.url
+        yield json.dumps(line, separators=(",", ":"))
 
 
 def import_entries(engine: Engine, lines: Iterable[str | bytes]) -> ImportReport:
@@ -618,6 +618,11 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         # Clock skew between machines must not stretch the window past the server's.
         last_used = min(last_used, now)
         uploaded = min(uploaded, last_used)
+        url = obj.get("url")
+        if url is not None and not (
+            isinstance(url, str) and url.startswith(("https://", "http://")) and len(url) < 4096
+        ):
+            return "'url' must be an http(s) URL"
         return AssetRow(
             namespace,
             digest,
@@ -630,6 +635,7 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
             count("upload_count", 1, 1),
             0,
             count("bytes_sent", 0, 0),
+            url,
         )
     except ValueError as exc:
         return str(exc)

@@ -78,6 +78,8 @@ class Resolution:
     format: str | None = None
     expires_at: float | None = None
     bytes_sent: int = 0
+    #: The ``imageURL`` (``mediaURL``) the upload answer carried, if any.
+    url: str | None = None
 
     _SPEC: ClassVar[Spec] = (
         "source",

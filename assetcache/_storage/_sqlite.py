@@ -183,8 +183,14 @@ def _m4(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m5(conn: sqlite3.Connection) -> None:
+    # The URL an upload answer carried (``imageURL``/``mediaURL``), so an answer
+    # given from the cache (the proxy's) carries it as the server's would.
+    conn.execute("ALTER TABLE assets ADD COLUMN url TEXT")
+
+
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
-MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4)
+MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4, _m5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -654,14 +660,14 @@ class SQLiteStore:
             for r in records:
                 conn.execute(
                     "INSERT INTO assets (namespace, content_hash, variant, image_uuid, size, "
-                    "format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?) "
+                    "format, uploaded_at, last_used_at, upload_count, hits, bytes_sent, url) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?) "
                     "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
                     "image_uuid = excluded.image_uuid, size = excluded.size, "
                     "format = excluded.format, uploaded_at = excluded.uploaded_at, "
                     "last_used_at = excluded.last_used_at, "
                     "upload_count = assets.upload_count + 1, "
-                    "bytes_sent = assets.bytes_sent + excluded.bytes_sent",
+                    "bytes_sent = assets.bytes_sent + excluded.bytes_sent, url = excluded.url",
                     (
                         r.namespace,
                         r.content_hash,
@@ -672,6 +678,7 @@ class SQLiteStore:
                         r.now,
                         r.now,
                         r.bytes_sent,
+                        r.url,
                     ),
                 )
                 conn.execute(
