@@ -1,0 +1,183 @@
+"""What the proxy does to a batch of Runware tasks, whatever carried it.
+
+For one client key (its cache namespace):
+
+- an ``imageUpload`` or ``mediaStorage`` upload whose image is inline (a data
+  URI or base64) is answered from the cache, uploading once when the cache
+  has no evidence the server still holds those bytes;
+- every other task goes upstream untouched, except that mapped image
+  parameters holding inline bytes are swapped for cached UUIDs first.
+
+Anything the cache cannot take (a URL, a UUID, bytes that are no image, a
+cache failure) goes upstream exactly as the client sent it, so the client sees
+the server's own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import AssetCacheError
+from .._sources import Source
+
+Json = dict[str, Any]
+
+#: Caches kept open at once, one per client key and upload task kind.
+POOL_SIZE = 32
+
+
+@dataclass
+class Savings:
+    """What the proxy spared the upstream since it started."""
+
+    uploads_answered: int = 0
+    uploads_sent: int = 0
+    bytes_not_sent: int = 0
+    inline_swapped: int = 0
+    healed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def api_key_of(authorization: str, tasks: list[Any]) -> str | None:
+    """The client's key: a Bearer header, else an ``authentication`` task."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    for task in tasks:
+        if isinstance(task, dict) and task.get("taskType") == "authentication":
+            key = task.get("apiKey")
+            if isinstance(key, str) and key:
+                return key
+    return None
+
+
+def upload_kind(task: Any) -> tuple[str, str] | None:
+    """``(upload task type, field)`` for an upload task the cache can answer."""
+    if not isinstance(task, dict) or not isinstance(task.get("taskUUID"), str):
+        return None
+    if task.get("taskType") == "imageUpload" and isinstance(task.get("image"), str):
+        return "imageUpload", "image"
+    if (
+        task.get("taskType") == "mediaStorage"
+        and task.get("operation") == "upload"
+        and isinstance(task.get("media"), str)
+    ):
+        return "mediaStorage", "media"
+    return None
+
+
+def inline_source(value: str) -> Source | None:
+    """A data URI or bare base64 as a Source; None for URLs, UUIDs and the rest."""
+    text = value.strip()
+    try:
+        if text[:5].lower() == "data:":
+            return Source.from_data_uri(text)
+        if "://" in text[:16] or len(text) < 64:
+            return None
+        return Source.from_base64(text)
+    except AssetCacheError:
+        return None
+
+
+def upload_answer(task: Json, kind: str, uuid: str, url: str | None) -> Json:
+    """The result an upstream upload answer would carry, under the client's taskUUID."""
+    if kind == "mediaStorage":
+        out: Json = {
+            "taskType": "mediaStorage",
+            "taskUUID": task["taskUUID"],
+            "operation": "upload",
+            "mediaUUID": uuid,
+        }
+        if url:
+            out["mediaURL"] = url
+        return out
+    out = {"taskType": "imageUpload", "taskUUID": task["taskUUID"], "imageUUID": uuid}
+    if url:
+        out["imageURL"] = url
+    return out
+
+
+@dataclass
+class CachePool:
+    """One open ``AsyncAssetCache`` per (client key, upload task kind), least recently used out.
+
+    The keys live only in this process's memory, as the cache's own
+    ``api_key``; the database sees their one-way fingerprint.
+    """
+
+    factory: Callable[[str, str], Any]
+    size: int = POOL_SIZE
+    _open: collections.OrderedDict[tuple[str, str], Any] = field(
+        default_factory=collections.OrderedDict
+    )
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def get(self, key: str, kind: str) -> Any:
+        async with self._lock:
+            cache = self._open.pop((key, kind), None)
+            if cache is None:
+                cache = self.factory(key, kind)
+            self._open[(key, kind)] = cache
+            evicted = []
+            while len(self._open) > self.size:
+                evicted.append(self._open.popitem(last=False)[1])
+        for old in evicted:
+            await old.aclose()
+        return cache
+
+    async def close(self) -> None:
+        async with self._lock:
+            caches = list(self._open.values())
+            self._open.clear()
+        for cache in caches:
+            await cache.aclose()
+
+
+async def answer_uploads(
+    pool: CachePool, key: str, tasks: list[Any], savings: Savings
+) -> tuple[dict[int, Json], list[int]]:
+    """Answer the batch's inline uploads from the cache.
+
+    Returns ``({index: result}, indexes that still go upstream)``. The uploads
+    run side by side, so a batch of new images is one cache call each, batched
+    and deduplicated by the cache.
+    """
+    answered: dict[int, Json] = {}
+    jobs: list[tuple[int, str, Source]] = []
+    rest: list[int] = []
+    for i, task in enumerate(tasks):
+        kind = upload_kind(task)
+        src = inline_source(task[kind[1]]) if kind else None
+        if kind is None or src is None:
+            rest.append(i)
+        else:
+            jobs.append((i, kind[0], src))
+    if not jobs:
+        return answered, rest
+
+    async def one(kind: str, src: Source) -> Any:
+        cache = await pool.get(key, kind)
+        try:
+            return await cache.resolve(src)
+        except AssetCacheError:
+            return None  # a bad image, a refused key, an unreachable server
+
+    results = await asyncio.gather(*(one(kind, src) for _, kind, src in jobs))
+    for (i, kind, _), res in zip(jobs, results):
+        if res is None or res.uuid is None:
+            rest.append(i)  # the server gives its own answer, as it would without the proxy
+            continue
+        answered[i] = upload_answer(tasks[i], kind, res.uuid, getattr(res, "url", None))
+        if res.outcome == "hit":
+            savings.uploads_answered += 1
+            savings.bytes_not_sent += res.size or 0
+        else:
+            savings.uploads_sent += 1
+    rest.sort()
+    return answered, rest
