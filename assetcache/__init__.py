@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         StatusReport,
         VerifyItem,
     )
+    from ._proxy import Proxy
     from ._sources import Source
 
 #: Public names whose modules load on first access (PEP 562).
@@ -63,6 +64,7 @@ _LAZY = {
     "AsyncAssetCache": "._client",
     "RetryPolicy": "._config",
     "Source": "._sources",
+    "Proxy": "._proxy",
     **dict.fromkeys(
         (
             "CacheStats",
@@ -113,6 +115,7 @@ __all__ = [
     "InsufficientCredits",
     "InvalidImage",
     "ProtocolError",
+    "Proxy",
     "PruneReport",
     "RateLimited",
     "RefreshItem",

@@ -40,6 +40,7 @@ EXPECTED = {
     "RateLimited",
     "ServerError",
     "ProtocolError",
+    "Proxy",
     "RejectedInput",
     "UnknownImage",
     "RetryBudgetExhausted",

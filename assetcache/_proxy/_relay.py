@@ -152,12 +152,12 @@ async def answer_uploads(
     jobs: list[tuple[int, str, Source]] = []
     rest: list[int] = []
     for i, task in enumerate(tasks):
-        kind = upload_kind(task)
-        src = inline_source(task[kind[1]]) if kind else None
-        if kind is None or src is None:
+        found = upload_kind(task)
+        src = inline_source(task[found[1]]) if found else None
+        if found is None or src is None:
             rest.append(i)
         else:
-            jobs.append((i, kind[0], src))
+            jobs.append((i, found[0], src))
     if not jobs:
         return answered, rest
 
@@ -169,11 +169,11 @@ async def answer_uploads(
             return None  # a bad image, a refused key, an unreachable server
 
     results = await asyncio.gather(*(one(kind, src) for _, kind, src in jobs))
-    for (i, kind, _), res in zip(jobs, results):
+    for (i, upload_type, _), res in zip(jobs, results, strict=True):
         if res is None or res.uuid is None:
             rest.append(i)  # the server gives its own answer, as it would without the proxy
             continue
-        answered[i] = upload_answer(tasks[i], kind, res.uuid, getattr(res, "url", None))
+        answered[i] = upload_answer(tasks[i], upload_type, res.uuid, getattr(res, "url", None))
         if res.outcome == "hit":
             savings.uploads_answered += 1
             savings.bytes_not_sent += res.size or 0

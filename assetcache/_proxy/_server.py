@@ -239,7 +239,9 @@ class Proxy:
             tasks = json.loads(request.body)
         except ValueError:
             tasks = None
-        key = api_key_of(request.header("Authorization"), tasks) if isinstance(tasks, list) else None
+        key = (
+            api_key_of(request.header("Authorization"), tasks) if isinstance(tasks, list) else None
+        )
         if not isinstance(tasks, list) or key is None:
             return await self._forward(request, request.body)
         assert self._pool is not None
@@ -262,11 +264,16 @@ class Proxy:
         try:
             resp = await self._http.post(self.upstream, content=body, headers=headers)
         except httpx.TimeoutException:
-            return Reply(504, error_body("proxyUpstreamTimeout", "the upstream did not answer in time"))
+            return Reply(
+                504, error_body("proxyUpstreamTimeout", "the upstream did not answer in time")
+            )
         except httpx.HTTPError as exc:
             return Reply(
                 502,
-                error_body("proxyUpstreamUnavailable", f"the upstream cannot be reached ({type(exc).__name__})"),
+                error_body(
+                    "proxyUpstreamUnavailable",
+                    f"the upstream cannot be reached ({type(exc).__name__})",
+                ),
             )
         out = {"Content-Type": resp.headers.get("Content-Type", "application/json")}
         if "Retry-After" in resp.headers:
