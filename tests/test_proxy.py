@@ -224,3 +224,58 @@ def test_answers_from_the_cache_report_what_they_saved(proxy: Proxy) -> None:
     assert proxy.savings.as_dict()["uploads_answered"] == 2
     assert proxy.savings.bytes_not_sent == 2 * len(make_png(11))
     assert json.loads(json.dumps(proxy.savings.as_dict()))["uploads_sent"] == 1
+
+
+# -- WebSocket ---------------------------------------------------------------
+
+
+def ws_exchange(ws: object, tasks: list[dict], want: int) -> list[dict]:
+    """Send one frame of tasks; collect ``want`` result or error objects."""
+    ws.send(json.dumps(tasks))  # type: ignore[attr-defined]
+    got: list[dict] = []
+    while len(got) < want:
+        frame = json.loads(ws.recv(timeout=30))  # type: ignore[attr-defined]
+        got += frame.get("data", []) + frame.get("errors", [])
+    return got
+
+
+def test_websocket_uploads_are_answered_from_the_cache(proxy: Proxy, upstream: Emulator) -> None:
+    from websockets.sync.client import connect
+
+    image = data_uri(make_png(20))
+    with connect(proxy.ws_url) as ws:
+        (auth,) = ws_exchange(ws, [{"taskType": "authentication", "apiKey": API_KEY}], 1)
+        assert auth["connectionSessionUUID"]
+        first, second = upload_task(image), upload_task(image)
+        (a,) = ws_exchange(ws, [first], 1)
+        (b,) = ws_exchange(ws, [second], 1)
+        (pong,) = ws_exchange(ws, [{"taskType": "ping", "ping": True}], 1)
+    assert a["taskUUID"] == first["taskUUID"] and b["taskUUID"] == second["taskUUID"]
+    assert a["imageUUID"] == b["imageUUID"] and upstream.holds(a["imageUUID"])
+    assert pong.get("pong") is True
+    assert upstream.upload_count == 1
+
+
+def test_websocket_sessions_resume_with_their_session_uuid(
+    proxy: Proxy, upstream: Emulator
+) -> None:
+    from websockets.sync.client import connect
+
+    with connect(proxy.ws_url) as ws:
+        (auth,) = ws_exchange(ws, [{"taskType": "authentication", "apiKey": API_KEY}], 1)
+    session = auth["connectionSessionUUID"]
+    with connect(proxy.ws_url) as ws:
+        (again,) = ws_exchange(
+            ws,
+            [{"taskType": "authentication", "apiKey": API_KEY, "connectionSessionUUID": session}],
+            1,
+        )
+    assert again["connectionSessionUUID"] == session
+
+
+def test_websocket_key_errors_come_from_the_server(proxy: Proxy) -> None:
+    from websockets.sync.client import connect
+
+    with connect(proxy.ws_url) as ws:
+        (err,) = ws_exchange(ws, [{"taskType": "authentication", "apiKey": "nope"}], 1)
+    assert err["code"] == "invalidApiKey"

@@ -164,12 +164,18 @@ class WebSocket:
         writer: asyncio.StreamWriter,
         max_size: int,
     ) -> WebSocket | None:
-        from websockets.datastructures import Headers
         from websockets.http11 import Request as WsRequest
         from websockets.server import ServerProtocol
 
         proto = ServerProtocol(max_size=max_size)
-        response = proto.accept(WsRequest(request.path, Headers(request.headers)))
+        # The protocol parses the handshake itself, so it is fed the head again.
+        head = f"GET {request.path} HTTP/1.1\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in request.headers) + "\r\n"
+        proto.receive_data(head.encode("latin-1"))
+        events = proto.events_received()
+        if not events or not isinstance(events[0], WsRequest):
+            return None
+        response = proto.accept(events[0])
         proto.send_response(response)
         ws = cls(reader, writer, proto)
         await ws._flush()
