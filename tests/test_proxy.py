@@ -279,3 +279,72 @@ def test_websocket_key_errors_come_from_the_server(proxy: Proxy) -> None:
     with connect(proxy.ws_url) as ws:
         (err,) = ws_exchange(ws, [{"taskType": "authentication", "apiKey": "nope"}], 1)
     assert err["code"] == "invalidApiKey"
+
+
+# -- inline images in other tasks, and healing ---------------------------------------
+
+
+def inference(**images: object) -> dict:
+    return {
+        "taskType": "imageInference",
+        "taskUUID": str(uuid.uuid4()),
+        "positivePrompt": "a cat",
+        "model": "runware:100@1",
+        "width": 512,
+        "height": 512,
+        **images,
+    }
+
+
+def test_inline_images_reach_the_server_as_uuids_and_are_not_sent_again(
+    proxy: Proxy, upstream: Emulator
+) -> None:
+    seed, refs = data_uri(make_png(30)), [data_uri(make_png(31)), data_uri(make_png(32))]
+    first = inference(seedImage=seed, referenceImages=refs)
+    reply = post(proxy, [first])
+    assert reply.status_code == 200, reply.text
+    assert {d["taskUUID"] for d in reply.json()["data"]} == {first["taskUUID"]}
+    assert upstream.upload_count == 3
+    upstream.reset_counters()
+    again = post(proxy, [inference(seedImage=seed, referenceImages=refs)])
+    assert again.status_code == 200
+    assert upstream.upload_count == 0
+    assert upstream.bytes_received < 2000  # UUIDs only: no image bytes went up
+
+
+def test_a_lost_upload_is_healed_out_of_the_clients_sight(proxy: Proxy, upstream: Emulator) -> None:
+    seed, ref = data_uri(make_png(33)), data_uri(make_png(34))
+    post(proxy, [inference(seedImage=seed, referenceImages=[ref])])
+    held = {image.uuid for image in upstream.images()}
+    seed_uuid = post(proxy, [upload_task(seed)]).json()["data"][0]["imageUUID"]
+    assert seed_uuid in held
+    upstream.delete(seed_uuid)
+    upstream.reset_counters()
+    task = inference(seedImage=seed, referenceImages=[ref])
+    reply = post(proxy, [task])
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert "errors" not in body
+    assert [d["taskUUID"] for d in body["data"]] == [task["taskUUID"]]
+    assert upstream.upload_count == 1  # only the lost one
+    assert proxy.savings.healed == 1
+
+
+def test_an_unrelated_error_reaches_the_client_unchanged(proxy: Proxy, upstream: Emulator) -> None:
+    task = inference(seedImage=data_uri(make_png(35)))
+    task["numberResults"] = 0
+    reply = post(proxy, [task])
+    assert reply.status_code == 400
+    err = reply.json()["errors"][0]
+    assert err["code"] == "invalidNumberResults" and err["taskUUID"] == task["taskUUID"]
+    assert proxy.savings.healed == 0
+
+
+def test_a_path_in_a_task_is_never_read_by_the_proxy(
+    proxy: Proxy, upstream: Emulator, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(make_png(36))
+    post(proxy, [inference(seedImage=str(secret))])
+    assert upstream.upload_count == 0
+    assert upstream.images() == []

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,3 +183,75 @@ async def answer_uploads(
             savings.uploads_sent += 1
     rest.sort()
     return answered, rest
+
+
+# -- tasks that carry images: swapped, healed, evidenced -----------------------------
+
+#: Rounds of healing one task may take: the server may name one rejected
+#: input per answer, and a task takes at most 14 reference images plus a few more.
+MAX_HEAL_ROUNDS = 16
+
+
+@dataclass
+class Flight:
+    """A task whose images the cache bound: what the client sent, what went upstream."""
+
+    original: Json
+    prepared: Any  # PreparedTask
+    rounds: int = 0
+
+    @property
+    def client_uuid(self) -> str:
+        return str(self.original["taskUUID"])
+
+    @property
+    def sent(self) -> Json:
+        return dict(self.prepared.task)
+
+
+async def prepare_flight(pool: CachePool, key: str, task: Any, savings: Savings) -> Flight | None:
+    """The task with inline images swapped for cached UUIDs, or None to send it as it is.
+
+    Only data URIs and base64 are taken (never a path: the proxy must not
+    upload its own files); a value the cache cannot use leaves the whole task
+    to the server, which answers it as it would without the proxy.
+    """
+    if not isinstance(task, dict) or not isinstance(task.get("taskUUID"), str):
+        return None
+    if upload_kind(task) is not None or task.get("taskType") in ("authentication", "ping"):
+        return None
+    cache = await pool.get(key, "imageUpload")
+    try:
+        prepared = await cache.prepare(task, local_files=False)
+    except AssetCacheError:
+        return None
+    if not prepared.bindings:
+        return None
+    savings.inline_swapped += sum(1 for b in prepared.bindings if b.target is not b.uuid)
+    return Flight(task, prepared)
+
+
+async def heal_flight(pool: CachePool, key: str, flight: Flight, error: Json) -> Json | None:
+    """The task to send again under a fresh taskUUID when ``error`` says the
+    server lost one of its bound images; None to pass the error on."""
+    if flight.rounds >= min(MAX_HEAL_ROUNDS, len(flight.prepared.bindings)):
+        return None
+    cache = await pool.get(key, "imageUpload")
+    invalidated = await cache.settle(flight.prepared, ok=False, error={"errors": [error]})
+    if not invalidated:
+        return None
+    flight.rounds += 1
+    fresh = {**flight.original, "taskUUID": str(uuid_mod.uuid4())}
+    try:
+        flight.prepared = await cache.prepare(fresh, local_files=False)
+    except AssetCacheError:
+        return None
+    return flight.sent
+
+
+async def settle_flight(pool: CachePool, key: str, flight: Flight) -> None:
+    """A task that succeeded: evidence that every bound UUID was used now."""
+    cache = await pool.get(key, "imageUpload")
+    # Evidence is best effort: the answer reaches the client either way.
+    with contextlib.suppress(AssetCacheError):
+        await cache.settle(flight.prepared, ok=True)

@@ -23,7 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigurationError
-from ._relay import CachePool, Json, Savings, answer_uploads, api_key_of
+from ._relay import (
+    MAX_HEAL_ROUNDS,
+    CachePool,
+    Flight,
+    Json,
+    Savings,
+    answer_uploads,
+    api_key_of,
+    heal_flight,
+    prepare_flight,
+    settle_flight,
+)
 from ._wire import HEADER_LIMIT, Reply, Request, WebSocket, WireError, read_request
 
 log = logging.getLogger("assetcache.proxy")
@@ -244,15 +255,83 @@ class Proxy:
         )
         if not isinstance(tasks, list) or key is None:
             return await self._forward(request, request.body)
-        assert self._pool is not None
-        answered, rest = await answer_uploads(self._pool, key, tasks, self.savings)
-        if not answered:
-            return await self._forward(request, request.body)
+        pool = self._pool
+        assert pool is not None
+        answered, rest = await answer_uploads(pool, key, tasks, self.savings)
         local = [answered[i] for i in sorted(answered)]
         if not rest:
             return Reply(200, json.dumps({"data": local}).encode())
-        reply = await self._forward(request, json.dumps([tasks[i] for i in rest]).encode())
-        return merge_reply(local, reply)
+        found = await asyncio.gather(
+            *(prepare_flight(pool, key, tasks[i], self.savings) for i in rest)
+        )
+        flights = {f.client_uuid: f for f in found if f is not None}
+        if not answered and not flights:
+            return await self._forward(request, request.body)
+        outgoing = [f.sent if f else tasks[i] for i, f in zip(rest, found, strict=True)]
+        reply = await self._forward(request, json.dumps(outgoing).encode())
+        if not flights:
+            return merge_reply(local, reply)
+        return await self._heal_rest(request, key, local, reply, flights)
+
+    async def _heal_rest(
+        self,
+        request: Request,
+        key: str,
+        local: list[Json],
+        reply: Reply,
+        flights: dict[str, Flight],
+    ) -> Reply:
+        """Send again, alone, each task whose bound image the server lost; answer
+        the client under its own taskUUIDs as if nothing had happened."""
+        assert self._pool is not None
+        body = _json_object(reply.body)
+        if body is None:
+            return merge_reply(local, reply)
+        data, errors = _items(body, "data"), _items(body, "errors")
+        status = reply.status
+        for _ in range(MAX_HEAL_ROUNDS):
+            resend: list[Json] = []
+            kept: list[Json] = []
+            for err in errors:
+                flight = flights.get(str(err.get("taskUUID")))
+                again = await heal_flight(self._pool, key, flight, err) if flight else None
+                if again is None:
+                    kept.append(err)
+                else:
+                    flights[again["taskUUID"]] = flight  # type: ignore[assignment]
+                    resend.append(again)
+            errors = kept
+            if not resend:
+                break
+            self.savings.healed += len(resend)
+            again_reply = await self._forward(request, json.dumps(resend).encode())
+            again_body = _json_object(again_reply.body)
+            if again_body is None:
+                return again_reply  # the server broke mid-heal: say so as it did
+            data += _items(again_body, "data")
+            errors += _items(again_body, "errors")
+            status = again_reply.status
+        failed = {str(e.get("taskUUID")) for e in errors}
+        done: set[int] = set()
+        for item in data:
+            flight = flights.get(str(item.get("taskUUID")))
+            if flight is None:
+                continue
+            if str(item["taskUUID"]) not in failed and id(flight) not in done:
+                done.add(id(flight))
+                await settle_flight(self._pool, key, flight)
+            item["taskUUID"] = flight.client_uuid
+        for err in errors:
+            flight = flights.get(str(err.get("taskUUID")))
+            if flight is not None:
+                err["taskUUID"] = flight.client_uuid
+        body["data"] = local + data
+        if errors:
+            body["errors"] = errors
+        else:
+            body.pop("errors", None)
+            status = 200
+        return Reply(status, json.dumps(body).encode(), reply.headers)
 
     async def _forward(self, request: Request, body: bytes) -> Reply:
         import httpx
@@ -362,6 +441,20 @@ class _Session:
         except Exception:
             pass
         await self.ws.close(1011, "upstream closed")
+
+
+def _json_object(raw: bytes) -> Json | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _items(body: Json, name: str) -> list[Json]:
+    value = body.get(name)
+    items = value if isinstance(value, list) else ([value] if isinstance(value, dict) else [])
+    return [item for item in items if isinstance(item, dict)]
 
 
 def merge_reply(local: list[Json], reply: Reply) -> Reply:
