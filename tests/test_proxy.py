@@ -348,3 +348,25 @@ def test_a_path_in_a_task_is_never_read_by_the_proxy(
     post(proxy, [inference(seedImage=str(secret))])
     assert upstream.upload_count == 0
     assert upstream.images() == []
+
+
+def test_websocket_tasks_get_uuids_and_a_lost_upload_heals_unseen(
+    proxy: Proxy, upstream: Emulator
+) -> None:
+    from websockets.sync.client import connect
+
+    seed = data_uri(make_png(40))
+    with connect(proxy.ws_url) as ws:
+        ws_exchange(ws, [{"taskType": "authentication", "apiKey": API_KEY}], 1)
+        first = inference(seedImage=seed)
+        (result,) = ws_exchange(ws, [first], 1)
+        assert result["taskUUID"] == first["taskUUID"] and "imageUUID" in result
+        assert upstream.upload_count == 1
+        (held,) = [image.uuid for image in upstream.images()]
+        upstream.delete(held)
+        second = inference(seedImage=seed)
+        (healed,) = ws_exchange(ws, [second], 1)
+    assert healed["taskUUID"] == second["taskUUID"]
+    assert "code" not in healed  # a result, not an error
+    assert upstream.upload_count == 2
+    assert proxy.savings.healed == 1

@@ -392,13 +392,26 @@ class Proxy:
 
 
 class _Session:
-    """One client WebSocket relayed to one upstream WebSocket."""
+    """One client WebSocket relayed to one upstream WebSocket.
+
+    Tasks whose images the cache bound are tracked by the taskUUID they went
+    up with; an error saying the server lost one of those images is kept from
+    the client, the task healed and sent again under a fresh taskUUID, and its
+    results reach the client under the taskUUID it chose.
+    """
 
     def __init__(self, proxy: Proxy, ws: WebSocket, upstream: Any) -> None:
         self.proxy = proxy
         self.ws = ws
         self.upstream = upstream
         self.key: str | None = None
+        self.flights: dict[str, Flight] = {}
+        self.settled: set[int] = set()
+
+    @property
+    def pool(self) -> CachePool:
+        assert self.proxy._pool is not None
+        return self.proxy._pool
 
     async def run(self) -> None:
         down = asyncio.create_task(self._downstream())
@@ -425,22 +438,76 @@ class _Session:
         if self.key is None:
             await self.upstream.send(text)
             return
-        assert self.proxy._pool is not None
-        answered, rest = await answer_uploads(self.proxy._pool, self.key, tasks, self.proxy.savings)
+        answered, rest = await answer_uploads(self.pool, self.key, tasks, self.proxy.savings)
         for i in sorted(answered):
             await self.ws.send(json.dumps({"data": [answered[i]]}))
-        if rest:
-            out = text if not answered else json.dumps([tasks[i] for i in rest])
-            await self.upstream.send(out)
+        if not rest:
+            return
+        found = await asyncio.gather(
+            *(prepare_flight(self.pool, self.key, tasks[i], self.proxy.savings) for i in rest)
+        )
+        for flight in found:
+            if flight is not None:
+                self.flights[flight.prepared.task["taskUUID"]] = flight
+        if answered or any(found):
+            text = json.dumps([f.sent if f else tasks[i] for i, f in zip(rest, found, strict=True)])
+        await self.upstream.send(text)
 
     async def _downstream(self) -> None:
         try:
             async for message in self.upstream:
                 text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-                await self.ws.send(text)
+                out = await self._from_upstream(text)
+                if out is not None:
+                    await self.ws.send(out)
         except Exception:
             pass
         await self.ws.close(1011, "upstream closed")
+
+    async def _from_upstream(self, text: str) -> str | None:
+        if not self.flights or self.key is None:
+            return text
+        body = _json_object(text.encode("utf-8"))
+        if body is None:
+            return text
+        changed = False
+        errors = []
+        for err in _items(body, "errors"):
+            flight = self.flights.get(str(err.get("taskUUID")))
+            if flight is None:
+                errors.append(err)
+                continue
+            changed = True
+            again = await heal_flight(self.pool, self.key, flight, err)
+            if again is None:
+                err["taskUUID"] = flight.client_uuid
+                errors.append(err)
+                continue
+            self.flights[again["taskUUID"]] = flight
+            self.proxy.savings.healed += 1
+            await self.upstream.send(json.dumps([again]))
+        data = _items(body, "data")
+        for item in data:
+            flight = self.flights.get(str(item.get("taskUUID")))
+            if flight is None:
+                continue
+            changed = True
+            if id(flight) not in self.settled:
+                self.settled.add(id(flight))
+                await settle_flight(self.pool, self.key, flight)
+            item["taskUUID"] = flight.client_uuid
+        if not changed:
+            return text
+        if not data and not errors:
+            return None  # every error in it is being healed
+        out: Json = dict(body)
+        if data or "data" in body:
+            out["data"] = data
+        if errors:
+            out["errors"] = errors
+        else:
+            out.pop("errors", None)
+        return json.dumps(out)
 
 
 def _json_object(raw: bytes) -> Json | None:
