@@ -16,9 +16,10 @@ import contextlib
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,9 @@ class Proxy:
         thread.join(timeout=30)
         self._thread = None
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until Ctrl-C."""
-        asyncio.run(self._main(None))
+    def serve_forever(self, ready: Callable[[Proxy], None] | None = None) -> None:
+        """Serve in this thread until Ctrl-C; ``ready(proxy)`` runs once it listens."""
+        asyncio.run(self._main(ready))
 
     def __enter__(self) -> Proxy:
         return self.start()
@@ -169,7 +170,7 @@ class Proxy:
             self._failure = exc
             self._ready.set()
 
-    async def _main(self, ready: threading.Event | None) -> None:
+    async def _main(self, ready: threading.Event | Callable[[Proxy], None] | None) -> None:
         import httpx
 
         from .._cache import AsyncAssetCache
@@ -197,8 +198,10 @@ class Proxy:
                 f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
         self.port = server.sockets[0].getsockname()[1]
-        if ready is not None:
+        if isinstance(ready, threading.Event):
             ready.set()
+        elif ready is not None:
+            ready(self)
         try:
             async with server:
                 await self._stop.wait()
@@ -210,6 +213,10 @@ class Proxy:
     # ------------------------------------------------------------- serving
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:
                 try:
