@@ -94,6 +94,10 @@ def entries(
         yield engine.entry(a, paths.get(a.content_hash, ()), now)
 
 
+#: Usage counters the proxy keeps (stored as ``proxy_<name>``).
+PROXY_COUNTERS = ("uploads_answered", "bytes_not_sent", "inline_swapped", "healed")
+
+
 def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
     """Counts, bytes and usage counters (stored ones plus this process's unflushed ones)."""
     store = engine.store
@@ -120,6 +124,7 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
         store.path,
         db_size(store.path),
         copies_info(engine),
+        {name: c(f"proxy_{name}", 0) for name in PROXY_COUNTERS},
     )
 
 

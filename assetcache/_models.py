@@ -176,6 +176,9 @@ class CacheStats:
     db_bytes: int
     #: Local copies of uploaded bytes (``CopiesUsage.as_dict()``), on or off.
     copies: dict[str, Any] | None = None
+    #: What ``assetcache proxy`` spared the upstream: ``uploads_answered``,
+    #: ``bytes_not_sent``, ``inline_swapped``, ``healed`` (all 0 without a proxy).
+    proxy: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return to_dict(self, _fields(CacheStats))

@@ -370,3 +370,96 @@ def test_websocket_tasks_get_uuids_and_a_lost_upload_heals_unseen(
     assert "code" not in healed  # a result, not an error
     assert upstream.upload_count == 2
     assert proxy.savings.healed == 1
+
+
+# -- the command -------------------------------------------------------------
+
+
+def start_cli_proxy(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "assetcache",
+            "--db",
+            str(tmp_path / "cli.db"),
+            "--emulator",
+            "proxy",
+            "--port",
+            "0",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    assert line.startswith("listening on http://"), (
+        line,
+        proc.stderr.read() if proc.stderr else "",
+    )
+    ws = proc.stdout.readline().strip()
+    assert ws.startswith("websocket on ws://")
+    return proc, line.removeprefix("listening on ")
+
+
+def test_the_command_serves_until_interrupted_and_stats_show_what_it_saved(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    proc, url = start_cli_proxy(tmp_path)
+    try:
+        image = data_uri(make_png(50))
+        for _ in range(3):
+            reply = httpx.post(
+                url, json=[upload_task(image)], headers={"Authorization": "Bearer cli-key"}
+            )
+            assert reply.status_code == 200 and reply.json()["data"][0]["imageURL"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "2 upload(s) answered from the cache" in err
+    assert "cli-key" not in err
+    stats = subprocess.run(
+        [sys.executable, "-m", "assetcache", "--db", str(tmp_path / "cli.db"), "stats", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in __import__("os").environ.items() if k != "RUNWARE_API_KEY"},
+    )
+    assert json.loads(stats.stdout)["proxy"]["uploads_answered"] == 2
+
+
+def test_the_command_warns_when_it_listens_beyond_loopback(tmp_path: Path) -> None:
+    import signal
+
+    proc, _ = start_cli_proxy(tmp_path, "--host", "0.0.0.0")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert "warning: listening on 0.0.0.0" in err
+
+
+def test_the_command_on_a_busy_port_is_one_line_exit_2(proxy: Proxy, tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "assetcache",
+            "--db",
+            str(tmp_path / "busy.db"),
+            "proxy",
+            "--port",
+            str(proxy.port),
+            "--upstream",
+            proxy.upstream,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "cannot listen" in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1

@@ -133,6 +133,12 @@ class CachePool:
             await old.aclose()
         return cache
 
+    async def flush(self) -> None:
+        """Write every open cache's usage counters (a proxy runs for long)."""
+        for cache in list(self._open.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(cache._engine.flush_counters)
+
     async def close(self) -> None:
         async with self._lock:
             caches = list(self._open.values())
@@ -175,14 +181,21 @@ async def answer_uploads(
         if res is None or res.uuid is None:
             rest.append(i)  # the server gives its own answer, as it would without the proxy
             continue
-        answered[i] = upload_answer(tasks[i], upload_type, res.uuid, getattr(res, "url", None))
+        answered[i] = upload_answer(tasks[i], upload_type, res.uuid, res.url)
         if res.outcome == "hit":
             savings.uploads_answered += 1
             savings.bytes_not_sent += res.size or 0
+            cache = await pool.get(key, upload_type)
+            count(cache, uploads_answered=1, bytes_not_sent=res.size or 0)
         else:
             savings.uploads_sent += 1
     rest.sort()
     return answered, rest
+
+
+def count(cache: Any, **counts: int) -> None:
+    """Add to the cache's usage counters (``stats`` shows them as the proxy's)."""
+    cache._engine.count(**{f"proxy_{name}": n for name, n in counts.items()})
 
 
 # -- tasks that carry images: swapped, healed, evidenced -----------------------------
@@ -227,7 +240,10 @@ async def prepare_flight(pool: CachePool, key: str, task: Any, savings: Savings)
         return None
     if not prepared.bindings:
         return None
-    savings.inline_swapped += sum(1 for b in prepared.bindings if b.target is not b.uuid)
+    swapped = sum(1 for b in prepared.bindings if b.target is not b.uuid)
+    savings.inline_swapped += swapped
+    if swapped:
+        count(cache, inline_swapped=swapped)
     return Flight(task, prepared)
 
 
@@ -241,6 +257,7 @@ async def heal_flight(pool: CachePool, key: str, flight: Flight, error: Json) ->
     if not invalidated:
         return None
     flight.rounds += 1
+    count(cache, healed=1)
     fresh = {**flight.original, "taskUUID": str(uuid_mod.uuid4())}
     try:
         flight.prepared = await cache.prepare(fresh, local_files=False)

@@ -45,6 +45,8 @@ DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 256 << 20
 #: Seconds one upstream exchange may take (generation tasks can be slow).
 DEFAULT_TIMEOUT = 300.0
+#: How often usage counters are written while the proxy runs.
+COUNTER_FLUSH_SECONDS = 30.0
 
 
 def ws_url_for(upstream: str) -> str:
@@ -173,7 +175,7 @@ class Proxy:
     async def _main(self, ready: threading.Event | Callable[[Proxy], None] | None) -> None:
         import httpx
 
-        from .._cache import AsyncAssetCache
+        from .._client import AsyncAssetCache
 
         def factory(key: str, kind: str) -> Any:
             return AsyncAssetCache(
@@ -202,13 +204,21 @@ class Proxy:
             ready.set()
         elif ready is not None:
             ready(self)
+        flusher = asyncio.create_task(self._flush_every(COUNTER_FLUSH_SECONDS))
         try:
             async with server:
                 await self._stop.wait()
         finally:
+            flusher.cancel()
             server.close()
             await self._pool.close()
             await self._http.aclose()
+
+    async def _flush_every(self, seconds: float) -> None:
+        assert self._pool is not None
+        while True:
+            await asyncio.sleep(seconds)
+            await self._pool.flush()
 
     # ------------------------------------------------------------- serving
 
