@@ -1193,10 +1193,8 @@ def proxy(settings: Settings, host: str, port: int, upstream: str | None, max_bo
         note(f"forwarding to {p.upstream}; Ctrl-C stops")
         sys.stdout.flush()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever(ready)
-    except KeyboardInterrupt:
-        pass
     s = server.savings
     note(
         f"stopped: {s.uploads_answered} upload(s) answered from the cache "
