@@ -32,6 +32,7 @@ from ._errors import (
     SourceNotFound,
     SourceTooLarge,
     StoreError,
+    TaskInputError,
     UnknownImage,
     UnsupportedFormat,
 )
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     )
     from ._proxy import Proxy
     from ._sources import Source
+    from ._taskpath import PreparedTask
 
 #: Public names whose modules load on first access (PEP 562).
 _LAZY = {
@@ -65,6 +67,7 @@ _LAZY = {
     "RetryPolicy": "._config",
     "Source": "._sources",
     "Proxy": "._proxy",
+    "PreparedTask": "._taskpath",
     **dict.fromkeys(
         (
             "CacheStats",
@@ -114,6 +117,7 @@ __all__ = [
     "ImportReport",
     "InsufficientCredits",
     "InvalidImage",
+    "PreparedTask",
     "ProtocolError",
     "Proxy",
     "PruneReport",
@@ -133,6 +137,7 @@ __all__ = [
     "SourceTooLarge",
     "StatusReport",
     "StoreError",
+    "TaskInputError",
     "UnknownImage",
     "UnsupportedFormat",
     "VerifyItem",

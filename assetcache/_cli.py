@@ -1016,6 +1016,7 @@ def fill_settings(settings: Settings, report: Any) -> None:
     report.settings = {
         "api_url": "(emulator)" if settings.emulator else config.base_url,
         "namespace": report.namespace,
+        "retention_note": config.describe()["retention_note"],
         **resize_settings(None),
     }
 
@@ -1059,6 +1060,8 @@ def print_doctor(report: Any) -> None:
                 ),
             ),
         ]
+    if "retention_note" in s:
+        lines.append(("basis", s["retention_note"]))
     if "resize_note" in s:
         off = s.get("resize") == "" and s.get("resize_available")
         lines.append(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
-from . import _lifecycle, _maintenance, _status
+from . import _lifecycle, _maintenance, _status, _taskpath
 from ._config import Config, resolve
 from ._effects import Driver, Plan, run_async, run_sync
 from ._engine import Engine
@@ -39,6 +39,7 @@ from ._protocol import UnknownPredicate
 from ._resolve import plan_resolve_many
 from ._sources import SourceLike
 from ._storage._sqlite import SQLiteStore
+from ._taskpath import PreparedTask
 from ._transport import client_kwargs
 
 T = TypeVar("T")
@@ -199,6 +200,68 @@ class AssetCache(BaseCache):
         """
         plan = _lifecycle.plan_use(self._engine, source, fn, retries, is_unknown, parameter)
         return cast(T, self._run(plan))
+
+    # -- the task path (plans in _taskpath) ----------------------------------------------
+    def run(
+        self,
+        task: Any,
+        send: Callable[[Any], Any] | None = None,
+        *,
+        extra_params: Any = None,
+        reuploads: int = 1,
+    ) -> Any:
+        """Run one Runware task whose image parameters may hold local images.
+
+        Paths, bytes, file objects, PIL images, data URIs and base64 in any
+        image parameter (``_taskmap.TASK_PARAMS``, plus ``extra_params``)
+        become cached UUIDs; a rejected input is uploaded again alone (at most
+        ``reuploads`` times) and the task re-sent with a fresh taskUUID.
+        Without ``send``, the cache's own client sends it and the result is the
+        list of ``data`` objects of the task; with ``send``, ``send(task)``
+        sends it and its return value is returned.
+
+        >>> cache.run({"taskType": "imageInference", "seedImage": "cat.png", ...})  # doctest: +SKIP
+        """
+        engine = self._engine
+        warm = _taskpath.prepare_warm(engine, task, extra_params)
+        plan = _taskpath.plan_run_many(engine, [task], send, extra_params, reuploads, None, warm)
+        ((ok, value),) = self._run(plan)
+        if not ok:
+            raise value
+        return value
+
+    def run_many(
+        self,
+        tasks: Iterable[Any],
+        send: Callable[[Any], Any] | None = None,
+        *,
+        extra_params: Any = None,
+        reuploads: int = 1,
+        concurrency: int | None = None,
+    ) -> list[Any]:
+        """:meth:`run` for several tasks: their images resolved in one batch and,
+        without ``send``, the tasks sent in one request. One result per task, in
+        order; a task that failed holds its exception instead (nothing raised)."""
+        plan = _taskpath.plan_run_many(
+            self._engine, list(tasks), send, extra_params, reuploads, concurrency
+        )
+        return [value for _, value in self._run(plan)]
+
+    def prepare(self, task: Any, *, extra_params: Any = None) -> PreparedTask:
+        """The first half of :meth:`run`, for callers with their own client: the
+        task with its images as cached UUIDs (``prepared.task``); raises
+        :class:`TaskInputError` naming the parameter when one is unusable."""
+        return cast(
+            PreparedTask, self._run(_taskpath.plan_prepare(self._engine, task, extra_params))
+        )
+
+    def settle(self, prepared: PreparedTask, ok: bool = True, error: object = None) -> list[str]:
+        """The second half: ``ok=True`` records that Runware used the task's
+        images now (their windows slide); ``ok=False, error=answer`` invalidates
+        the images the answer says Runware no longer has. Returns the
+        parameters invalidated (prepare the task again to upload them)."""
+        plan = _taskpath.plan_settle(self._engine, prepared, ok, error)
+        return cast(list[str], self._run(plan))
 
     def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
         """Record a use made outside the cache (a task run elsewhere with a cached
@@ -451,6 +514,51 @@ class AsyncAssetCache(BaseCache):
         """
         plan = _lifecycle.plan_use(self._engine, source, fn, retries, is_unknown, parameter)
         return await self._run(plan)
+
+    # -- the task path (plans in _taskpath) ----------------------------------------------
+    async def run(
+        self,
+        task: Any,
+        send: Callable[[Any], Any] | None = None,
+        *,
+        extra_params: Any = None,
+        reuploads: int = 1,
+    ) -> Any:
+        """The twin of :meth:`AssetCache.run`; ``send`` may be a coroutine function."""
+        engine = self._engine
+        warm = _taskpath.prepare_warm(engine, task, extra_params)
+        plan = _taskpath.plan_run_many(engine, [task], send, extra_params, reuploads, None, warm)
+        ((ok, value),) = await self._run(plan)
+        if not ok:
+            raise value
+        return value
+
+    async def run_many(
+        self,
+        tasks: Iterable[Any],
+        send: Callable[[Any], Any] | None = None,
+        *,
+        extra_params: Any = None,
+        reuploads: int = 1,
+        concurrency: int | None = None,
+    ) -> list[Any]:
+        """The twin of :meth:`AssetCache.run_many`."""
+        plan = _taskpath.plan_run_many(
+            self._engine, list(tasks), send, extra_params, reuploads, concurrency
+        )
+        return [value for _, value in await self._run(plan)]
+
+    async def prepare(self, task: Any, *, extra_params: Any = None) -> PreparedTask:
+        """The twin of :meth:`AssetCache.prepare`."""
+        plan = _taskpath.plan_prepare(self._engine, task, extra_params)
+        return cast(PreparedTask, await self._run(plan))
+
+    async def settle(
+        self, prepared: PreparedTask, ok: bool = True, error: object = None
+    ) -> list[str]:
+        """The twin of :meth:`AssetCache.settle`."""
+        plan = _taskpath.plan_settle(self._engine, prepared, ok, error)
+        return cast(list[str], await self._run(plan))
 
     def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
         """The twin of :meth:`AssetCache.touch` (blocking)."""

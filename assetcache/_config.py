@@ -100,6 +100,8 @@ class Config:
     racy_ns: int
     lease_ttl: float
     task_type: str
+    #: Where the retention in force comes from: configured, documented or assumed.
+    retention_basis: str
     resize: bool | str
     max_side: int
     keep_copies: bool
@@ -118,6 +120,8 @@ class Config:
             "api_url": self.base_url,
             "namespace": self.namespace,
             "retention_seconds": p.retention,
+            "retention_basis": self.retention_basis,
+            "retention_note": retention_note(self.task_type, self.retention_basis),
             "margin_seconds": p.margin,
             "touch_every_seconds": p.touch_every,
             "concurrency": self.concurrency,
@@ -138,7 +142,7 @@ def resolve(
     db_path: str | os.PathLike[str] | None = None,
     local_db: str | os.PathLike[str] | None = None,
     namespace: str | None = None,
-    retention: timedelta | float | None = None,
+    retention: timedelta | float | Mapping[str, timedelta | float] | None = None,
     margin: timedelta | float | None = None,
     touch_every: timedelta | float | None = None,
     retry: RetryPolicy | None = None,
@@ -180,13 +184,17 @@ def resolve(
     url = str(pick("base_url", base_url or None)).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"API URL must start with http:// or https://: {url}")
-    try:
-        policy = _policy.Policy.from_timedeltas(retention, margin, touch_every)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
     kind = pick("task_type", upload_task or task_type)
     if kind not in TASK_TYPES:
         raise ConfigurationError(f"task_type must be imageUpload or mediaStorage, not {kind!r}")
+    try:
+        # Retention may be given per upload task kind: the one in force is this kind's.
+        basis = _policy.retention_basis(retention, kind)
+        policy = _policy.Policy.from_timedeltas(
+            _policy.retention_for(retention, kind), margin, touch_every
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     target = db if db is not None else db_path
     local = pick("local_db", local_db)
     fleet_dir = None
@@ -209,6 +217,7 @@ def resolve(
         racy_ns=int(pick("racy_window", racy_window) * 1e9),
         lease_ttl=float(pick("lease_ttl", lease_ttl)),
         task_type=kind,
+        retention_basis=basis,
         resize=pick("resize", resize),
         max_side=pick("max_side", max_side),
         keep_copies=_flag(pick("keep_copies", keep_copies)),
@@ -232,6 +241,21 @@ def _size(value: int | str) -> int:
         raise ConfigurationError(
             f"copies_max_bytes must be a number of bytes, not {value!r}"
         ) from None
+
+
+def retention_note(task_type: str, basis: str) -> str:
+    """What the retention in force rests on, in words (``doctor`` prints it)."""
+    if basis == "configured":
+        return f"{task_type} retention as configured"
+    if basis == "documented":
+        return (
+            f"{task_type}: documented by Runware (deleted 30 days after last use); "
+            "mediaStorage's retention is an assumption (not documented)"
+        )
+    return (
+        f"{task_type}: an assumption, not a documented fact (Runware documents no retention "
+        "for mediaStorage; the imageUpload rule is assumed; set retention={...} per task kind)"
+    )
 
 
 def account_fingerprint(api_key: str) -> str:

@@ -186,9 +186,9 @@ class Engine:
         )
 
     # -- the warm-hit path -------------------------------------------------
-    def fast_hit(self, obj: Any) -> Resolution | None:
+    def fast_hit(self, obj: Any, touch: bool = True) -> Resolution | None:
         """Answer a path whose stat data and asset are known and fresh, or ``None``."""
-        hit = self.hit_row(obj)
+        hit = self.hit_row(obj, touch)
         if hit is None:
             return None
         row, last_used = hit
@@ -203,7 +203,7 @@ class Engine:
             last_used + self.policy.retention,
         )
 
-    def hit_row(self, obj: Any) -> tuple[tuple[Any, ...], float] | None:
+    def hit_row(self, obj: Any, touch: bool = True) -> tuple[tuple[Any, ...], float] | None:
         """The warm-hit core: ``(lookup row, last use)``, or ``None`` to take the slow path.
 
         Costs one ``os.stat`` and one indexed SELECT (``scripts/bench_hit.py``
@@ -229,6 +229,13 @@ class Engine:
         row = self.store.lookup_path(
             path.encode(_FS_ENCODING, _FS_ERRORS), self.namespace, self.fit_variant, self.max_side
         )
+        return self._accept(row, st, touch)
+
+    def _accept(
+        self, row: tuple[Any, ...] | None, st: os.stat_result, touch: bool, count: bool = True
+    ) -> tuple[tuple[Any, ...], float] | None:
+        """A looked-up row is a hit when the stat data still vouch for the content
+        (not racily clean) and the entry is served; touched when due."""
         if row is None or row[8] is None:
             return None
         if (
@@ -245,21 +252,66 @@ class Engine:
         policy = self.policy
         if now >= last_used + policy.retention - policy.margin:
             return None
-        if now - last_used >= policy.touch_every:
+        if touch and now - last_used >= policy.touch_every:
             self.registry.touch((self.namespace, row[6], row[11]), now)
             last_used = now
-        with self._count_lock:
-            self._counts["hits"] += 1
-            self._counts["bytes_saved"] += row[10]
+        if count:
+            with self._count_lock:
+                self._counts["hits"] += 1
+                self._counts["bytes_saved"] += row[10]
         return row, last_used
 
+    def hit_rows(
+        self, paths: Sequence[str], touch: bool = True, all_or_nothing: bool = False
+    ) -> list[tuple[tuple[Any, ...], float] | None]:
+        """:meth:`hit_row` for several path strings, in one SELECT (a task's images).
+        ``all_or_nothing``: unless every path hits, count none (the caller takes
+        the slow path for all of them, which counts them then)."""
+        stats: list[tuple[bytes, os.stat_result] | None] = []
+        for obj in paths:
+            if obj[:5].lower() == "data:" or "://" in obj[:16] or not obj or "\x00" in obj:
+                stats.append(None)
+                continue
+            path = os.path.abspath(obj)
+            try:
+                stats.append((path.encode(_FS_ENCODING, _FS_ERRORS), os.stat(path)))
+            except (OSError, ValueError):
+                stats.append(None)
+        keys = [s[0] for s in stats if s is not None]
+        if not keys:
+            return [None] * len(paths)
+        found = self.store.lookup_paths(keys, self.namespace, self.fit_variant, self.max_side)
+        if not all_or_nothing:
+            return [
+                None if s is None else self._accept(found.get(s[0]), s[1], touch) for s in stats
+            ]
+        out = [
+            None if s is None else self._accept(found.get(s[0]), s[1], touch, False) for s in stats
+        ]
+        if all(hit is not None for hit in out):
+            with self._count_lock:
+                self._counts["hits"] += len(out)
+                self._counts["bytes_saved"] += sum(hit[0][10] for hit in out if hit is not None)
+        return out
+
     # -- lookups and records (blocking SQLite) --------------------------------
+    def record_evidence(self, uses: Iterable[tuple[str, float | None]]) -> None:
+        """Runware accepted a task that used these imageUUIDs just now: slide their
+        windows. ``uses``: ``(imageUUID, last use the cache knows of, or None)``;
+        a window slid less than ``touch_every`` ago is left alone (no write)."""
+        now = self.clock()
+        for image_uuid, last_used in uses:
+            if last_used is not None and not _policy.needs_touch(self.policy, last_used, now):
+                continue
+            for row in self.registry.find_uuid(image_uuid.lower()):
+                self.registry.touch(row.key, now)
+
     def fresh_since(self, now: float) -> float:
         """Rows used after this instant are still served."""
         return now - (self.policy.retention - self.policy.margin)
 
     def settle(
-        self, items: Sequence[Prepared], force: Collection[Key] = ()
+        self, items: Sequence[Prepared], force: Collection[Key] = (), touch: bool = True
     ) -> list[AssetRow | None]:
         """The fresh row for each prepared item (touched if due), else ``None``.
 
@@ -275,7 +327,7 @@ class Engine:
         for item in items:
             row = found.get(item.key)
             if row is not None and row.last_used_at > since and item.key not in force:
-                if _policy.needs_touch(self.policy, row.last_used_at, now):
+                if touch and _policy.needs_touch(self.policy, row.last_used_at, now):
                     touches.append(row.key)
                 if item.file_row is not None:
                     files.append(item.file_row)

@@ -9,7 +9,8 @@ boundary with ``raise ... from exc`` so the original stays on ``__cause__``::
     │   ├── SourceNotFound          missing path, dangling symlink
     │   ├── UnsupportedFormat       readable, but not JPEG/PNG/WEBP/BMP/GIF
     │   ├── InvalidImage            claims a format it does not hold (truncated, garbage)
-    │   └── SourceTooLarge          above the configured ``max_bytes``
+    │   ├── SourceTooLarge          above the configured ``max_bytes``
+    │   └── TaskInputError          a task's image parameter holds something unusable
     ├── ConfigurationError          no API key, bad URL, bad setting
     ├── StoreError                  the cache database cannot be used
     │   └── SchemaTooNew            written by a newer assetcache
@@ -67,6 +68,25 @@ class InvalidImage(SourceError):
 
 class SourceTooLarge(SourceError):
     pass
+
+
+class TaskInputError(SourceError):
+    """An image parameter of a task cannot be used; nothing was sent.
+
+    ``.parameter`` names it as Runware would (``referenceImages[3]``),
+    ``.source`` is the value's label and ``.reason`` says why.
+    """
+
+    parameter: str
+
+    def __init__(self, parameter: str, source: str, reason: str) -> None:
+        AssetCacheError.__init__(
+            self,
+            f"{parameter}: {source}: {reason}" if source else f"{parameter}: {reason}",
+            source=source,
+            reason=reason,
+            parameter=parameter,
+        )
 
 
 class ConfigurationError(AssetCacheError):

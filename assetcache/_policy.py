@@ -17,7 +17,7 @@ what the server grants).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -49,6 +49,38 @@ class Policy:
         if touch_s < 0:
             raise ValueError("touch_every must be at least 0")
         return cls(retention_s, margin_s, touch_s, base.expiring_soon)
+
+
+#: Upload task kinds, and whether Runware documents their retention. imageUpload:
+#: "deleted 30 days after last use". mediaStorage: nothing is documented; the
+#: same rule is assumed until configured otherwise (``retention={...}``).
+UPLOAD_TASKS = {"imageUpload": True, "mediaStorage": False}
+
+
+def retention_for(
+    retention: timedelta | float | Mapping[str, timedelta | float] | None, task_type: str
+) -> timedelta | float | None:
+    """The retention for uploads made with ``task_type``: ``retention`` itself, or,
+    given per task kind (``{"mediaStorage": timedelta(days=7)}``), its entry."""
+    if not isinstance(retention, Mapping):
+        return retention
+    unknown = sorted(set(retention) - set(UPLOAD_TASKS))
+    if unknown:
+        raise ValueError(
+            f"retention is given per upload task ({', '.join(UPLOAD_TASKS)}), "
+            f"not for {', '.join(map(repr, unknown))}"
+        )
+    return retention.get(task_type)
+
+
+def retention_basis(
+    retention: timedelta | float | Mapping[str, timedelta | float] | None, task_type: str
+) -> str:
+    """Where the retention in force comes from: ``configured``, ``documented`` or
+    ``assumed`` (mediaStorage: Runware documents none)."""
+    if retention_for(retention, task_type) is not None:
+        return "configured"
+    return "documented" if UPLOAD_TASKS.get(task_type) else "assumed"
 
 
 def _seconds(value: timedelta | float | None, default: float) -> float:

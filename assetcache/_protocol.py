@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sys
 import time
 import uuid as uuid_mod
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -243,12 +242,36 @@ def error_from_object(
     elif code in TRANSIENT_CODES or (status is not None and status >= 500):
         cls = ServerError
     elif code and code.startswith("invalid") and parameter and parameter not in ("image", "media"):
-        cls = UnknownImage if says_unknown(code, parameter, message) else RejectedInput
+        cls = UnknownImage if media_error(code, parameter, message) else RejectedInput
     elif code and code.startswith("invalid") or status is not None and 400 <= status < 500:
         cls = RejectedInput
     else:
         cls = RemoteError
     return cls(text, code=code, parameter=parameter, task_uuid=task_uuid, status=status)
+
+
+class StillProcessing(ProtocolError):
+    """A mediaStorage answer whose ``mediaUUID`` is the placeholder ``"1"``: the
+    upload is stored but not ready. Poll ``getResponse`` for its taskUUID; never
+    send it again (that would be a second upload)."""
+
+
+#: The mediaUUID Runware answers while a mediaStorage upload is still processing.
+PLACEHOLDER_UUID = "1"
+
+
+def is_placeholder(item: dict[str, Any], uuid_field: str) -> bool:
+    if uuid_field != "mediaUUID":
+        return False
+    value = item.get(uuid_field)
+    return str(value).strip() == PLACEHOLDER_UUID or (
+        value is None and item.get("status") in ("processing", "pending")
+    )
+
+
+def get_response_body(task_uuids: Sequence[str]) -> bytes:
+    """One request polling ``getResponse`` for each taskUUID."""
+    return json_body([{"taskType": "getResponse", "taskUUID": t} for t in task_uuids])
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -329,6 +352,11 @@ def parse_response(
             ):
                 continue
             image_uuid = item.get(uuid_field)
+            if is_placeholder(item, uuid_field):
+                outcomes[tid] = StillProcessing(
+                    f"Runware is still processing task {tid}", task_uuid=tid, code="processing"
+                )
+                continue
             if not is_uuid(image_uuid):
                 outcomes[tid] = ProtocolError(
                     f"Runware answered without a valid {uuid_field} for task {tid}",
@@ -362,145 +390,320 @@ def parse_response(
     return outcomes
 
 
+def media_gone(answer: object) -> bool:
+    """A ``mediaStorage`` delete answer saying the UUID is not (or no longer) held."""
+    return isinstance(answer, RemoteError) and answer.code == "invalidMedia"
+
+
+def parse_task_response(
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    task_uuids: Sequence[str],
+    redact: Callable[[str], str],
+) -> dict[str, list[dict[str, Any]] | RemoteError]:
+    """Per-task outcomes of a request of any tasks: the ``data`` objects of each
+    task that succeeded (all of them: ``numberResults`` may give several), or its
+    error. Request-level failures raise, as in :func:`parse_response`."""
+    outcomes = parse_response(status, headers, body, task_uuids, redact, uuid_field="taskUUID")
+    items: dict[str, list[dict[str, Any]]] = {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if isinstance(data, dict):
+        data = [data]
+    for item in data if isinstance(data, list) else ():
+        if isinstance(item, dict) and isinstance(item.get("taskUUID"), str):
+            items.setdefault(item["taskUUID"], []).append(item)
+    out: dict[str, list[dict[str, Any]] | RemoteError] = {}
+    for tid, outcome in outcomes.items():
+        if isinstance(outcome, TaskResult):
+            out[tid] = items.get(tid, [outcome.raw])
+        else:
+            out[tid] = outcome
+    return out
+
+
 #: ``use()``'s caller predicate: gets what ``fn`` raised or returned.
 UnknownPredicate = Callable[[object], bool]
-#: Top-level parameters that carry new bytes (uploads), not a stored image.
-_UPLOAD_PARAMS = frozenset({"image", "media"})
-_IMAGE_WORDS = ("image", "mask", "frame")
-_PARAM_SPLIT = re.compile(r"[.\[\]]+")
-#: Runware's wording for a UUID it does not hold (there is no dedicated code).
-_UNKNOWN_WORDING = "previously uploaded"
-
-
-# -- "the server does not know this UUID": the one rule --------------------------------
 
 
 def rejects_uuid(obj: object, uuid: str | None = None, parameters: Collection[str] = ()) -> bool:
     """Whether ``obj`` (an exception, or a value such as an ``httpx.Response``) is
-    Runware saying it does not know an image UUID it was given.
+    Runware saying it does not know an image UUID it was given (``use()``).
 
     ``parameters``: the task parameters the UUID went in (only a rejection of
-    one of them counts). Exceptions are followed along their causes, so an
-    SDK error wrapped in the caller's own still counts.
+    one of them counts). The rule itself is :func:`unknown_media`, shared with
+    the task path.
 
     >>> rejects_uuid(UnknownImage("...", code="invalidSeedImage", parameter="seedImage"))
     True
     """
-    names = frozenset(_leaf(p).lower() for p in parameters)
-    seen = 0
-    while obj is not None and seen < 8:
-        if _rejects_one(obj, uuid, names):
-            return True
-        if not isinstance(obj, BaseException):
-            return False
-        obj = obj.__cause__ or (None if obj.__suppress_context__ else obj.__context__)
-        seen += 1
-    return False
+    from ._taskmap import match, names_of
+
+    known = [p for p in parameters if isinstance(p, str)]
+    found = unknown_media(obj, uuid=uuid, known=known)
+    if found is None:
+        return False
+    if not known or not found.parameters:
+        return True
+    leaves = {names_of(p)[-1].lower() for p in known if names_of(p)}
+    return any(
+        (bool(names_of(p)) and names_of(p)[-1].lower() in leaves) or bool(match(p, known))
+        for p in found.parameters
+    )
 
 
-def _rejects_one(obj: object, uuid: str | None, names: frozenset[str]) -> bool:
-    if isinstance(obj, RemoteError):
-        if isinstance(obj, UnknownImage):
-            return _named(obj.parameter, names)
-        return says_unknown(obj.code, obj.parameter, obj.message, names)
-    # The SDK and httpx are looked up, never imported: if their module is not
-    # loaded, ``obj`` cannot be one of their objects.
-    sdk = sys.modules.get("runware.errors")
-    sdk_error = getattr(sdk, "RunwareError", None) if sdk is not None else None
-    if isinstance(sdk_error, type) and isinstance(obj, sdk_error):
-        return _sdk_says_unknown(obj, names)
-    httpx = sys.modules.get("httpx")
-    if httpx is not None:
-        if isinstance(obj, httpx.HTTPStatusError):
-            obj = obj.response
-        if isinstance(obj, httpx.Response):
-            return _response_says_unknown(obj, uuid, names)
-    return False
+# -- "I no longer have this media": the one rule -------------------------------------
+#
+# Runware has no dedicated "expired" code: an upload it deleted is reported
+# like bad input on the parameter that carried it (``invalidSeedImage`` on
+# ``seedImage``), and the newer SDKs also expect ``mediaNotFound``,
+# ``mediaExpired`` or any code ending in ``NotFound``/``Expired``. The SDKs
+# wrap these: ``runware-sdk``'s ``RunwareError`` keeps only a category
+# (``notFound``, ``validation``) and the parameter; the WebSocket SDK's
+# ``RunwareAPIError`` keeps the raw error object. Their classes are recognised
+# by name and module, never imported: both SDKs install a package named
+# ``runware`` and cannot share an environment.
+
+#: Words that mark a parameter as one that takes an image.
+_MEDIA_WORDS = ("image", "mask", "frame", "reference", "guide")
+#: An upload's own input: bad bytes there are not an unknown UUID.
+_UPLOAD_INPUTS = frozenset({"image", "media"})
+#: ``<thing>NotFound`` / ``<thing>Expired`` about something that is not media.
+_NOT_MEDIA = (
+    "task",
+    "model",
+    "lora",
+    "vae",
+    "embedding",
+    "webhook",
+    "account",
+    "apikey",
+    "token",
+    "session",
+    "user",
+    "organization",
+    "workspace",
+    "environment",
+    "app",
+    "endpoint",
+)
+#: Runware's wording for a UUID it does not hold.
+_UNKNOWN_WORDING = "previously uploaded"
 
 
-def _leaf(parameter: str) -> str:
-    """``inputs.seedImage`` -> ``seedImage``; ``ipAdapters[0].guideImage`` -> ``guideImage``."""
-    parts = [p for p in _PARAM_SPLIT.split(parameter.strip()) if p and not p.isdigit()]
-    return parts[-1] if parts else parameter.strip()
+@dataclass(frozen=True, slots=True)
+class MediaRejection:
+    """The server said it does not know an image it was given.
+
+    ``parameters``: where, as the server named them (``referenceImages[2]``,
+    ``inputs.seedImage``, ``guideImage``); empty when it did not say, in which
+    case every image of the task is suspect. ``error`` is what carried it.
+    """
+
+    parameters: tuple[str, ...]
+    code: str | None
+    error: object
 
 
-def _params(parameter: object) -> list[str]:
+def _param_list(parameter: object) -> list[str]:
     if isinstance(parameter, str):
-        return [p for p in parameter.split(",") if p.strip()]
+        return [p.strip() for p in parameter.split(",") if p.strip()]
     if isinstance(parameter, (list, tuple)):
-        return [p for p in parameter if isinstance(p, str) and p.strip()]
+        return [p.strip() for p in parameter if isinstance(p, str) and p.strip()]
     return []
 
 
-def _named(parameter: object, names: frozenset[str]) -> bool:
-    return not names or any(_leaf(p).lower() in names for p in _params(parameter))
+def is_media_parameter(parameter: str, known: Sequence[str] = ()) -> bool:
+    """Whether ``parameter`` takes an image: one of ``known`` (the places a task
+    put its images), or a name such as ``seedImage``, ``regions[0].mask``."""
+    from ._taskmap import match, names_of
 
-
-def _names_image(parameter: str) -> bool:
-    leaf = _leaf(parameter).lower()
-    if parameter.strip().lower() in _UPLOAD_PARAMS:
-        return False  # an upload's own input: bad bytes, not an unknown UUID
-    return any(word in leaf for word in _IMAGE_WORDS)
-
-
-def says_unknown(
-    code: object, parameter: object, message: object, names: frozenset[str] = frozenset()
-) -> bool:
-    """A Runware error object: ``invalid<Param>`` on the image parameter it names."""
-    if not isinstance(code, str) or not code.startswith("invalid"):
-        return False
-    params = _params(parameter)
-    if names and not any(_leaf(p).lower() in names for p in params):
-        return False
-    wanted = code[len("invalid") :].lower()
-    if any(_leaf(p).lower() == wanted and _names_image(p) for p in params):
+    if known and match(parameter, known):
         return True
-    return isinstance(message, str) and _UNKNOWN_WORDING in message.lower()
-
-
-def _sdk_says_unknown(exc: Any, names: frozenset[str]) -> bool:
-    """runware-sdk's RunwareError: it maps every ``invalid*`` code to ``"validation"``
-    and keeps the parameter (and HTTP status, when there was one)."""
-    if getattr(exc, "code", None) != "validation":
+    if parameter.strip().lower() in _UPLOAD_INPUTS:
         return False
-    status = getattr(exc, "status_code", None)
-    if status is not None and status != 400:
-        return False
-    parameter = getattr(exc, "parameter", None)
-    params = _params(parameter)
-    if names:
-        return any(_leaf(p).lower() in names for p in params)
-    if any(_names_image(p) for p in params):
-        return True
-    message = getattr(exc, "message", None) or (exc.args[0] if exc.args else "")
-    return isinstance(message, str) and _UNKNOWN_WORDING in message.lower()
+    return any(word in step.lower() for step in names_of(parameter) for word in _MEDIA_WORDS)
 
 
-def _response_says_unknown(resp: Any, uuid: str | None, names: frozenset[str]) -> bool:
+def media_error(
+    code: object, parameter: object, message: object = None, known: Sequence[str] = ()
+) -> tuple[str, ...] | None:
+    """The rule, on one raw Runware error object: ``None`` when it is not about
+    an unknown image, else the image parameters it names (maybe none)."""
+    from ._taskmap import names_of
+
+    if not isinstance(code, str) or not code:
+        return None
+    params = _param_list(parameter)
+    low = code.lower()
+    if low.endswith(("notfound", "expired")):
+        stem = low[: -len("notfound")] if low.endswith("notfound") else low[: -len("expired")]
+        if params:
+            named = tuple(p for p in params if is_media_parameter(p, known))
+            return named or None
+        if stem.startswith(_NOT_MEDIA):
+            return None
+        return ()
+    if not low.startswith("invalid") or low == "invalid":
+        return None
+    wanted = low[len("invalid") :]
+    if not params:
+        # ``invalidSeedImage`` with no parameter: the code names it.
+        name = code[len("invalid")]
+        guess = name.lower() + code[len("invalid") + 1 :]
+        return (guess,) if is_media_parameter(guess, known) else None
+    worded = isinstance(message, str) and _UNKNOWN_WORDING in message.lower()
+    named = tuple(
+        p
+        for p in params
+        if is_media_parameter(p, known) and (worded or wanted in (s.lower() for s in names_of(p)))
+    )
+    return named or None
+
+
+def unknown_media(
+    obj: object, *, uuid: str | None = None, known: Sequence[str] = ()
+) -> MediaRejection | None:
+    """Whether ``obj`` (raised or returned by whatever sent a task) is Runware
+    saying it does not know an image it was given; which parameters, if it says.
+
+    Reads this project's :class:`RemoteError`, ``runware-sdk``'s
+    ``RunwareError``, the WebSocket SDK's ``RunwareAPIError`` (and its
+    ``RunwareError``), an ``httpx``/``httpx2`` ``Response`` or
+    ``HTTPStatusError`` whose JSON body holds such an error, and a decoded
+    answer (``{"errors": [...]}``); exceptions are followed along their causes.
+    With ``uuid``, a response whose request is known counts only where the
+    rejected parameter held that UUID.
+
+    >>> err = UnknownImage("gone", code="invalidSeedImage", parameter="seedImage")
+    >>> unknown_media(err).parameters
+    ('seedImage',)
+    """
+    seen = 0
+    while obj is not None and seen < 8:
+        found = _rejection_one(obj, uuid, known)
+        if found is not None:
+            return found
+        if not isinstance(obj, BaseException):
+            return None
+        obj = obj.__cause__ or (None if obj.__suppress_context__ else obj.__context__)
+        seen += 1
+    return None
+
+
+def _from(found: tuple[str, ...] | None, code: object, obj: object) -> MediaRejection | None:
+    if found is None:
+        return None
+    return MediaRejection(found, code if isinstance(code, str) else None, obj)
+
+
+def _rejection_one(obj: object, uuid: str | None, known: Sequence[str]) -> MediaRejection | None:
+    if isinstance(obj, RemoteError):
+        if obj.status == 402 or isinstance(obj, InsufficientCredits):
+            return None
+        return _from(media_error(obj.code, obj.parameter, obj.message, known), obj.code, obj)
+    cls = type(obj)
+    module = getattr(cls, "__module__", "") or ""
+    root = module.split(".")[0]
+    if root == "runware":
+        return _sdk_rejection(obj, cls.__name__, known)
+    if root in ("httpx", "httpx2"):
+        response = getattr(obj, "response", None) if cls.__name__ == "HTTPStatusError" else obj
+        if response is not None and hasattr(response, "status_code"):
+            return _response_rejection(response, obj, uuid, known)
+        return None
+    if isinstance(obj, dict) and "errors" in obj:
+        return _errors_rejection(obj.get("errors"), obj, None, uuid, known)
+    return None
+
+
+def _sdk_rejection(obj: Any, name: str, known: Sequence[str]) -> MediaRejection | None:
+    data = getattr(obj, "error_data", None)
+    if name == "RunwareAPIError" and isinstance(data, dict):  # the WebSocket SDK
+        code = data.get("code", getattr(obj, "code", None))
+        found = media_error(code, data.get("parameter"), data.get("message"), known)
+        return _from(found, code, obj)
+    ierror = getattr(obj, "ierror", None)
+    if ierror is not None:  # the WebSocket SDK's RunwareError(IError)
+        code = getattr(ierror, "error_code", None)
+        found = media_error(
+            code, getattr(ierror, "parameter", None), getattr(ierror, "error_message", None), known
+        )
+        return _from(found, code, obj)
+    if name != "RunwareError":
+        return None
+    # runware-sdk: the raw code is gone; ``notFound`` covers *NotFound/*Expired,
+    # ``validation`` every ``invalid*`` (only an image parameter counts).
+    code = getattr(obj, "code", None)
+    status = getattr(obj, "status_code", None)
+    if status is not None and status not in (400, 404, 410):
+        return None
+    params = _param_list(getattr(obj, "parameter", None))
+    if code == "notFound":
+        named = tuple(p for p in params if is_media_parameter(p, known))
+        if params and not named:
+            return None
+        return MediaRejection(named, "notFound", obj)
+    if code == "validation":
+        named = tuple(p for p in params if is_media_parameter(p, known))
+        return MediaRejection(named, "validation", obj) if named else None
+    return None
+
+
+def _response_rejection(
+    response: Any, obj: object, uuid: str | None, known: Sequence[str]
+) -> MediaRejection | None:
+    status = getattr(response, "status_code", None)
+    if status == 402 or (isinstance(status, int) and status < 400 and status != 200):
+        return None
     try:
-        doc = json.loads(resp.content)
+        doc = json.loads(response.content)
     except Exception:  # unread stream, not JSON, nested too deep: not a Runware answer
-        return False
+        return None
     if not isinstance(doc, dict):
-        return False
-    errors = doc.get("errors")
+        return None
+    return _errors_rejection(doc.get("errors"), obj, _request_tasks(response), uuid, known)
+
+
+def _errors_rejection(
+    errors: object,
+    obj: object,
+    tasks: dict[str, dict[str, Any]] | None,
+    uuid: str | None,
+    known: Sequence[str],
+) -> MediaRejection | None:
     if isinstance(errors, dict):
         errors = [errors]
     if not isinstance(errors, list):
-        return False
-    tasks = _request_tasks(resp)
+        return None
+    params: list[str] = []
+    code: str | None = None
+    hit = False
+    unnamed = False
     for err in errors:
         if not isinstance(err, dict):
             continue
-        if not says_unknown(err.get("code"), err.get("parameter"), err.get("message"), names):
+        found = media_error(err.get("code"), err.get("parameter"), err.get("message"), known)
+        if found is None:
             continue
-        if uuid is None or tasks is None:
-            return True
-        task = tasks.get(str(err.get("taskUUID", "")).lower())
-        held = None if task is None else _holds(task, _params(err.get("parameter")), uuid)
-        if held is not False:  # unknown where it went: the wording decides
-            return True
-    return False
+        if uuid is not None and tasks is not None:
+            task = tasks.get(str(err.get("taskUUID", "")).lower())
+            held = None if task is None else _holds(task, _param_list(err.get("parameter")), uuid)
+            if held is False:
+                continue
+        hit = True
+        code = code or (err.get("code") if isinstance(err.get("code"), str) else None)
+        if found:
+            params.extend(p for p in found if p not in params)
+        else:
+            unnamed = True
+    if not hit:
+        return None
+    return MediaRejection(() if unnamed else tuple(params), code, obj)
 
 
 def _request_tasks(resp: Any) -> dict[str, dict[str, Any]] | None:
@@ -515,10 +718,13 @@ def _request_tasks(resp: Any) -> dict[str, dict[str, Any]] | None:
 
 def _holds(task: dict[str, Any], params: list[str], uuid: str) -> bool | None:
     """Whether the rejected parameter of ``task`` held ``uuid`` (None: not found)."""
+    from ._taskmap import names_of
+
     found: list[object] = []
     for param in params:
-        leaf = _leaf(param)
-        _collect(task, leaf, found, 0)
+        names = names_of(param)
+        if names:
+            _collect(task, names[-1], found, 0)
     if not found:
         return None
     wanted = uuid.lower()
@@ -543,10 +749,13 @@ def _strings(value: object) -> set[str]:
     if isinstance(value, str):
         return {value.lower()}
     if isinstance(value, list):
-        return {v.lower() for v in value if isinstance(v, str)}
+        out = set()
+        for v in value:
+            if isinstance(v, str):
+                out.add(v.lower())
+            elif isinstance(v, dict):
+                out |= {x.lower() for x in v.values() if isinstance(x, str)}
+        return out
+    if isinstance(value, dict):
+        return {x.lower() for x in value.values() if isinstance(x, str)}
     return set()
-
-
-def unknown_media(answer: object) -> bool:
-    """A ``mediaStorage`` answer saying the UUID is not (or no longer) held."""
-    return isinstance(answer, RemoteError) and answer.code == "invalidMedia"

@@ -60,10 +60,13 @@ def plan_resolve_many(
     sources: Sequence[SourceLike | Prepared],
     concurrency: int | None,
     force: Collection[Key] = (),
+    touch: bool = True,
 ) -> Plan:
     """Resolve every source; results in input order, failures as values.
 
     Keys in ``force`` are uploaded again even if fresh (``refresh``).
+    ``touch=False``: serving slides no window (the task path records the
+    task's outcome instead, with :meth:`Engine.record_evidence`).
     """
     limit = max(1, concurrency or engine.concurrency)
     started = engine.clock() if force else 0.0
@@ -71,7 +74,7 @@ def plan_resolve_many(
     todo: list[int] = []
     for i, obj in enumerate(sources):
         try:
-            hit = engine.fast_hit(obj) if not force else None
+            hit = engine.fast_hit(obj, touch) if not force else None
         except StoreError:
             hit = None  # the slow path meets the same error and reports it per item
         if hit is not None:
@@ -81,7 +84,7 @@ def plan_resolve_many(
     if not todo:
         return results
     ready = yield from plan_prepare(engine, sources, todo, results)
-    groups = yield from plan_settle(engine, ready, force, results)
+    groups = yield from plan_settle(engine, ready, force, results, touch)
     if groups is not None:
         yield from plan_claim_loop(engine, groups, force, started, limit, results)
     return results
@@ -104,12 +107,16 @@ def plan_prepare(engine: Engine, sources: Sequence[Any], todo: list[int], result
 
 
 def plan_settle(
-    engine: Engine, ready: list[tuple[int, Prepared]], force: Collection[Key], results: Results
+    engine: Engine,
+    ready: list[tuple[int, Prepared]],
+    force: Collection[Key],
+    results: Results,
+    touch: bool = True,
 ) -> Plan:
     """Answer the items whose rows are fresh; the rest grouped by key (``None``
     when the store cannot answer: every item then failed with its reason)."""
     try:
-        rows = yield Call(engine.settle, [p for _, p in ready], force)
+        rows = yield Call(engine.settle, [p for _, p in ready], force, touch)
     except AssetCacheError as exc:
         fail_group(engine, results, ready, exc)
         return None

@@ -39,6 +39,8 @@ _B64_MIN_UNPREFIXED = 1024
 #: The smallest valid image (a 1x1 GIF, 26+ bytes) encodes to more than this;
 #: shorter strings are file names even when they start like encoded images.
 _B64_MIN_PREFIXED = 32
+#: Data URI media types that declare nothing about the format.
+_UNDECLARED = frozenset({"application/octet-stream", "binary/octet-stream", "application/binary"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +205,10 @@ def _parse_data_uri(uri: str, label: str) -> tuple[str | None, bytes]:
     media_type = params[0].lower() or None
     if media_type and not re.match(r"^[a-z0-9.+\-]+/[a-z0-9.+\-]+$", media_type):
         raise InvalidImage(label, f"malformed data URI (media type {media_type!r})")
+    if media_type in _UNDECLARED:
+        # "Some bytes": runware-sdk's file_to_data_uri labels bytes so, and the
+        # server sniffs the format. The bytes decide, as for bare base64.
+        media_type = None
     if "base64" in (p.lower() for p in params[1:]):
         return media_type, _b64decode(payload, label)
     try:

@@ -23,16 +23,18 @@ from ._engine import Engine
 from ._errors import AssetCacheError, RemoteError, SourceError
 from ._protocol import (
     Payload,
+    StillProcessing,
     Task,
     TaskResult,
     backoff_delay,
     body_length,
+    get_response_body,
     is_transient,
     iter_body,
     json_body,
+    media_gone,
     new_task_uuid,
     parse_response,
-    unknown_media,
 )
 from ._storage._base import Key
 
@@ -92,10 +94,13 @@ def plan_tasks(
             retry_after = getattr(exc, "retry_after", None)
         else:
             still = []
+            polls: dict[str, int] = {}
             for tid, i in by_task.items():
                 answer = answers[tid]
                 if isinstance(answer, TaskResult):
                     out[batch[i][0]] = answer
+                elif isinstance(answer, StillProcessing):
+                    polls[tid] = i  # stored, not ready: poll it, never send it again
                 elif is_transient(answer):
                     still.append(i)
                     last[i] = answer
@@ -104,6 +109,10 @@ def plan_tasks(
                         retry_after = max(retry_after or 0.0, ra)
                 else:
                     out[batch[i][0]] = answer
+            if polls:
+                polled = yield from plan_poll(engine, list(polls), uuid_field)
+                for tid, i in polls.items():
+                    out[batch[i][0]] = polled[tid]
             pending = still
         if not pending:
             break
@@ -124,6 +133,57 @@ def plan_tasks(
         err.message = f"{err.message} (gave up after {attempts} attempts)"
     for i in pending:
         out[batch[i][0]] = last[i]
+    return out
+
+
+def plan_poll(engine: Engine, task_uuids: list[str], uuid_field: str) -> Plan:
+    """Poll ``getResponse`` for tasks still processing (a mediaStorage placeholder),
+    with backoff, at most ``retry.attempts`` times; ``{taskUUID: TaskResult | error}``."""
+    retry = engine.retry
+    headers = engine.headers()
+    out: dict[str, TaskResult | AssetCacheError] = {}
+    waiting = list(task_uuids)
+    attempts = max(1, retry.attempts)
+    for attempt in range(attempts):
+        yield Sleep(
+            backoff_delay(
+                attempt, None, base=retry.base_delay, cap=retry.max_delay, jitter=_jitter()
+            )
+        )
+        body = get_response_body(waiting)
+        try:
+            resp = yield Http(
+                engine.base_url, headers, functools.partial(list, [body]), len(body), retry.timeout
+            )
+            answers = parse_response(
+                resp.status, resp.headers, resp.body, waiting, engine.redact, uuid_field
+            )
+        except RemoteError as exc:
+            if not is_transient(exc):
+                for tid in waiting:
+                    out[tid] = exc
+                return out
+            continue
+        engine.count(polls=1)
+        still = []
+        for tid in waiting:
+            answer = answers[tid]
+            if isinstance(answer, TaskResult):
+                out[tid] = answer
+            elif is_transient(answer):  # still processing, or not reported yet
+                still.append(tid)
+            else:
+                out[tid] = answer
+        waiting = still
+        if not waiting:
+            return out
+    for tid in waiting:
+        out[tid] = RemoteError(
+            f"Runware was still processing upload task {tid} after {attempts} polls "
+            "(getResponse); not sent again, as that would upload it twice",
+            task_uuid=tid,
+            code="stillProcessing",
+        )
     return out
 
 
@@ -205,7 +265,7 @@ def plan_delete(engine: Engine, uuids: list[str]) -> Plan:
                         f"Runware confirmed deleting {answer.image_uuid}, not {u}",
                         task_uuid=answer.task_uuid,
                     )
-            elif unknown_media(answer):
+            elif media_gone(answer):
                 out[u] = "already gone"  # what deleting was for
             else:
                 out[u] = answer

@@ -25,6 +25,8 @@ EXPECTED = {
     "ImportReport",
     "DoctorReport",
     "CopiesUsage",
+    "PreparedTask",
+    "TaskInputError",
     "AssetCacheError",
     "SourceError",
     "SourceNotFound",

@@ -203,6 +203,7 @@ class SQLiteStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self._local = threading.local()
+        self._batch_sql: dict[tuple[bool, int], str] = {}
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -464,6 +465,28 @@ class SQLiteStore:
             return self.conn().execute(self.HIT_SQL, (namespace, variant, key)).fetchone()
         except sqlite3.Error as exc:
             raise self._error(exc, "look up a file") from None
+
+    def lookup_paths(
+        self, keys: Sequence[bytes], namespace: str, variant: str, max_side: int = 0
+    ) -> dict[bytes, tuple[Any, ...]]:
+        """:meth:`lookup_path` for several paths in one statement: ``{key: row}``
+        (a task's images in one indexed query)."""
+        if not keys:
+            return {}
+        fit = bool(variant and max_side)
+        sql = self._batch_sql.get((fit, len(keys)))
+        if sql is None:
+            base = self.FIT_HIT_SQL if fit else self.HIT_SQL
+            head, _ = base.rsplit("WHERE f.path = ?", 1)
+            sql = head.replace(" FROM files f", ", f.path FROM files f", 1)
+            sql += "WHERE f.path IN (" + ", ".join("?" * len(keys)) + ")"
+            self._batch_sql[(fit, len(keys))] = sql
+        params = (namespace, variant, max_side, variant) if fit else (namespace, variant)
+        try:
+            rows = self.conn().execute(sql, (*params, *keys)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc, "look up files") from None
+        return {row[12]: row for row in rows}
 
     def get_file(self, path: str) -> FileRow | None:
         rows = self.read(

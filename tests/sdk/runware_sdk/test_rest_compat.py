@@ -1,4 +1,4 @@
-"""The official runware SDK's REST transport, unchanged, against the emulator.
+"""runware-sdk's REST transport, unchanged, against the emulator (in .venv-sdk/runware-sdk).
 
 If the SDK can upload, use and delete images here and recognises the
 emulator's errors as its own, the emulator speaks the protocol the real
