@@ -198,6 +198,49 @@ def count(cache: Any, **counts: int) -> None:
     cache._engine.count(**{f"proxy_{name}": n for name, n in counts.items()})
 
 
+class Renames:
+    """Healed tasks went up again under fresh taskUUIDs; the client still polls
+    (``getResponse``) and matches answers by its own. Bounded: the oldest go."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._up: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._down: dict[str, str] = {}
+        self._size = size
+
+    def add(self, client_uuid: str, upstream_uuid: str) -> None:
+        old = self._up.pop(client_uuid, None)
+        if old is not None:
+            self._down.pop(old, None)
+        self._up[client_uuid] = upstream_uuid
+        self._down[upstream_uuid] = client_uuid
+        while len(self._up) > self._size:
+            _, gone = self._up.popitem(last=False)
+            self._down.pop(gone, None)
+
+    def outgoing(self, tasks: list[Any]) -> list[Any]:
+        """``tasks`` with each ``getResponse`` for a healed task asking for its new taskUUID."""
+        if not self._up:
+            return tasks
+        out = []
+        for task in tasks:
+            if isinstance(task, dict) and task.get("taskType") == "getResponse":
+                upstream = self._up.get(str(task.get("taskUUID")))
+                if upstream is not None:
+                    task = {**task, "taskUUID": upstream}
+            out.append(task)
+        return out
+
+    def incoming(self, items: list[Json]) -> bool:
+        """Put the client's taskUUID back on answers for healed tasks; whether any changed."""
+        changed = False
+        for item in items:
+            client = self._down.get(str(item.get("taskUUID")))
+            if client is not None:
+                item["taskUUID"] = client
+                changed = True
+        return changed
+
+
 # -- tasks that carry images: swapped, healed, evidenced -----------------------------
 
 #: Rounds of healing one task may take: the server may name one rejected

@@ -29,6 +29,7 @@ from ._relay import (
     CachePool,
     Flight,
     Json,
+    Renames,
     Savings,
     answer_uploads,
     api_key_of,
@@ -105,6 +106,7 @@ class Proxy:
         self.max_body = max_body
         self.timeout = timeout
         self.savings = Savings()
+        self.renames = Renames()
         self._db_path = db_path
         self._cache_options = dict(cache_options or {})
         self._thread: threading.Thread | None = None
@@ -272,6 +274,9 @@ class Proxy:
         )
         if not isinstance(tasks, list) or key is None:
             return await self._forward(request, request.body)
+        polls = self.renames.outgoing(tasks)
+        if polls != tasks:
+            return self._renamed_back(await self._forward(request, json.dumps(polls).encode()))
         pool = self._pool
         assert pool is not None
         answered, rest = await answer_uploads(pool, key, tasks, self.savings)
@@ -289,6 +294,19 @@ class Proxy:
         if not flights:
             return merge_reply(local, reply)
         return await self._heal_rest(request, key, local, reply, flights)
+
+    def _renamed_back(self, reply: Reply) -> Reply:
+        body = _json_object(reply.body)
+        if body is None:
+            return reply
+        data, errors = _items(body, "data"), _items(body, "errors")
+        if not (self.renames.incoming(data) | self.renames.incoming(errors)):
+            return reply
+        if "data" in body:
+            body["data"] = data
+        if "errors" in body:
+            body["errors"] = errors
+        return Reply(reply.status, json.dumps(body).encode(), reply.headers)
 
     async def _heal_rest(
         self,
@@ -316,6 +334,7 @@ class Proxy:
                     kept.append(err)
                 else:
                     flights[again["taskUUID"]] = flight  # type: ignore[assignment]
+                    self.renames.add(flight.client_uuid, again["taskUUID"])  # type: ignore[union-attr]
                     resend.append(again)
             errors = kept
             if not resend:
@@ -455,6 +474,10 @@ class _Session:
         if self.key is None:
             await self.upstream.send(text)
             return
+        polls = self.proxy.renames.outgoing(tasks)
+        if polls != tasks:
+            tasks = polls
+            text = json.dumps(tasks)
         answered, rest = await answer_uploads(self.pool, self.key, tasks, self.proxy.savings)
         for i in sorted(answered):
             await self.ws.send(json.dumps({"data": [answered[i]]}))
@@ -487,7 +510,9 @@ class _Session:
         body = _json_object(text.encode("utf-8"))
         if body is None:
             return text
-        changed = False
+        changed = self.proxy.renames.incoming(_items(body, "data")) | self.proxy.renames.incoming(
+            _items(body, "errors")
+        )
         errors = []
         for err in _items(body, "errors"):
             flight = self.flights.get(str(err.get("taskUUID")))
@@ -501,6 +526,7 @@ class _Session:
                 errors.append(err)
                 continue
             self.flights[again["taskUUID"]] = flight
+            self.proxy.renames.add(flight.client_uuid, again["taskUUID"])
             self.proxy.savings.healed += 1
             await self.upstream.send(json.dumps([again]))
         data = _items(body, "data")

@@ -101,13 +101,14 @@ def test_the_same_image_from_two_client_processes_is_uploaded_once(
     assert upstream.upload_count == 1
 
 
+@pytest.mark.parametrize("delivery", ["sync", "async"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_inline_images_go_up_as_uuids_and_a_lost_one_heals_unseen(
-    proxy: Proxy, upstream: Emulator, transport: str
+    proxy: Proxy, upstream: Emulator, transport: str, delivery: str
 ) -> None:
     seed = file_to_data_uri(png(2))
     refs = [file_to_data_uri(png(3)), file_to_data_uri(png(4))]
-    task = inference(seedImage=seed, referenceImages=refs, deliveryMethod="sync")
+    task = inference(seedImage=seed, referenceImages=refs, deliveryMethod=delivery)
 
     async def scenario() -> list[Any]:
         async with client_for(proxy, transport) as client:
