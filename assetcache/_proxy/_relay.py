@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _taskmap
 from .._errors import AssetCacheError
+from .._protocol import is_uuid
 from .._sources import Source
 
 Json = dict[str, Any]
@@ -85,6 +87,16 @@ def inline_source(value: str) -> Source | None:
         return Source.from_base64(text)
     except AssetCacheError:
         return None
+
+
+def _worth_binding(value: Any) -> bool:
+    """Whether a mapped value may become (or be) a cached UUID: inline bytes or a UUID."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return (
+        text[:5].lower() == "data:" or is_uuid(text) or (len(text) >= 64 and "://" not in text[:16])
+    )
 
 
 def upload_answer(task: Json, kind: str, uuid: str, url: str | None) -> Json:
@@ -276,6 +288,8 @@ async def prepare_flight(pool: CachePool, key: str, task: Any, savings: Savings)
         return None
     if upload_kind(task) is not None or task.get("taskType") in ("authentication", "ping"):
         return None
+    if not any(_worth_binding(value) for _, value in _taskmap.find(task)):
+        return None  # nothing inline and no UUID: pass it on without a cache call
     cache = await pool.get(key, "imageUpload")
     try:
         prepared = await cache.prepare(task, local_files=False)
