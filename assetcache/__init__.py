@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         StatusReport,
         VerifyItem,
     )
+    from ._proxy import Proxy
     from ._sources import Source
     from ._taskpath import PreparedTask
 
@@ -65,6 +66,7 @@ _LAZY = {
     "AsyncAssetCache": "._client",
     "RetryPolicy": "._config",
     "Source": "._sources",
+    "Proxy": "._proxy",
     "PreparedTask": "._taskpath",
     **dict.fromkeys(
         (
@@ -117,6 +119,7 @@ __all__ = [
     "InvalidImage",
     "PreparedTask",
     "ProtocolError",
+    "Proxy",
     "PruneReport",
     "RateLimited",
     "RefreshItem",

@@ -831,6 +831,17 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
         ("database", f"{s.db_path} ({human_bytes(s.db_bytes)})"),
         ("local copies", copies_text(s.copies)),
     ]
+    if s.proxy and any(s.proxy.values()):
+        p = s.proxy
+        lines.append(
+            (
+                "proxy",
+                f"{p['uploads_answered']} upload(s) answered from the cache "
+                f"({human_bytes(p['bytes_not_sent'])} not sent), "
+                f"{p['inline_swapped']} inline image(s) swapped for UUIDs, "
+                f"{p['healed']} task(s) healed",
+            )
+        )
     for name, value in lines:
         click.echo(f"{name:<14}{clean(str(value))}")
 
@@ -1236,6 +1247,93 @@ def emulator(host: str, port: int, state: str | None, latency: float, fault_rate
         pass
     finally:
         emu.stop()
+
+
+@cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (anything but loopback is warned about).",
+)
+@click.option(
+    "--port",
+    default=8787,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: any free port).",
+)
+@click.option(
+    "--upstream",
+    metavar="URL",
+    help="The Runware endpoint it forwards to (default: --api-url, else "
+    "https://api.runware.ai/v1; with --emulator, the bundled emulator).",
+)
+@click.option(
+    "--max-body",
+    type=BYTE_SIZE,
+    default="256M",
+    show_default=True,
+    metavar="SIZE",
+    help="Largest request body accepted (e.g. 64M).",
+)
+@click.pass_obj
+@handle_errors
+def proxy(settings: Settings, host: str, port: int, upstream: str | None, max_body: int) -> None:
+    """Serve Runware's API here, with the cache in front, until interrupted.
+
+    Point any Runware client (the JavaScript and Python SDKs, ComfyUI's
+    Runware nodes, curl) at http://HOST:PORT/v1 (REST) or ws://HOST:PORT/v1
+    (WebSocket). Clients keep their own API key, which is passed upstream and
+    picks the cache namespace; the proxy stores and logs no key. Inline
+    uploads are answered from the cache, inline images in other tasks become
+    cached UUIDs, and an upload the server lost is re-uploaded out of sight.
+    """
+    from ._config import DEFAULT_API_URL
+    from ._proxy import Proxy
+    from ._proxy._server import is_loopback
+
+    options: dict[str, Any] = dict(settings.options)
+    options.pop("upload_task", None)  # each upload keeps the task it came as
+    if settings.emulator:
+        from .emulator import Emulator
+
+        db = settings.db_target()
+        state = None if isinstance(db, str) else str(db) + ".emulator.json"
+        emu = Emulator(api_key=None, state_path=state).start()
+        settings._closers.append(emu.stop)
+        options["clock"] = emu.clock
+        target = emu.base_url
+    else:
+        target = upstream or settings.api_url or DEFAULT_API_URL
+    if not is_loopback(host):
+        note(
+            f"warning: listening on {host}: anyone who can reach it can send tasks "
+            "through it; bind 127.0.0.1 unless that is deliberate"
+        )
+    server = Proxy(
+        upstream=target,
+        host=host,
+        port=port,
+        db_path=settings.db_target(),
+        cache_options=options,
+        max_body=max_body,
+    )
+
+    def ready(p: Proxy) -> None:
+        click.echo(f"listening on {p.base_url}")
+        click.echo(f"websocket on {p.ws_url}")
+        note(f"forwarding to {p.upstream}; Ctrl-C stops")
+        sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever(ready)
+    s = server.savings
+    note(
+        f"stopped: {s.uploads_answered} upload(s) answered from the cache "
+        f"({human_bytes(s.bytes_not_sent)} not sent), {s.inline_swapped} inline image(s) "
+        f"swapped for UUIDs, {s.healed} task(s) healed"
+    )
 
 
 def main() -> None:

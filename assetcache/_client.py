@@ -252,13 +252,16 @@ class AssetCache(BaseCache):
         )
         return [value for _, value in self._run(plan)]
 
-    def prepare(self, task: Any, *, extra_params: Any = None) -> PreparedTask:
+    def prepare(
+        self, task: Any, *, extra_params: Any = None, local_files: bool = True
+    ) -> PreparedTask:
         """The first half of :meth:`run`, for callers with their own client: the
         task with its images as cached UUIDs (``prepared.task``); raises
-        :class:`TaskInputError` naming the parameter when one is unusable."""
-        return cast(
-            PreparedTask, self._run(_taskpath.plan_prepare(self._engine, task, extra_params))
-        )
+        :class:`TaskInputError` naming the parameter when one is unusable.
+        ``local_files=False`` never reads a string as a path (only data URIs and
+        base64 are taken): for servers that rewrite tasks others send."""
+        plan = _taskpath.plan_prepare(self._engine, task, extra_params, local_files)
+        return cast(PreparedTask, self._run(plan))
 
     def settle(self, prepared: PreparedTask, ok: bool = True, error: object = None) -> list[str]:
         """The second half: ``ok=True`` records that Runware used the task's
@@ -561,9 +564,11 @@ class AsyncAssetCache(BaseCache):
         )
         return [value for _, value in await self._run(plan)]
 
-    async def prepare(self, task: Any, *, extra_params: Any = None) -> PreparedTask:
+    async def prepare(
+        self, task: Any, *, extra_params: Any = None, local_files: bool = True
+    ) -> PreparedTask:
         """The twin of :meth:`AssetCache.prepare`."""
-        plan = _taskpath.plan_prepare(self._engine, task, extra_params)
+        plan = _taskpath.plan_prepare(self._engine, task, extra_params, local_files)
         return cast(PreparedTask, await self._run(plan))
 
     async def settle(

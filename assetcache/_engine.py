@@ -447,6 +447,7 @@ class Engine:
             row.format,
             _policy.expires_at(self.policy, row.last_used_at),
             sent,
+            row.url,
         )
 
     def entry(
@@ -719,7 +720,9 @@ class Engine:
     ) -> list[AssetRow]:
         now = self.stamp_now()  # the upload is evidence, stamped in the server's time
         records = [
-            UploadRecord(p.key[0], p.key[1], p.key[2], r.image_uuid, p.size, p.format, now, sent)
+            UploadRecord(
+                p.key[0], p.key[1], p.key[2], r.image_uuid, p.size, p.format, now, sent, r.image_url
+            )
             for p, r, sent in done
         ]
         self.registry.record_uploads(records, self.owner, files)
@@ -735,6 +738,7 @@ class Engine:
                 rec.format,
                 now,
                 now,
+                url=rec.url,
             )
             for rec in records
         ]

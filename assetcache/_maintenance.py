@@ -109,6 +109,10 @@ def entries(
         yield engine.entry(a, paths.get(a.content_hash, ()), now, served.get(a.key))
 
 
+#: Usage counters the proxy keeps (stored as ``proxy_<name>``).
+PROXY_COUNTERS = ("uploads_answered", "bytes_not_sent", "inline_swapped", "healed")
+
+
 def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
     """Counts, bytes and usage counters (stored ones plus this process's unflushed ones)."""
     store = engine.store
@@ -138,6 +142,7 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
         copies_info(engine),
         max((a.last_used_at for a in newest), default=None),
         engine.last_served(namespace),
+        {name: c(f"proxy_{name}", 0) for name in PROXY_COUNTERS},
     )
 
 
@@ -479,22 +484,22 @@ def export_entries(engine: Engine, *, all_accounts: bool = False) -> Iterator[st
         namespace=None if all_accounts else engine.namespace, order="key"
     )
     for a in rows:
-        yield json.dumps(
-            {
-                "v": EXPORT_VERSION,
-                "namespace": a.namespace,
-                "hash": a.content_hash,
-                "variant": a.variant,
-                "uuid": a.image_uuid,
-                "size": a.size,
-                "format": a.format,
-                "uploaded_at": a.uploaded_at,
-                "last_used_at": a.last_used_at,
-                "upload_count": a.upload_count,
-                "bytes_sent": a.bytes_sent,
-            },
-            separators=(",", ":"),
-        )
+        line = {
+            "v": EXPORT_VERSION,
+            "namespace": a.namespace,
+            "hash": a.content_hash,
+            "variant": a.variant,
+            "uuid": a.image_uuid,
+            "size": a.size,
+            "format": a.format,
+            "uploaded_at": a.uploaded_at,
+            "last_used_at": a.last_used_at,
+            "upload_count": a.upload_count,
+            "bytes_sent": a.bytes_sent,
+        }
+        if a.url:
+            line["url"] = a.url
+        yield json.dumps(line, separators=(",", ":"))
 
 
 def write_export(
@@ -814,6 +819,11 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         # Clock skew between machines must not stretch the window past the server's.
         last_used = min(last_used, now)
         uploaded = min(uploaded, last_used)
+        url = obj.get("url")
+        if url is not None and not (
+            isinstance(url, str) and url.startswith(("https://", "http://")) and len(url) < 4096
+        ):
+            return "'url' must be an http(s) URL"
         return AssetRow(
             namespace,
             digest,
@@ -826,6 +836,7 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
             count("upload_count", 1, 1),
             0,
             count("bytes_sent", 0, 0),
+            url,
         )
     except ValueError as exc:
         return str(exc)

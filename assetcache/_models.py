@@ -78,6 +78,8 @@ class Resolution:
     format: str | None = None
     expires_at: float | None = None
     bytes_sent: int = 0
+    #: The ``imageURL`` (``mediaURL``) the upload answer carried, if any.
+    url: str | None = None
 
     _SPEC: ClassVar[Spec] = (
         "source",
@@ -184,6 +186,9 @@ class CacheStats:
     last_used_at: float | None = None
     #: The last time the cache handed out any entry's UUID (not evidence of a use).
     last_served_at: float | None = None
+    #: What ``assetcache proxy`` spared the upstream: ``uploads_answered``,
+    #: ``bytes_not_sent``, ``inline_swapped``, ``healed`` (all 0 without a proxy).
+    proxy: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = to_dict(self, _fields(CacheStats))

@@ -115,9 +115,16 @@ class _Item:
     label: str
 
 
-def _classify(engine: Engine, parameter: str, value: Any) -> _Item | None | TaskInputError:
+def _classify(
+    engine: Engine, parameter: str, value: Any, local_files: bool = True
+) -> _Item | None | TaskInputError:
     """What a mapped value is: a source to resolve, a UUID to bind, ``None`` to
-    pass untouched (URLs, UUIDs the cache does not know), or why it is unusable."""
+    pass untouched (URLs, UUIDs the cache does not know), or why it is unusable.
+
+    Without ``local_files`` a string is never read as a path: only data URIs
+    and base64 are taken and anything else passes untouched (a server that
+    rewrites other people's tasks, as the proxy does, must not upload its own
+    files)."""
     try:
         if isinstance(value, str):
             text = value.strip()
@@ -128,6 +135,14 @@ def _classify(engine: Engine, parameter: str, value: Any) -> _Item | None | Task
                 return None  # a URL: the server fetches it
             if not text:
                 raise SourceError("''", "empty value")
+            if not local_files:
+                if head.startswith("data:"):
+                    src = Source.from_data_uri(text)
+                elif _looks_base64(text):
+                    src = Source.from_base64(text)
+                else:
+                    return None
+                return _Item(parameter, "source", src, src.label)
             if not head.startswith("data:") and not _looks_base64(text):
                 # A path: a missing or special file fails the task before any upload.
                 stat_source(os.path.abspath(value), value)
@@ -197,7 +212,9 @@ def _walk(task: Any, extra: ExtraParams) -> list[tuple[str, Any]]:
         raise ConfigurationError(str(exc)) from None
 
 
-def plan_prepare_many(engine: Engine, tasks: Sequence[Any], extra: ExtraParams) -> Plan:
+def plan_prepare_many(
+    engine: Engine, tasks: Sequence[Any], extra: ExtraParams, local_files: bool = True
+) -> Plan:
     """Every task prepared, all images resolved in one batch; per task a
     :class:`PreparedTask` or the error that fails it (nothing sent)."""
     found = [_walk(task, extra) for task in tasks]
@@ -210,9 +227,9 @@ def plan_prepare_many(engine: Engine, tasks: Sequence[Any], extra: ExtraParams) 
                 and hasattr(value, "read")
                 and not isinstance(value, (bytes, io.TextIOBase))
             ):
-                item = yield Call(_classify, engine, parameter, value)
+                item = yield Call(_classify, engine, parameter, value, local_files)
             else:
-                item = _classify(engine, parameter, value)
+                item = _classify(engine, parameter, value, local_files)
             if item is not None:
                 items.append(item)
         classified.append(items)
@@ -366,9 +383,9 @@ def prepare_warm(engine: Engine, task: Any, extra: ExtraParams) -> PreparedTask 
     return PreparedTask(replaced, task, bindings, extra, tuple(n for n, _ in found))
 
 
-def plan_prepare(engine: Engine, task: Any, extra: ExtraParams) -> Plan:
+def plan_prepare(engine: Engine, task: Any, extra: ExtraParams, local_files: bool = True) -> Plan:
     """:func:`plan_prepare_many` for one task, raising; a dict task gets a taskUUID."""
-    (prepared,) = yield from plan_prepare_many(engine, [task], extra)
+    (prepared,) = yield from plan_prepare_many(engine, [task], extra, local_files)
     if isinstance(prepared, AssetCacheError):
         raise prepared
     if isinstance(prepared.task, dict) and not prepared.task.get("taskUUID"):

@@ -29,6 +29,7 @@ COMMANDS = {
     "import",
     "doctor",
     "emulator",
+    "proxy",
 }
 
 

@@ -35,7 +35,9 @@ def test_export_then_import_elsewhere(ecli: EmulatorCLI, tmp_path: Path) -> None
         "last_used_at",
         "upload_count",
         "bytes_sent",
+        "url",  # the imageURL the upload answer carried
     }
+    assert first["url"].startswith("http")
     out_file = tmp_path / "entries.jsonl"
     assert ecli("export", "-o", out_file).exit_code == 0
     assert out_file.read_text().splitlines() == lines

@@ -42,6 +42,7 @@ EXPECTED = {
     "RateLimited",
     "ServerError",
     "ProtocolError",
+    "Proxy",
     "RejectedInput",
     "UnknownImage",
     "RetryBudgetExhausted",

@@ -36,6 +36,9 @@ class AssetRow:
     upload_count: int = 1
     hits: int = 0
     bytes_sent: int = 0
+    #: The ``imageURL``/``mediaURL`` the upload answer carried, when it did:
+    #: an answer served from the cache carries it too (some clients need it).
+    url: str | None = None
 
     @property
     def key(self) -> Key:
@@ -74,6 +77,7 @@ class UploadRecord:
     format: str
     now: float
     bytes_sent: int
+    url: str | None = None
 
     @property
     def key(self) -> Key:

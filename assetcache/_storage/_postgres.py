@@ -71,6 +71,8 @@ _MIGRATIONS = (
     """
     UPDATE assetcache_assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at;
     """,
+    # The URL an upload answer carried, for answers served from the cache.
+    "ALTER TABLE assetcache_assets ADD COLUMN IF NOT EXISTS url TEXT",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -335,16 +337,17 @@ class PostgresRegistry:
             self._lock_keys(conn, (r.key for r in records))
             cur.executemany(
                 "INSERT INTO assetcache_assets (namespace, content_hash, variant, image_uuid, "
-                "size, format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, 0, %s) "
+                "size, format, uploaded_at, last_used_at, upload_count, hits, bytes_sent, url) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, 0, %s, %s) "
                 "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
                 "image_uuid = excluded.image_uuid, size = excluded.size, "
                 "format = excluded.format, "
                 "uploaded_at = excluded.uploaded_at, last_used_at = excluded.last_used_at, "
                 "upload_count = assetcache_assets.upload_count + 1, "
-                "bytes_sent = assetcache_assets.bytes_sent + excluded.bytes_sent",
+                "bytes_sent = assetcache_assets.bytes_sent + excluded.bytes_sent, "
+                "url = excluded.url",
                 [
-                    (*r.key, r.image_uuid, r.size, r.format, r.now, r.now, r.bytes_sent)
+                    (*r.key, r.image_uuid, r.size, r.format, r.now, r.now, r.bytes_sent, r.url)
                     for r in records
                 ],
             )

@@ -184,7 +184,6 @@ def _m4(conn: sqlite3.Connection) -> None:
     )
 
 
-#: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
 def _m5(conn: sqlite3.Connection) -> None:
     # Evidence, not belief: ``assets.last_used_at`` is the last *evidence* that
     # Runware used the upload (the upload, a task seen to succeed with it,
@@ -205,7 +204,14 @@ def _m5(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at")
 
 
-MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4, _m5)
+def _m6(conn: sqlite3.Connection) -> None:
+    # The URL an upload answer carried (``imageURL``/``mediaURL``), so an answer
+    # given from the cache (the proxy's) carries it as the server's would.
+    conn.execute("ALTER TABLE assets ADD COLUMN url TEXT")
+
+
+#: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
+MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4, _m5, _m6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -743,14 +749,14 @@ class SQLiteStore:
             for r in records:
                 conn.execute(
                     "INSERT INTO assets (namespace, content_hash, variant, image_uuid, size, "
-                    "format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?) "
+                    "format, uploaded_at, last_used_at, upload_count, hits, bytes_sent, url) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?) "
                     "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
                     "image_uuid = excluded.image_uuid, size = excluded.size, "
                     "format = excluded.format, uploaded_at = excluded.uploaded_at, "
                     "last_used_at = excluded.last_used_at, "
                     "upload_count = assets.upload_count + 1, "
-                    "bytes_sent = assets.bytes_sent + excluded.bytes_sent",
+                    "bytes_sent = assets.bytes_sent + excluded.bytes_sent, url = excluded.url",
                     (
                         r.namespace,
                         r.content_hash,
@@ -761,6 +767,7 @@ class SQLiteStore:
                         r.now,
                         r.now,
                         r.bytes_sent,
+                        r.url,
                     ),
                 )
                 conn.execute(
