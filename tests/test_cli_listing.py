@@ -149,6 +149,7 @@ def test_stats(ecli: EmulatorCLI, tmp_path: Path) -> None:
         "db_path",
         "db_bytes",
         "copies",
+        "proxy",
     }
     assert (s["entries"], s["hits"], s["uploads"], s["reuploads"]) == (2, 2, 3, 1)
     assert s["bytes_saved"] == len(make_png(1)) + len(make_png(2))
