@@ -153,6 +153,7 @@ def test_stats(ecli: EmulatorCLI, tmp_path: Path) -> None:
         "copies",
         "last_used_at",
         "last_served_at",
+        "proxy",
     }
     assert (s["entries"], s["hits"], s["uploads"], s["reuploads"]) == (2, 2, 3, 1)
     assert s["bytes_saved"] == len(make_png(1)) + len(make_png(2))
