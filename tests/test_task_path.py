@@ -465,3 +465,15 @@ def test_async_run_many_with_a_coroutine_send(emu: Emulator, tmp_path: Path) -> 
 
     sent, uuids = asyncio.run(main())
     assert sent == uuids and emu.upload_count == 2
+
+
+def test_async_delivery_is_polled_for_its_results(cache: AssetCache, tmp_path: Path) -> None:
+    (path,) = write_images(tmp_path, 4)
+    task = {
+        "taskType": "imageInference",
+        "seedImage": path,
+        "deliveryMethod": "async",
+        "numberResults": 2,
+    }
+    data = cache.run(task)
+    assert len(data) == 2 and all(is_uuid(item["imageUUID"]) for item in data)
