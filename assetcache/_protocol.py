@@ -29,6 +29,7 @@ from ._errors import (
     UnknownImage,
 )
 from ._hashing import Hasher
+from ._taskmap import match, names_of
 
 #: Matched whole (``fullmatch``): ``$`` would also accept a final newline.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -506,8 +507,6 @@ def rejects_uuid(obj: object, uuid: str | None = None, parameters: Collection[st
     >>> rejects_uuid(UnknownImage("...", code="invalidSeedImage", parameter="seedImage"))
     True
     """
-    from ._taskmap import match, names_of
-
     known = [p for p in parameters if isinstance(p, str)]
     found = unknown_media(obj, uuid=uuid, known=known)
     if found is None:
@@ -585,8 +584,6 @@ def _param_list(parameter: object) -> list[str]:
 def is_media_parameter(parameter: str, known: Sequence[str] = ()) -> bool:
     """Whether ``parameter`` takes an image: one of ``known`` (the places a task
     put its images), or a name such as ``seedImage``, ``regions[0].mask``."""
-    from ._taskmap import match, names_of
-
     if known and match(parameter, known):
         return True
     if parameter.strip().lower() in _UPLOAD_INPUTS:
@@ -599,8 +596,6 @@ def media_error(
 ) -> tuple[str, ...] | None:
     """The rule, on one raw Runware error object: ``None`` when it is not about
     an unknown image, else the image parameters it names (maybe none)."""
-    from ._taskmap import names_of
-
     if not isinstance(code, str) or not code:
         return None
     params = _param_list(parameter)
@@ -783,8 +778,6 @@ def _request_tasks(resp: Any) -> dict[str, dict[str, Any]] | None:
 
 def _holds(task: dict[str, Any], params: list[str], uuid: str) -> bool | None:
     """Whether the rejected parameter of ``task`` held ``uuid`` (None: not found)."""
-    from ._taskmap import names_of
-
     found: list[object] = []
     for param in params:
         names = names_of(param)

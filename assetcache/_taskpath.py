@@ -777,7 +777,106 @@ def _plan_post(engine: Engine, tasks: list[Any]) -> Plan:
             )
     for i in pending:
         out[i] = (False, last[i])
+    # Asynchronous delivery: the answer was an acknowledgement; the results
+    # come from getResponse for the same taskUUID (what the official SDKs do).
+    acked = {
+        str(bodies[i]["taskUUID"]): i
+        for i, o in enumerate(out)
+        if o is not None
+        and o[0]
+        and bodies[i].get("deliveryMethod") == "async"
+        and not _results_in(o[1])
+    }
+    if acked:
+        polled = yield from _plan_async_results(engine, bodies, acked)
+        for tid, i in acked.items():
+            out[i] = polled[tid]
     return [o if o is not None else (False, AssetCacheError("no answer")) for o in out]
+
+
+#: Keys of a result item that carry an output (an acknowledgement has none).
+_OUTPUT_KEYS = (
+    "imageUUID",
+    "imageURL",
+    "imageBase64Data",
+    "videoUUID",
+    "videoURL",
+    "audioUUID",
+    "audioURL",
+    "mediaUUID",
+    "text",
+)
+
+
+def _results_in(items: list[dict[str, Any]]) -> bool:
+    return any(
+        item.get("status") == "success" or any(k in item for k in _OUTPUT_KEYS) for item in items
+    )
+
+
+def _plan_async_results(engine: Engine, bodies: list[Any], acked: dict[str, int]) -> Plan:
+    """Poll ``getResponse`` for acknowledged asynchronous tasks until each has its
+    ``numberResults`` results (or an error), with backoff and at most
+    ``retry.attempts`` polls; ``{taskUUID: (ok, data objects | error)}``."""
+    headers = engine.headers()
+    retry = engine.retry
+    out: dict[str, tuple[bool, Any]] = {}
+    waiting = list(acked)
+    attempts = max(1, retry.attempts)
+    for attempt in range(attempts):
+        yield Sleep(
+            backoff_delay(
+                attempt, None, base=retry.base_delay, cap=retry.max_delay, jitter=_jitter()
+            )
+        )
+        body = json_body([{"taskType": "getResponse", "taskUUID": t} for t in waiting])
+        try:
+            resp = yield Http(
+                engine.base_url, headers, functools.partial(list, [body]), len(body), retry.timeout
+            )
+            answers = parse_task_response(
+                resp.status, resp.headers, resp.body, waiting, engine.redact
+            )
+        except RemoteError as exc:
+            if not is_transient(exc):
+                out.update((t, (False, exc)) for t in waiting)
+                return out
+            continue
+        still = []
+        for tid in waiting:
+            answer = answers[tid]
+            if isinstance(answer, list):
+                done = [item for item in answer if _results_in([item])]
+                failed = [item for item in answer if item.get("status") == "error"]
+                want = bodies[acked[tid]].get("numberResults") or 1
+                if failed:
+                    out[tid] = (
+                        False,
+                        RemoteError(
+                            f"Runware reports task {tid} failed", task_uuid=tid, code="taskFailed"
+                        ),
+                    )
+                elif len(done) >= (want if isinstance(want, int) else 1):
+                    out[tid] = (True, done)
+                else:
+                    still.append(tid)
+            elif is_transient(answer):
+                still.append(tid)
+            else:
+                out[tid] = (False, answer)
+        waiting = still
+        if not waiting:
+            return out
+    for tid in waiting:
+        out[tid] = (
+            False,
+            RemoteError(
+                f"no results for asynchronous task {tid} after {attempts} getResponse polls",
+                task_uuid=tid,
+                code="timeout",
+            ),
+        )
+    return out
 
 
 def _jitter() -> float:

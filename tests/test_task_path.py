@@ -412,3 +412,68 @@ def test_async_twin_with_async_send(emu: Emulator, tmp_path: Path) -> None:
     assert status == 200 and status2 == 200  # the 400 was healed
     assert n == 3
     assert data and emu.upload_count == 3
+
+
+def test_run_many_with_send_heals_each_task_alone(
+    cache: AssetCache, emu: Emulator, tmp_path: Path
+) -> None:
+    paths = write_images(tmp_path, 1, 2, 3)
+    tasks = [{"taskType": "upscale", "inputImage": p} for p in paths]
+    first = [cache.prepare(t).uuids["inputImage"] for t in tasks]
+    emu.delete(first[1])
+    emu.reset_counters()
+    send = Recorder(emu)
+    out = cache.run_many(tasks, send, concurrency=2)
+    assert [r.status_code for r in out] == [200, 200, 200]
+    assert emu.upload_count == 1 and len(send.sent) == 4  # one task sent twice
+
+
+def test_what_is_not_a_task_is_refused_clearly(cache: AssetCache, tmp_path: Path) -> None:
+    from assetcache import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="a task is a dict"):
+        cache.run("seedImage=cat.png")
+    with pytest.raises(ConfigurationError, match="bad image parameter path"):
+        cache.prepare({"taskType": "x"}, extra_params=["styles[0]..image"])
+    with pytest.raises(ConfigurationError, match="reuploads"):
+        cache.run({"taskType": "upscale"}, reuploads=-1)
+    (path,) = write_images(tmp_path, 7)
+    deep: dict[str, Any] = {"taskType": "imageInference", "seedImage": path}
+    node = deep
+    for _ in range(500):  # nesting far from any mapped path is never walked
+        node["x"] = {}
+        node = node["x"]
+    assert list(cache.prepare(deep).uuids) == ["seedImage"]
+
+
+def test_async_run_many_with_a_coroutine_send(emu: Emulator, tmp_path: Path) -> None:
+    paths = write_images(tmp_path, 1, 2)
+
+    async def main() -> list[Any]:
+        async with AsyncAssetCache(
+            API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db", clock=emu.clock
+        ) as cache:
+
+            async def send(task: dict[str, Any]) -> str:
+                await asyncio.sleep(0)
+                return task["inputImage"]
+
+            tasks = [{"taskType": "upscale", "inputImage": p} for p in paths]
+            sent = await cache.run_many(tasks, send)
+            prepared = [await cache.prepare(t) for t in tasks]
+            return [sent, [p.uuids["inputImage"] for p in prepared]]
+
+    sent, uuids = asyncio.run(main())
+    assert sent == uuids and emu.upload_count == 2
+
+
+def test_async_delivery_is_polled_for_its_results(cache: AssetCache, tmp_path: Path) -> None:
+    (path,) = write_images(tmp_path, 4)
+    task = {
+        "taskType": "imageInference",
+        "seedImage": path,
+        "deliveryMethod": "async",
+        "numberResults": 2,
+    }
+    data = cache.run(task)
+    assert len(data) == 2 and all(is_uuid(item["imageUUID"]) for item in data)

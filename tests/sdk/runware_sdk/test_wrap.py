@@ -66,3 +66,42 @@ def test_bad_input_fails_before_the_sdk_sends(emulator: Emulator, tmp_path: Path
 
     run(scenario())
     assert emulator.task_count == 0
+
+
+def test_use_heals_on_the_sdks_own_error(emulator: Emulator, tmp_path: Path) -> None:
+    """``use()`` reads runware-sdk's RunwareError (``validation`` on seedImage) as
+    "Runware no longer has this image" (moved here from test_lifecycle: the SDK
+    is not installed in the main environment)."""
+    from assetcache import AssetCache
+
+    image = tmp_path / "seed.png"
+    image.write_bytes(images(tmp_path)[1])
+    seen: list[str] = []
+
+    def fn(uuid: str) -> Any:
+        seen.append(uuid)
+        if len(seen) == 1:
+            emulator.delete(uuid)  # Runware dropped it just before the task
+
+        async def go() -> Any:
+            async with client_for(emulator, "rest") as rw:
+                return await rw.run(
+                    {
+                        "taskType": "imageInference",
+                        "model": "runware:101@1",
+                        "positivePrompt": "a lighthouse",
+                        "width": 512,
+                        "height": 512,
+                        "seedImage": uuid,
+                        "deliveryMethod": "sync",
+                    }
+                )
+
+        return run(go())
+
+    with AssetCache(
+        API_KEY, base_url=emulator.base_url, db_path=tmp_path / "u.db", clock=emulator.clock
+    ) as cache:
+        result = cache.use(image, fn)
+    assert result and len(seen) == 2 and seen[0] != seen[1]
+    assert emulator.upload_count == 2
