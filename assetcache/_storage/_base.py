@@ -118,6 +118,14 @@ class Registry(Protocol):
         used_before: float | None = None,
         order: Order = "last_use",
     ) -> list[AssetRow]: ...
+    def iter_assets(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
+    ) -> Iterator[AssetRow]: ...
     def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]: ...
     def prune_assets(self, rows: Iterable[AssetRow]) -> None: ...
     def delete_assets(self, keys: Iterable[Key]) -> int: ...
@@ -295,6 +303,19 @@ class SQLRegistry:
         where, params = asset_filter(namespace, used_after, used_before)
         sql = self._q(f"SELECT {_COLS} FROM {{assets}} {where} {ORDERS[order]}")
         return [AssetRow(*r) for r in self.read(sql, params, "list entries")]
+
+    def iter_assets(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
+    ) -> Iterator[AssetRow]:
+        """:meth:`select_assets`, one row at a time (exports, listings)."""
+        yield from self.select_assets(
+            namespace=namespace, used_after=used_after, used_before=used_before, order=order
+        )
 
     def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
         """``(entries, bytes)`` of ``namespace`` (all: ``None``)."""
