@@ -601,7 +601,9 @@ class SQLiteStore(SQLRegistry):
         if not hasattr(db, "atomic"):
             super()._upsert_rows(conn, rows)
             return
-        db.table("assets").upsert_all(
+        # Any: sqlite-utils 3 types table() as Table | View, 4 as Table.
+        table: Any = db.table("assets")
+        table.upsert_all(
             [dict(zip(ASSET_COLUMNS, _values(r), strict=True)) for r in rows],
             pk=("namespace", "content_hash", "variant"),
         )
