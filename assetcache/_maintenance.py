@@ -20,6 +20,7 @@ after. Listings treat stale and expired alike ("the cache will upload again").
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -49,7 +50,7 @@ from ._models import (
 )
 from ._resolve import failed, plan_resolve_many
 from ._sources import SourceLike
-from ._storage._base import AssetRow, FileRow
+from ._storage._base import AssetRow, FileRow, Key
 from ._storage._repair import db_size, inspect_database
 from ._tasks import plan_delete
 
@@ -67,6 +68,8 @@ _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 HASH_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _FORMATS = frozenset((*ACCEPTED, "url"))
+#: Entries listed per lookup of their known paths.
+_PAGE = 500
 
 
 # -- reading -------------------------------------------------------------------------
@@ -88,25 +91,28 @@ def entries(
     # both: either, i.e. serve_until <= now + within.
     used_after = now - window if within is not None and not expired else None
     used_before = now + within - window if within is not None else now - window if expired else None
-    # Through the registry: in a fleet, the fleet's entries.
+    # Through the registry: in a fleet, the fleet's entries. Streamed, and the
+    # known paths and served times looked up a page at a time: memory stays bounded.
     namespace = None if all_accounts else engine.namespace
-    assets = engine.registry.select_assets(
+    rows: Iterator[AssetRow] = engine.registry.iter_assets(
         namespace=namespace, used_after=used_after, used_before=used_before, order="last_use"
     )
     if expired and (used_after is not None or used_before is not None):
         # Stamped in the future (suspect): not served either, so "expired" lists them.
-        seen = {a.key for a in assets}
-        assets += [
-            a
-            for a in engine.registry.select_assets(
+        rows = itertools.chain(
+            rows,
+            engine.registry.iter_assets(
                 namespace=namespace, used_after=now + policy.future_tolerance, order="last_use"
-            )
-            if a.key not in seen
-        ]
-    paths = engine.store.paths_of({a.content_hash for a in assets})
-    served = engine.served_times(a.key for a in assets)
-    for a in assets:
-        yield engine.entry(a, paths.get(a.content_hash, ()), now, served.get(a.key))
+            ),
+        )
+    seen: set[Key] = set()
+    while page := list(itertools.islice(rows, _PAGE)):
+        page = [a for a in page if a.key not in seen]
+        seen.update(a.key for a in page)
+        paths = engine.store.paths_of({a.content_hash for a in page})
+        served = engine.served_times(a.key for a in page)
+        for a in page:
+            yield engine.entry(a, paths.get(a.content_hash, ()), now, served.get(a.key))
 
 
 #: Usage counters the proxy keeps (stored as ``proxy_<name>``).
@@ -480,7 +486,7 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
 
 def export_entries(engine: Engine, *, all_accounts: bool = False) -> Iterator[str]:
     """JSON lines (no newline) of this account's entries, for :func:`import_entries`."""
-    rows = engine.registry.select_assets(
+    rows = engine.registry.iter_assets(
         namespace=None if all_accounts else engine.namespace, order="key"
     )
     for a in rows:
