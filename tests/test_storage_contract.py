@@ -108,6 +108,21 @@ def test_a_claim_is_held_against_others_until_released_or_expired(registry):
     assert registry.peek([K1], "host-b:2:bb", 110.0, 0.0) == {K1: "free"}
 
 
+def test_a_renewed_lease_holds_past_its_first_expiry_and_only_for_its_owner(registry):
+    registry.claim([K1], "host-a:1:aa", 100.0, 60.0, 0.0)
+    registry.renew([K1], "host-b:2:bb", 10_000.0)  # not theirs: nothing changes
+    assert registry.peek([K1], "host-b:2:bb", 161.0, 0.0) == {K1: "free"}
+    registry.renew([K1], "host-a:1:aa", 300.0)
+    assert registry.peek([K1], "host-b:2:bb", 250.0, 0.0) == {K1: "held"}
+    assert registry.peek([K1], "host-b:2:bb", 301.0, 0.0) == {K1: "free"}
+
+
+def test_a_row_stamped_past_fresh_until_is_suspect_not_fresh(registry):
+    registry.record_uploads([upload(K1, U1, 500.0)], "host-a:1:aa")
+    assert registry.peek([K1], "host-b:2:bb", 160.0, 100.0, 400.0) == {K1: "free"}
+    assert registry.claim([K1], "host-b:2:bb", 160.0, 60.0, 100.0, 400.0) == {K1: "claimed"}
+
+
 def test_a_fresh_row_answers_a_claim_and_a_stale_one_does_not(registry):
     registry.record_uploads([upload(K1, U1, 150.0)], "host-a:1:aa")
     fresh = registry.get_asset(K1)
