@@ -100,11 +100,17 @@ from ._emulator import Emulator, ResponseShape
 from ._engine import StoredImage
 from ._faults import FAULT_KINDS, TRANSIENT_FAULTS
 from ._main import main
+from ._params import IMAGE_PARAMS
+from ._state import StateError as EmulatorStateError
+from ._ws import AVAILABLE as WEBSOCKET_AVAILABLE
 
 __all__ = [
     "FAULT_KINDS",
+    "IMAGE_PARAMS",
     "TRANSIENT_FAULTS",
+    "WEBSOCKET_AVAILABLE",
     "Emulator",
+    "EmulatorStateError",
     "ResponseShape",
     "StoredImage",
     "main",

@@ -12,18 +12,30 @@ import sys
 import threading
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import NoReturn
 
 from ._emulator import Emulator
 from ._faults import FAULT_KINDS, TRANSIENT_FAULTS
+from ._state import StateError
+from ._ws import AVAILABLE as WS_AVAILABLE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (no usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m assetcache.emulator",
-        description="Serve a local emulator of Runware's REST upload API.",
+        description="Serve a local emulator of Runware's REST and WebSocket API.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    parser.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="TCP port, 0-65535 (default 0: a free one)"
+    )
     parser.add_argument("--path", default="/v1", help="API path (default /v1)")
     parser.add_argument(
         "--api-key-env",
@@ -34,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--state", metavar="FILE", help="persist images and clock here")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument(
+        "--media-placeholder",
+        type=int,
+        default=0,
+        metavar="N",
+        help='answer mediaStorage uploads with mediaUUID "1" (still processing) for N '
+        "answers, getResponse giving the result after (default 0: at once)",
+    )
     parser.add_argument("--fault-rate", type=float, default=0.0, help="probability in [0, 1]")
     parser.add_argument(
         "--uplink-mbps",
@@ -69,8 +89,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, print ``listening on <base_url>`` and serve until signalled."""
-    args = _parser().parse_args(argv)
+    """Parse arguments, print the URLs and serve until signalled.
+
+    Every problem (a bad option, a busy port, a state file that cannot be
+    used) is one line on stderr and exit status 2, never a traceback.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"argument --port: {args.port} is not within 0-65535")
     # An unset or empty variable means "accept any non-empty key".
     api_key = (os.environ.get(args.api_key_env) if args.api_key_env else None) or None
     kinds = [k.strip() for k in args.fault_kinds.split(",") if k.strip()]
@@ -91,9 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_path=args.state,
             keep_bytes=args.keep_bytes,
             max_side=args.max_side,
+            media_placeholder=args.media_placeholder,
         )
-    except ValueError as exc:
-        _parser().error(str(exc))
+    except StateError as exc:
+        return _fail(parser, str(exc))
+    except (ValueError, OverflowError) as exc:
+        parser.error(str(exc))
     if threading.current_thread() is threading.main_thread():
         # SIGTERM behaves like Ctrl-C so serve_forever() returns and stops cleanly
         # (signal handlers can only be installed from the main thread).
@@ -105,7 +135,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    emulator.start()
-    print(f"listening on {emulator.base_url}", flush=True)
-    emulator.serve_forever()
+    try:
+        emulator.start()
+    except OSError as exc:
+        return _fail(parser, bind_error(args.host, args.port, exc))
+    for line in url_lines(emulator):
+        print(line, flush=True)
+    try:
+        emulator.serve_forever()
+    except StateError as exc:
+        return _fail(parser, str(exc))
     return 0
+
+
+def url_lines(emulator: Emulator) -> list[str]:
+    """What a started emulator prints: where REST, WebSocket and control answer."""
+    lines = [f"listening on {emulator.base_url}"]
+    lines.append(
+        f"websocket    {emulator.ws_url}"
+        if WS_AVAILABLE
+        else "websocket    unavailable: pip install 'assetcache[websocket]'"
+    )
+    lines.append(f"control      {emulator.control_url}/status")
+    return lines
+
+
+def bind_error(host: str, port: int, exc: OSError) -> str:
+    """One line for a failed bind, e.g. a port already in use."""
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {host}:{port}: {reason.lower()}"
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> int:
+    print(f"{parser.prog}: {message}", file=sys.stderr, flush=True)
+    return 2
