@@ -1286,10 +1286,13 @@ def emulator(
     at it with --api-url (`assetcache --api-url URL advance 31d`).
     """
     from .emulator import Emulator, EmulatorStateError
-    from .emulator._main import bind_error, url_lines
+    from .emulator._main import bind_error, option_problem, url_lines
 
-    if not 0 <= port <= 65535:
-        raise UsageError(f"emulator: --port {port} is not within 0-65535")
+    problem = option_problem(
+        port=port, latency=latency, fault_rate=fault_rate, media_placeholder=media_placeholder
+    )
+    if problem:
+        raise UsageError(f"emulator: {problem}")
     key = os.environ.get("RUNWARE_API_KEY") or None
     try:
         emu = Emulator(

@@ -96,8 +96,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        parser.error(f"argument --port: {args.port} is not within 0-65535")
+    problem = option_problem(
+        port=args.port,
+        latency=args.latency,
+        fault_rate=args.fault_rate,
+        uplink_mbps=args.uplink_mbps,
+        media_placeholder=args.media_placeholder,
+        retention_days=args.retention_days,
+        retry_after=args.retry_after,
+        max_side=args.max_side,
+    )
+    if problem:
+        parser.error(problem)
     # An unset or empty variable means "accept any non-empty key".
     api_key = (os.environ.get(args.api_key_env) if args.api_key_env else None) or None
     kinds = [k.strip() for k in args.fault_kinds.split(",") if k.strip()]
@@ -146,6 +156,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateError as exc:
         return _fail(parser, str(exc))
     return 0
+
+
+def option_problem(**values: float | int | None) -> str | None:
+    """The first option out of range, as ``--name VALUE: reason``, or None.
+
+    Shared by ``python -m assetcache.emulator`` and ``assetcache emulator`` so
+    both name the option the same way.
+    """
+    rules: dict[str, tuple[float, float | None, str]] = {
+        "port": (0, 65535, "is not within 0-65535"),
+        "latency": (0, None, "must be >= 0 seconds"),
+        "fault_rate": (0, 1, "must be within [0, 1]"),
+        "uplink_mbps": (0, None, "must be >= 0"),
+        "media_placeholder": (0, None, "must be >= 0"),
+        "retention_days": (0, None, "must be > 0 days"),
+        "retry_after": (0, None, "must be >= 0"),
+        "max_side": (0, None, "must be >= 0 (0 keeps images as received)"),
+    }
+    for name, value in values.items():
+        if value is None or name not in rules:
+            continue
+        low, high, reason = rules[name]
+        bad = value != value or value < low or (high is not None and value > high)
+        if name == "retention_days" and value <= 0:
+            bad = True
+        if bad:
+            return f"--{name.replace('_', '-')} {value:g}: {reason}"
+    return None
 
 
 def url_lines(emulator: Emulator) -> list[str]:
