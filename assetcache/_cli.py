@@ -93,7 +93,6 @@ class Settings:
             return self._cache
         from ._client import AssetCache
 
-        db_path = self.db_target()
         key: str | None
         url: str | None
         namespace: str | None
