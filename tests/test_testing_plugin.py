@@ -7,7 +7,9 @@ in any environment where assetcache is installed.
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +129,13 @@ def test_a_failing_downstream_assertion_fails_and_the_emulator_still_stops(
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*upload_count == 1*"])
+
+
+def test_the_readme_plugin_example_passes_as_written(pytester: pytest.Pytester):
+    pytest.importorskip("PIL")  # the example draws its test image with Pillow
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- plugin-example -->\n```python\n(.*?)```", readme, re.S)
+    assert block, "the README lost its plugin example"
+    pytester.makepyfile(test_pipeline=block[1])
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
