@@ -634,8 +634,9 @@ class Emulator:
             return outcome
         types = {t.get("taskType") if isinstance(t, dict) else None for t in rest} - {"ping"}
         with self._lock:
-            wanted = self._hang_ups[0] if self._hang_ups else ""
-            hang_up = bool(types) and (wanted is None or wanted in types)
+            hang_up = bool(types and self._hang_ups) and (
+                self._hang_ups[0] is None or self._hang_ups[0] in types
+            )
             if hang_up:
                 self._hang_ups.pop(0)
         frames: list[str] = []

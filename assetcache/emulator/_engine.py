@@ -376,6 +376,8 @@ class Engine:
         self._dirty = True
 
     def _load(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            return  # nothing to load; the folder is made on the first write
         with _state.locked(path):
             state = _state.read(path)
             if state is not None:
