@@ -991,6 +991,8 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
 
 def fill_settings(settings: Settings, report: Any) -> None:
     """Settings as far as they are known without an open cache."""
+    if settings.emulator:
+        open_emulator(settings, start=False)  # an unusable emulator state: one line, exit 2
     from ._maintenance import resize_settings
 
     key = EMULATOR_KEY if settings.emulator else settings.api_key()
