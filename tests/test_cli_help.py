@@ -30,6 +30,8 @@ COMMANDS = {
     "doctor",
     "emulator",
     "proxy",
+    "advance",
+    "emulator-status",
 }
 
 

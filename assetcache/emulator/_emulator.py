@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -17,9 +18,10 @@ from typing import Any, Literal
 
 from ._clock import Clock
 from ._downscale import AVAILABLE as DOWNSCALE_AVAILABLE
-from ._engine import Counters, Engine, Json, StoredImage, error_item
+from ._engine import Engine, Json, StoredImage, error_item
 from ._faults import NOT_PROCESSED, TRANSIENT_FAULTS, FaultPlan
 from ._http import Reply, Server
+from ._state import StateError
 
 ResponseShape = Literal["list", "object"]
 
@@ -175,6 +177,9 @@ class Emulator:
         server.server_close()
         if thread is not None:
             thread.join(timeout=5)
+        with self._lock, contextlib.suppress(StateError):
+            # Counters move without a save (a ping, a fault); keep the totals.
+            self._engine.save_counters()
         self._stopped.set()
 
     def serve_forever(self) -> None:
@@ -237,11 +242,13 @@ class Emulator:
     def holds(self, image_uuid: str) -> bool:
         """Whether the image is stored and not expired at the emulator's now."""
         with self._lock:
+            self._engine.refresh()
             return self._engine.live(image_uuid) is not None
 
     def image(self, image_uuid: str) -> StoredImage | None:
         """The held image's record, or None if unknown, deleted or expired."""
         with self._lock:
+            self._engine.refresh()
             return self._engine.live(image_uuid)
 
     @property
@@ -253,7 +260,15 @@ class Emulator:
     def images(self) -> list[StoredImage]:
         """Every image still held, oldest upload first."""
         with self._lock:
+            self._engine.refresh()
             return self._engine.live_images()
+
+    def persisted_counters(self) -> dict[str, int]:
+        """The counters summed over every process that used this state file
+        (``state_path``); without one, this process's counters."""
+        with self._lock:
+            self._engine.refresh()
+            return self._engine.persisted_counters()
 
     def generated_images(self) -> list[StoredImage]:
         """Every generated output still held (usable as a later task's input)."""
@@ -332,20 +347,58 @@ class Emulator:
     def reset_counters(self) -> None:
         """Zero every counter; stored images and the clock are untouched."""
         with self._lock:
-            self._engine.counters = Counters()
-            self._engine.uploads_by_sha256.clear()
+            self._engine.reset_counters()
 
     def stats(self) -> dict[str, Any]:
         """Counters, clock and held-image count, as served by GET /_emulator/stats."""
         with self._lock:
+            self._engine.refresh()
             counters = vars(self._engine.counters).copy()
             return {
                 **counters,
+                "state_counters": self._engine.persisted_counters()
+                if self._engine.state_path is not None
+                else None,
                 "clock": self.clock(),
                 "images_held": len(self._engine.live_images()),
                 "generated_held": len(self._engine.live_images("generated")),
                 "ws_connections_open": len(self._ws_open),
                 "uploads_by_sha256": dict(self._engine.uploads_by_sha256),
+            }
+
+    def describe(self) -> dict[str, Any]:
+        """Clock, counters and every held image, as served by GET /_emulator/status
+        (what ``assetcache emulator-status`` prints). Counters are summed over
+        every process sharing the state file, when there is one."""
+        with self._lock:
+            self._engine.refresh()
+            retention = self._engine.retention_s
+            images = sorted(
+                self._engine.live_images() + self._engine.live_images("generated"),
+                key=lambda r: r.uploaded_at,
+            )
+            return {
+                "clock": self.clock(),
+                "retention_seconds": retention,
+                "state_path": None
+                if self._engine.state_path is None
+                else str(self._engine.state_path),
+                "counters": self._engine.persisted_counters(),
+                "images": [
+                    {
+                        "uuid": r.uuid,
+                        "kind": r.kind,
+                        "format": r.format,
+                        "size": r.size,
+                        "width": r.width,
+                        "height": r.height,
+                        "sha256": r.sha256,
+                        "uploaded_at": r.uploaded_at,
+                        "last_used_at": r.last_used_at,
+                        "expires_at": r.last_used_at + retention,
+                    }
+                    for r in images
+                ],
             }
 
     # ------------------------------------------------------------ behaviour
@@ -440,7 +493,12 @@ class Emulator:
             time.sleep(delay)  # outside the lock: slow requests must not serialise others
         if fault in NOT_PROCESSED:
             return self._unprocessed_fault(fault, body)
-        status, envelope = self._process(body, authorization)
+        try:
+            status, envelope = self._process(body, authorization)
+        except StateError as exc:
+            # Another process left a state file this one cannot use: say so, no traceback.
+            error = error_item("emulatorStateError", str(exc), None, None, None)
+            return self.json_reply(500, {"errors": [error], "data": []})
         if fault == "drop_after":
             return Reply(drop=True)
         if fault == "foreign_task":
@@ -485,6 +543,7 @@ class Emulator:
             }
         staged = self._engine.stage(tasks)  # decoding and downscaling: outside the lock
         with self._lock:
+            self._engine.refresh()  # uploads other processes made since our last look
             data, errors = self._engine.run(tasks, staged)
             self._engine.save_if_dirty()
         envelope: Json = {"data": data}
@@ -519,6 +578,15 @@ class Emulator:
                 session.buffered.extend(frames)
 
     def handle_ws_message(self, connection: WsConnection, body: bytes) -> WsOutcome:
+        """Answer one WebSocket message (see :meth:`_ws_message`); a state file
+        that cannot be used is answered as an error frame."""
+        try:
+            return self._ws_message(connection, body)
+        except StateError as exc:
+            error = error_item("emulatorStateError", str(exc), None, None, None)
+            return WsOutcome([_errors_frame(error)])
+
+    def _ws_message(self, connection: WsConnection, body: bytes) -> WsOutcome:
         """Answer one WebSocket message: a JSON array of tasks, the first message
         being an ``authentication`` task. Each result and each error is its own
         frame (``{"data": [item]}`` / ``{"errors": [error]}``) carrying its taskUUID."""
@@ -566,14 +634,16 @@ class Emulator:
             return outcome
         types = {t.get("taskType") if isinstance(t, dict) else None for t in rest} - {"ping"}
         with self._lock:
-            wanted = self._hang_ups[0] if self._hang_ups else ""
-            hang_up = bool(types) and (wanted is None or wanted in types)
+            hang_up = bool(types and self._hang_ups) and (
+                self._hang_ups[0] is None or self._hang_ups[0] in types
+            )
             if hang_up:
                 self._hang_ups.pop(0)
         frames: list[str] = []
         for task in rest:
             staged = self._engine.stage([task])  # outside the lock, as for REST
             with self._lock:
+                self._engine.refresh()
                 data, errors = self._engine.run([task], staged)
                 self._engine.save_if_dirty()
             frames += [json.dumps({"data": [item]}) for item in data]

@@ -213,6 +213,10 @@ class Engine:
         # Deleted image -> when it would have expired anyway (then the tombstone goes).
         self._deleted: dict[str, float] = {}
         self._seen_state: tuple[int, int, int] | None = None
+        # Counters summed over every process that used the state file: the
+        # file's totals as last read, and ours as of our last write.
+        self.file_counters: dict[str, int] = {}
+        self._saved_counters = Counters()
         if state_path is not None:
             self._load(state_path)
 
@@ -324,12 +328,27 @@ class Engine:
                 row = asdict(record)
                 del row["data"]  # bytes stay in memory; metadata is what later runs need
                 images.append(row)
+            totals = self.persisted_counters()
             _state.write(
                 self.state_path,
-                {"clock": self.clock.snapshot(), "images": images, "deleted": self._deleted},
+                {
+                    "clock": self.clock.snapshot(),
+                    "images": images,
+                    "deleted": self._deleted,
+                    "counters": totals,
+                },
             )
+            self.file_counters = totals
+            self._saved_counters = replace(self.counters)
             self._seen_state = _state.signature(self.state_path)
         self._dirty = False
+
+    def persisted_counters(self) -> dict[str, int]:
+        """Counters over every process sharing the state file (this one's unsaved part too)."""
+        mine, saved = vars(self.counters), vars(self._saved_counters)
+        return {
+            name: int(self.file_counters.get(name, 0)) + mine[name] - saved[name] for name in mine
+        }
 
     def refresh(self) -> None:
         """Merge what other processes wrote, if the file changed since we last looked."""
@@ -340,11 +359,25 @@ class Engine:
             self._merge(_state.read(self.state_path))
             self._seen_state = seen
 
+    def reset_counters(self) -> None:
+        """Zero this process's counters (what is already in the state file stays)."""
+        self.counters = Counters()
+        self._saved_counters = Counters()
+        self.uploads_by_sha256.clear()
+
+    def save_counters(self) -> None:
+        """Write the counters if they moved since the last write (e.g. when stopping)."""
+        if self.counters != self._saved_counters:
+            self._dirty = True
+            self.save_if_dirty()
+
     def mark_dirty(self) -> None:
         """Force the next save_if_dirty to write (e.g. after the clock moved)."""
         self._dirty = True
 
     def _load(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            return  # nothing to load; the folder is made on the first write
         with _state.locked(path):
             state = _state.read(path)
             if state is not None:
@@ -357,6 +390,11 @@ class Engine:
         its deletions, and its clock if it is ahead."""
         if state is None:
             return
+        counters = state.get("counters")
+        if isinstance(counters, dict):
+            self.file_counters = {
+                k: v for k, v in counters.items() if isinstance(v, int) and not isinstance(v, bool)
+            }
         theirs = Clock(frozen=self.clock.frozen)
         theirs.restore(state["clock"])
         if theirs.now() > self.clock.now():

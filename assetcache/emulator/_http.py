@@ -116,6 +116,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/_emulator/stats":
             reply = emulator.json_reply(200, emulator.stats())
+        elif path == "/_emulator/status":
+            reply = emulator.json_reply(200, emulator.describe())
         elif path.startswith("/images/"):
             reply = emulator.handle_image_get(path.removeprefix("/images/"))
         else:

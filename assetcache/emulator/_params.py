@@ -74,14 +74,18 @@ IMAGE_PARAMS: dict[str, tuple[str, ...]] = {
 #: Task types that make no sense without an input image (all but the generators).
 NEEDS_IMAGE = frozenset(IMAGE_PARAMS) - {"imageInference", "videoInference", "photoMaker"}
 
+#: Yielded for an array parameter whose value is not an array.
+NOT_AN_ARRAY = object()
+
 _SEGMENT = re.compile(r"^(?P<name>\w+)(?P<array>\[\](?:\{(?P<key>\w+)\})?)?$")
 
 
 def references(task: dict[str, Any], task_type: str) -> Iterator[tuple[str, object]]:
     """Every (parameter path, value) of ``task`` that names an image, in map order.
 
-    A value of the wrong shape (an object where an image goes, a string where
-    an array goes) is yielded as it is, so the caller can refuse it by path.
+    A value of the wrong shape is yielded too, so the caller can refuse it by
+    path: an object where an image goes as it is, anything but a list where an
+    array goes as :data:`NOT_AN_ARRAY`.
     ``None`` counts as absent.
     """
     for path in IMAGE_PARAMS.get(task_type, ()):
@@ -105,7 +109,7 @@ def _walk(node: object, segments: list[str], prefix: str) -> Iterator[tuple[str,
             yield here, value
         return
     if not isinstance(value, list):
-        yield here, value
+        yield here, NOT_AN_ARRAY
         return
     for index, entry in enumerate(value):
         at = f"{here}[{index}]"

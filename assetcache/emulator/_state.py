@@ -60,8 +60,9 @@ def locked(path: Path) -> Iterator[None]:
         return
     lock_path = path.with_name(path.name + ".lock")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Private like the cache database it sits beside.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StateError(path, f"cannot be locked: {exc.strerror} ({lock_path})") from None
     try:
@@ -133,7 +134,7 @@ def write(path: Path, state: dict[str, Any]) -> None:
     """Replace the file atomically: a reader (or a crash) never sees half of it."""
     directory = path.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     except OSError as exc:
         raise StateError(path, f"cannot be written: {exc.strerror}") from None

@@ -135,3 +135,24 @@ def test_wrong_key_is_refused_at_authentication(emulator: Emulator):
     error = run(scenario())
     assert error.code == "auth"
     assert "not-the-key" not in str(error)
+
+
+def test_media_storage_upload_and_delete_through_the_sdk(emulator: Emulator):
+    from runware import file_to_base64
+
+    async def scenario() -> tuple[str, RunwareError]:
+        async with client_for(emulator) as client:
+            (stored,) = await client.media_storage(
+                {"operation": "upload", "media": file_to_base64(png(4))}
+            )
+            media_uuid = str(stored["mediaUUID"])
+            assert emulator.holds(media_uuid)
+            (deleted,) = await client.media_storage({"operation": "delete", "media": media_uuid})
+            assert deleted["mediaUUID"] == media_uuid
+            with pytest.raises(RunwareError) as caught:
+                await client.run(inference(seedImage=media_uuid, deliveryMethod="sync"))
+            return media_uuid, caught.value
+
+    media_uuid, error = run(scenario())
+    assert not emulator.holds(media_uuid) and emulator.delete_count == 1
+    assert (error.code, error.parameter) == ("validation", "seedImage")
