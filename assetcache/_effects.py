@@ -17,10 +17,13 @@ and async caches cannot drift apart.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import inspect
+import os
+import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,12 +175,48 @@ def _perform_sync(effect: Any, driver: Driver) -> Any:
     if isinstance(effect, Concurrent):
         if len(effect.plans) == 1:
             return [_capture(functools.partial(run_sync, effect.plans[0], driver))]
-        with concurrent.futures.ThreadPoolExecutor(max(1, effect.limit)) as pool:
-            futures = [
-                pool.submit(_capture, functools.partial(run_sync, p, driver)) for p in effect.plans
-            ]
+        main = threading.current_thread() is threading.main_thread()
+        pool = concurrent.futures.ThreadPoolExecutor(max(1, effect.limit))
+        try:
+            with _signals_held(main):  # every started worker is known to the pool
+                futures = [
+                    pool.submit(_capture, functools.partial(run_sync, p, driver))
+                    for p in effect.plans
+                ]
             return [f.result() for f in futures]
+        finally:
+            # Normally all done. On Ctrl-C/SIGTERM: start nothing new, and let the
+            # requests in flight finish (and record their uploads).
+            pool.shutdown(wait=True, cancel_futures=True)
     raise TypeError(f"unknown effect {effect!r}")
+
+
+@contextlib.contextmanager
+def _signals_held(main: bool) -> Iterator[None]:
+    """Defer SIGINT/SIGTERM while workers are started (main thread only): an
+    interrupt between a worker's start and the pool knowing it would leave a
+    request running unseen. A signal that came meanwhile is raised on leaving."""
+    import signal
+
+    if not main:
+        yield
+        return
+    came: list[int] = []
+    saved: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):
+            saved[signum] = signal.signal(signum, lambda n, frame: came.append(n))
+    try:
+        yield
+    finally:
+        for number, previous in saved.items():
+            signal.signal(number, previous)
+        if came:
+            handler = saved.get(came[0])
+            if callable(handler):
+                handler(came[0], None)  # raises (KeyboardInterrupt, the CLI's Terminated)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), came[0])
 
 
 def _capture(fn: Callable[[], Any]) -> Any:

@@ -10,9 +10,9 @@ one clear error, and the memory an answer costs stays under the cap.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import threading
 import tracemalloc
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,9 @@ def test_an_endless_chunked_body_ends(tmp_path: Path) -> None:
 
 
 def test_a_gzip_bomb_costs_at_most_the_cap(tmp_path: Path) -> None:
-    bomb = gzip.compress(b" " * (200 << 20), compresslevel=9)  # ~200 KB -> 200 MiB
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+    block = b" " * (1 << 20)
+    bomb = b"".join(packer.compress(block) for _ in range(200)) + packer.flush()  # -> 200 MiB
     assert len(bomb) < 1 << 20
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
     with HostileServer(fixed("200 OK", headers, bomb)) as server:
@@ -169,3 +171,29 @@ def test_surrounding_whitespace_in_the_key_is_refused(tmp_path: Path) -> None:
     for key in ("sk-7f3a9c ", " sk-7f3a9c", "sk-7f3a9c\n"):
         with pytest.raises(ConfigurationError, match="API key"):
             AssetCache(key, base_url="http://127.0.0.1:9/v1", db_path=tmp_path / "c.db")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "deflate-raw", None])
+def test_compressed_answers_are_read_in_full(tmp_path: Path, coding: str | None) -> None:
+    """A well-behaved compressed answer still works (and is capped after decoding)."""
+    from assetcache._bodies import AnswerTooLarge, BadAnswer, BodyReader
+
+    data = b'{"data": []}' + b" " * 100_000
+    if coding == "gzip":
+        packed = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    elif coding == "deflate":
+        packed = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS)
+    elif coding == "deflate-raw":
+        packed = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = packed.compress(data) + packed.flush() if coding else data
+    header = "deflate" if coding == "deflate-raw" else coding
+    reader = BodyReader(header)
+    for i in range(0, len(body), 7):
+        reader.feed(body[i : i + 7])
+    assert reader.finish() == data
+    small = BodyReader(header, cap=len(data) - 1)
+    with pytest.raises(AnswerTooLarge):
+        small.feed(body)
+        small.finish()
+    with pytest.raises(BadAnswer):
+        BodyReader("br")

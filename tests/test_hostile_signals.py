@@ -37,11 +37,13 @@ def test_a_signal_prints_what_is_known_records_uploads_and_exits(
     env["RUNWARE_API_KEY"] = API_KEY
     with Emulator(api_key=API_KEY, latency=0.4) as emu:
         proc = subprocess.Popen(
-            [script(), "--db", str(db), "--api-url", emu.base_url, "upload", str(folder)],
+            [script(), "-v", "--db", str(db), "--api-url", emu.base_url, "upload", str(folder)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # A child of a background job inherits SIGINT ignored: give it the default.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         # Past the first chunk (8 requests of 16), while the second is in flight.
         first_chunk = -(-UPLOAD_CHUNK // 16)
@@ -54,7 +56,8 @@ def test_a_signal_prints_what_is_known_records_uploads_and_exits(
         assert proc.returncode == code, (proc.returncode, stderr[-2000:])
         assert "Traceback" not in stderr
         rows = [line.split("\t") for line in stdout.splitlines()]
-        assert UPLOAD_CHUNK <= len(rows) < FILES
+        stderr = "\n".join(line for line in stderr.splitlines() if "HTTP Request" not in line)
+        assert UPLOAD_CHUNK <= len(rows) < FILES, (len(rows), stderr[-2000:])
         assert all(outcome == "uploaded" for _, _, outcome in rows)
         assert "after" in stderr and f"of {FILES} file(s)" in stderr
         conn = sqlite3.connect(db)
@@ -66,4 +69,9 @@ def test_a_signal_prints_what_is_known_records_uploads_and_exits(
         # server made for the chunk in flight were recorded too.
         for _, uuid, _ in rows:
             assert uuid in cached and emu.image(uuid) is not None
-        assert len(cached) == emu.upload_count
+        # (A request retried after a lost answer leaves an upload the client never
+        # learnt of: the only case where the server holds more than was recorded.)
+        if "retrying" in stderr:
+            assert len(cached) <= emu.upload_count
+        else:
+            assert len(cached) == emu.upload_count, (len(cached), emu.upload_count, stderr)
