@@ -13,8 +13,8 @@ with the counters; only with ``served_is_used``, at most once per
 
 Time: ``judge_now()`` is the server's time when this run has learnt it from an
 answer's ``Date`` header (and the local clock has not jumped since), else the
-local clock; ``stamp_now()`` is the server's time when the local clock is off
-by more than the margin. :meth:`Engine.record_evidence` is the one way to say
+local clock; ``stamp_now()`` too (a local clock off by more than the margin
+is also warned about, once). :meth:`Engine.record_evidence` is the one way to say
 "Runware used these entries": upload answers, ``use()``, ``touch()`` and the
 task path all go through it or through :meth:`Engine.record`.
 """
@@ -259,8 +259,10 @@ class Engine:
         if server is None:
             return
         local = self.clock() if local is None else local
-        # Date has whole seconds: the server's clock is on average half a second on.
-        offset = server + 0.5 - local
+        # Date has whole seconds and was written before this answer arrived: the
+        # server's clock is at least that far on, so stamps made with it are never
+        # ahead of the server's own time.
+        offset = server - local
         self._server_offset = offset
         self._server_seen = time.monotonic()
         self._server_local = local
@@ -303,8 +305,9 @@ class Engine:
         return _policy.judge_time(local, self._offset(local))
 
     def stamp_now(self) -> float:
-        """The time evidence is stamped with: the server's when the local clock is
-        off by more than the margin, else the local one."""
+        """The time evidence is stamped with: the server's when this run knows it
+        (a local clock off by more than the margin is also warned about), else
+        the local one."""
         local = self.clock()
         return _policy.stamp_time(local, self._offset(local), self.policy.margin)
 

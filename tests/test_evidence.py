@@ -148,8 +148,12 @@ def test_ls_and_stats_show_both_times(tmp_path: Path) -> None:
     text = run("ls").output
     assert "SERVED" in text
     stats = json.loads(run("stats", "--json").output)
-    assert "last_served_at" in json.dumps(stats)
-    assert "last_used_at" in json.dumps(stats)
+    assert stats["last_used_at"] == item["last_used_at"]
+    assert stats["last_served_at"] == item["last_served_at"]
+    status = json.loads(run("status", "--json", "--all", tmp_path / "photos").output)
+    (found,) = status["files"]
+    assert found["last_used_at"] == item["last_used_at"]
+    assert found["last_served_at"] == item["last_served_at"]
 
 
 def test_migration_keeps_only_upload_time_as_evidence(
