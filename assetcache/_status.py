@@ -75,7 +75,13 @@ _SEP = os.sep.encode()
 _AFTER_SEP = bytes([_SEP[0] + 1])  # the byte after the separator: "0" after "/"
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _STAT_AT = os.stat in os.supports_dir_fd
-_LABELS = {"fresh": "fresh", "expiring": "expiring", "stale": "expired", "expired": "expired"}
+_LABELS = {
+    "fresh": "fresh",
+    "expiring": "expiring",
+    "stale": "expired",
+    "expired": "expired",
+    "suspect": "expired",  # stamped in the future: the next use uploads again
+}
 #: After the last row: its key sorts after every path (which start with a
 #: separator or a drive letter, never with byte 0xff).
 _END = (b"\xff",)

@@ -317,3 +317,20 @@ def test_emulator_date_header_follows_its_clock(emu: Emulator) -> None:
     )
     when = email.utils.parsedate_to_datetime(resp.headers["date"]).timestamp()
     assert when == pytest.approx(emu.clock(), abs=5)
+
+
+def test_status_of_a_future_row_says_it_will_be_uploaded_again(
+    emu: Emulator, make_cache: Callable[..., AssetCache], tmp_path: Path
+) -> None:
+    (path,) = write_images(tmp_path / "img", 19)
+    cache = make_cache(racy_window=0.0)
+    cache.get_uuid(path)
+    cache.close()
+    db = sqlite3.connect(tmp_path / "cache.db")
+    db.execute("UPDATE assets SET last_used_at = ?", (emu.clock() + 100 * DAY,))
+    db.commit()
+    db.close()
+    cache = make_cache(racy_window=0.0)
+    (found,) = list(cache.status([str(path)]))
+    assert found.state == "expired"
+    assert cache.status_report([str(tmp_path / "img")]).counts["expired"] == 1
