@@ -93,16 +93,11 @@ class Settings:
             return self._cache
         from ._client import AssetCache
 
-        db_path = self.db_target()
         key: str | None
         url: str | None
         namespace: str | None
         if self.emulator:
-            from .emulator import Emulator
-
-            state = None if isinstance(db_path, str) else str(db_path) + ".emulator.json"
-            emu = Emulator(api_key=EMULATOR_KEY, state_path=state)
-            emu.start()
+            emu = open_emulator(self, start=True)
             self._emulator = emu
             self._closers.append(emu.stop)
             # The emulator's clock is persisted (it may have been advanced): share it.
@@ -1108,33 +1103,234 @@ def print_doctor(report: Any) -> None:
     note("healthy" if not report.problems else f"{len(report.problems)} problem(s)")
 
 
-@cli.command()
+# == The bundled emulator: serve it, move its clock, show what it holds ===========
+# Kept together on purpose: everything the command line knows about the
+# emulator. With --emulator each command runs its own in-process emulator,
+# persisted beside the database (<db>.emulator.json, merged under a lock, so
+# concurrent commands lose nothing); `assetcache emulator` serves one for
+# other processes, driven through its control endpoint (--api-url).
+
+
+class OneLineCommand(click.Command):
+    """A bad option (out of range, not a number, unknown) is one line and exit 2,
+    not a usage block: scripts and people read the same message."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise UsageError(f"{self.name}: {exc.format_message()}") from None
+
+
+def emulator_state_path(settings: Settings) -> Path | None:
+    """Where the in-process emulator of this database persists (None for a database URL)."""
+    target = settings.db_target()
+    return None if isinstance(target, str) else Path(str(target) + ".emulator.json")
+
+
+def open_emulator(settings: Settings, *, start: bool) -> Any:
+    """The in-process emulator of this database; a state file it cannot use is one line."""
+    from .emulator import Emulator, EmulatorStateError
+
+    try:
+        emu = Emulator(api_key=EMULATOR_KEY, state_path=emulator_state_path(settings))
+        if start:
+            emu.start()
+    except EmulatorStateError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot start the local emulator: {exc.strerror or exc}") from None
+    return emu
+
+
+def emulator_control(settings: Settings, name: str, body: dict[str, Any] | None = None) -> Any:
+    """Call a running emulator's control endpoint, found from --api-url."""
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    if not settings.api_url:
+        raise UsageError(
+            "no emulator: add --emulator (this database's in-process emulator) or "
+            "--api-url URL of a running `assetcache emulator`"
+        )
+    parts = urlsplit(settings.api_url)
+    url = f"{parts.scheme}://{parts.netloc}/_emulator/{name}"
+    try:
+        if body is None:
+            response = httpx.get(url, timeout=10)
+        else:
+            response = httpx.post(url, json=body, timeout=10)
+        payload = response.json()
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach the emulator at {url}: {exc}") from None
+    except ValueError:
+        raise UsageError(f"{url} does not answer as an assetcache emulator") from None
+    if response.status_code != 200 or not isinstance(payload, dict):
+        detail = payload.get("error") if isinstance(payload, dict) else None
+        raise UsageError(
+            f"{url} does not answer as an assetcache emulator (HTTP {response.status_code}"
+            + (f": {detail})" if detail else ")")
+        )
+    return payload
+
+
+def utc_text(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@cli.command(cls=OneLineCommand)
+@click.argument("duration")
+@json_option
+@click.pass_obj
+def advance(settings: Settings, duration: str, as_json: bool) -> None:
+    """Move the emulator's clock forward by DURATION (e.g. 31d, 12h, 1d12h).
+
+    With --emulator: this database's in-process emulator, whose clock is also
+    the cache's in every --emulator command, so `status` then shows what
+    expired. With --api-url URL: a running `assetcache emulator`.
+    """
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise UsageError(f"advance: {exc}") from None
+    if settings.emulator:
+        now = open_emulator(settings, start=False).advance(seconds=seconds)
+    else:
+        now = float(emulator_control(settings, "advance", {"seconds": seconds})["clock"])
+    if as_json:
+        echo_json({"clock": now, "clock_utc": utc_text(now), "advanced_seconds": seconds})
+    else:
+        click.echo(f"emulator clock {utc_text(now)} (moved {format_duration(seconds)})")
+
+
+@cli.command("emulator-status", cls=OneLineCommand)
+@json_option
+@click.pass_obj
+def emulator_status(settings: Settings, as_json: bool) -> None:
+    """Show the emulator's clock, counters and the images it holds.
+
+    With --emulator: this database's in-process emulator (counters summed over
+    every --emulator run on it). With --api-url URL: a running
+    `assetcache emulator`.
+    """
+    if settings.emulator:
+        info = open_emulator(settings, start=False).describe()
+        where = f"in-process, state {info['state_path']}"
+    else:
+        info = emulator_control(settings, "status")
+        where = str(settings.api_url)
+    if as_json:
+        echo_json({"emulator": where, **info})
+        return
+    c, images, now = info["counters"], info["images"], float(info["clock"])
+    kinds = [image["kind"] for image in images]
+    click.echo(f"emulator   {where}")
+    click.echo(f"clock      {utc_text(now)}")
+    click.echo(
+        f"counters   {c.get('upload_count', 0)} uploads, {c.get('delete_count', 0)} deletes, "
+        f"{c.get('inference_count', 0)} tasks run ({c.get('generated_count', 0)} images "
+        f"generated), {c.get('request_count', 0)} requests, "
+        f"{c.get('ws_message_count', 0)} websocket messages, {c.get('fault_count', 0)} faults"
+    )
+    click.echo(f"held       {kinds.count('upload')} uploaded, {kinds.count('generated')} generated")
+    if images:
+        rows = [
+            [
+                image["uuid"],
+                image["kind"],
+                image["format"],
+                human_bytes(image["size"]),
+                relative(float(image["last_used_at"]) - now),
+                relative(float(image["expires_at"]) - now),
+            ]
+            for image in images
+        ]
+        print_table(["UUID", "KIND", "FORMAT", "SIZE", "LAST USED", "EXPIRES"], rows)
+
+
+@cli.command(cls=OneLineCommand)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8765, show_default=True, type=int, help="Port (0: any free port).")
+@click.option(
+    "--port",
+    default=8765,
+    show_default=True,
+    type=int,
+    help="Port, 0-65535 (0: any free port; the URLs are printed).",
+)
 @click.option("--state", metavar="FILE", help="Persist the emulator's images and clock in FILE.")
 @click.option("--latency", default=0.0, type=float, help="Seconds to wait before each answer.")
 @click.option(
     "--fault-rate", default=0.0, type=float, help="Fraction of requests answered with a fault."
 )
-def emulator(host: str, port: int, state: str | None, latency: float, fault_rate: float) -> None:
-    """Run the local Runware API emulator until interrupted.
+@click.option(
+    "--media-placeholder",
+    default=0,
+    type=int,
+    metavar="N",
+    help='Answer mediaStorage uploads with mediaUUID "1" (still processing) N times '
+    "before getResponse gives the result (default 0: at once).",
+)
+def emulator(
+    host: str,
+    port: int,
+    state: str | None,
+    latency: float,
+    fault_rate: float,
+    media_placeholder: int,
+) -> None:
+    """Run the local Runware API emulator (REST and WebSocket) until interrupted.
 
-    It accepts the key in RUNWARE_API_KEY when that is set, any key otherwise.
+    It prints its REST, WebSocket and control URLs. It accepts the key in
+    RUNWARE_API_KEY when that is set, any key otherwise. Point other commands
+    at it with --api-url (`assetcache --api-url URL advance 31d`).
     """
-    from .emulator import Emulator
+    from .emulator import Emulator, EmulatorStateError
+    from .emulator._main import bind_error, option_problem, url_lines
 
-    key = os.environ.get("RUNWARE_API_KEY") or None
-    emu = Emulator(
-        api_key=key, host=host, port=port, state_path=state, latency=latency, fault_rate=fault_rate
+    problem = option_problem(
+        port=port, latency=latency, fault_rate=fault_rate, media_placeholder=media_placeholder
     )
-    emu.start()
-    click.echo(f"listening on {emu.base_url}")
+    if problem:
+        raise UsageError(f"emulator: {problem}")
+    key = os.environ.get("RUNWARE_API_KEY") or None
+    try:
+        emu = Emulator(
+            api_key=key,
+            host=host,
+            port=port,
+            state_path=state,
+            latency=latency,
+            fault_rate=fault_rate,
+            media_placeholder=media_placeholder,
+        )
+    except EmulatorStateError as exc:
+        raise UsageError(str(exc)) from None
+    except (ValueError, OverflowError) as exc:
+        raise UsageError(f"emulator: {exc}") from None
+    try:
+        emu.start()
+    except OSError as exc:
+        raise UsageError(bind_error(host, port, exc)) from None
+    for line in url_lines(emu):
+        click.echo(line)
     try:
         emu.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         emu.stop()
+
+
+# == end of the emulator block ====================================================
 
 
 def main() -> None:

@@ -15,6 +15,11 @@ from assetcache.emulator import Emulator
 #: Retries without real waiting: backoff is tested as a pure function.
 FAST_RETRY = RetryPolicy(attempts=8, base_delay=0.0005, max_delay=0.002, timeout=10.0)
 
+#: The official SDKs' scenarios run in their own environments (.ci/sdk-envs),
+#: driven by tests/test_sdk_envs.py: both SDKs install a package named
+#: ``runware``, so they cannot be collected here.
+collect_ignore = ["sdk"]
+
 
 @pytest.fixture
 def emu() -> Iterator[Emulator]:

@@ -29,6 +29,8 @@ COMMANDS = {
     "import",
     "doctor",
     "emulator",
+    "advance",
+    "emulator-status",
 }
 
 

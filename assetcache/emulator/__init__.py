@@ -1,4 +1,4 @@
-"""A local emulator of Runware's REST upload API, for tests and offline runs.
+"""A local emulator of Runware's REST and WebSocket API, for tests and offline runs.
 
 It plays the server: it imports nothing from the client half of ``assetcache``
 (only the standard library), so a shared bug cannot make both sides agree.
@@ -19,7 +19,8 @@ Command line (blocks until SIGINT/SIGTERM)::
     python -m assetcache.emulator --port 8765 --api-key-env RUNWARE_API_KEY \\
         --state /tmp/emu.json --latency 0.05 --fault-rate 0.3
 
-It prints ``listening on http://127.0.0.1:8765/v1``. If the ``--api-key-env``
+It prints ``listening on http://127.0.0.1:8765/v1`` and the WebSocket and
+control URLs. If the ``--api-key-env``
 variable (default RUNWARE_API_KEY) is set, only that key is accepted;
 otherwise any non-empty key is.
 
@@ -45,14 +46,18 @@ Protocol (``POST <path>``, default ``/v1``; a JSON array of tasks)
   are kept as received and ``Emulator.downscales`` is False. ``max_side=0``
   (``--max-side 0``) keeps everything as received.
 * ``mediaStorage`` ``delete`` with ``media=<uuid>``; unknown gives ``invalidMedia``.
-* Consuming tasks ``imageInference`` (``seedImage``, ``maskImage``, each of
-  ``referenceImages``), ``upscale``/``imageUpscale`` and
-  ``removeBackground``/``imageBackgroundRemoval`` (``inputImage``), also under
-  ``inputs.<field>``: a UUID that is not held gives ``invalid<Field>``; an
-  accepted task refreshes ``last_used_at`` of every image it names. With
-  ``"deliveryMethod": "async"`` the answer is an acknowledgement and the
+* Consuming tasks (``imageInference``, upscale, background removal, caption,
+  ControlNet preprocess, masking, vectorize, ``videoInference``): every
+  parameter of :data:`IMAGE_PARAMS` (``_params.py``, the emulator's own map)
+  is checked; a UUID that is not held gives ``invalid<Param>`` whose
+  ``parameter`` is the path (``controlNet[0].guideImage``); an accepted task
+  refreshes ``last_used_at`` of every image it names. Outputs are
+  deterministic 8x8 PNGs served at their ``imageURL`` and held like uploads
+  (``generated_images()``), so later tasks may take them; captions are text.
+  With ``"deliveryMethod": "async"`` the answer is an acknowledgement and the
   results come from ``getResponse`` (what the runware SDK's ``run()`` does).
-  Generated images are not stored, so they cannot be reused as inputs.
+* ``media_placeholder=N``: mediaStorage uploads answer ``mediaUUID: "1"``
+  (still processing) N times; ``getResponse`` then gives the result.
 * ``ping`` answers ``{"taskType": "ping", "pong": true}``.
 * Retention: an image is gone once ``clock() >= last_used_at + retention``.
 * Tasks succeed or fail independently: all failed means HTTP 400 with
@@ -61,6 +66,8 @@ Protocol (``POST <path>``, default ``/v1``; a JSON array of tasks)
 
 Control endpoints (no auth; for scripts driving an emulator in another process)
 --------------------------------------------------------------------------------
+* ``GET /_emulator/status``: clock, counters (summed over every process of the
+  state file) and every held image, what ``assetcache emulator-status`` prints.
 * ``GET /_emulator/stats``: counters (``upload_count``, ``request_count``,
   ``task_count``, ``fault_count``, ``delete_count``, ``inference_count``,
   ``bytes_received``), ``clock``, ``images_held``, ``uploads_by_sha256``.
@@ -80,6 +87,18 @@ malformed imageUUID; nothing stored), ``"foreign_task"`` (stored, but results
 carry a random taskUUID). Only ``drop_after`` and ``foreign_task`` (and
 ``slow``) store anything.
 
+WebSocket (``ws_url``, same port and path; needs the ``websocket`` extra)
+-----------------------------------------------------------------------
+The first message carries an ``authentication`` task (``apiKey``, optional
+``connectionSessionUUID``), answered ``{"data": [{"taskType":
+"authentication", "connectionSessionUUID": ...}]}``. Then JSON arrays of
+tasks; each result is a ``{"data": [item]}`` frame and each error an
+``{"errors": [error]}`` frame, carrying its taskUUID. :meth:`Emulator.hang_up_next`
+keeps a message's answers for the session and closes with 1001; a connection
+that authenticates with that ``connectionSessionUUID`` receives them right
+after its authentication answer. Without ``websockets`` the upgrade is
+answered HTTP 501 naming the extra. REST faults do not apply to WebSocket.
+
 Uplink
 ------
 ``uplink_mbps`` (``--uplink-mbps``) reads request bodies no faster than that
@@ -88,23 +107,31 @@ carry them: what sending fewer bytes saves can then be measured on loopback.
 
 State
 -----
-``state_path`` loads stored-image metadata and the clock at construction and
-rewrites the file atomically after every change, so consecutive processes see
-one coherent server; the file's clock takes precedence over ``start_time``.
-Image bytes, counters, seen taskUUIDs and pending async results are
-per-process. Two processes sharing one state file at the same time are not
-supported (the last writer wins).
+``state_path`` loads stored-image metadata and the clock at construction and,
+after every change, merges with the file under a lock and rewrites it
+atomically (``_state.py``): several processes may share one file at once and
+none loses another's uploads; deletions travel as tombstones; the clock further
+ahead wins; counters are summed (``persisted_counters()``). The file's clock
+takes precedence over ``start_time``. Image bytes, seen taskUUIDs, sessions and
+pending async results are per-process. A file that cannot be used raises
+:class:`EmulatorStateError` (one line naming it).
 """
 
 from ._emulator import Emulator, ResponseShape
 from ._engine import StoredImage
 from ._faults import FAULT_KINDS, TRANSIENT_FAULTS
 from ._main import main
+from ._params import IMAGE_PARAMS
+from ._state import StateError as EmulatorStateError
+from ._ws import AVAILABLE as WEBSOCKET_AVAILABLE
 
 __all__ = [
     "FAULT_KINDS",
+    "IMAGE_PARAMS",
     "TRANSIENT_FAULTS",
+    "WEBSOCKET_AVAILABLE",
     "Emulator",
+    "EmulatorStateError",
     "ResponseShape",
     "StoredImage",
     "main",

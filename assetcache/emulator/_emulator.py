@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -9,15 +10,18 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import timedelta
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Literal
 
 from ._clock import Clock
 from ._downscale import AVAILABLE as DOWNSCALE_AVAILABLE
-from ._engine import Counters, Engine, Json, StoredImage, error_item
+from ._engine import Engine, Json, StoredImage, error_item
 from ._faults import NOT_PROCESSED, TRANSIENT_FAULTS, FaultPlan
 from ._http import Reply, Server
+from ._state import StateError
 
 ResponseShape = Literal["list", "object"]
 
@@ -27,6 +31,11 @@ _FAULT_STATUS: dict[str, tuple[int, str, str]] = {
     "429": (429, "rateLimitExceeded", "Too many requests (injected by the emulator)."),
 }
 
+
+def _errors_frame(error: Json) -> str:
+    return json.dumps({"errors": [error]})
+
+
 _IMAGE_TYPES = {
     "jpeg": "image/jpeg",
     "png": "image/png",
@@ -34,6 +43,30 @@ _IMAGE_TYPES = {
     "bmp": "image/bmp",
     "gif": "image/gif",
 }
+
+
+@dataclass
+class WsConnection:
+    """One open WebSocket connection; ``session`` is set once it authenticated."""
+
+    id: int
+    session: str | None = None
+
+
+@dataclass
+class WsOutcome:
+    """What to send back for one WebSocket message, each string its own frame;
+    ``hang_up``: then close the connection (1001) as a restarting server would."""
+
+    frames: list[str] = field(default_factory=list)
+    hang_up: bool = False
+
+
+@dataclass
+class _Session:
+    key_digest: str
+    #: Frames produced for this session that no connection received yet.
+    buffered: list[str] = field(default_factory=list)
 
 
 class Emulator:
@@ -73,6 +106,8 @@ class Emulator:
         state_path: str | Path | None = None,
         keep_bytes: bool = True,
         max_side: int | None = 2048,
+        media_placeholder: int = 0,
+        ws_idle_timeout: float = 300.0,
     ) -> None:
         if isinstance(api_key, str):
             api_key = {api_key}
@@ -100,6 +135,14 @@ class Emulator:
             state_path=Path(state_path) if state_path is not None else None,
         )
         self._lock = self._engine.lock
+        self.set_media_placeholder(media_placeholder)
+        if ws_idle_timeout <= 0:
+            raise ValueError("ws_idle_timeout must be > 0")
+        self.ws_idle_timeout = float(ws_idle_timeout)
+        self._sessions: dict[str, _Session] = {}
+        self._ws_open: dict[int, WsConnection] = {}
+        self._ws_ids = 0
+        self._hang_ups: list[str | None] = []
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -134,6 +177,9 @@ class Emulator:
         server.server_close()
         if thread is not None:
             thread.join(timeout=5)
+        with self._lock, contextlib.suppress(StateError):
+            # Counters move without a save (a ping, a fault); keep the totals.
+            self._engine.save_counters()
         self._stopped.set()
 
     def serve_forever(self) -> None:
@@ -157,6 +203,16 @@ class Emulator:
         """The API endpoint, e.g. ``http://127.0.0.1:PORT/v1``."""
         return self._url_root() + ("" if self.path == "/" else self.path)
 
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint on the same port and path, e.g. ``ws://127.0.0.1:PORT/v1``."""
+        return "ws" + self.base_url.removeprefix("http")
+
+    @property
+    def control_url(self) -> str:
+        """Where the control endpoints live (``/_emulator/stats``, ``/_emulator/advance``)."""
+        return self._url_root() + "/_emulator"
+
     def _url_root(self) -> str:
         if self._server is None and self.port == 0:
             raise RuntimeError("the emulator is not started")
@@ -168,6 +224,10 @@ class Emulator:
     def clock(self) -> float:
         """The emulator's current time in epoch seconds."""
         return self._engine.clock.now()
+
+    def http_date(self) -> str:
+        """The emulator's now as an HTTP ``Date`` header value."""
+        return formatdate(self.clock(), usegmt=True)
 
     def advance(self, *, seconds: float = 0, hours: float = 0, days: float = 0) -> float:
         """Move the emulator clock forward by the sum given; returns the new time."""
@@ -182,11 +242,13 @@ class Emulator:
     def holds(self, image_uuid: str) -> bool:
         """Whether the image is stored and not expired at the emulator's now."""
         with self._lock:
+            self._engine.refresh()
             return self._engine.live(image_uuid) is not None
 
     def image(self, image_uuid: str) -> StoredImage | None:
         """The held image's record, or None if unknown, deleted or expired."""
         with self._lock:
+            self._engine.refresh()
             return self._engine.live(image_uuid)
 
     @property
@@ -198,7 +260,20 @@ class Emulator:
     def images(self) -> list[StoredImage]:
         """Every image still held, oldest upload first."""
         with self._lock:
+            self._engine.refresh()
             return self._engine.live_images()
+
+    def persisted_counters(self) -> dict[str, int]:
+        """The counters summed over every process that used this state file
+        (``state_path``); without one, this process's counters."""
+        with self._lock:
+            self._engine.refresh()
+            return self._engine.persisted_counters()
+
+    def generated_images(self) -> list[StoredImage]:
+        """Every generated output still held (usable as a later task's input)."""
+        with self._lock:
+            return self._engine.live_images("generated")
 
     def delete(self, image_uuid: str) -> bool:
         """Simulate Runware deleting an image on its own; False if it was not held."""
@@ -240,6 +315,26 @@ class Emulator:
         return self._engine.counters.inference_count
 
     @property
+    def generated_count(self) -> int:
+        """Images generated by accepted tasks (each held like an upload)."""
+        return self._engine.counters.generated_count
+
+    @property
+    def ws_connection_count(self) -> int:
+        """WebSocket handshakes accepted."""
+        return self._engine.counters.ws_connection_count
+
+    @property
+    def ws_message_count(self) -> int:
+        """WebSocket messages received (each a JSON array of tasks)."""
+        return self._engine.counters.ws_message_count
+
+    @property
+    def ws_replayed_count(self) -> int:
+        """Buffered frames handed to a connection that resumed their session."""
+        return self._engine.counters.ws_replayed_count
+
+    @property
     def bytes_received(self) -> int:
         """Request body bytes received on the API path."""
         return self._engine.counters.bytes_received
@@ -252,18 +347,58 @@ class Emulator:
     def reset_counters(self) -> None:
         """Zero every counter; stored images and the clock are untouched."""
         with self._lock:
-            self._engine.counters = Counters()
-            self._engine.uploads_by_sha256.clear()
+            self._engine.reset_counters()
 
     def stats(self) -> dict[str, Any]:
         """Counters, clock and held-image count, as served by GET /_emulator/stats."""
         with self._lock:
+            self._engine.refresh()
             counters = vars(self._engine.counters).copy()
             return {
                 **counters,
+                "state_counters": self._engine.persisted_counters()
+                if self._engine.state_path is not None
+                else None,
                 "clock": self.clock(),
                 "images_held": len(self._engine.live_images()),
+                "generated_held": len(self._engine.live_images("generated")),
+                "ws_connections_open": len(self._ws_open),
                 "uploads_by_sha256": dict(self._engine.uploads_by_sha256),
+            }
+
+    def describe(self) -> dict[str, Any]:
+        """Clock, counters and every held image, as served by GET /_emulator/status
+        (what ``assetcache emulator-status`` prints). Counters are summed over
+        every process sharing the state file, when there is one."""
+        with self._lock:
+            self._engine.refresh()
+            retention = self._engine.retention_s
+            images = sorted(
+                self._engine.live_images() + self._engine.live_images("generated"),
+                key=lambda r: r.uploaded_at,
+            )
+            return {
+                "clock": self.clock(),
+                "retention_seconds": retention,
+                "state_path": None
+                if self._engine.state_path is None
+                else str(self._engine.state_path),
+                "counters": self._engine.persisted_counters(),
+                "images": [
+                    {
+                        "uuid": r.uuid,
+                        "kind": r.kind,
+                        "format": r.format,
+                        "size": r.size,
+                        "width": r.width,
+                        "height": r.height,
+                        "sha256": r.sha256,
+                        "uploaded_at": r.uploaded_at,
+                        "last_used_at": r.last_used_at,
+                        "expires_at": r.last_used_at + retention,
+                    }
+                    for r in images
+                ],
             }
 
     # ------------------------------------------------------------ behaviour
@@ -288,6 +423,27 @@ class Emulator:
         """Inject these faults on the next requests, one each, before random faults."""
         with self._lock:
             self._faults.queue(*kinds)
+
+    def hang_up_next(self, count: int = 1, *, task_type: str | None = None) -> None:
+        """The next ``count`` WebSocket messages with tasks (with a task of
+        ``task_type``, when given) are processed, their answers kept for the
+        connection's session, and the connection closed (1001 going away): a
+        reconnect that sends the connectionSessionUUID receives them first, as
+        Runware replays a session's buffered results."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        with self._lock:
+            self._hang_ups.extend([task_type] * count)
+
+    def set_media_placeholder(self, answers: int) -> None:
+        """Answer mediaStorage uploads with ``mediaUUID: "1"`` (still processing),
+        as Runware does for media it is still processing: the upload answer and
+        the next ``answers - 1`` getResponse polls carry the placeholder, later
+        polls the real result. 0 (the default) answers at once."""
+        if isinstance(answers, bool) or not isinstance(answers, int) or answers < 0:
+            raise ValueError("media_placeholder must be an integer >= 0")
+        with self._lock:
+            self._engine.media_placeholder = answers
 
     def set_response_shape(self, shape: ResponseShape) -> None:
         """Choose "list" (data is always a list) or "object" (a lone result is sent bare)."""
@@ -337,7 +493,12 @@ class Emulator:
             time.sleep(delay)  # outside the lock: slow requests must not serialise others
         if fault in NOT_PROCESSED:
             return self._unprocessed_fault(fault, body)
-        status, envelope = self._process(body, authorization)
+        try:
+            status, envelope = self._process(body, authorization)
+        except StateError as exc:
+            # Another process left a state file this one cannot use: say so, no traceback.
+            error = error_item("emulatorStateError", str(exc), None, None, None)
+            return self.json_reply(500, {"errors": [error], "data": []})
         if fault == "drop_after":
             return Reply(drop=True)
         if fault == "foreign_task":
@@ -382,6 +543,7 @@ class Emulator:
             }
         staged = self._engine.stage(tasks)  # decoding and downscaling: outside the lock
         with self._lock:
+            self._engine.refresh()  # uploads other processes made since our last look
             data, errors = self._engine.run(tasks, staged)
             self._engine.save_if_dirty()
         envelope: Json = {"data": data}
@@ -391,6 +553,142 @@ class Emulator:
             envelope["data"] = data[0]
         status = 400 if errors and not data else 200
         return status, envelope
+
+    # ------------------------------------------------------------ WebSocket
+
+    def open_ws(self) -> WsConnection:
+        """Register a connection whose handshake succeeded (called by ``_ws``)."""
+        with self._lock:
+            self._ws_ids += 1
+            connection = WsConnection(self._ws_ids)
+            self._ws_open[connection.id] = connection
+            self._engine.counters.ws_connection_count += 1
+            return connection
+
+    def close_ws(self, connection: WsConnection) -> None:
+        """Forget a connection; its session (and anything buffered for it) stays."""
+        with self._lock:
+            self._ws_open.pop(connection.id, None)
+
+    def buffer_ws(self, connection: WsConnection, frames: list[str]) -> None:
+        """Keep frames a connection could not receive, for its session's next connection."""
+        with self._lock:
+            session = self._sessions.get(connection.session or "")
+            if session is not None:
+                session.buffered.extend(frames)
+
+    def handle_ws_message(self, connection: WsConnection, body: bytes) -> WsOutcome:
+        """Answer one WebSocket message (see :meth:`_ws_message`); a state file
+        that cannot be used is answered as an error frame."""
+        try:
+            return self._ws_message(connection, body)
+        except StateError as exc:
+            error = error_item("emulatorStateError", str(exc), None, None, None)
+            return WsOutcome([_errors_frame(error)])
+
+    def _ws_message(self, connection: WsConnection, body: bytes) -> WsOutcome:
+        """Answer one WebSocket message: a JSON array of tasks, the first message
+        being an ``authentication`` task. Each result and each error is its own
+        frame (``{"data": [item]}`` / ``{"errors": [error]}``) carrying its taskUUID."""
+        with self._lock:
+            self._engine.counters.ws_message_count += 1
+            self._engine.counters.bytes_received += len(body)
+        if self.latency:
+            time.sleep(self.latency)
+        try:
+            tasks = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            tasks = None
+        if isinstance(tasks, dict):
+            tasks = [tasks]
+        if not isinstance(tasks, list) or not tasks:
+            message = "Each message must be a non-empty JSON array of task objects."
+            return WsOutcome(
+                [_errors_frame(error_item("invalidPayload", message, None, None, None))]
+            )
+        outcome = WsOutcome()
+        rest: list[Any] = []
+        for task in tasks:
+            if isinstance(task, dict) and task.get("taskType") == "authentication":
+                outcome.frames.extend(self._ws_authenticate(connection, task))
+            else:
+                rest.append(task)
+        if not rest:
+            return outcome
+        if connection.session is None:
+            for task in rest:
+                first = task if isinstance(task, dict) else {}
+                task_uuid = first.get("taskUUID")
+                outcome.frames.append(
+                    _errors_frame(
+                        error_item(
+                            "missingApiKey",
+                            "Authenticate first: the first message on a connection must be "
+                            'an {"taskType": "authentication", "apiKey": ...} task.',
+                            "apiKey",
+                            "authentication",
+                            task_uuid if isinstance(task_uuid, str) else None,
+                        )
+                    )
+                )
+            return outcome
+        types = {t.get("taskType") if isinstance(t, dict) else None for t in rest} - {"ping"}
+        with self._lock:
+            hang_up = bool(types and self._hang_ups) and (
+                self._hang_ups[0] is None or self._hang_ups[0] in types
+            )
+            if hang_up:
+                self._hang_ups.pop(0)
+        frames: list[str] = []
+        for task in rest:
+            staged = self._engine.stage([task])  # outside the lock, as for REST
+            with self._lock:
+                self._engine.refresh()
+                data, errors = self._engine.run([task], staged)
+                self._engine.save_if_dirty()
+            frames += [json.dumps({"data": [item]}) for item in data]
+            frames += [_errors_frame(error) for error in errors]
+        if hang_up:
+            self.buffer_ws(connection, frames)
+            outcome.hang_up = True
+        else:
+            outcome.frames.extend(frames)
+        return outcome
+
+    def _ws_authenticate(self, connection: WsConnection, task: dict[str, Any]) -> list[str]:
+        key = task.get("apiKey")
+        if not isinstance(key, str) or not self._key_ok(key):
+            return [
+                _errors_frame(
+                    error_item(
+                        "invalidApiKey",
+                        # Never echo the key: responses end up in logs.
+                        "Invalid API key. Get a valid one at https://my.runware.ai/keys.",
+                        "apiKey",
+                        "authentication",
+                        None,
+                    )
+                )
+            ]
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        wanted = task.get("connectionSessionUUID")
+        with self._lock:
+            session_id = wanted.lower() if isinstance(wanted, str) else ""
+            session = self._sessions.get(session_id)
+            if session is None or session.key_digest != digest:
+                # Unknown (or another account's) session: a new one, as the server gives.
+                session_id = str(uuid.uuid4())
+                session = self._sessions[session_id] = _Session(digest)
+            connection.session = session_id
+            replay, session.buffered = session.buffered, []
+            self._engine.counters.ws_replayed_count += len(replay)
+        auth = {"taskType": "authentication", "connectionSessionUUID": session_id}
+        return [json.dumps({"data": [auth]}), *replay]
+
+    def ws_sessions(self) -> dict[str, int]:
+        """Every WebSocket session: its connectionSessionUUID -> frames buffered for it."""
+        with self._lock:
+            return {sid: len(session.buffered) for sid, session in self._sessions.items()}
 
     @staticmethod
     def _split_auth(tasks: list[Any], authorization: str | None) -> tuple[str | None, list[Any]]:

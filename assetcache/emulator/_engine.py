@@ -13,10 +13,8 @@ Callers hold :attr:`Engine.lock` around every call.
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
 import re
-import tempfile
 import threading
 import uuid
 from collections import Counter
@@ -25,9 +23,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import _state
 from ._clock import Clock
 from ._downscale import MAX_SIDE, Kept, keep
+from ._generate import caption, output_uuid, png, task_seed
 from ._media import EXTENSIONS, Media, MediaError, decode
+from ._params import IMAGE_PARAMS, NEEDS_IMAGE, error_code, references
 
 Json = dict[str, Any]
 
@@ -48,20 +49,36 @@ _DOC_PAGES: dict[str, str] = {
     "removeBackground": "utilities/image-background-removal",
     "imageBackgroundRemoval": "utilities/image-background-removal",
     "getResponse": "utilities/task-responses",
+    "caption": "utilities/image-to-text",
+    "imageCaption": "utilities/image-to-text",
+    "controlNetPreprocess": "image-editing/controlnet-tools",
+    "imageMasking": "image-editing/image-masking",
+    "vectorize": "image-editing/vectorize",
+    "videoInference": "video-inference/api-reference",
 }
 
-# Consuming tasks: which fields may reference a stored image. The first entry
-# is required for the task to make sense (None: no required image).
-_IMAGE_FIELDS: dict[str, tuple[str | None, tuple[str, ...]]] = {
-    "imageInference": (None, ("seedImage", "maskImage", "referenceImages")),
-    "upscale": ("inputImage", ("inputImage",)),
-    "imageUpscale": ("inputImage", ("inputImage",)),
-    "removeBackground": ("inputImage", ("inputImage",)),
-    "imageBackgroundRemoval": ("inputImage", ("inputImage",)),
+# What each consuming task answers with: the result's UUID and URL fields,
+# or "text" for captions. Runware's generated outputs are stored like uploads
+# ("a UUID v4 string of a previously uploaded or generated image").
+_OUTPUTS: dict[str, tuple[str, str] | None] = {
+    "imageInference": ("imageUUID", "imageURL"),
+    "photoMaker": ("imageUUID", "imageURL"),
+    "upscale": ("imageUUID", "imageURL"),
+    "imageUpscale": ("imageUUID", "imageURL"),
+    "removeBackground": ("imageUUID", "imageURL"),
+    "imageBackgroundRemoval": ("imageUUID", "imageURL"),
+    "vectorize": ("imageUUID", "imageURL"),
+    "imageVectorize": ("imageUUID", "imageURL"),
+    "controlNetPreprocess": ("guideImageUUID", "guideImageURL"),
+    "imageControlNetPreProcess": ("guideImageUUID", "guideImageURL"),
+    "imageMasking": ("maskImageUUID", "maskImageURL"),
+    "videoInference": ("videoUUID", "videoURL"),
+    "caption": None,
+    "imageCaption": None,
 }
+_MULTI_RESULT = frozenset({"imageInference", "photoMaker", "videoInference"})
 
 _MAX_RESULTS = 20
-_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,8 @@ class StoredImage:
     source_url: str | None = None
     width: int | None = None
     height: int | None = None
+    #: "upload" (imageUpload / mediaStorage) or "generated" (a task's output).
+    kind: str = "upload"
 
 
 #: An upload decoded (and downscaled) ahead of the engine lock, or why it failed.
@@ -102,6 +121,10 @@ class Counters:
     fault_count: int = 0
     delete_count: int = 0
     inference_count: int = 0
+    generated_count: int = 0
+    ws_connection_count: int = 0
+    ws_message_count: int = 0
+    ws_replayed_count: int = 0
     bytes_received: int = 0
 
 
@@ -130,6 +153,16 @@ def error_item(
         "taskType": task_type,
         "taskUUID": task_uuid,
         "documentation": f"{_DOCS}/{page}{anchor}",
+    }
+
+
+def _placeholder(task_uuid: str) -> Json:
+    """A mediaStorage upload answer for media still processing (``mediaUUID`` "1")."""
+    return {
+        "taskType": "mediaStorage",
+        "taskUUID": task_uuid,
+        "operation": "upload",
+        "mediaUUID": "1",
     }
 
 
@@ -173,7 +206,18 @@ class Engine:
         # Results of deliveryMethod="async" tasks, handed out by getResponse.
         self._pending: dict[str, list[Json]] = {}
         self._dirty = False
-        if state_path is not None and state_path.exists():
+        #: Answers of a mediaStorage upload that carry the "1" placeholder.
+        self.media_placeholder = 0
+        # taskUUID -> [placeholder answers left, the real result]
+        self._processing: dict[str, tuple[int, Json]] = {}
+        # Deleted image -> when it would have expired anyway (then the tombstone goes).
+        self._deleted: dict[str, float] = {}
+        self._seen_state: tuple[int, int, int] | None = None
+        # Counters summed over every process that used the state file: the
+        # file's totals as last read, and ours as of our last write.
+        self.file_counters: dict[str, int] = {}
+        self._saved_counters = Counters()
+        if state_path is not None:
             self._load(state_path)
 
     # ------------------------------------------------------------------ store
@@ -190,16 +234,22 @@ class Engine:
             return None
         return record
 
-    def live_images(self) -> list[StoredImage]:
-        """Every image still held, oldest upload first."""
-        held = [r for r in list(self._images.values()) if self.live(r.uuid) is not None]
+    def live_images(self, kind: str = "upload") -> list[StoredImage]:
+        """Every image of that kind still held, oldest first."""
+        held = [
+            r
+            for r in list(self._images.values())
+            if r.kind == kind and self.live(r.uuid) is not None
+        ]
         return sorted(held, key=lambda r: r.uploaded_at)
 
     def remove(self, image_uuid: str) -> bool:
         """Delete an image; False if it was not (or no longer) held."""
-        if self.live(image_uuid) is None:
+        record = self.live(image_uuid)
+        if record is None:
             return False
         del self._images[image_uuid.lower()]
+        self._deleted[image_uuid.lower()] = record.last_used_at + self.retention_s
         self._dirty = True
         return True
 
@@ -264,42 +314,114 @@ class Engine:
     # ------------------------------------------------------------ persistence
 
     def save_if_dirty(self) -> None:
-        """Write the state file atomically if anything persistent changed."""
+        """Merge with the state file and write it, if anything persistent changed.
+
+        Under the file's lock: what other processes wrote since we last looked
+        is merged in first, so no process's uploads are lost (see ``_state``).
+        """
         if self.state_path is None or not self._dirty:
             return
-        images = []
-        for record in self._images.values():
-            row = asdict(record)
-            del row["data"]  # bytes stay in memory; metadata is what later runs need
-            images.append(row)
-        state = {"version": _STATE_VERSION, "clock": self.clock.snapshot(), "images": images}
-        directory = self.state_path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        # Write a sibling temp file then rename: a reader (or a crash) never
-        # sees a half-written state file.
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.state_path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(state, fh)
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with _state.locked(self.state_path):
+            self._merge(_state.read(self.state_path))
+            images = []
+            for record in self._images.values():
+                row = asdict(record)
+                del row["data"]  # bytes stay in memory; metadata is what later runs need
+                images.append(row)
+            totals = self.persisted_counters()
+            _state.write(
+                self.state_path,
+                {
+                    "clock": self.clock.snapshot(),
+                    "images": images,
+                    "deleted": self._deleted,
+                    "counters": totals,
+                },
+            )
+            self.file_counters = totals
+            self._saved_counters = replace(self.counters)
+            self._seen_state = _state.signature(self.state_path)
         self._dirty = False
+
+    def persisted_counters(self) -> dict[str, int]:
+        """Counters over every process sharing the state file (this one's unsaved part too)."""
+        mine, saved = vars(self.counters), vars(self._saved_counters)
+        return {
+            name: int(self.file_counters.get(name, 0)) + mine[name] - saved[name] for name in mine
+        }
+
+    def refresh(self) -> None:
+        """Merge what other processes wrote, if the file changed since we last looked."""
+        if self.state_path is None:
+            return
+        seen = _state.signature(self.state_path)
+        if seen is not None and seen != self._seen_state:
+            self._merge(_state.read(self.state_path))
+            self._seen_state = seen
+
+    def reset_counters(self) -> None:
+        """Zero this process's counters (what is already in the state file stays)."""
+        self.counters = Counters()
+        self._saved_counters = Counters()
+        self.uploads_by_sha256.clear()
+
+    def save_counters(self) -> None:
+        """Write the counters if they moved since the last write (e.g. when stopping)."""
+        if self.counters != self._saved_counters:
+            self._dirty = True
+            self.save_if_dirty()
 
     def mark_dirty(self) -> None:
         """Force the next save_if_dirty to write (e.g. after the clock moved)."""
         self._dirty = True
 
     def _load(self, path: Path) -> None:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"{path}: unsupported emulator state version {state.get('version')}")
-        self.clock.restore(state["clock"])
+        if not path.parent.is_dir():
+            return  # nothing to load; the folder is made on the first write
+        with _state.locked(path):
+            state = _state.read(path)
+            if state is not None:
+                self.clock.restore(state["clock"])
+            self._merge(state)
+            self._seen_state = _state.signature(path)
+
+    def _merge(self, state: dict[str, Any] | None) -> None:
+        """Add another writer's view: its images (unless deleted or expired here),
+        its deletions, and its clock if it is ahead."""
+        if state is None:
+            return
+        counters = state.get("counters")
+        if isinstance(counters, dict):
+            self.file_counters = {
+                k: v for k, v in counters.items() if isinstance(v, int) and not isinstance(v, bool)
+            }
+        theirs = Clock(frozen=self.clock.frozen)
+        theirs.restore(state["clock"])
+        if theirs.now() > self.clock.now():
+            self.clock.restore(state["clock"])
+        now = self.clock.now()
+        for key, until in state.get("deleted", {}).items():
+            if isinstance(until, (int, float)) and until > now:
+                self._deleted[key] = max(float(until), self._deleted.get(key, 0.0))
+                self._images.pop(key, None)
+        self._deleted = {k: v for k, v in self._deleted.items() if v > now}
         known = {f.name for f in fields(StoredImage)}
         for row in state["images"]:
-            record = StoredImage(**{k: v for k, v in row.items() if k in known})
-            self._images[record.uuid] = record
+            try:
+                record = StoredImage(**{k: v for k, v in row.items() if k in known})
+                float(record.last_used_at) + float(record.uploaded_at)
+            except (TypeError, ValueError):
+                raise _state.StateError(
+                    self.state_path or "", "is corrupt (bad image record)"
+                ) from None
+            key = record.uuid.lower()
+            if key in self._deleted or now >= record.last_used_at + self.retention_s:
+                continue
+            mine = self._images.get(key)
+            if mine is None:
+                self._images[key] = record
+            elif record.last_used_at > mine.last_used_at:
+                self._images[key] = replace(mine, last_used_at=record.last_used_at)
 
     # ------------------------------------------------------------------ tasks
 
@@ -346,7 +468,7 @@ class Engine:
             if isinstance(task.get("taskUUID"), str):
                 item["taskUUID"] = task["taskUUID"]
             return [item]
-        if task_type not in _IMAGE_FIELDS and task_type not in (
+        if task_type not in _OUTPUTS and task_type not in (
             "imageUpload",
             "mediaStorage",
             "getResponse",
@@ -412,15 +534,19 @@ class Engine:
                 raise TaskError(
                     "invalidMedia", f"Invalid value for media parameter: {exc}.", "media"
                 ) from None
-            return [
-                {
-                    "taskType": "mediaStorage",
-                    "taskUUID": task_uuid,
-                    "operation": "upload",
-                    "mediaUUID": record.uuid,
-                    "mediaURL": self.image_url(record),
-                }
-            ]
+            result: Json = {
+                "taskType": "mediaStorage",
+                "taskUUID": task_uuid,
+                "operation": "upload",
+                "mediaUUID": record.uuid,
+                "mediaURL": self.image_url(record),
+            }
+            if self.media_placeholder:
+                # Stored already (a client that re-sends uploads twice), but the
+                # answer says "still processing"; getResponse hands out the result.
+                self._processing[task_uuid.lower()] = (self.media_placeholder - 1, result)
+                return [_placeholder(task_uuid)]
+            return [result]
         if operation == "delete":
             media = task.get("media")
             if not isinstance(media, str) or not self.remove(media):
@@ -446,22 +572,8 @@ class Engine:
         )
 
     def _consume(self, task: Json, task_type: str, task_uuid: str) -> list[Json]:
-        required, names = _IMAGE_FIELDS[task_type]
-        nested = task.get("inputs")
-        inputs: Json = nested if isinstance(nested, dict) else {}
-        used: list[str] = []
-        for name in names:
-            # Newer API revisions nest media under "inputs"; accept both places.
-            for param, container in ((name, task), (f"inputs.{name}", inputs)):
-                if name in container:
-                    used.extend(self._references(container[name], param, name))
-        if required and required not in task and required not in inputs:
-            raise TaskError(
-                f"invalid{required[0].upper()}{required[1:]}",
-                f"The {required} parameter is required for {task_type}.",
-                required,
-            )
-        count = task.get("numberResults", 1) if task_type == "imageInference" else 1
+        used = self._check_references(task, task_type)
+        count = task.get("numberResults", 1) if task_type in _MULTI_RESULT else 1
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _MAX_RESULTS:
             raise TaskError(
                 "invalidNumberResults",
@@ -475,41 +587,80 @@ class Engine:
             self._images[image_uuid] = replace(self._images[image_uuid], last_used_at=now)
             self._dirty = True
         self.counters.inference_count += 1
-        results = []
-        for _ in range(count):
-            new_uuid = str(uuid.uuid4())
-            results.append(
-                {
-                    "taskType": task_type,
-                    "taskUUID": task_uuid,
-                    "imageUUID": new_uuid,
-                    "imageURL": f"{self._url_root()}/images/{new_uuid}.png",
-                }
-            )
+        results = [self._output(task, task_type, task_uuid, i) for i in range(count)]
         if task.get("deliveryMethod") == "async":
             # Like the real API: acknowledge now, hand results to getResponse.
             self._pending[task_uuid.lower()] = [{**r, "status": "success"} for r in results]
             return [{"taskType": task_type, "taskUUID": task_uuid}]
         return results
 
-    def _references(self, value: object, param: str, name: str) -> list[str]:
-        """UUIDs of stored images referenced by a field; raise if one is not held."""
-        code = f"invalid{name[0].upper()}{name[1:]}"
-        values = value if name == "referenceImages" else [value]
-        if not isinstance(values, list):
-            raise TaskError(code, _invalid_reference(param), param)
-        used = []
-        for entry in values:
-            if not isinstance(entry, str) or not entry:
-                raise TaskError(code, _invalid_reference(param), param)
-            if _UUID_RE.match(entry):
-                if self.live(entry) is None:
-                    raise TaskError(code, _invalid_reference(param), param)
-                used.append(entry.lower())
+    def _check_references(self, task: Json, task_type: str) -> list[str]:
+        """UUIDs of held images the task names, along the parameter map; raise
+        ``invalid<Param>`` (naming the path) on the first one that is not held."""
+        used: list[str] = []
+        seen = False
+        for path, value in references(task, task_type):
+            seen = True
+            if not isinstance(value, str) or not value.strip():
+                raise TaskError(error_code(path), _invalid_reference(path), path)
+            if _UUID_RE.match(value):
+                if self.live(value) is None:
+                    raise TaskError(error_code(path), _invalid_reference(path), path)
+                used.append(value.lower())
             # Anything else is an inline image (URL, data URI, base64): nothing to look up.
+        if not seen and task_type in NEEDS_IMAGE:
+            required = IMAGE_PARAMS[task_type][0]
+            raise TaskError(
+                error_code(required),
+                f"The {required} parameter is required for {task_type}.",
+                required,
+            )
         return used
 
+    def _output(self, task: Json, task_type: str, task_uuid: str, index: int) -> Json:
+        """One deterministic result; generated images are held and can be used as inputs."""
+        item: Json = {"taskType": task_type, "taskUUID": task_uuid}
+        fields_ = _OUTPUTS[task_type]
+        if fields_ is None:
+            item["text"] = caption(task)
+            return item
+        uuid_field, url_field = fields_
+        new_uuid = output_uuid(task_uuid, index)
+        if task_type == "videoInference":
+            # Video is not generated: the result names a video the emulator does not serve.
+            url = f"{self._url_root()}/videos/{new_uuid}.mp4"
+            item.update({uuid_field: new_uuid, url_field: url})
+            return item
+        data = png(task_seed(task, index))
+        now = self.clock.now()
+        record = StoredImage(
+            uuid=new_uuid,
+            format="png",
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            uploaded_at=now,
+            last_used_at=now,
+            data=data,
+            width=8,
+            height=8,
+            kind="generated",
+        )
+        self._images[new_uuid] = record
+        self.counters.generated_count += 1
+        self._dirty = True
+        item.update({uuid_field: new_uuid, url_field: self.image_url(record)})
+        if task.get("includeCost"):
+            item["cost"] = 0
+        return item
+
     def _get_response(self, task_uuid: str) -> list[Json]:
+        processing = self._processing.get(task_uuid.lower())
+        if processing is not None:
+            left, result = processing
+            if left > 0:
+                self._processing[task_uuid.lower()] = (left - 1, result)
+                return [_placeholder(task_uuid)]
+            return [{**result, "status": "success"}]
         results = self._pending.get(task_uuid.lower())
         if results is None:
             raise TaskError(

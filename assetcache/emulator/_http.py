@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from . import _ws
+
 if TYPE_CHECKING:
     from ._emulator import Emulator
 
@@ -108,16 +110,37 @@ class Handler(BaseHTTPRequestHandler):
             reply = emulator.json_reply(404, {"error": f"no POST route {path}"})
         self._send(reply)
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header follows the emulator's clock, as Runware's follows its own."""
+        return self.server.emulator.http_date()
+
     def do_GET(self) -> None:
         emulator = self.server.emulator
         path = urlsplit(self.path).path
+        if "websocket" in self.headers.get("Upgrade", "").lower():
+            self._upgrade(path)
+            return
         if path == "/_emulator/stats":
             reply = emulator.json_reply(200, emulator.stats())
+        elif path == "/_emulator/status":
+            reply = emulator.json_reply(200, emulator.describe())
         elif path.startswith("/images/"):
             reply = emulator.handle_image_get(path.removeprefix("/images/"))
         else:
             reply = emulator.json_reply(404, {"error": f"no GET route {path}"})
         self._send(reply)
+
+    def _upgrade(self, path: str) -> None:
+        emulator = self.server.emulator
+        if (path.rstrip("/") or "/") != emulator.path:
+            self._send(emulator.json_reply(404, {"error": f"no WebSocket endpoint at {path}"}))
+            return
+        if not _ws.AVAILABLE:
+            self._send(emulator.json_reply(501, {"error": _ws.MISSING}))
+            return
+        # The connection now belongs to the WebSocket protocol, never back to HTTP.
+        self.close_connection = True
+        _ws.serve(self.connection, self.requestline, list(self.headers.items()), emulator)
 
     def _read_body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
