@@ -81,12 +81,6 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 120  # seconds an idle keep-alive connection is kept open
     server: Server
 
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        """The ``Date`` header follows the emulator's clock, as Runware's follows its own."""
-        return super().date_time_string(
-            self.server.emulator.clock() if timestamp is None else timestamp
-        )
-
     def setup(self) -> None:
         super().setup()
         # Headers and body go out in separate writes; with Nagle's algorithm and
