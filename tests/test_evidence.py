@@ -170,12 +170,16 @@ def test_migration_keeps_only_upload_time_as_evidence(
     db = sqlite3.connect(tmp_path / "cache.db")
     # What a previous version wrote after serving the entry yesterday.
     db.execute("UPDATE assets SET last_used_at = ?", (emu.clock() - DAY,))
+    db.execute("UPDATE assets SET image_uuid = upper(image_uuid)")  # as a server once sent it
     # Back to the schema before serving and evidence were told apart.
     db.execute("DROP TABLE IF EXISTS served")
     db.execute(f"PRAGMA user_version = {EVIDENCE_MIGRATION - 1}")
     db.commit()
     db.close()
     cache = make_cache()
+    (entry,) = cache.entries()
+    assert entry.uuid == old and entry.state == "expired"  # lower case again; no evidence left
+    assert entry.last_served_at == pytest.approx(emu.clock() - DAY)  # the old value, kept
     res = cache.resolve(path)
     assert res.outcome == "reuploaded" and res.uuid != old and emu.holds(res.uuid)
 

@@ -70,6 +70,8 @@ _MIGRATIONS = (
     # now; the only evidence of a use that survives is the upload itself.
     """
     UPDATE assetcache_assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at;
+    UPDATE assetcache_assets SET image_uuid = lower(image_uuid)
+        WHERE image_uuid <> lower(image_uuid);
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -203,6 +203,10 @@ def _m5(conn: sqlite3.Connection) -> None:
         "FROM assets WHERE last_used_at > uploaded_at"
     )
     conn.execute("UPDATE assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at")
+    # One spelling of a UUID, stored, compared and printed: lower case.
+    conn.execute(
+        "UPDATE assets SET image_uuid = lower(image_uuid) WHERE image_uuid <> lower(image_uuid)"
+    )
 
 
 MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4, _m5)
