@@ -53,6 +53,9 @@ SERVER_TIME_MAX_AGE = 300.0
 #: A local clock that moved this much more (or less) than monotonic time since the
 #: server's time was learnt has jumped: the learnt offset no longer applies.
 CLOCK_JUMP = 60.0
+#: Clocks this close agree: the Date header has whole seconds and the answer takes
+#: time to arrive, so within this the local clock is the finer one and is used.
+CLOCK_AGREE = 5.0
 
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
@@ -285,7 +288,8 @@ class Engine:
         if abs(moved) > CLOCK_JUMP:
             self._server_offset = self._server_seen = None
             return None
-        return self._server_offset
+        offset = self._server_offset
+        return 0.0 if offset is not None and abs(offset) <= CLOCK_AGREE else offset
 
     def clock_offset(self) -> float | None:
         """Server time minus local time, when this run knows it."""

@@ -551,7 +551,7 @@ def check_clock(engine: Engine, report: DoctorReport, learn_time: Callable[[], o
             "margin: stamps use the server's time (fix the clock: NTP)"
         )
     else:
-        report.clock = f"within {max(abs(offset), 1):.0f}s of the server's"
+        report.clock = f"agrees with the server's (within {max(abs(offset), 5):.0f}s)"
 
 
 def settings(engine: Engine) -> dict[str, Any]:
