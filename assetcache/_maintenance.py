@@ -19,6 +19,7 @@ after. Listings treat stale and expired alike ("the cache will upload again").
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -62,6 +63,8 @@ EXPORT_VERSION = 1
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 HASH_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _FORMATS = frozenset((*ACCEPTED, "url"))
+#: Entries listed per lookup of their known paths.
+_PAGE = 500
 
 
 # -- reading -------------------------------------------------------------------------
@@ -83,25 +86,24 @@ def entries(
     # both: either, i.e. serve_until <= now + within.
     used_after = now - window if within is not None and not expired else None
     used_before = now + within - window if within is not None else now - window if expired else None
-    # Through the registry: in a fleet, the fleet's entries.
+    # Through the registry: in a fleet, the fleet's entries. Streamed, and the
+    # known paths looked up a page at a time: memory stays bounded.
     namespace = None if all_accounts else engine.namespace
-    assets = engine.registry.select_assets(
+    rows: Iterator[AssetRow] = engine.registry.iter_assets(
         namespace=namespace, used_after=used_after, used_before=used_before, order="last_use"
     )
     if expired and (used_after is not None or used_before is not None):
-        # Stamped in the future (suspect): not served either, so "expired" lists them.
-        seen = {a.key for a in assets}
-        assets += [
-            a
-            for a in engine.registry.select_assets(
-                namespace=namespace, used_after=now + policy.future_tolerance, order="last_use"
-            )
-            if a.key not in seen
-        ]
-    paths = engine.store.paths_of({a.content_hash for a in assets})
-    served = engine.served_times(a.key for a in assets)
-    for a in assets:
-        yield engine.entry(a, paths.get(a.content_hash, ()), now, served.get(a.key))
+        # Stamped in the future (suspect): not served either, so "expired" lists them
+        # (after the others; a row cannot be in both ranges).
+        suspect = engine.registry.iter_assets(
+            namespace=namespace, used_after=now + policy.future_tolerance, order="last_use"
+        )
+        rows = itertools.chain(rows, suspect)
+    while page := list(itertools.islice(rows, _PAGE)):
+        paths = engine.store.paths_of({a.content_hash for a in page})
+        served = engine.served_times(a.key for a in page)
+        for a in page:
+            yield engine.entry(a, paths.get(a.content_hash, ()), now, served.get(a.key))
 
 
 def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
@@ -114,7 +116,9 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
     counts = dict(engine.registry.counters(namespace))
     for name, value in engine.pending_counts().items():
         counts[name] = counts.get(name, 0) + value
-    newest = engine.registry.select_assets(namespace=namespace, order="last_use")
+    newest = max(
+        (a.last_used_at for a in engine.registry.iter_assets(namespace=namespace)), default=None
+    )
     c = counts.get
     return CacheStats(
         int(n),
@@ -131,7 +135,7 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
         store.path,
         db_size(store.path),
         copies_info(engine),
-        max((a.last_used_at for a in newest), default=None),
+        newest,
         engine.last_served(namespace),
     )
 
@@ -468,7 +472,7 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
 
 def export_entries(engine: Engine, *, all_accounts: bool = False) -> Iterator[str]:
     """JSON lines (no newline) of this account's entries, for :func:`import_entries`."""
-    rows = engine.registry.select_assets(
+    rows = engine.registry.iter_assets(
         namespace=None if all_accounts else engine.namespace, order="key"
     )
     for a in rows:
