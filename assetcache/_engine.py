@@ -13,8 +13,8 @@ with the counters; only with ``served_is_used``, at most once per
 
 Time: ``judge_now()`` is the server's time when this run has learnt it from an
 answer's ``Date`` header (and the local clock has not jumped since), else the
-local clock; ``stamp_now()`` is the server's time when the local clock is off
-by more than the margin. :meth:`Engine.record_evidence` is the one way to say
+local clock; ``stamp_now()`` too (a local clock off by more than the margin
+is also warned about, once). :meth:`Engine.record_evidence` is the one way to say
 "Runware used these entries": upload answers, ``use()``, ``touch()`` and the
 task path all go through it or through :meth:`Engine.record`.
 """
@@ -53,6 +53,9 @@ SERVER_TIME_MAX_AGE = 300.0
 #: A local clock that moved this much more (or less) than monotonic time since the
 #: server's time was learnt has jumped: the learnt offset no longer applies.
 CLOCK_JUMP = 60.0
+#: Clocks this close agree: the Date header has whole seconds and the answer takes
+#: time to arrive, so within this the local clock is the finer one and is used.
+CLOCK_AGREE = 5.0
 
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
@@ -312,8 +315,10 @@ class Engine:
         if server is None:
             return
         local = self.clock() if local is None else local
-        # Date has whole seconds: the server's clock is on average half a second on.
-        offset = server + 0.5 - local
+        # Date has whole seconds and was written before this answer arrived: the
+        # server's clock is at least that far on, so stamps made with it are never
+        # ahead of the server's own time.
+        offset = server - local
         self._server_offset = offset
         self._server_seen = time.monotonic()
         self._server_local = local
@@ -336,7 +341,8 @@ class Engine:
         if abs(moved) > CLOCK_JUMP:
             self._server_offset = self._server_seen = None
             return None
-        return self._server_offset
+        offset = self._server_offset
+        return 0.0 if offset is not None and abs(offset) <= CLOCK_AGREE else offset
 
     def clock_offset(self) -> float | None:
         """Server time minus local time, when this run knows it."""
@@ -356,8 +362,9 @@ class Engine:
         return _policy.judge_time(local, self._offset(local))
 
     def stamp_now(self) -> float:
-        """The time evidence is stamped with: the server's when the local clock is
-        off by more than the margin, else the local one."""
+        """The time evidence is stamped with: the server's when this run knows it
+        (a local clock off by more than the margin is also warned about), else
+        the local one."""
         local = self.clock()
         return _policy.stamp_time(local, self._offset(local), self.policy.margin)
 

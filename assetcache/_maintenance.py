@@ -50,7 +50,7 @@ from ._models import (
 )
 from ._resolve import failed, plan_resolve_many
 from ._sources import SourceLike
-from ._storage._base import AssetRow, FileRow, Key
+from ._storage._base import AssetRow, FileRow
 from ._storage._repair import db_size, inspect_database
 from ._tasks import plan_delete
 
@@ -92,23 +92,19 @@ def entries(
     used_after = now - window if within is not None and not expired else None
     used_before = now + within - window if within is not None else now - window if expired else None
     # Through the registry: in a fleet, the fleet's entries. Streamed, and the
-    # known paths and served times looked up a page at a time: memory stays bounded.
+    # known paths looked up a page at a time: memory stays bounded.
     namespace = None if all_accounts else engine.namespace
     rows: Iterator[AssetRow] = engine.registry.iter_assets(
         namespace=namespace, used_after=used_after, used_before=used_before, order="last_use"
     )
     if expired and (used_after is not None or used_before is not None):
-        # Stamped in the future (suspect): not served either, so "expired" lists them.
-        rows = itertools.chain(
-            rows,
-            engine.registry.iter_assets(
-                namespace=namespace, used_after=now + policy.future_tolerance, order="last_use"
-            ),
+        # Stamped in the future (suspect): not served either, so "expired" lists them
+        # (after the others; a row cannot be in both ranges).
+        suspect = engine.registry.iter_assets(
+            namespace=namespace, used_after=now + policy.future_tolerance, order="last_use"
         )
-    seen: set[Key] = set()
+        rows = itertools.chain(rows, suspect)
     while page := list(itertools.islice(rows, _PAGE)):
-        page = [a for a in page if a.key not in seen]
-        seen.update(a.key for a in page)
         paths = engine.store.paths_of({a.content_hash for a in page})
         served = engine.served_times(a.key for a in page)
         for a in page:
@@ -129,7 +125,9 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
     counts = dict(engine.registry.counters(namespace))
     for name, value in engine.pending_counts().items():
         counts[name] = counts.get(name, 0) + value
-    newest = engine.registry.select_assets(namespace=namespace, order="last_use")
+    newest = max(
+        (a.last_used_at for a in engine.registry.iter_assets(namespace=namespace)), default=None
+    )
     c = counts.get
     return CacheStats(
         int(n),
@@ -146,7 +144,7 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
         store.path,
         db_size(store.path),
         copies_info(engine),
-        max((a.last_used_at for a in newest), default=None),
+        newest,
         engine.last_served(namespace),
         {name: c(f"proxy_{name}", 0) for name in PROXY_COUNTERS},
     )
@@ -705,7 +703,7 @@ def check_clock(engine: Engine, report: DoctorReport, learn_time: Callable[[], o
             "margin: stamps use the server's time (fix the clock: NTP)"
         )
     else:
-        report.clock = f"within {max(abs(offset), 1):.0f}s of the server's"
+        report.clock = f"agrees with the server's (within {max(abs(offset), 5):.0f}s)"
 
 
 def settings(engine: Engine) -> dict[str, Any]:

@@ -387,6 +387,10 @@ class FileStatus:
     content_hash: str | None = None
     expires_at: float | None = None
     time_left: float | None = None
+    #: The last evidence of a use on Runware (only it slides the window).
+    last_used_at: float | None = None
+    #: When the cache last handed the UUID out (``status_report`` only; not a use).
+    last_served_at: float | None = None
 
     _SPEC: ClassVar[Spec] = (
         "path",
@@ -395,6 +399,8 @@ class FileStatus:
         ("hash", "content_hash", None),
         ("expires_at", "expires_at", iso),
         ("time_left_seconds", "time_left", None),
+        ("last_used_at", "last_used_at", iso),
+        ("last_served_at", "last_served_at", iso),
     )
 
     def as_dict(self) -> dict[str, Any]:

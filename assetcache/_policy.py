@@ -179,11 +179,14 @@ def outcome_for_upload(previous_uuid: str | None) -> str:
 
 
 def stamp_time(local: float, offset: float | None, margin: float) -> float:
-    """The time to stamp evidence with: the server's (``local + offset``) when the
-    local clock disagrees with it by more than ``margin``, else the local one."""
-    if offset is not None and abs(offset) > margin:
-        return local + offset
-    return local
+    """The time to stamp evidence with: the server's (``local + offset``) whenever
+    this run knows it, so that no stamp is ahead of the time others judge by (a
+    local clock off by more than ``margin`` is also reported); else the local one.
+
+    >>> stamp_time(100.0, None, 10.0), stamp_time(100.0, 5.0, 10.0), stamp_time(100.0, 50.0, 10.0)
+    (100.0, 105.0, 150.0)
+    """
+    return local if offset is None else local + offset
 
 
 def judge_time(local: float, offset: float | None) -> float:

@@ -75,7 +75,13 @@ _SEP = os.sep.encode()
 _AFTER_SEP = bytes([_SEP[0] + 1])  # the byte after the separator: "0" after "/"
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _STAT_AT = os.stat in os.supports_dir_fd
-_LABELS = {"fresh": "fresh", "expiring": "expiring", "stale": "expired", "expired": "expired"}
+_LABELS = {
+    "fresh": "fresh",
+    "expiring": "expiring",
+    "stale": "expired",
+    "expired": "expired",
+    "suspect": "expired",  # stamped in the future: the next use uploads again
+}
 #: After the last row: its key sorts after every path (which start with a
 #: separator or a drive letter, never with byte 0xff).
 _END = (b"\xff",)
@@ -214,6 +220,7 @@ class _Job:
                     known[3],
                     timing[1],
                     timing[2],
+                    last_used,
                 )
         while row is not end:
             yield make(row[0].decode(encoding, errors), "missing", None, row[3])
@@ -329,7 +336,23 @@ def report(engine: Engine, paths: Iterable[str], *, fresh: bool = False) -> Stat
             counts[found.state] += 1
             if fresh or found.state != "fresh":
                 files.append(found)
+    _add_served(engine, files)
     return StatusReport(counts, files)
+
+
+def _add_served(engine: Engine, files: list[FileStatus]) -> None:
+    """When each listed file's upload was last handed out (not evidence of a use)."""
+    hashes = {f.content_hash for f in files if f.uuid is not None and f.content_hash}
+    if not hashes:
+        return
+    variants = dict.fromkeys((engine.variant, engine.fit_variant))
+    served = engine.served_times((engine.namespace, h, v) for h in sorted(hashes) for v in variants)
+    best: dict[str, float] = {}
+    for (_, digest, _), when in served.items():
+        best[digest] = max(best.get(digest, when), when)
+    for f in files:
+        if f.content_hash in best:
+            f.last_served_at = best[f.content_hash]
 
 
 def _statuses(engine: Engine, paths: Iterable[str], *, survey: bool) -> Iterator[Any]:

@@ -148,8 +148,12 @@ def test_ls_and_stats_show_both_times(tmp_path: Path) -> None:
     text = run("ls").output
     assert "SERVED" in text
     stats = json.loads(run("stats", "--json").output)
-    assert "last_served_at" in json.dumps(stats)
-    assert "last_used_at" in json.dumps(stats)
+    assert stats["last_used_at"] == item["last_used_at"]
+    assert stats["last_served_at"] == item["last_served_at"]
+    status = json.loads(run("status", "--json", "--all", tmp_path / "photos").output)
+    (found,) = status["files"]
+    assert found["last_used_at"] == item["last_used_at"]
+    assert found["last_served_at"] == item["last_served_at"]
 
 
 def test_migration_keeps_only_upload_time_as_evidence(
@@ -166,12 +170,16 @@ def test_migration_keeps_only_upload_time_as_evidence(
     db = sqlite3.connect(tmp_path / "cache.db")
     # What a previous version wrote after serving the entry yesterday.
     db.execute("UPDATE assets SET last_used_at = ?", (emu.clock() - DAY,))
+    db.execute("UPDATE assets SET image_uuid = upper(image_uuid)")  # as a server once sent it
     # Back to the schema before serving and evidence were told apart.
     db.execute("DROP TABLE IF EXISTS served")
     db.execute(f"PRAGMA user_version = {EVIDENCE_MIGRATION - 1}")
     db.commit()
     db.close()
     cache = make_cache()
+    (entry,) = cache.entries()
+    assert entry.uuid == old and entry.state == "expired"  # lower case again; no evidence left
+    assert entry.last_served_at == pytest.approx(emu.clock() - DAY)  # the old value, kept
     res = cache.resolve(path)
     assert res.outcome == "reuploaded" and res.uuid != old and emu.holds(res.uuid)
 
@@ -313,3 +321,20 @@ def test_emulator_date_header_follows_its_clock(emu: Emulator) -> None:
     )
     when = email.utils.parsedate_to_datetime(resp.headers["date"]).timestamp()
     assert when == pytest.approx(emu.clock(), abs=5)
+
+
+def test_status_of_a_future_row_says_it_will_be_uploaded_again(
+    emu: Emulator, make_cache: Callable[..., AssetCache], tmp_path: Path
+) -> None:
+    (path,) = write_images(tmp_path / "img", 19)
+    cache = make_cache(racy_window=0.0)
+    cache.get_uuid(path)
+    cache.close()
+    db = sqlite3.connect(tmp_path / "cache.db")
+    db.execute("UPDATE assets SET last_used_at = ?", (emu.clock() + 100 * DAY,))
+    db.commit()
+    db.close()
+    cache = make_cache(racy_window=0.0)
+    (found,) = list(cache.status([str(path)]))
+    assert found.state == "expired"
+    assert cache.status_report([str(tmp_path / "img")]).counts["expired"] == 1

@@ -382,15 +382,13 @@ class SQLRegistry:
         """Claim the right to upload each key, in one transaction.
 
         Per key: the fresh :class:`AssetRow` if one appeared meanwhile
-        (``fresh_since < last_used_at <= fresh_until``: a row stamped further
-        in the future is suspect, not fresh), ``"claimed"`` (we hold the lease
-        now), or ``"held"`` (a live owner holds an unexpired lease).
+        (``fresh_since < last_used_at <= fresh_until``), ``"claimed"`` (we hold
+        the lease now), or ``"held"`` (a live owner holds an unexpired lease).
         """
         with self.write("claim uploads") as conn:
             self._lock_keys(conn, keys)
-            out = self._judge(
-                keys, *self._rows_of(conn, keys), owner, now, fresh_since, fresh_until
-            )
+            assets, leases = self._rows_of(conn, keys)
+            out = self._judge(keys, assets, leases, owner, now, fresh_since, fresh_until)
             free = [k for k, v in out.items() if v == "free"]
             if free:
                 self._many(conn, self._q(_UPSERT_LEASE), [(*k, owner, now + ttl) for k in free])
@@ -429,6 +427,7 @@ class SQLRegistry:
         out: dict[Key, AssetRow | str] = {}
         for key in keys:
             row = assets.get(key)
+            # A row stamped beyond ``fresh_until`` is suspect (a clock ahead): not fresh.
             if row is not None and fresh_since < row.last_used_at <= fresh_until:
                 out[key] = row
             elif _policy.lease_held(leases.get(key), owner, now, owner_alive):
@@ -455,14 +454,6 @@ class SQLRegistry:
                 leases[(ns, digest, variant)] = (lease_owner, expires)
         return assets, leases
 
-    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
-        """Extend the leases ``owner`` still holds (the heartbeat of an upload in flight)."""
-        keys = list(keys)
-        if not keys:
-            return
-        with self.write("renew upload leases") as conn:
-            self._many(conn, self._q(_RENEW_LEASE), [(expires_at, *k, owner) for k in keys])
-
     def release(self, keys: Iterable[Key], owner: str) -> None:
         keys = list(keys)
         if not keys:
@@ -470,6 +461,14 @@ class SQLRegistry:
         with self.write("release upload leases") as conn:
             self._lock_keys(conn, keys)
             self._many(conn, self._q(_DELETE_LEASE), [(*k, owner) for k in keys])
+
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
+        """Extend the leases ``owner`` still holds (the heartbeat of an upload in flight)."""
+        keys = list(keys)
+        if not keys:
+            return
+        with self.write("renew upload leases") as conn:
+            self._many(conn, self._q(_RENEW_LEASE), [(expires_at, *k, owner) for k in keys])
 
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         if dry_run:

@@ -65,9 +65,12 @@ _MIGRATIONS = (
     );
     """,
     # Evidence, not belief (SQLite migration 5): serving slid last_used_at until
-    # now; the only evidence of a use that survives is the upload itself.
+    # now; the only evidence of a use that survives is the upload itself. And one
+    # spelling of a UUID: lower case.
     """
     UPDATE assetcache_assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at;
+    UPDATE assetcache_assets SET image_uuid = lower(image_uuid)
+        WHERE image_uuid <> lower(image_uuid);
     """,
     # The URL an upload answer carried, for answers served from the cache.
     "ALTER TABLE assetcache_assets ADD COLUMN IF NOT EXISTS url TEXT",

@@ -203,6 +203,10 @@ def _m5(conn: sqlite3.Connection) -> None:
         "FROM assets WHERE last_used_at > uploaded_at"
     )
     conn.execute("UPDATE assets SET last_used_at = uploaded_at WHERE last_used_at > uploaded_at")
+    # One spelling of a UUID, stored, compared and printed: lower case.
+    conn.execute(
+        "UPDATE assets SET image_uuid = lower(image_uuid) WHERE image_uuid <> lower(image_uuid)"
+    )
 
 
 def _m6(conn: sqlite3.Connection) -> None:
@@ -649,6 +653,55 @@ class SQLiteStore(SQLRegistry):
             )
             conn.executemany("INSERT OR IGNORE INTO counters VALUES (?, ?, ?)", counters)
 
+    def mark_served(self, served: Iterable[tuple[Key, float]]) -> None:
+        """Remember when each entry was last handed out (display only, never evidence)."""
+        params = [(*key, when) for key, when in served]
+        if not params:
+            return
+        with self.write("record served times") as conn:
+            conn.executemany(
+                "INSERT INTO served VALUES (?, ?, ?, ?) ON CONFLICT "
+                "(namespace, content_hash, variant) DO UPDATE SET last_served_at = "
+                "max(last_served_at, excluded.last_served_at)",
+                params,
+            )
+
+    def served_times(self, keys: Iterable[Key]) -> dict[Key, float]:
+        """When each entry was last handed out (entries never served are absent)."""
+        keys = list(keys)
+        out: dict[Key, float] = {}
+        one = "(namespace = ? AND content_hash = ? AND variant = ?)"
+        for i in range(0, len(keys), 300):
+            part = keys[i : i + 300]
+            for ns, digest, variant, when in self.read(
+                "SELECT namespace, content_hash, variant, last_served_at FROM served "
+                f"WHERE {' OR '.join(one for _ in part)}",
+                [v for key in part for v in key],
+                "read served times",
+            ):
+                out[(ns, digest, variant)] = when
+        return out
+
+    def last_served(self, namespace: str | None = None) -> float | None:
+        """The last time any entry (of ``namespace``) was handed out."""
+        where, params = ("WHERE namespace = ?", [namespace]) if namespace is not None else ("", [])
+        (when,) = self.read(
+            f"SELECT max(last_served_at) FROM served {where}", params, "read served times"
+        )[0]
+        return None if when is None else float(when)
+
+    def delete_assets(self, keys: Iterable[Key]) -> int:
+        """Forget entries, and when they were last served."""
+        keys = list(keys)
+        gone = super().delete_assets(keys)
+        if keys:
+            with self.write("forget entries") as conn:
+                conn.executemany(
+                    "DELETE FROM served WHERE namespace = ? AND content_hash = ? AND variant = ?",
+                    keys,
+                )
+        return gone
+
     # -- registry (the methods are SQLRegistry's; these are SQLite's part) ----
     def _many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         return int(conn.executemany(sql, rows).rowcount)
@@ -707,43 +760,6 @@ class SQLiteStore(SQLRegistry):
                 params,
             )
 
-    def mark_served(self, served: Iterable[tuple[Key, float]]) -> None:
-        """Remember when each entry was last handed out (display only, never evidence)."""
-        params = [(*key, when) for key, when in served]
-        if not params:
-            return
-        with self.write("record served times") as conn:
-            conn.executemany(
-                "INSERT INTO served VALUES (?, ?, ?, ?) ON CONFLICT "
-                "(namespace, content_hash, variant) DO UPDATE SET last_served_at = "
-                "max(last_served_at, excluded.last_served_at)",
-                params,
-            )
-
-    def served_times(self, keys: Iterable[Key]) -> dict[Key, float]:
-        """When each entry was last handed out (entries never served are absent)."""
-        keys = list(keys)
-        out: dict[Key, float] = {}
-        one = "(namespace = ? AND content_hash = ? AND variant = ?)"
-        for i in range(0, len(keys), 300):
-            part = keys[i : i + 300]
-            for ns, digest, variant, when in self.read(
-                "SELECT namespace, content_hash, variant, last_served_at FROM served "
-                f"WHERE {' OR '.join(one for _ in part)}",
-                [v for key in part for v in key],
-                "read served times",
-            ):
-                out[(ns, digest, variant)] = when
-        return out
-
-    def last_served(self, namespace: str | None = None) -> float | None:
-        """The last time any entry (of ``namespace``) was handed out."""
-        where, params = ("WHERE namespace = ?", [namespace]) if namespace is not None else ("", [])
-        (when,) = self.read(
-            f"SELECT max(last_served_at) FROM served {where}", params, "read served times"
-        )[0]
-        return None if when is None else float(when)
-
     def assets_for(
         self, namespace: str | None, image_uuid: str | None = None, hashes: Iterable[str] = ()
     ) -> list[AssetRow]:
@@ -768,18 +784,6 @@ class SQLiteStore(SQLRegistry):
                 )
             ]
         return out
-
-    def delete_assets(self, keys: Iterable[Key]) -> int:
-        """Forget entries, and when they were last served."""
-        keys = list(keys)
-        gone = super().delete_assets(keys)
-        if keys:
-            with self.write("forget served times") as conn:
-                conn.executemany(
-                    "DELETE FROM served WHERE namespace = ? AND content_hash = ? AND variant = ?",
-                    keys,
-                )
-        return gone
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
