@@ -186,7 +186,9 @@ def _m4(conn: sqlite3.Connection) -> None:
 def _m5(conn: sqlite3.Connection) -> None:
     # The URL an upload answer carried (``imageURL``/``mediaURL``), so an answer
     # given from the cache (the proxy's) carries it as the server's would.
-    conn.execute("ALTER TABLE assets ADD COLUMN url TEXT")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(assets)")}
+    if "url" not in columns:  # a database rolled back to an older version keeps it
+        conn.execute("ALTER TABLE assets ADD COLUMN url TEXT")
 
 
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
