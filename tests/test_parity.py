@@ -25,22 +25,21 @@ from assetcache.emulator import Emulator
 
 @pytest.fixture(params=["sync", "async"])
 def make_twin(
-    request: pytest.FixtureRequest, emu: Emulator, tmp_path: Path
+    request: pytest.FixtureRequest, make_cache: Any, emu: Emulator, tmp_path: Path
 ) -> Iterator[Callable[..., Any]]:
-    opened: list[Any] = []
+    """``make_twin(**overrides)``: ``make_cache``'s AssetCache, or its async twin."""
+    if request.param == "sync":
+        yield make_cache
+        return
+    opened: list[Blocking] = []
 
-    def make(**kwargs: Any) -> Any:
-        settings = on_emulator(emu, tmp_path, kwargs)
-        if request.param == "sync":
-            cache: Any = AssetCache(API_KEY, **settings)
-        else:
-            cache = Blocking(AsyncAssetCache(API_KEY, **settings))
-        opened.append(cache)
-        return cache
+    def make(**kwargs: Any) -> Blocking:
+        opened.append(Blocking(AsyncAssetCache(API_KEY, **on_emulator(emu, tmp_path, kwargs))))
+        return opened[-1]
 
     yield make
-    for cache in opened:
-        cache.close()
+    for twin in opened:
+        twin.close()
 
 
 @pytest.fixture
