@@ -11,7 +11,6 @@ with :func:`run_sync`, the asyncio twin with :func:`run_async`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -470,6 +469,8 @@ class AsyncAssetCache(BaseCache):
     def _learn_time(self) -> Callable[[], object]:
         """A server-time probe a worker thread can call: the ``ping`` plan, driven
         on this twin's event loop (which is free while the thread works)."""
+        import asyncio  # here: ``status`` imports this module and must stay off asyncio (ssl)
+
         loop = asyncio.get_running_loop()
         engine = self._engine
 
