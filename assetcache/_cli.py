@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from ._durations import format_duration, parse_duration
-from ._quoting import clean, csv_line, json_list, quote
+from ._quoting import any_needs_quoting, clean, csv_line, json_list, quote
 from ._version import __version__
 
 #: The key the in-process emulator accepts; it guards nothing real.
@@ -659,14 +659,19 @@ def status(
         heads: dict[tuple[str, float | None], str] = {}
         lines: list[str] = []
         append = lines.append
-        for st in found.files:
+        # One scan of all names decides whether any needs quoting (the usual
+        # answer is no): a quote() per name would cost more than the rest.
+        files = found.files
+        names = [st.path[cut:] if st.path.startswith(below) else st.path for st in files]
+        if any_needs_quoting(names):
+            names = [quote(name) for name in names]
+        for st, name in zip(files, names, strict=True):
             state, left = st.state, st.time_left
             head = heads.get((state, left))
             if head is None:
                 text = format_duration(int(left)) if left and left > 0 else "-"
                 head = heads[state, left] = f"{state:<9} {text:>7}  "
-            path = quote(st.path[cut:] if st.path.startswith(below) else st.path)
-            append(head + path)
+            append(head + name)
         if lines:
             click.echo("\n".join(lines))
         note(

@@ -66,6 +66,12 @@ def needs_quoting(name: str) -> bool:
     return _NEEDS_QUOTES.search(name) is not None
 
 
+def any_needs_quoting(names: list[str]) -> bool:
+    """Whether any of ``names`` needs quoting: one scan of them all ("/" cannot
+    make a name need quoting, so it joins them)."""
+    return _NEEDS_QUOTES.search("/".join(names)) is not None
+
+
 def quote(name: str) -> str:
     """``name`` as git shows a path: as is when plain, else ``"..."`` with escapes."""
     if _NEEDS_QUOTES.search(name) is None:

@@ -167,3 +167,34 @@ def test_bad_cli_values_are_usage_errors() -> None:
     for args in (["--timeout", "0"], ["--timeout", "-1"], ["--retries", "-1"]):
         result = invoke(*args, "stats")
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_url_credentials_go_out_as_proxy_authorization_beside_the_bearer_key(
+    tmp_path: Path,
+) -> None:
+    import base64
+    import uuid
+
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        tasks = json.loads(request.content)
+        data = [
+            {"taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": str(uuid.uuid4())}
+            for t in tasks
+        ]
+        return httpx.Response(200, json={"data": data})
+
+    url = with_credentials("https://proxy.example/v1")
+    with AssetCache(
+        API_KEY, base_url=url, db_path=tmp_path / "c.db", transport=httpx.MockTransport(handler)
+    ) as cache:
+        assert cache.resolve(make_png(5)).outcome == "uploaded"
+    (request,) = seen
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    pair = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert request.headers["proxy-authorization"] == f"Basic {pair}"
+    assert PASSWORD not in str(request.url) and USER not in str(request.url)
