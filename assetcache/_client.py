@@ -132,9 +132,6 @@ class AssetCache(BaseCache):
     def _run(self, plan: Plan) -> Any:
         return run_sync(plan, self._driver)
 
-    def _run_blocking(self, plan: Plan) -> Any:
-        return run_sync(plan, self._driver)
-
     # -- resolving ---------------------------------------------------------------------
     def resolve(self, source: SourceLike) -> Resolution:
         """The imageUUID of ``source``, uploading it if needed; raises on failure."""
@@ -267,9 +264,7 @@ class AssetCache(BaseCache):
         'fresh'
         """
         engine = self._engine
-        return _lifecycle.touch(
-            engine, target, at, lambda: self._run_blocking(plan_server_time(engine))
-        )
+        return _lifecycle.touch(engine, target, at, lambda: self._run(plan_server_time(engine)))
 
     def invalidate(self, target: SourceLike) -> Entry | None:
         """Drop what the cache believes about an upload: the next use uploads again
@@ -405,9 +400,7 @@ class AssetCache(BaseCache):
         """
         engine = self._engine
         report = _maintenance.doctor(engine, fix)
-        _maintenance.check_clock(
-            engine, report, lambda: self._run_blocking(plan_server_time(engine))
-        )
+        _maintenance.check_clock(engine, report, lambda: self._run(plan_server_time(engine)))
         return report
 
     def settings(self) -> dict[str, Any]:
@@ -465,20 +458,6 @@ class AsyncAssetCache(BaseCache):
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on a worker thread (a plan of one ``Call``)."""
         return cast(T, await self._run(plan_call(fn, *args, **kwargs)))
-
-    def _learn_time(self) -> Callable[[], object]:
-        """A server-time probe a worker thread can call: the ``ping`` plan, driven
-        on this twin's event loop (which is free while the thread works)."""
-        import asyncio  # here: ``status`` imports this module and must stay off asyncio (ssl)
-
-        loop = asyncio.get_running_loop()
-        engine = self._engine
-
-        def probe() -> object:
-            future = asyncio.run_coroutine_threadsafe(self._run(plan_server_time(engine)), loop)
-            return future.result(engine.retry.timeout + 5)
-
-        return probe
 
     # -- resolving ---------------------------------------------------------------------
     async def resolve(self, source: SourceLike) -> Resolution:
@@ -573,9 +552,11 @@ class AsyncAssetCache(BaseCache):
         return cast(list[str], await self._run(plan))
 
     async def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
-        """The twin of :meth:`AssetCache.touch`."""
+        """The twin of :meth:`AssetCache.touch` (the server's time is asked on this loop)."""
         engine = self._engine
-        return await self._call(_lifecycle.touch, engine, target, at, self._learn_time())
+        if engine.account is not None and not engine.server_time_recent():
+            await self._run(plan_server_time(engine))
+        return await self._call(_lifecycle.touch, engine, target, at)
 
     async def invalidate(self, target: SourceLike) -> Entry | None:
         """The twin of :meth:`AssetCache.invalidate`."""
@@ -672,15 +653,11 @@ class AsyncAssetCache(BaseCache):
     async def doctor(self, fix: bool = False) -> DoctorReport:
         """The twin of :meth:`AssetCache.doctor`."""
         engine = self._engine
-
-        learn_time = self._learn_time()
-
-        def check() -> DoctorReport:
-            report = _maintenance.doctor(engine, fix)
-            _maintenance.check_clock(engine, report, learn_time)
-            return report
-
-        return await self._call(check)
+        report = await self._call(_maintenance.doctor, engine, fix)
+        if engine.clock_offset() is None and engine.account is not None:
+            await self._run(plan_server_time(engine))
+        _maintenance.check_clock(engine, report, lambda: None)
+        return report
 
     # -- closing -------------------------------------------------------------------------
     async def aclose(self) -> None:

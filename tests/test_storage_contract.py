@@ -131,6 +131,22 @@ def test_a_fresh_row_answers_a_claim_and_a_stale_one_does_not(registry):
     assert registry.claim([K1], "host-b:2:bb", 160.0, 60.0, 150.0) == {K1: "claimed"}
 
 
+def test_a_row_stamped_beyond_fresh_until_is_not_fresh(registry):
+    registry.record_uploads([upload(K1, U1, 500.0)], "host-a:1:aa")  # stamped "in the future"
+    assert registry.peek([K1], "host-b:2:bb", 160.0, 100.0, 460.0) == {K1: "free"}
+    assert registry.claim([K1], "host-b:2:bb", 160.0, 60.0, 100.0, 460.0) == {K1: "claimed"}
+    assert isinstance(registry.peek([K1], "host-c:3:cc", 160.0, 100.0)[K1], AssetRow)
+
+
+def test_only_the_owner_renews_its_lease(registry):
+    registry.claim([K1], "host-a:1:aa", 100.0, 60.0, 0.0)
+    registry.renew([K1], "host-b:2:bb", 1000.0)  # not theirs to renew
+    assert registry.peek([K1], "host-b:2:bb", 170.0, 0.0) == {K1: "free"}  # expired at 160
+    registry.renew([K1], "host-a:1:aa", 1000.0)  # the heartbeat of the upload in flight
+    assert registry.peek([K1], "host-b:2:bb", 900.0, 0.0) == {K1: "held"}
+    assert registry.peek([K1], "host-b:2:bb", 1001.0, 0.0) == {K1: "free"}
+
+
 def test_recording_an_upload_drops_the_uploaders_lease(registry):
     registry.claim([K1], "host-a:1:aa", 100.0, 60.0, 0.0)
     registry.record_uploads([upload(K1, U1, 110.0)], "host-a:1:aa")
