@@ -463,3 +463,15 @@ def test_the_command_on_a_busy_port_is_one_line_exit_2(proxy: Proxy, tmp_path: P
     assert run.returncode == 2
     assert "cannot listen" in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_database_the_cache_refuses_is_one_error_at_start(
+    upstream: Emulator, tmp_path: Path
+) -> None:
+    from assetcache import ConfigurationError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigurationError, match="writable by"):
+        Proxy(upstream=upstream.base_url, db_path=shared / "p.db").start()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigurationError
+from .._errors import AssetCacheError, ConfigurationError
 from ._relay import (
     MAX_HEAL_ROUNDS,
     CachePool,
@@ -190,6 +190,10 @@ class Proxy:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        # Open the database once before listening: a database the cache refuses
+        # (another user's, a bad path) is one error at start, not one per request.
+        probe = factory(None, "imageUpload")  # type: ignore[arg-type]
+        await probe.aclose()
         self._pool = CachePool(factory)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=10.0))
         try:
@@ -246,6 +250,9 @@ class Proxy:
                     return
                 try:
                     reply = await self._http_request(request)
+                except AssetCacheError as exc:
+                    log.warning("proxy: %s", exc)
+                    reply = Reply(500, error_body("proxyError", f"the proxy's cache failed: {exc}"))
                 except Exception:
                     log.exception("proxy: request failed")
                     reply = Reply(500, error_body("proxyError", "the proxy failed on this request"))
