@@ -131,5 +131,5 @@ async def check(
     assert [i for i in range(8) if again[i] != uuids[i]] == [3, 6]
     now = emulator.clock()
     assert all(abs(emulator.image(u).last_used_at - now) < 5 for u in again)
-    slid = {e.uuid: e.last_used_at for e in cache.entries()}
+    slid = {e.uuid: e.last_used_at for e in await cache.entries()}
     assert all(abs(slid[u] - now) < 5 for u in again)  # the cache saw the evidence too
