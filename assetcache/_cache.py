@@ -64,6 +64,7 @@ from ._protocol import (
     new_task_uuid,
     parse_response,
 )
+from ._pausepoints import pause_point
 from ._sources import Source, SourceLike
 from ._store import AssetRow, FileRow, Key, SQLiteStore, UploadRecord, open_stores, owner_id
 from ._version import __version__
@@ -489,6 +490,7 @@ class _Engine:
             raise SourceError(label, "changed while being read; try again once it is written")
         if size == 0:
             raise SourceError(label, "empty file")
+        pause_point("hashed")
         fmt = _finish(label, check)
         # 0x0: size unreadable without decoding; such an image is sent as it is.
         width, height = check.width or 0, check.height or 0
@@ -614,6 +616,7 @@ class _Engine:
     def record(
         self, done: Sequence[tuple[_Prepared, TaskResult, int]], files: Sequence[FileRow]
     ) -> list[AssetRow]:
+        pause_point("record")
         now = self.clock()
         records = [
             UploadRecord(p.key[0], p.key[1], p.key[2], r.image_uuid, p.size, p.format, now, sent)
