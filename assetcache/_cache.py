@@ -53,6 +53,7 @@ from ._lifecycle import (
     keep_uploaded_copies,
 )
 from ._maintenance import MaintenanceMixin
+from ._pausepoints import pause_point
 from ._protocol import (
     Payload,
     Task,
@@ -64,7 +65,6 @@ from ._protocol import (
     new_task_uuid,
     parse_response,
 )
-from ._pausepoints import pause_point
 from ._sources import Source, SourceLike
 from ._store import AssetRow, FileRow, Key, SQLiteStore, UploadRecord, open_stores, owner_id
 from ._version import __version__
