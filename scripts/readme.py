@@ -154,7 +154,8 @@ class Session:
         self.bin = base / ".bin"
         self.bin.mkdir(exist_ok=True)
         wrapper = self.bin / "assetcache"
-        wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m assetcache --emulator "$@"\n')
+        python = shlex.quote(sys.executable)
+        wrapper.write_text(f'#!/bin/sh\nexec {python} -m assetcache --emulator "$@"\n')
         wrapper.chmod(0o755)
 
     def env(self) -> dict[str, str]:
@@ -312,9 +313,7 @@ def process(readme: Path, write: bool) -> int:
                     )
                     new_lines += actual
                 else:  # keep elisions; take each shown line from the real output
-                    new_lines += [
-                        "..." if idx is None else actual[idx] for idx in mapping
-                    ]
+                    new_lines += ["..." if idx is None else actual[idx] for idx in mapping]
                 new_lines += gap
             replacements.append((block.start, block.end, new_lines))
     if write:
