@@ -1195,9 +1195,14 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         self._driver = Driver(sleep=sleep or time.sleep)
         self._closed = False
 
-    def _client_kwargs(self) -> dict[str, Any]:
-        import httpx
+    def _http_module(self) -> Any:
+        """httpx2 or httpx: the one a caller's transport belongs to, else the preferred."""
+        from ._httpx import for_transport
 
+        return for_transport(self._transport)
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        httpx = self._http_module()
         n = self._engine.concurrency
         kwargs: dict[str, Any] = {
             "timeout": httpx.Timeout(self._engine.retry.timeout, connect=10.0),
@@ -1244,9 +1249,7 @@ class AssetCache(_CacheBase):
         super().__init__(api_key, **kwargs)
 
         def make_client() -> Any:
-            import httpx
-
-            return httpx.Client(**self._client_kwargs())
+            return self._http_module().Client(**self._client_kwargs())
 
         self._driver.make_sync_client = make_client
 
@@ -1323,9 +1326,7 @@ class AsyncAssetCache(_CacheBase):
         super().__init__(api_key, **kwargs)
 
         def make_client() -> Any:
-            import httpx
-
-            return httpx.AsyncClient(**self._client_kwargs())
+            return self._http_module().AsyncClient(**self._client_kwargs())
 
         self._driver.make_async_client = make_client
 

@@ -386,7 +386,7 @@ def log_to_stderr(verbose: int) -> Callable[[], None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     # Our loggers only, not the root: an embedding program's logging stays its own.
-    names = ["assetcache", "httpx"] if verbose > 1 else ["assetcache"]
+    names = ["assetcache", "httpx", "httpx2"] if verbose > 1 else ["assetcache"]
     loggers = [logging.getLogger(name) for name in names]
     saved = [(lg, lg.level) for lg in loggers]
     for lg in loggers:

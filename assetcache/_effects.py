@@ -241,11 +241,11 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
     raise TypeError(f"unknown effect {effect!r}")
 
 
-# -- HTTP (httpx is imported here, lazily: start-up stays free of it) ---------------
+# -- HTTP (httpx2 or httpx, imported lazily: start-up stays free of it) -------------
 
 
 def _transport_error(exc: Exception, url: str) -> RemoteError:
-    import httpx
+    from ._httpx import error_types
 
     untrusted = _certificate_problem(exc)
     if untrusted is not None:
@@ -253,11 +253,16 @@ def _transport_error(exc: Exception, url: str) -> RemoteError:
         return RemoteError(
             f"no answer from {url}: TLS certificate verification failed ({untrusted})", code="tls"
         )
-    if isinstance(exc, httpx.TimeoutException):
+    dropped = (
+        *error_types("RemoteProtocolError"),
+        *error_types("ReadError"),
+        *error_types("WriteError"),
+    )
+    if isinstance(exc, error_types("TimeoutException")):
         reason = "timed out"
-    elif isinstance(exc, httpx.ConnectError):
+    elif isinstance(exc, error_types("ConnectError")):
         reason = "connection refused or unreachable"
-    elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+    elif isinstance(exc, dropped):
         reason = "connection dropped"
     else:
         reason = type(exc).__name__
@@ -279,7 +284,7 @@ def _certificate_problem(exc: BaseException) -> str | None:
 
 
 def _http_sync(effect: Http, driver: Driver) -> Response:
-    import httpx
+    from ._httpx import error_types
 
     client = driver.sync_client
     if client is None:
@@ -293,13 +298,13 @@ def _http_sync(effect: Http, driver: Driver) -> Response:
         )
     except AssetCacheError:
         raise
-    except httpx.HTTPError as exc:
+    except error_types("HTTPError") as exc:
         raise _transport_error(exc, effect.url) from None
     return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
 
 
 async def _http_async(effect: Http, driver: Driver) -> Response:
-    import httpx
+    from ._httpx import error_types
 
     client = driver.async_client
     if client is None:
@@ -318,7 +323,7 @@ async def _http_async(effect: Http, driver: Driver) -> Response:
         )
     except AssetCacheError:
         raise
-    except httpx.HTTPError as exc:
+    except error_types("HTTPError") as exc:
         raise _transport_error(exc, effect.url) from None
     return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
 

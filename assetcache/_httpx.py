@@ -19,7 +19,15 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["MODULES", "error_types", "http", "is_response", "is_status_error", "loaded"]
+__all__ = [
+    "MODULES",
+    "error_types",
+    "for_transport",
+    "http",
+    "is_response",
+    "is_status_error",
+    "loaded",
+]
 
 #: The libraries, preferred first.
 MODULES = ("httpx2", "httpx")
@@ -43,6 +51,18 @@ def http() -> ModuleType:
         else:
             raise ImportError(f"assetcache needs httpx2 or httpx: {error}")
     return _chosen
+
+
+def for_transport(transport: Any) -> ModuleType:
+    """The library a client must come from to use ``transport`` (the caller's, if
+    the caller built it with the other library), else :func:`http`."""
+    if transport is not None:
+        for cls in type(transport).__mro__:  # a subclass of either library's transport
+            name = cls.__module__.split(".", 1)[0]
+            mod = sys.modules.get(name)
+            if name in MODULES and mod is not None:
+                return mod
+    return http()
 
 
 def loaded() -> list[ModuleType]:
@@ -77,8 +97,8 @@ def is_status_error(obj: object) -> bool:
     return bool(types) and isinstance(obj, types)
 
 
-def error_types(attr: str) -> tuple[type[BaseException], ...]:
+def error_types(attr: str) -> tuple[type[Exception], ...]:
     """The exception class ``attr`` (``TimeoutException``, ``HTTPError``, ...) of each
     loaded library, for ``except`` and ``isinstance``."""
     http()
-    return tuple(t for t in _types(attr) if issubclass(t, BaseException))
+    return tuple(t for t in _types(attr) if issubclass(t, Exception))

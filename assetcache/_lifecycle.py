@@ -18,7 +18,7 @@ which :class:`~assetcache.RetryBudgetExhausted` says so. The answer is
 recognised in this project's :class:`~assetcache.UnknownImage`, in the
 ``runware-sdk``'s ``RunwareError`` (``code == "validation"`` on an image
 parameter: the SDK keeps no raw code) and in an ``httpx.Response`` (returned)
-or ``httpx.HTTPStatusError`` (raised) whose JSON body holds such an error, and
+or ``httpx.HTTPStatusError`` (raised; httpx2's alike) whose JSON body holds such an error, and
 for a response whose request is known, only when the rejected parameter held
 the cached UUID; a caller's ``is_unknown`` predicate covers anything else.
 
@@ -51,6 +51,7 @@ from ._errors import (
     SourceNotFound,
     UnknownImage,
 )
+from ._httpx import is_response, is_status_error
 from ._protocol import (
     TaskResult,
     is_uuid,
@@ -113,12 +114,10 @@ def _rejects_one(obj: object, uuid: str | None, names: frozenset[str]) -> bool:
     sdk_error = getattr(sdk, "RunwareError", None) if sdk is not None else None
     if isinstance(sdk_error, type) and isinstance(obj, sdk_error):
         return _sdk_says_unknown(obj, names)
-    httpx = sys.modules.get("httpx")
-    if httpx is not None:
-        if isinstance(obj, httpx.HTTPStatusError):
-            obj = obj.response
-        if isinstance(obj, httpx.Response):
-            return _response_says_unknown(obj, uuid, names)
+    if is_status_error(obj):
+        obj = obj.response  # type: ignore[attr-defined]
+    if is_response(obj):
+        return _response_says_unknown(obj, uuid, names)
     return False
 
 
@@ -253,15 +252,14 @@ def _strings(value: object) -> set[str]:
     return set()
 
 
-def _describe(obj: object) -> str:
+def _describe(obj: Any) -> str:
     """One line on what ``fn`` answered, for the give-up message."""
-    httpx = sys.modules.get("httpx")
-    if httpx is not None and isinstance(obj, httpx.HTTPStatusError):
+    if is_status_error(obj):
         obj = obj.response
     if isinstance(obj, BaseException):
         text = " ".join(str(obj).split()) or type(obj).__name__
         return text if isinstance(obj, AssetCacheError) else f"{type(obj).__name__}: {text}"
-    if httpx is not None and isinstance(obj, httpx.Response):
+    if is_response(obj):
         try:
             err = json.loads(obj.content)["errors"][0]
             return (
@@ -566,7 +564,7 @@ class LifecycleMixin:
         """Drive ``plan`` to the end in this thread, on either twin."""
         if self._driver.make_sync_client is not None:
             return run_sync(plan, self._driver)
-        import httpx
+        httpx = self._http_module()  # type: ignore[attr-defined]
 
         # The async twin's client lives on its event loop: a short-lived
         # blocking one does this one job (forget is blocking on both twins).

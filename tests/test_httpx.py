@@ -46,3 +46,15 @@ def test_responses_and_status_errors_of_both_libraries_are_recognised(name):
     assert not _httpx.is_response(error) and not _httpx.is_status_error(response)
     assert any(isinstance(error, t) for t in _httpx.error_types("HTTPError"))
     assert not _httpx.is_response({"status": 400}) and not _httpx.is_status_error(ValueError())
+
+
+@pytest.mark.parametrize("name", _httpx.MODULES)
+def test_a_callers_transport_picks_its_own_library(name):
+    lib = pytest.importorskip(name)
+
+    class Mine(lib.MockTransport):  # a subclass, as tests and apps write them
+        pass
+
+    assert _httpx.for_transport(Mine(lambda request: lib.Response(200))) is lib
+    assert _httpx.for_transport(None) is _httpx.http()
+    assert _httpx.for_transport(object()) is _httpx.http()

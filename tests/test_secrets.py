@@ -301,7 +301,7 @@ def test_the_cli_at_debug_never_prints_the_key(tmp_path):
         refused = runs[-1]
     assert refused.returncode != 0 and "API key" in refused.stdout + refused.stderr
     assert runs[0].returncode == 1  # bad.png failed, the rest went through
-    assert "INFO httpx" in runs[0].stderr and "retrying" in runs[0].stderr
+    assert "INFO httpx" in runs[0].stderr and "retrying" in runs[0].stderr  # httpx or httpx2
     for done in runs:
         outputs += [done.stdout, done.stderr]
         assert "Traceback" not in done.stderr, done.stderr
