@@ -32,7 +32,6 @@ from pathlib import PurePath
 from typing import IO, Any, TypeVar, cast
 
 from . import _hashing, _policy, _transform
-from ._copies import DEFAULT_MAX_BYTES as DEFAULT_COPIES_MAX
 from ._copies import Copies
 from ._effects import Call, Concurrent, Driver, Http, Map, Plan, Sleep, Wait, run_async, run_sync
 from ._errors import (
@@ -127,6 +126,10 @@ class _Prepared:
     format: str
     payload: Callable[[], Payload]
     file_row: FileRow | None = None  # a new or refreshed stat row to record
+
+
+def _seconds_or_none(value: timedelta | float | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def account_fingerprint(api_key: str) -> str:
@@ -1124,7 +1127,12 @@ def _os_error(label: str, exc: OSError, path: str | None = None) -> SourceError:
 
 
 class _CacheBase(MaintenanceMixin, LifecycleMixin):
-    """Construction and the non-I/O surface shared by both twins."""
+    """Construction and the non-I/O surface shared by both twins.
+
+    A setting left ``None`` comes from the environment, then
+    ``[tool.assetcache]`` in the nearest ``pyproject.toml``, then the user
+    config file, then its default (``assetcache config`` shows them).
+    """
 
     def __init__(
         self,
@@ -1138,28 +1146,56 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         touch_every: timedelta | float | None = None,
         namespace: str | None = None,
         retry: RetryPolicy | None = None,
-        concurrency: int = 8,
-        batch_size: int = 16,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
         batch_bytes: int = 16 << 20,
-        max_bytes: int | None = 1 << 30,
+        max_bytes: int | None = None,
         racy_window: float = _hashing.RACY_WINDOW_NS / 1e9,
-        lease_ttl: float = 300.0,
+        lease_ttl: float | None = None,
         task_type: str | None = None,
         transport: Any = None,
         sleep: Callable[[float], None] | None = None,
         store: SQLiteStore | None = None,
         local_db: str | os.PathLike[str] | None = None,
         resize: bool | str | None = None,
-        max_side: int = _transform.MAX_SIDE,
+        max_side: int | None = None,
         upload_task: str | None = None,
-        keep_copies: bool = False,
+        keep_copies: bool | None = None,
         copies_dir: str | os.PathLike[str] | None = None,
-        copies_max_bytes: int = DEFAULT_COPIES_MAX,
+        copies_max_bytes: int | None = None,
     ) -> None:
         if upload_task is not None and task_type not in (None, upload_task):
             raise ConfigurationError(
                 f"upload_task={upload_task!r} contradicts task_type={task_type!r}: give one"
             )
+        from ._settings import resolve_library
+
+        cfg = resolve_library(
+            api_key=api_key,
+            base_url=base_url,
+            db_path=None if db_path is None else os.fspath(db_path),
+            retention=_seconds_or_none(retention),
+            margin=_seconds_or_none(margin),
+            touch_every=_seconds_or_none(touch_every),
+            concurrency=concurrency,
+            batch_size=batch_size,
+            max_bytes=max_bytes,
+            lease_ttl=lease_ttl,
+            local_db=local_db,
+            resize=resize,
+            max_side=max_side,
+            upload_task=upload_task or task_type,
+            keep_copies=keep_copies,
+            copies_dir=copies_dir,
+            copies_max_bytes=copies_max_bytes,
+        )
+        api_key, base_url, db_path = cfg["api_key"], cfg["base_url"], cfg["db_path"]
+        retention, margin, touch_every = cfg["retention"], cfg["margin"], cfg["touch_every"]
+        concurrency, batch_size, lease_ttl = cfg["concurrency"], cfg["batch_size"], cfg["lease_ttl"]
+        local_db, resize, max_side = cfg["local_db"], cfg["resize"], cfg["max_side"]
+        keep_copies, copies_dir = cfg["keep_copies"], cfg["copies_dir"]
+        copies_max_bytes, upload_task = cfg["copies_max_bytes"], cfg["upload_task"]
+        max_bytes = cfg["max_bytes"]
         task_type = upload_task or task_type or "imageUpload"
         self._engine = _Engine(
             api_key,

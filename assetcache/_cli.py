@@ -46,20 +46,46 @@ class UsageError(click.ClickException):
     exit_code = EXIT_USAGE
 
 
+_RANK = {"default": 0, "user": 1, "project": 2, "env": 3, "flag": 4}
+
+
 @dataclass
 class Settings:
-    """Global options, and the cache they open (lazily, once)."""
+    """Global options, the settings they resolve to (flags > environment > project
+    file > user file > defaults), and the cache they open (lazily, once)."""
 
-    db: str | None = None
-    api_url: str | None = None
+    #: Settings given as flags: name -> value, and name -> the flag's spelling.
+    given: dict[str, Any] = field(default_factory=dict)
+    flags: dict[str, str] = field(default_factory=dict)
     emulator: bool = False
-    api_key_file: str | None = None
     verbose: int = 0
-    #: Cache settings from global options (upload task, local copies).
-    options: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False
+    _resolved: Any = None
     _cache: Any = None
     _emulator: Any = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def resolved(self) -> Any:
+        """Every setting with its origin (config files are read here, once)."""
+        if self._resolved is None:
+            from ._errors import ConfigurationError
+            from ._settings import resolve
+
+            try:
+                self._resolved = resolve(self.given, given_origin=self.flags)
+            except ConfigurationError as exc:
+                raise UsageError(str(exc)) from None
+        return self._resolved
+
+    @property
+    def db(self) -> str | None:
+        value = self.resolved()["db"]
+        return None if value is None else str(value)
+
+    @property
+    def api_url(self) -> str | None:
+        r = self.resolved()
+        return None if r.source("api_url") == "default" else r["api_url"]
 
     def db_path(self) -> Path:
         from ._store import default_db_path
@@ -70,18 +96,38 @@ class Settings:
         """What the cache opens: a path, or a database URL (``postgresql://...``) as given."""
         return self.db if self.db and "://" in self.db else self.db_path()
 
+    def check_db_folder(self) -> None:
+        """A database named by a flag, the environment or a file must be in a folder
+        that exists: a typo is an error, not a new cache. Only the default location
+        is created."""
+        r = self.resolved()
+        if r.source("db") == "default" or (self.db and "://" in self.db):
+            return
+        db = self.db_path()
+        folder = db.parent
+        if not folder.is_dir():
+            origin = r.values["db"].origin
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise UsageError(
+                f"cannot create the cache database {db}: its folder {folder} {what} "
+                f"(from {origin}); create it first (only the default location is created)"
+            )
+
     def api_key(self) -> str | None:
-        if self.api_key_file:
+        r = self.resolved()
+        key_rank = _RANK[r.source("api_key")] if r["api_key"] else -1
+        file_rank = _RANK[r.source("api_key_file")] if r["api_key_file"] else -1
+        if file_rank > key_rank:
+            name = r["api_key_file"]
+            where = r.values["api_key_file"].origin
             try:
-                key = Path(self.api_key_file).expanduser().read_text().strip()
+                key = Path(name).expanduser().read_text().strip()
             except OSError as exc:
-                raise UsageError(
-                    f"cannot read --api-key-file {self.api_key_file}: {exc.strerror}"
-                ) from None
+                raise UsageError(f"cannot read {where} {name}: {exc.strerror}") from None
             if not key:
-                raise UsageError(f"--api-key-file {self.api_key_file} is empty")
+                raise UsageError(f"{where} {name} is empty")
             return key
-        return os.environ.get("RUNWARE_API_KEY") or None
+        return r["api_key"] or None
 
     def has_account(self) -> bool:
         """Whether an account is configured (else maintenance covers every account)."""
@@ -93,6 +139,7 @@ class Settings:
             return self._cache
         from ._cache import AssetCache
 
+        self.check_db_folder()
         db_path = self.db_target()
         key: str | None
         url: str | None
@@ -109,13 +156,16 @@ class Settings:
             kwargs.setdefault("clock", emu.clock)
             key, url, namespace = EMULATOR_KEY, emu.base_url, "emulator#local"
         else:
-            key, url, namespace = self.api_key(), self.api_url, None
+            key, url, namespace = self.api_key(), self.resolved()["api_url"], None
             if need_key and not key:
                 raise UsageError(
                     "no Runware API key: set RUNWARE_API_KEY (or --api-key-file FILE), "
                     "or add --emulator to use the bundled local emulator"
                 )
-        kwargs = {**self.options, **kwargs}
+        options = self.resolved().kwargs()
+        for name in ("api_key", "base_url", "db_path"):
+            options.pop(name, None)
+        kwargs = {**options, **kwargs}
         self._cache = AssetCache(key, base_url=url, db_path=db_path, namespace=namespace, **kwargs)
         self._closers.insert(0, self._cache.close)
         return self._cache
@@ -169,7 +219,11 @@ def echo_json(obj: Any) -> None:
 
 
 def note(text: str) -> None:
-    """A summary or remark for people: stderr, so stdout stays parseable."""
+    """A summary or remark for people: stderr, so stdout stays parseable (not with -q)."""
+    ctx = click.get_current_context(silent=True)
+    settings = ctx.find_object(Settings) if ctx is not None else None
+    if settings is not None and settings.quiet:
+        return
     click.echo(text, err=True)
 
 
@@ -296,13 +350,12 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
 @click.option(
     "--db",
     metavar="PATH",
-    envvar="ASSETCACHE_DB",
-    help="Cache database (default: the user cache folder; env ASSETCACHE_DB).",
+    help="Cache database (default: the user cache folder; env ASSETCACHE_DB). "
+    "Its folder must exist.",
 )
 @click.option(
     "--api-url",
     metavar="URL",
-    envvar="ASSETCACHE_API_URL",
     help="Runware API endpoint (default https://api.runware.ai/v1; env ASSETCACHE_API_URL).",
 )
 @click.option(
@@ -318,32 +371,33 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
 @click.option(
     "--upload-task",
     type=click.Choice(["imageUpload", "mediaStorage"]),
-    envvar="ASSETCACHE_UPLOAD_TASK",
     help="Upload with imageUpload (default) or the newer mediaStorage task "
     "(env ASSETCACHE_UPLOAD_TASK).",
 )
 @click.option(
     "--keep-copies",
     is_flag=True,
-    envvar="ASSETCACHE_KEEP_COPIES",
+    default=None,
     help="Keep a local copy of each uploaded image, so refresh and recovery work "
     "after the file moved or was deleted (env ASSETCACHE_KEEP_COPIES).",
 )
 @click.option(
     "--copies-dir",
     metavar="DIR",
-    envvar="ASSETCACHE_COPIES_DIR",
-    help="Where local copies go (default: beside the database, <db>.copies).",
+    help="Where local copies go (default: beside the database, <db>.copies; "
+    "env ASSETCACHE_COPIES_DIR).",
 )
 @click.option(
     "--copies-max",
     type=BYTE_SIZE,
     metavar="SIZE",
-    envvar="ASSETCACHE_COPIES_MAX",
     help="Size bound of the local copies, e.g. 500M or 2G (default 1G); the least "
-    "recently used go first.",
+    "recently used go first (env ASSETCACHE_COPIES_MAX).",
 )
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True, help="Log more (-v each decision, -vv HTTP and SQL).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print no summary or remark on stderr (errors still do)."
+)
 @click.version_option(__version__, prog_name="assetcache")
 @click.pass_context
 def cli(
@@ -353,28 +407,39 @@ def cli(
     emulator: bool,
     api_key_file: str | None,
     upload_task: str | None,
-    keep_copies: bool,
+    keep_copies: bool | None,
     copies_dir: str | None,
     copies_max: int | None,
     verbose: int,
+    quiet: bool,
 ) -> None:
     """Never upload the same image to Runware twice.
 
     assetcache maps image content to Runware imageUUIDs, re-uploading only what
     Runware has deleted (30 days after last use). The API key comes from
-    RUNWARE_API_KEY or --api-key-file, never from the command line.
+    RUNWARE_API_KEY, --api-key-file or the user config file (mode 600), never
+    from the command line.
+
+    Settings come from flags, then the environment, then [tool.assetcache] in
+    the nearest pyproject.toml, then the user config file, then defaults
+    (`assetcache config` shows each one and where it came from).
 
     Exit codes: 0 all good, 1 some items failed, 2 usage or configuration error.
     """
-    settings = Settings(db, api_url, emulator, api_key_file, verbose)
-    if upload_task:
-        settings.options["upload_task"] = upload_task
-    if keep_copies:
-        settings.options["keep_copies"] = True
-    if copies_dir:
-        settings.options["copies_dir"] = copies_dir
-    if copies_max is not None:
-        settings.options["copies_max_bytes"] = copies_max
+    flags = {
+        "db": ("--db", db),
+        "api_url": ("--api-url", api_url),
+        "api_key_file": ("--api-key-file", api_key_file),
+        "upload_task": ("--upload-task", upload_task),
+        "keep_copies": ("--keep-copies", keep_copies),
+        "copies_dir": ("--copies-dir", copies_dir),
+        "copies_max": ("--copies-max", copies_max),
+    }
+    settings = Settings(emulator=emulator, verbose=verbose, quiet=quiet)
+    for name, (flag, value) in flags.items():
+        if value is not None:
+            settings.given[name] = value
+            settings.flags[name] = flag
     ctx.obj = settings
     ctx.call_on_close(settings.close)
     if verbose:
@@ -1017,10 +1082,10 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
 
 def fill_settings(settings: Settings, report: Any) -> None:
     """Settings as far as they are known without an open cache."""
-    from ._cache import DEFAULT_API_URL, account_fingerprint, namespace_for
+    from ._cache import account_fingerprint, namespace_for
 
     key = EMULATOR_KEY if settings.emulator else settings.api_key()
-    url = (settings.api_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
+    url = str(settings.resolved()["api_url"]).rstrip("/")
     report.account = account_fingerprint(key) if key else None
     report.namespace = "emulator#local" if settings.emulator else namespace_for(url, key)
     from ._maintenance import resize_settings
@@ -1126,6 +1191,113 @@ def emulator(host: str, port: int, state: str | None, latency: float, fault_rate
         pass
     finally:
         emu.stop()
+
+
+# -- configuration, paths, completion ----------------------------------------------
+
+
+@cli.command("config")
+@json_option
+@click.pass_obj
+def config_command(settings: Settings, as_json: bool) -> None:
+    """Show every setting's effective value and where it came from.
+
+    Sources, highest first: a flag, the environment, [tool.assetcache] in the
+    nearest pyproject.toml, the user config file, the default. The API key is
+    never shown: only where it came from and the account's fingerprint.
+    """
+    from ._settings import SETTINGS
+
+    r = settings.resolved()
+    rows = []
+    out: dict[str, Any] = {}
+    for s in SETTINGS:
+        v = r.values[s.name]
+        shown = r.display(s.name)
+        value: Any = v.value
+        if s.name == "db" and v.value is None:
+            shown = value = str(settings.db_path())
+        if s.kind == "secret":
+            value = None
+        entry = {"value": value, "source": v.source, "origin": v.origin}
+        if s.kind == "secret":
+            entry["set"] = v.value is not None
+            if v.value:
+                from ._cache import account_fingerprint
+
+                entry["account"] = account_fingerprint(v.value)
+        out[s.name] = entry
+        rows.append((s.name, shown, v.origin))
+    user_exists = r.user_file is not None and Path(r.user_file).is_file()
+    files = {
+        "user": {"path": r.user_file, "exists": user_exists},
+        "project": {"path": r.project_file, "used": any(f.kind == "project" for f in r.files)}
+        if r.project_file
+        else None,
+    }
+    if as_json:
+        echo_json({"settings": out, "files": files})
+        return
+    name_w = max(len(n) for n, _, _ in rows)
+    value_w = min(48, max(len(v) for _, v, _ in rows))
+    for name, shown, origin in rows:
+        click.echo(f"{name:<{name_w}}  {shown:<{value_w}}  {origin}")
+    note(
+        f"user file: {r.user_file or '(disabled)'}"
+        + ("" if user_exists or r.user_file is None else " (not found)")
+    )
+    if r.project_file:
+        used = files["project"]["used"]  # type: ignore[index]
+        note(f"project file: {r.project_file}" + ("" if used else " (no [tool.assetcache])"))
+
+
+@cli.command("path")
+@click.pass_obj
+def path_command(settings: Settings) -> None:
+    """Print the cache database's path (a database URL without its password)."""
+    target = settings.db_target()
+    if isinstance(target, str):
+        from ._postgres import redact_url
+
+        click.echo(redact_url(target))
+    else:
+        click.echo(str(target))
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash:  eval "$(assetcache completion bash)"      (in ~/.bashrc)
+    zsh:   eval "$(assetcache completion zsh)"       (in ~/.zshrc)
+    fish:  assetcache completion fish > ~/.config/fish/completions/assetcache.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "assetcache", "_ASSETCACHE_COMPLETE").source())
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    settings = ctx.find_object(Settings)
+    if value and settings is not None:
+        settings.quiet = True
+
+
+# ``-q/--quiet`` after the command too (``assetcache upload -q ...``), on every command.
+for _command in cli.commands.values():
+    _command.params.append(
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_quiet,
+            help="Print no summary or remark on stderr (errors still go there).",
+        )
+    )
 
 
 def main() -> None:

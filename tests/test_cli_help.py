@@ -29,6 +29,9 @@ COMMANDS = {
     "import",
     "doctor",
     "emulator",
+    "config",
+    "path",
+    "completion",
 }
 
 
