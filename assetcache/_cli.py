@@ -88,7 +88,7 @@ class Settings:
         return None if r.source("api_url") == "default" else r["api_url"]
 
     def db_path(self) -> Path:
-        from ._store import default_db_path
+        from ._config import default_db_path
 
         return Path(self.db).expanduser() if self.db else default_db_path()
 
@@ -137,7 +137,7 @@ class Settings:
         """The :class:`AssetCache` for this invocation."""
         if self._cache is not None:
             return self._cache
-        from ._cache import AssetCache
+        from ._client import AssetCache
 
         self.check_db_folder()
         db_path = self.db_target()
@@ -162,13 +162,24 @@ class Settings:
                     "no Runware API key: set RUNWARE_API_KEY (or --api-key-file FILE), "
                     "or add --emulator to use the bundled local emulator"
                 )
+        clock = kwargs.pop("clock", None)
+        config = self.config(key, url, namespace, **kwargs)
+        self._cache = AssetCache(config=config, clock=clock)
+        self._closers.insert(0, self._cache.close)
+        return self._cache
+
+    def config(
+        self, key: str | None, url: str | None, namespace: str | None = None, **kwargs: Any
+    ) -> Any:
+        """The cache's :class:`~assetcache._config.Config`, from the global options."""
+        from ._config import resolve
+
+        # Every setting as resolved here (flags, environment, files, defaults).
         options = self.resolved().kwargs()
         for name in ("api_key", "base_url", "db_path"):
             options.pop(name, None)
-        kwargs = {**options, **kwargs}
-        self._cache = AssetCache(key, base_url=url, db_path=db_path, namespace=namespace, **kwargs)
-        self._closers.insert(0, self._cache.close)
-        return self._cache
+        options.update(kwargs)
+        return resolve(key, base_url=url, db=self.db_target(), namespace=namespace, **options)
 
     def close(self) -> None:
         for close in self._closers:
@@ -526,19 +537,7 @@ def upload(
         echo_json(
             {
                 "dry_run": dry_run,
-                "results": [
-                    {
-                        "source": r.source,
-                        "uuid": r.uuid,
-                        "outcome": r.outcome,
-                        "hash": r.content_hash,
-                        "size": r.size,
-                        "format": r.format,
-                        "bytes_sent": r.bytes_sent,
-                        "error": error_text(r.error) if r.error else None,
-                    }
-                    for r in results
-                ],
+                "results": [r.as_dict() for r in results],
                 "summary": {
                     "files": len(results),
                     **counts,
@@ -586,7 +585,7 @@ def status(
     (never uploaded), missing. Like git status, fresh files are only counted
     unless --all lists them.
     """
-    from ._scan import discard_prestarted, prestart
+    from ._status import discard_prestarted, prestart
 
     paths = paths or (".",)
     try:
@@ -596,24 +595,7 @@ def status(
     finally:
         discard_prestarted()
     if as_json:
-        from ._maintenance import iso
-
-        echo_json(
-            {
-                "files": [
-                    {
-                        "path": st.path,
-                        "state": st.state,
-                        "uuid": st.uuid,
-                        "hash": st.content_hash,
-                        "expires_at": iso(st.expires_at),
-                        "time_left_seconds": st.time_left,
-                    }
-                    for st in found.files
-                ],
-                "summary": found.counts,
-            }
-        )
+        echo_json(found.as_dict())
     else:
         # Per line, relpath() (20 us) and click.echo() (4 us) would cost more than
         # the scan itself: strip the working folder's prefix, build each distinct
@@ -897,7 +879,7 @@ def prune(
 
 
 def iso_short(ts: float) -> str:
-    from ._maintenance import iso
+    from ._models import iso
 
     return (iso(ts) or "-")[:16].replace("T", " ")
 
@@ -1053,8 +1035,8 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
 
     Shows the account's fingerprint, never the key. Exit 1 when a problem remains.
     """
-    from ._errors import SchemaTooNew, StoreError
-    from ._maintenance import inspect_database, rebuild_database
+    from ._errors import StoreError
+    from ._storage import _repair
 
     target = settings.db_target()
     path = settings.db_path() if isinstance(target, str) else target
@@ -1062,12 +1044,10 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
     if isinstance(target, str) or path.exists() or fix:
         try:
             report = settings.cache(need_key=False).doctor(fix)
-        except SchemaTooNew:
-            report = inspect_database(path)
-        except StoreError:
-            report = rebuild_database(path) if fix else inspect_database(path)
+        except StoreError as exc:  # the cache cannot open it: check the file alone
+            report = _repair.doctor(path, fix, open_error=exc)
     if report is None:
-        report = inspect_database(path)
+        report = _repair.doctor(path)
     if not report.settings:
         fill_settings(settings, report)
     if as_json:
@@ -1082,16 +1062,14 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
 
 def fill_settings(settings: Settings, report: Any) -> None:
     """Settings as far as they are known without an open cache."""
-    from ._cache import account_fingerprint, namespace_for
-
-    key = EMULATOR_KEY if settings.emulator else settings.api_key()
-    url = str(settings.resolved()["api_url"]).rstrip("/")
-    report.account = account_fingerprint(key) if key else None
-    report.namespace = "emulator#local" if settings.emulator else namespace_for(url, key)
     from ._maintenance import resize_settings
 
+    key = EMULATOR_KEY if settings.emulator else settings.api_key()
+    config = settings.config(key, settings.api_url)
+    report.account = config.account
+    report.namespace = "emulator#local" if settings.emulator else config.namespace
     report.settings = {
-        "api_url": "(emulator)" if settings.emulator else url,
+        "api_url": "(emulator)" if settings.emulator else config.base_url,
         "namespace": report.namespace,
         **resize_settings(None),
     }
@@ -1223,7 +1201,7 @@ def config_command(settings: Settings, as_json: bool) -> None:
         if s.kind == "secret":
             entry["set"] = v.value is not None
             if v.value:
-                from ._cache import account_fingerprint
+                from ._config import account_fingerprint
 
                 entry["account"] = account_fingerprint(v.value)
         out[s.name] = entry
@@ -1257,7 +1235,7 @@ def path_command(settings: Settings) -> None:
     """Print the cache database's path (a database URL without its password)."""
     target = settings.db_target()
     if isinstance(target, str):
-        from ._postgres import redact_url
+        from ._storage._postgres import redact_url
 
         click.echo(redact_url(target))
     else:

@@ -15,13 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._config import DEFAULT_API_URL
 from ._configfiles import ConfigFile, find_project_file, load_files, user_config_path
 from ._durations import format_duration, parse_duration
 from ._errors import ConfigurationError
 
 __all__ = ["SETTINGS", "Resolved", "Setting", "Value", "resolve", "resolve_library"]
-
-DEFAULT_API_URL = "https://api.runware.ai/v1"
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,7 @@ class Resolved:
         if v is None:
             return _UNSET.get(name, "(none)")
         if s.kind == "secret":
-            from ._cache import account_fingerprint
+            from ._config import account_fingerprint
 
             return f"set (account {account_fingerprint(v)})"
         if s.kind == "bool":
@@ -261,10 +260,10 @@ def resolve(
     )
 
 
-def resolve_library(**given: Any) -> dict[str, Any]:
+def resolve_library(env: Mapping[str, str] | None = None, **given: Any) -> dict[str, Any]:
     """``AssetCache(...)``'s keywords, each one left ``None`` filled from the
     environment, the config files or its default."""
     by_kwarg = {s.kwarg: s for s in SETTINGS if s.kwarg is not None}
     names = {by_kwarg[k].name: v for k, v in given.items() if k in by_kwarg}
     origins = {by_kwarg[k].name: f"argument {k}=" for k in given if k in by_kwarg}
-    return resolve(names, given_origin=origins).kwargs()
+    return resolve(names, given_origin=origins, env=env).kwargs()
