@@ -204,22 +204,65 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def iter_inputs(paths: tuple[str, ...], pattern: str | None = None) -> Iterator[str]:
-    """Named files as given; directories walked (sorted) for image files or ``pattern``."""
+def check_paths(paths: Sequence[str]) -> None:
+    """A path named on the command line must exist: a typo is an error, not "missing"."""
+    gone = [p for p in paths if not os.path.lexists(p)]
+    if gone:
+        raise UsageError(
+            "no such file or folder: " + ", ".join(gone)
+            if len(gone) > 1
+            else f"no such file or folder: {gone[0]}"
+        )
+
+
+def iter_inputs(
+    paths: Sequence[str], pattern: str | None = None, excludes: Sequence[str] = ()
+) -> Iterator[str]:
+    """Named files as given (unless ``--exclude``d); folders walked (sorted) for image
+    files or ``pattern``, leaving out what ``--exclude`` and ``.assetcacheignore`` say."""
     import fnmatch
+
+    from ._ignore import excluded_file, rules_for
 
     for raw in paths:
         if os.path.isdir(raw):
+            try:
+                rules = rules_for(raw, excludes)
+            except Exception as exc:
+                raise UsageError(str(exc)) from None
             for root, dirs, files in os.walk(raw):
                 dirs.sort()
+                rules.prune(root, dirs, files)
                 for name in sorted(files):
                     if pattern is not None:
                         if fnmatch.fnmatch(name, pattern):
                             yield os.path.join(root, name)
                     elif os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
                         yield os.path.join(root, name)
-        else:
+        elif not excluded_file(raw, excludes):
             yield raw
+
+
+def exclude_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--exclude",
+        "excludes",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out files matching GLOB (gitignore syntax; repeatable). "
+        ".assetcacheignore files in the folders given and above them are read too.",
+    )(fn)
+
+
+def nl_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--nl", "as_nl", is_flag=True, help="Print JSON lines: one object per item, as it comes."
+    )(fn)
+
+
+def echo_nl(obj: Any) -> None:
+    """One JSON line, flushed (a consumer reading line by line gets it now)."""
+    click.echo(json.dumps(obj, default=str, separators=(",", ":")))
 
 
 # -- output helpers --------------------------------------------------------------
@@ -488,6 +531,7 @@ def log_to_stderr(verbose: int) -> Callable[[], None]:
     metavar="PATTERN",
     help="In folders, take the files matching PATTERN (e.g. '*.png') instead of every image file.",
 )
+@exclude_option
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
@@ -496,70 +540,96 @@ def log_to_stderr(verbose: int) -> Callable[[], None]:
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded; send nothing.")
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def upload(
     settings: Settings,
     paths: tuple[str, ...],
     pattern: str | None,
+    excludes: tuple[str, ...],
     concurrency: int | None,
     dry_run: bool,
     as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Upload files (folders: their images, recursively); print each imageUUID.
 
     Content already uploaded and still alive on Runware is not sent again.
-    Prints one line per file (path, imageUUID, outcome) and a summary on stderr.
+    Prints one line per file (path, imageUUID, outcome) as soon as its batch
+    answers, and a summary on stderr. Sizes: "sent" counts request bytes
+    (base64 included), "saved" and "to send" count file bytes.
     """
-    inputs = list(iter_inputs(paths, pattern))
+    # A named file that does not exist fails as an item ("no such file"), exit 1.
+    inputs = list(iter_inputs(paths, pattern, excludes))
     if not inputs:
         raise UsageError(
             "no image files found in the given paths"
             + (f" (matching {pattern!r})" if pattern else "")
         )
     cache = settings.cache()
-    if dry_run:
-        results = cache.preview(inputs)
-    else:
-        results = []
-        with progress("uploading") as advance:
-            for start in range(0, len(inputs), UPLOAD_CHUNK):
-                results += cache.resolve_many(inputs[start : start + UPLOAD_CHUNK], concurrency)
-                advance(len(results), len(inputs))
-    counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "failed": 0}
-    for res in results:
-        counts[res.outcome] += 1
-    sent = sum(r.bytes_sent for r in results)
-    saved = sum(r.size or 0 for r in results if r.outcome == "hit")
-    would = "would be " if dry_run else ""
-    to_send = sum(r.size or 0 for r in results if r.outcome in ("uploaded", "reuploaded"))
-    if as_json:
-        echo_json(
-            {
-                "dry_run": dry_run,
-                "results": [r.as_dict() for r in results],
-                "summary": {
-                    "files": len(results),
-                    **counts,
-                    "bytes_sent": sent,
-                    "bytes_saved": saved,
-                },
-            }
-        )
-    else:
-        for r in results:
-            if r.error is not None:
+    results: list[Any] = []
+
+    def emit(batch: Sequence[Any]) -> None:
+        for r in batch:
+            if as_json:
+                continue
+            if as_nl:
+                echo_nl({**r.as_dict(), "dry_run": dry_run})
+            elif r.error is not None:
                 click.echo(f"{r.source}\t-\tfailed: {error_text(r.error)}")
+            elif dry_run and r.outcome == "duplicate":
+                click.echo(f"{r.source}\t-\tduplicate (sent once, with an earlier path)")
             elif dry_run and r.outcome != "hit":
                 click.echo(f"{r.source}\t-\twould be {r.outcome}")
             else:
                 click.echo(f"{r.source}\t{r.uuid or '-'}\t{r.outcome}")
+
+    if dry_run:
+        results = cache.preview(inputs)
+        emit(results)
+    else:
+        with progress("uploading") as advance:
+            for start in range(0, len(inputs), UPLOAD_CHUNK):
+                batch = cache.resolve_many(inputs[start : start + UPLOAD_CHUNK], concurrency)
+                emit(batch)  # each line as soon as its batch answered (click.echo flushes)
+                results += batch
+                advance(len(results), len(inputs))
+    counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "duplicate": 0, "failed": 0}
+    for res in results:
+        counts[res.outcome] = counts.get(res.outcome, 0) + 1
+    sent = sum(r.bytes_sent for r in results)
+    saved = sum(r.size or 0 for r in results if r.outcome == "hit")
+    would = "would be " if dry_run else ""
+    to_send = sum(r.size or 0 for r in results if r.outcome in ("uploaded", "reuploaded"))
+    summary = {
+        "files": len(results),
+        **counts,
+        "bytes_sent": sent,
+        "bytes_saved": saved,
+    }
+    if dry_run:
+        summary["bytes_to_send"] = to_send
+    else:
+        summary.pop("duplicate")
+    if as_json:
+        echo_json(
+            {"dry_run": dry_run, "results": [r.as_dict() for r in results], "summary": summary}
+        )
+    elif as_nl:
+        echo_nl({"summary": summary, "dry_run": dry_run})
+    if not as_json:
+        dup = f", {counts['duplicate']} duplicate(s) in this batch" if dry_run else ""
         note(
             f"{len(results)} file(s): {counts['uploaded']} {would}uploaded, "
-            f"{counts['reuploaded']} {would}re-uploaded, {counts['hit']} from cache, "
+            f"{counts['reuploaded']} {would}re-uploaded, {counts['hit']} from cache{dup}, "
             f"{counts['failed']} failed; "
-            + (f"{human_bytes(to_send)} to send" if dry_run else f"{human_bytes(sent)} sent")
-            + f", {human_bytes(saved)} saved"
+            + (
+                f"{human_bytes(to_send)} to send (file bytes)"
+                if dry_run
+                else f"{human_bytes(sent)} sent (request bytes, base64)"
+            )
+            + f", {human_bytes(saved)} saved (file bytes)"
         )
     if counts["failed"]:
         sys.exit(EXIT_FAILED)
@@ -570,39 +640,107 @@ def upload(
 @click.option(
     "-a", "--all", "list_all", is_flag=True, help="List fresh files too (default: only the others)."
 )
-@click.option("--check", is_flag=True, help="Exit 1 unless every file is fresh (for scripts).")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 unless every file that can upload is fresh (for scripts).",
+)
+@exclude_option
+@click.option(
+    "--porcelain",
+    is_flag=True,
+    help="Print STATE<TAB>PATH lines, a format that stays stable for scripts; no summary.",
+)
+@click.option(
+    "-z", "nul", is_flag=True, help="With --porcelain: end each record with NUL, not newline."
+)
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def status(
-    settings: Settings, paths: tuple[str, ...], list_all: bool, check: bool, as_json: bool
+    settings: Settings,
+    paths: tuple[str, ...],
+    list_all: bool,
+    check: bool,
+    excludes: tuple[str, ...],
+    porcelain: bool,
+    nul: bool,
+    as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Show the files that need attention, without uploading (default: the
     current folder), and how many files are in each state.
 
     States: fresh (with the time the cache still serves it), expiring (soon),
     expired (the next use uploads again), changed (since it was hashed), new
-    (never uploaded), missing. Like git status, fresh files are only counted
-    unless --all lists them.
+    (never uploaded), invalid (can never upload: not an image, empty, ...;
+    with the reason), missing (tracked, now gone). Like git status, fresh files
+    are only counted unless --all lists them. A path that does not exist and
+    that the cache never tracked is an error.
     """
-    from ._status import discard_prestarted, prestart
+    from ._ignore import rules_for
+    from ._status import STATES, discard_prestarted, prestart
 
+    if nul and not porcelain:
+        raise UsageError("-z goes with --porcelain")
     paths = paths or (".",)
+    try:
+        rules = {p: rules_for(p, excludes) for p in paths if os.path.isdir(p)}
+    except Exception as exc:
+        raise UsageError(str(exc)) from None
+    filtered = any(rules.values()) or bool(excludes)
     try:
         if any(_maybe_big(p) for p in paths):
             prestart()  # a helper for a big folder boots while the cache opens
-        found = settings.cache().status_report(paths, fresh=list_all)
+        cache = settings.cache()
+        for p in paths:
+            if not os.path.lexists(p):
+                known = [st for st in cache.status([p]) if st.content_hash is not None]
+                if not known:
+                    raise UsageError(
+                        f"no such file or folder: {p} (and the cache tracks none there)"
+                    )
+        found = cache.status_report(paths, fresh=list_all or filtered)
     finally:
         discard_prestarted()
+    if filtered:
+        from ._ignore import excluded_file
+        from ._models import StatusReport
+
+        def kept(path: str) -> bool:
+            for root, rule in rules.items():
+                top = os.path.abspath(root)
+                if path.startswith(os.path.join(top, "")):
+                    return not rule.ignored(path)
+            return not excluded_file(path, excludes)
+
+        files = [st for st in found.files if kept(st.path)]
+        counts = dict.fromkeys(STATES, 0)
+        for st in files:
+            counts[st.state] += 1
+        files = [st for st in files if list_all or st.state != "fresh"]
+        found = StatusReport(counts, files)
+    below = os.path.join(os.getcwd(), "")
+    cut = len(below)
     if as_json:
         echo_json(found.as_dict())
+    elif as_nl:
+        for st in found.files:
+            echo_nl(st.as_dict())
+        echo_nl({"summary": found.counts})
+    elif porcelain:
+        end = "\0" if nul else "\n"
+        out = sys.stdout
+        for st in found.files:
+            path = st.path[cut:] if st.path.startswith(below) else st.path
+            out.write(f"{st.state}\t{path}{end}")
+        out.flush()
     else:
         # Per line, relpath() (20 us) and click.echo() (4 us) would cost more than
         # the scan itself: strip the working folder's prefix, build each distinct
         # "state  time-left" head once (files used together share their time
         # left), and write all lines at once.
-        below = os.path.join(os.getcwd(), "")
-        cut = len(below)
         heads: dict[tuple[str, float | None], str] = {}
         lines: list[str] = []
         append = lines.append
@@ -613,7 +751,8 @@ def status(
                 text = format_duration(int(left)) if left and left > 0 else "-"
                 head = heads[state, left] = f"{state:<9} {text:>7}  "
             path = st.path
-            append(head + path[cut:] if path.startswith(below) else head + path)
+            line = head + path[cut:] if path.startswith(below) else head + path
+            append(line if st.reason is None else f"{line}  ({st.reason})")
         if lines:
             click.echo("\n".join(lines))
         note(

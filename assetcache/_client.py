@@ -177,7 +177,9 @@ class AssetCache(BaseCache):
         """What :meth:`resolve_many` would do, without uploading or writing anything.
 
         Each result's ``outcome`` is ``hit`` (with the UUID), ``uploaded`` or
-        ``reuploaded`` (would be: ``uuid`` is None) or ``failed`` (bad input).
+        ``reuploaded`` (would be: ``uuid`` is None), ``duplicate`` (the same
+        content as an earlier source of this call: sent once, with that one) or
+        ``failed`` (bad input).
         """
         return _maintenance.preview(self._engine, sources)
 

@@ -155,7 +155,8 @@ def preview(engine: Engine, sources: Iterable[SourceLike]) -> list[Resolution]:
                 )
             )
         elif p.key in seen:
-            out.append(Resolution(p.label, None, p.key[1], "hit", None, p.size, p.format))
+            # Not a cache hit: the content goes once, with the first of its paths.
+            out.append(Resolution(p.label, None, p.key[1], "duplicate", None, p.size, p.format))
         else:
             outcome = _policy.outcome_for_upload(row.image_uuid if row else None)
             out.append(Resolution(p.label, None, p.key[1], outcome, None, p.size, p.format))

@@ -365,6 +365,8 @@ class FileStatus:
     content_hash: str | None = None
     expires_at: float | None = None
     time_left: float | None = None
+    #: Why an ``invalid`` file can never upload (not an image, empty, too big, ...).
+    reason: str | None = None
 
     _SPEC: ClassVar[Spec] = (
         "path",
@@ -373,6 +375,7 @@ class FileStatus:
         ("hash", "content_hash", None),
         ("expires_at", "expires_at", iso),
         ("time_left_seconds", "time_left", None),
+        "reason",
     )
 
     def as_dict(self) -> dict[str, Any]:
@@ -395,7 +398,8 @@ class StatusReport:
 
     @property
     def all_fresh(self) -> bool:
-        return self.counts["fresh"] == self.total
+        """Whether every file that can upload is fresh (``invalid`` ones never can)."""
+        return self.counts["fresh"] == self.total - self.counts.get("invalid", 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {"files": [f.as_dict() for f in self.files], "summary": self.counts}
