@@ -937,31 +937,66 @@ def copies_text(copies: dict[str, Any] | None) -> str:
     metavar="N",
     help="Requests in flight at once (default 8).",
 )
+@click.option(
+    "--ignore-gone",
+    is_flag=True,
+    help="Content that is gone is never a failure (listed, exit 0).",
+)
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def refresh(
-    settings: Settings, within: float, dry_run: bool, concurrency: int | None, as_json: bool
+    settings: Settings,
+    within: float,
+    dry_run: bool,
+    concurrency: int | None,
+    ignore_gone: bool,
+    as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Upload again what is about to expire, so no caller waits for an upload.
 
     Only entries whose bytes are still at a known path, with the same hash, can
     be renewed; the others are reported with the reason. Entries Runware has
     already deleted are left to be uploaded when next asked for. Safe to run
-    from cron (exit 1 when something could not be refreshed).
+    from cron: content that is gone is reported once (later runs count it as
+    known, and say so only with -v); the exit code is 1 only when something
+    needs you: a renewal failed, or content went missing since the last run.
     """
     cache = settings.cache()
     with progress("refreshing") as advance:
         report = cache.refresh(within, dry_run=dry_run, concurrency=concurrency, progress=advance)
+    known = _GoneLog(settings)
+    gone = [i for i in report.items if i.status == "content-gone"]
+    new_gone = [i for i in gone if not known.seen(i.content_hash, i.old_uuid)]
+    failed = [i for i in report.failed if i.status != "content-gone"]
+    if not dry_run:
+        known.save(gone)
     if as_json:
-        echo_json(report.as_dict())
+        data = report.as_dict()
+        for item, entry in zip(report.items, data["items"], strict=True):
+            if item.status == "content-gone":
+                entry["reported_before"] = item not in new_gone
+        echo_json(data)
     else:
         for item in report.items:
-            if item.status in ("renewed", "would-renew"):
+            if as_nl:
+                row = item.as_dict()
+                if item.status == "content-gone":
+                    row["reported_before"] = item not in new_gone
+                echo_nl(row)
+            elif item.status in ("renewed", "would-renew"):
                 after = item.uuid or item.old_uuid
                 click.echo(
                     f"{item.status}\t{item.content_hash[:12]}\t{after}\t"
                     f"{show_path(item.path) if item.path else '-'}"
+                )
+            elif item.status == "content-gone" and item not in new_gone:
+                logging.getLogger("assetcache").info(
+                    "refresh: %s still gone (reported before): %s",
+                    item.content_hash[:12],
+                    item.reason,
                 )
             else:
                 click.echo(
@@ -973,12 +1008,47 @@ def refresh(
             if dry_run
             else f"{summary['renewed']} renewed"
         )
+        before = len(gone) - len(new_gone)
         note(
             f"{len(report.items)} entries expiring within {format_duration(within)}: {done}, "
-            f"{len(report.failed)} could not be refreshed"
+            f"{len(failed)} failed, {len(new_gone)} content gone"
+            + (f" (+{before} reported before)" if before else "")
         )
-    if report.failed:
+    if failed or (new_gone and not ignore_gone):
         sys.exit(EXIT_FAILED)
+
+
+class _GoneLog:
+    """Which entries ``refresh`` already reported as content-gone: a small JSON
+    file beside the database (per host for a fleet), so cron reports each once."""
+
+    def __init__(self, settings: Settings) -> None:
+        target = settings.db_target()
+        if isinstance(target, str):
+            from ._config import default_db_path
+
+            self.path = default_db_path().parent / "refresh-gone.json"
+        else:
+            self.path = Path(str(target) + ".refresh-gone.json")
+        try:
+            self.known = set(json.loads(self.path.read_text()).get("gone", []))
+        except (OSError, ValueError, AttributeError):
+            self.known = set()
+
+    def seen(self, content_hash: str, uuid: str) -> bool:
+        return f"{content_hash}:{uuid}" in self.known
+
+    def save(self, gone: Sequence[Any]) -> None:
+        now = {f"{i.content_hash}:{i.old_uuid}" for i in gone}
+        if now == self.known:
+            return
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"gone": sorted(now)}))
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 @cli.command()

@@ -60,6 +60,8 @@ RemoteDelete = Callable[[Sequence[Entry]], "list[str | AssetCacheError]"]
 EXPORT_VERSION = 1
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 HASH_RE = re.compile(r"^[0-9a-f]{32}$")
+#: A hash prefix ``forget`` takes (``ls`` and ``refresh`` print 12 digits).
+PREFIX_RE = re.compile(r"^[0-9a-f]{8,31}$")
 _FORMATS = frozenset((*ACCEPTED, "url"))
 
 
@@ -437,14 +439,36 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
         return "uuid", set(), [], [item.lower()], None
     if HASH_RE.match(item.lower()):
         return "hash", {item.lower()}, [], [], None
+    if PREFIX_RE.match(item.lower()):
+        prefix = item.lower()
+        hashes = sorted(
+            {
+                a.content_hash
+                for a in engine.registry.select_assets(order="key")
+                if a.content_hash.startswith(prefix)
+            }
+        )
+        if len(hashes) == 1:
+            return "hash", set(hashes), [], [], None
+        if not hashes:
+            return "hash", set(), [], [], f"{item}: no entry's content hash starts with it"
+        shown = ", ".join(h[:16] for h in hashes[:3])
+        return (
+            "hash",
+            set(),
+            [],
+            [],
+            f"{item}: ambiguous, {len(hashes)} entries' hashes start with it ({shown}"
+            f"{', ...' if len(hashes) > 3 else ''}); give more digits",
+        )
     return (
         "path",
         set(),
         [],
         [],
         (
-            f"{item}: not an existing or tracked path, a content hash (32 hex digits) "
-            "or an imageUUID"
+            f"{item}: not an existing or tracked path, a content hash (8 to 32 hex "
+            "digits, unambiguous) or an imageUUID"
         ),
     )
 
