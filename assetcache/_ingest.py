@@ -17,6 +17,7 @@ swapped in after the stat, or a permission error mean the same everywhere::
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat as stat_mod
 import threading
@@ -38,6 +39,8 @@ from ._pausepoints import pause_point
 from ._protocol import Payload
 from ._sources import Source, SourceLike
 from ._storage._base import FileRow, Key
+
+log = logging.getLogger("assetcache")
 
 #: Inputs up to this size are kept in memory after hashing (one read, no
 #: TOCTOU window); larger files are streamed again at upload time and verified.
@@ -275,6 +278,22 @@ class Ingest:
             return Prepared(
                 label, (self.namespace, known.content_hash, variant), fp.size, known.format, make
             )
+        if log.isEnabledFor(logging.INFO):
+            if known is None:
+                why = "not in the file index"
+            elif (
+                known.dev,
+                known.ino,
+                known.size,
+                known.mtime_ns,
+                known.ctime_ns,
+            ) != fp.as_tuple():
+                why = "changed since it was hashed (stat data differs)"
+            elif _hashing.is_racy(fp, known.hashed_at_ns, self.racy_ns):
+                why = "racily clean (modified too close to its last hash to trust stat data)"
+            else:
+                why = "its pixel size is not recorded yet"
+            log.info("%s: hashing: %s", label, why)
         return self._read_path(path, label)
 
     def _read_path(self, path: str, label: str) -> Prepared:

@@ -23,6 +23,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from . import _policy
+from ._durations import format_duration
 from ._effects import Call, Concurrent, Map, Plan, Sleep, Wait
 from ._engine import Engine
 from ._errors import AssetCacheError, SourceError, StoreError
@@ -78,13 +79,56 @@ def plan_resolve_many(
             results[i] = hit
         else:
             todo.append(i)
+    verbose = log.isEnabledFor(logging.INFO)
+    if verbose:
+        for r in results:
+            if r is not None:
+                log.info("%s: hit, served from the file index (stat unchanged, not read)", r.source)
     if not todo:
         return results
     ready = yield from plan_prepare(engine, sources, todo, results)
     groups = yield from plan_settle(engine, ready, force, results)
     if groups is not None:
+        if verbose:
+            log_upload_reasons(engine, groups, force)
         yield from plan_claim_loop(engine, groups, force, started, limit, results)
+    if verbose:
+        for i in todo:
+            r = results[i]
+            if r is None:
+                continue
+            if r.outcome == "failed":
+                log.info("%s: skipped: %s", r.source, getattr(r.error, "reason", None) or r.error)
+            elif r.outcome == "hit":
+                log.info("%s: hit by content (hashed; the same bytes are cached)", r.source)
+            else:
+                log.info("%s: %s (%s)", r.source, r.outcome, r.uuid)
     return results
+
+
+def log_upload_reasons(engine: Engine, groups: Groups, force: Collection[Key]) -> None:
+    """Say (at -v) why each content needs an upload: new, expired, renewal."""
+    now = engine.clock()
+    for key, members in groups.items():
+        label = members[0][1].label
+        if key in force:
+            log.info("%s: uploading again ahead of expiry (refresh)", label)
+            continue
+        try:
+            row = engine.registry.get_asset(key)
+        except AssetCacheError:
+            row = None
+        if row is None:
+            log.info("%s: uploading: new content (%s), never uploaded", label, key[1][:12])
+        else:
+            ago = format_duration(now - row.last_used_at)
+            log.info(
+                "%s: re-uploading: the old upload %s is expired or was rejected "
+                "(last use recorded %s ago)",
+                label,
+                row.image_uuid,
+                ago,
+            )
 
 
 def plan_prepare(engine: Engine, sources: Sequence[Any], todo: list[int], results: Results) -> Plan:
