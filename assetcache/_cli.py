@@ -875,11 +875,34 @@ def ls_command(
 @cli.command()
 @all_accounts_option
 @json_option
+@click.option(
+    "--prometheus",
+    "prometheus_file",
+    metavar="FILE",
+    help="Also write the metrics to FILE in the node-exporter textfile format "
+    "(atomically; needs the metrics extra).",
+)
 @click.pass_obj
 @handle_errors
-def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
-    """Entries, bytes, hits, misses, uploads, re-uploads and bytes the cache saved."""
+def stats(
+    settings: Settings, all_accounts: bool, as_json: bool, prometheus_file: str | None
+) -> None:
+    """Entries, bytes, hits, misses, uploads, re-uploads and bytes the cache saved.
+
+    Bytes sent are request bytes (base64 included); stored and saved bytes are
+    file bytes.
+    """
     cache = settings.cache(need_key=False)
+    if prometheus_file:
+        from ._metrics import MetricsUnavailable
+
+        try:
+            cache.write_metrics(prometheus_file)
+        except MetricsUnavailable as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"cannot write {prometheus_file}: {exc.strerror}") from None
+        note(f"metrics written to {prometheus_file}")
     s = cache.stats(all_accounts=scope(settings, all_accounts))
     if as_json:
         echo_json(s.as_dict())
@@ -887,7 +910,7 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
     lookups = s.hits + s.misses
     rate = f" ({100 * s.hits / lookups:.0f}% of lookups)" if lookups else ""
     lines = [
-        ("entries", f"{s.entries} ({human_bytes(s.bytes)})"),
+        ("entries", f"{s.entries} ({human_bytes(s.bytes)} of files)"),
         ("files tracked", str(s.files)),
         ("hits", f"{s.hits}{rate}"),
         ("misses", str(s.misses)),
@@ -895,8 +918,8 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
         ("re-uploads", str(s.reuploads)),
         ("failures", str(s.failures)),
         ("retries", str(s.retries)),
-        ("bytes sent", human_bytes(s.bytes_sent)),
-        ("bytes saved", f"{human_bytes(s.bytes_saved)} (not sent again thanks to the cache)"),
+        ("bytes sent", f"{human_bytes(s.bytes_sent)} (request bytes, base64)"),
+        ("bytes saved", f"{human_bytes(s.bytes_saved)} (file bytes not sent again)"),
         ("database", f"{s.db_path} ({human_bytes(s.db_bytes)})"),
         ("local copies", copies_text(s.copies)),
     ]

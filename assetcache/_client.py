@@ -11,6 +11,7 @@ with :func:`run_sync`, the asyncio twin with :func:`run_async`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -84,6 +85,47 @@ class BaseCache:
     def config(self) -> Config:
         """The settings in force (frozen)."""
         return self._engine.config
+
+    # -- metrics (the ``metrics`` extra) ---------------------------------------------------
+    def register_metrics(self, registry: Any = None, *, prefix: str = "assetcache") -> Any:
+        """Expose this cache's Prometheus metrics in ``registry`` (default: the global
+        ``prometheus_client.REGISTRY``); returns the collector.
+
+        Counters are this process's since it started (hits, misses, uploads,
+        re-uploads, heals, bytes sent and saved, failures, retries, store errors,
+        lease waits, takeovers); gauges (entries, stored bytes, files, database
+        size) are read at each scrape. Needs ``pip install 'assetcache[metrics]'``.
+        """
+        from ._metrics import register_metrics
+
+        return register_metrics(lambda: self._metrics(lifetime=False), registry, prefix=prefix)
+
+    def write_metrics(self, path: str | os.PathLike[str], *, prefix: str = "assetcache") -> None:
+        """Write the node-exporter textfile format to ``path``, atomically, with the
+        totals the database keeps (every process's, for cron jobs)."""
+        from ._metrics import write_textfile
+
+        write_textfile(path, self._metrics(lifetime=True), prefix=prefix)
+
+    def _metrics(self, *, lifetime: bool) -> Any:
+        from ._metrics import Sample
+        from ._storage._repair import db_size
+
+        engine = self._engine
+        if lifetime:
+            counts = dict(engine.registry.counters(engine.namespace))
+            for name, value in engine.pending_counts().items():
+                counts[name] = counts.get(name, 0) + value
+        else:
+            counts = engine.process_counts()
+        n, total = engine.registry.asset_totals(namespace=engine.namespace)
+        gauges = {
+            "entries": float(n),
+            "stored_bytes": float(total),
+            "files": float(engine.store.count_files()),
+            "db_bytes": float(db_size(engine.store.path)),
+        }
+        return Sample(counts, gauges)
 
     @property
     def namespace(self) -> str:

@@ -77,6 +77,8 @@ class Engine:
         self.task_type = config.task_type
         self.hash_workers = min(4, os.cpu_count() or 1)
         self._counts: collections.Counter[str] = collections.Counter()
+        #: What this process counted and already saved (lifetime totals = this + pending).
+        self._flushed: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
         # The registry is the store itself, or (fleet) the shared registry.
         self.store: SQLiteStore
@@ -125,6 +127,12 @@ class Engine:
         with self._count_lock:
             self._counts.update(counts)
 
+    def process_counts(self) -> dict[str, int]:
+        """Everything this process counted since it started (saved or not)."""
+        with self._count_lock:
+            total = self._flushed + self._counts
+        return dict(total)
+
     def pending_counts(self) -> dict[str, int]:
         """This process's counters not yet saved."""
         with self._count_lock:
@@ -133,6 +141,7 @@ class Engine:
     def flush_counters(self) -> None:
         with self._count_lock:
             counts, self._counts = dict(self._counts), collections.Counter()
+            self._flushed.update(counts)
         if counts:
             try:
                 self.registry.add_counters(self.namespace, counts)
@@ -333,7 +342,11 @@ class Engine:
             out.update((k, v) for k, v in seen.items() if v != "free")
             free = [k for k in group if seen[k] == "free"]
             if free:
+                before = getattr(self.registry, "takeovers", 0)
                 out.update(self.registry.claim(free, self.owner, now, self.lease_ttl, threshold))
+                taken = getattr(self.registry, "takeovers", 0) - before
+                if taken > 0:
+                    self.count(takeovers=taken)
         return out
 
     def record(

@@ -178,6 +178,7 @@ def plan_use(
         if attempt == retries:
             break
         log.info("%s: Runware no longer knows %s; uploading it again", label, uuid)
+        engine.count(heals=1)
         uuid = yield from plan_uuid(engine, target, str(label))
     raise _exhausted(engine, str(label), rejected, retries, last)
 

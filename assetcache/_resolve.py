@@ -178,6 +178,7 @@ def plan_claim_loop(
     """Until every key is answered: lead or follow in this process, claim the
     lease, upload what we claimed, wait for what others hold."""
     late_files: list[FileRow] = []  # stat rows of items answered by someone else's upload
+    waited: set[Key] = set()  # keys this call waited on another process for (metrics)
     poll = 0.02
     while groups:
         lead, follow = engine.join_flights(list(groups))
@@ -215,6 +216,10 @@ def plan_claim_loop(
             hit_group(engine, results, groups.pop(key), row, late_files)
 
         if held:
+            fresh_waits = [k for k in held if k not in waited]
+            if fresh_waits:
+                waited.update(fresh_waits)
+                engine.count(lease_waits=len(fresh_waits))
             # Another process holds the lease: keep our in-process flight (so
             # our own threads keep waiting on us) and poll for its result.
             for key in held:
@@ -367,3 +372,5 @@ def fail_group(
     for i, p in members:
         results[i] = failed(p.label, err)
         engine.count(failures=1)
+    if isinstance(err, StoreError):
+        engine.count(store_errors=1)

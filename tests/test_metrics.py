@@ -79,3 +79,44 @@ def test_textfile_is_written_atomically(tmp_path, monkeypatch):
         write_textfile(target, Sample({"hits": 6}, {}))
     monkeypatch.setattr(os, "replace", real)
     assert "assetcache_hits_total 5.0" in target.read_text()
+
+
+def test_a_cache_registers_its_metrics_in_the_callers_registry(make_cache, tmp_path):
+    from helpers import write_images
+
+    cache = make_cache()
+    registry = prometheus_client.CollectorRegistry()
+    cache.register_metrics(registry)
+    a, b = write_images(tmp_path, 1, 2)
+    cache.resolve_many([a, b])
+    cache.resolve(a)
+    value = registry.get_sample_value
+    assert value("assetcache_uploads_total") == 2
+    assert value("assetcache_hits_total") == 1
+    assert value("assetcache_misses_total") == 2
+    assert value("assetcache_bytes_sent_total") > value("assetcache_stored_bytes") > 0
+    assert value("assetcache_entries") == 2
+    cache.resolve(b)
+    assert value("assetcache_hits_total") == 2  # lifetime: saved counts are not lost
+
+
+def test_stats_prometheus_writes_the_textfile(tmp_path):
+    from cli_support import EmulatorCLI
+    from helpers import write_images
+
+    ecli = EmulatorCLI(tmp_path)
+    (a,) = write_images(tmp_path, 1)
+    ecli("upload", a)
+    ecli("upload", a)
+    out = tmp_path / "textfile" / "assetcache.prom"
+    out.parent.mkdir()
+    result = ecli("stats", "--prometheus", out)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "# TYPE assetcache_uploads_total counter" in text
+    assert "assetcache_uploads_total 1.0" in text
+    assert "assetcache_hits_total 1.0" in text
+    assert "assetcache_entries 1.0" in text
+    assert [p.name for p in out.parent.iterdir()] == ["assetcache.prom"]  # no temporary left
+    bad = ecli("stats", "--prometheus", tmp_path / "no" / "such" / "x.prom")
+    assert bad.exit_code == 2 and "cannot write" in bad.stderr

@@ -107,6 +107,8 @@ class PostgresRegistry:
             ) from None
         self.url = url
         self.path = redact_url(url)
+        #: Upload leases taken over from a dead or expired owner (for metrics).
+        self.takeovers = 0
         self._pool = ConnectionPool(
             url,
             min_size=min_size,
@@ -276,6 +278,9 @@ class PostgresRegistry:
                 if _policy.lease_held(leases.get(key), owner, now, owner_alive):
                     out[key] = "held"
                     continue
+                lease = leases.get(key)
+                if lease is not None and lease[0] != owner:
+                    self.takeovers += 1  # a dead or expired owner's lease (metrics)
                 claimed.append((*key, owner, now + ttl))
                 out[key] = "claimed"
             if claimed:

@@ -201,6 +201,8 @@ class SQLiteStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self._local = threading.local()
+        #: Upload leases taken over from a dead or expired owner (for metrics).
+        self.takeovers = 0
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -618,6 +620,8 @@ class SQLiteStore:
                 if _policy.lease_held(lease, owner, now, owner_alive):
                     out[key] = "held"
                     continue
+                if lease is not None and lease[0] != owner:
+                    self.takeovers += 1  # a dead or expired owner's lease (metrics)
                 conn.execute(
                     "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
                     (*key, owner, now + ttl),
