@@ -496,21 +496,27 @@ def cli(
             settings.flags[name] = flag
     ctx.obj = settings
     ctx.call_on_close(settings.close)
-    if verbose:
-        ctx.call_on_close(log_to_stderr(verbose))
+    # Warnings always reach stderr (e.g. a big image sent unresized); -v adds each
+    # decision, -vv the HTTP and SQL detail.
+    ctx.call_on_close(log_to_stderr(verbose))
 
 
 def log_to_stderr(verbose: int) -> Callable[[], None]:
     """Send assetcache's log records (with -vv also httpx's) to stderr; returns the undo."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
     # Our loggers only, not the root: an embedding program's logging stays its own.
     names = ["assetcache", "httpx", "httpx2"] if verbose > 1 else ["assetcache"]
     loggers = [logging.getLogger(name) for name in names]
     saved = [(lg, lg.level) for lg in loggers]
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    handler.setLevel(level)
     for lg in loggers:
         lg.addHandler(handler)
-        lg.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        lg.setLevel(level)
 
     def undo() -> None:
         for lg, level in saved:

@@ -104,6 +104,13 @@ class Engine:
         self.ingest = Ingest(
             self.namespace, self.transform, self.max_bytes, self.racy_ns, self._get_file
         )
+        # Resizing wanted ("auto") but impossible: say so when a big image goes whole.
+        self.ingest.warn_unresized = (
+            self.transform is None
+            and str(config.resize).lower() == "auto"
+            and not _transform.pillow_installed()
+        )
+        self.ingest.max_side = config.max_side
         self.owner = owner_id()
         self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
         self._flight_lock = threading.Lock()

@@ -3,7 +3,8 @@
 Both use gitignore syntax (through ``pathspec``): ``*.tmp``, ``drafts/``,
 ``/top-level-only.png``, ``**/cache/**``, ``!keep-this.png``. Patterns are
 matched against a file's path relative to the folder given on the command line
-(a pattern without ``/`` matches a name at any depth).
+(a pattern without ``/`` matches a name at any depth). The ignore files
+themselves are always left out.
 
 An ignore file ``.assetcacheignore`` is read in each folder given and in every
 folder above it (the nearest last, so it can re-include with ``!``); its
@@ -52,6 +53,10 @@ class Ignore:
     def __bool__(self) -> bool:
         return bool(self.layers)
 
+    def applies(self) -> bool:
+        """Whether any rule can leave something out."""
+        return bool(self.layers)
+
     def _rel(self, base: Path, path: Path, is_dir: bool) -> str | None:
         try:
             rel = path.relative_to(base).as_posix()
@@ -64,6 +69,8 @@ class Ignore:
     def ignored(self, path: str | os.PathLike[str], *, is_dir: bool = False) -> bool:
         """Whether ``path`` (inside the root) is left out; the last matching layer decides."""
         p = Path(os.path.abspath(path))
+        if p.name == IGNORE_FILE:
+            return True  # the rules themselves are never an input
         verdict = False
         for layer in self.layers:
             rel = self._rel(layer.base, p, is_dir)

@@ -143,6 +143,9 @@ class Ingest:
         self.max_bytes = max_bytes
         self.racy_ns = racy_ns
         self.get_file = get_file
+        #: Warn (once) when an image above ``max_side`` goes unresized (no Pillow).
+        self.warn_unresized = False
+        self.max_side = _transform.MAX_SIDE
         # At most this many images decoded at once, whatever the upload
         # concurrency: decoding is CPU- and memory-bound.
         self.fit_gate = threading.BoundedSemaphore(min(4, os.cpu_count() or 1))
@@ -327,6 +330,12 @@ class Ingest:
         """The key's variant and the payload maker: the original as it is, or the
         transform's output, made on first call (only an upload calls it)."""
         transform = self.transform
+        if (
+            transform is None
+            and self.warn_unresized
+            and max(width or 0, height or 0) > self.max_side
+        ):
+            _warn_unresized(payload.label, width or 0, height or 0, self.max_side)
         variant = transform.variant_for(fmt, width, height) if transform else ""
         if not variant or transform is None:
             return "", lambda: payload
@@ -341,6 +350,25 @@ class Ingest:
 
         make.original = payload  # type: ignore[attr-defined]  # what local copies keep
         return variant, make
+
+
+_unresized_warned = threading.Event()
+
+
+def _warn_unresized(label: str, width: int, height: int, max_side: int) -> None:
+    """Once per process: a big image goes whole because Pillow is missing."""
+    if _unresized_warned.is_set():
+        return
+    _unresized_warned.set()
+    log.warning(
+        "%s is %dx%d px, above the server's %d px limit, and goes unresized because "
+        "Pillow is not installed (install it: %s); further such images are not listed",
+        label,
+        width,
+        height,
+        max_side,
+        _transform.INSTALL_HINT,
+    )
 
 
 def check_size(label: str, size: int, limit: int | None) -> None:
