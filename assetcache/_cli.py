@@ -817,6 +817,7 @@ LS_FIELDS = (
 )
 @all_accounts_option
 @json_option
+@nl_option
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV (paths joined by ';').")
 @click.pass_obj
 @handle_errors
@@ -826,18 +827,22 @@ def ls_command(
     expired: bool,
     all_accounts: bool,
     as_json: bool,
+    as_nl: bool,
     as_csv: bool,
 ) -> None:
     """List cache entries: hash, imageUUID, size, format, last use, expiry, known paths.
 
     Soonest to expire first. With both --expiring-within and --expired: either.
     """
-    if as_json and as_csv:
-        raise UsageError("choose one of --json and --csv")
+    if as_json + as_csv + as_nl > 1:
+        raise UsageError("choose one of --json, --nl and --csv")
     cache = settings.cache(need_key=False)
-    entries = list(
-        cache.entries(expiring_within, expired, all_accounts=scope(settings, all_accounts))
-    )
+    found = cache.entries(expiring_within, expired, all_accounts=scope(settings, all_accounts))
+    if as_nl:
+        for e in found:
+            echo_nl(e.as_dict())
+        return
+    entries = list(found)
     if as_json:
         echo_json([e.as_dict() for e in entries])
         return
@@ -1091,16 +1096,30 @@ class _GoneLog:
 @click.option("--dry-run", is_flag=True, help="Show what would be dropped; change nothing.")
 @all_accounts_option
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def prune(
-    settings: Settings, older_than: float | None, dry_run: bool, all_accounts: bool, as_json: bool
+    settings: Settings,
+    older_than: float | None,
+    dry_run: bool,
+    all_accounts: bool,
+    as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Drop expired entries and the stat rows of files that no longer exist."""
     cache = settings.cache(need_key=False)
     report = cache.prune(older_than, dry_run, all_accounts=scope(settings, all_accounts))
     if as_json:
         echo_json(report.as_dict())
+        return
+    if as_nl:
+        data = report.as_dict()
+        for key, value in data.items():
+            if isinstance(value, list):
+                for row in value:
+                    echo_nl({"kind": key, **row} if isinstance(row, dict) else {key: row})
+        echo_nl({k: v for k, v in data.items() if not isinstance(v, list)})
         return
     verb = "would drop" if dry_run else "dropped"
     for e in report.entries:
@@ -1111,7 +1130,7 @@ def prune(
         click.echo(f"{verb}\tfile\t{show_path(path)}")
     note(
         f"{verb} {len(report.entries)} entries "
-        f"({human_bytes(sum(e.size for e in report.entries))}), {len(report.files)} file "
+        f"({human_bytes(sum(e.size for e in report.entries))} of files), {len(report.files)} file "
         f"row(s) of missing files, {report.leases} expired lease(s)"
     )
 
@@ -1124,23 +1143,56 @@ def iso_short(ts: float) -> str:
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path())
+@exclude_option
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
-def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
+def verify(
+    settings: Settings,
+    paths: tuple[str, ...],
+    excludes: tuple[str, ...],
+    as_json: bool,
+    as_nl: bool,
+) -> None:
     """Re-hash tracked files (default: all) and fix the stat cache as it goes.
 
     Reports files whose content changed and files that are gone; prints nothing
     for files that are fine. Exit 1 when a file could not be read.
     """
+    from ._ignore import excluded_file, rules_for
+
+    try:
+        rules = {os.path.abspath(p): rules_for(p, excludes) for p in paths if os.path.isdir(p)}
+    except Exception as exc:
+        raise UsageError(str(exc)) from None
     cache = settings.cache(need_key=False)
     with progress("verifying") as advance:
         items = cache.verify(list(paths) if paths else None, progress=advance)
+    for p in paths:  # a typo (neither on disk nor tracked) is an error, not "untracked"
+        if not os.path.lexists(p):
+            top = os.path.abspath(p)
+            mine = [i for i in items if i.path == top or i.path.startswith(os.path.join(top, ""))]
+            if all(i.state == "untracked" for i in mine):
+                raise UsageError(f"no such file or folder: {p} (and the cache tracks none there)")
+    if excludes or any(rules.values()):
+
+        def kept(path: str) -> bool:
+            for top, rule in rules.items():
+                if path.startswith(os.path.join(top, "")):
+                    return not rule.ignored(path)
+            return not excluded_file(path, excludes)
+
+        items = [i for i in items if kept(i.path)]
     counts = dict.fromkeys(("ok", "changed", "missing", "unreadable", "untracked"), 0)
     for item in items:
         counts[item.state] += 1
     if as_json:
         echo_json({"files": [i.as_dict() for i in items], "summary": counts})
+    elif as_nl:
+        for item in items:
+            echo_nl(item.as_dict())
+        echo_nl({"summary": counts})
     else:
         for item in items:
             if item.state != "ok":
@@ -1161,24 +1213,35 @@ def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
 )
 @all_accounts_option
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def forget(
-    settings: Settings, items: tuple[str, ...], remote: bool, all_accounts: bool, as_json: bool
+    settings: Settings,
+    items: tuple[str, ...],
+    remote: bool,
+    all_accounts: bool,
+    as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Remove entries, named by path (a folder: its tracked files), content hash or imageUUID.
 
-    The next use of that content uploads it again. Exit 1 if an item matched nothing
-    (or, with --remote, could not be deleted on the server).
+    The next use of that content uploads it again. A hash may be given by any
+    unambiguous prefix of 8 hex digits or more (as ls and refresh print it).
+    Exit 1 if an item matched nothing (or, with --remote, could not be deleted
+    on the server).
     """
     cache = settings.cache(need_key=remote)
     results = cache.forget(items, remote=remote, all_accounts=scope(settings, all_accounts))
     if as_json:
         echo_json([r.as_dict() for r in results])
+    elif as_nl:
+        for r in results:
+            echo_nl(r.as_dict())
     else:
         for r in results:
             if r.error is not None:
-                note(f"assetcache: {r.error}")
+                click.echo(f"assetcache: {r.error}", err=True)  # an error: even with -q
                 if not r.entries:
                     continue
             uuids = ", ".join(e.uuid for e in r.entries) or "no entry"

@@ -157,8 +157,8 @@ def test_verify_reports_and_fixes(ecli: EmulatorCLI, tmp_path: Path) -> None:
     # Fixed as it went: a second pass finds everything fine.
     again = ecli("verify")
     assert again.stdout == "" and "2 file(s): 2 ok" in again.stderr
-    text = ecli("verify", tmp_path / "img" / "nope.png")
-    assert text.stdout.startswith("untracked")
+    text = ecli("verify", tmp_path / "img" / "nope.png")  # a typo: neither there nor tracked
+    assert text.exit_code == 2 and "no such file or folder" in text.stderr
 
 
 def test_verify_unreadable_file_exit_1(
