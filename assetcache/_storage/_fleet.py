@@ -7,7 +7,7 @@ in its local SQLite file, so a warm hit never leaves the machine.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .._errors import StoreError
 from ._base import AssetRow, FileRow, Key, Order, UploadRecord
@@ -127,6 +127,18 @@ class FleetRegistry:
         order: Order = "last_use",
     ) -> list[AssetRow]:
         return self.shared.select_assets(
+            namespace=namespace, used_after=used_after, used_before=used_before, order=order
+        )
+
+    def iter_assets(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
+    ) -> Iterator[AssetRow]:
+        return self.shared.iter_assets(
             namespace=namespace, used_after=used_after, used_before=used_before, order=order
         )
 
