@@ -20,7 +20,8 @@ are not shown; ``@K action`` runs just before the block's K-th command:
 ``session NAME``            a new, empty session folder (shown as ``/tmp/NAME``)
 ``images DIR PATTERN N [S]`` N PNGs ``DIR/PATTERN.format(i)``, i = 1..N (seeds S+i)
 ``image PATH SEED``         one PNG (an edit, when PATH exists)
-``copy SRC DST``, ``rm PATH``, ``write PATH TEXT...``, ``garbage PATH``
+``copy SRC DST``, ``rm PATH``, ``write PATH TEXT...`` (``\\n``: newline), ``garbage PATH``
+``env NAME=VALUE``, ``unset NAME``  the environment of later commands
 ``advance DURATION``        move the emulator's clock (``27.5d``, ``12h``)
 ``sh COMMAND...``           run a command, output not shown
 
@@ -153,6 +154,7 @@ class Session:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.bin = base / ".bin"
         self.bin.mkdir(exist_ok=True)
+        self.extra_env: dict[str, str | None] = {}
         wrapper = self.bin / "assetcache"
         python = shlex.quote(sys.executable)
         wrapper.write_text(f'#!/bin/sh\nexec {python} -m assetcache --emulator "$@"\n')
@@ -174,9 +176,19 @@ class Session:
             TZ="UTC",
             PYTHONPATH=str(ROOT),
         )
+        for name, value in self.extra_env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         return env
 
     def act(self, action: str) -> None:
+        if action.startswith("write "):  # the text as it is (no shell-like unquoting)
+            _, name, text = action.split(" ", 2)
+            (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.folder / name).write_text(text.replace("\\n", "\n") + "\n")
+            return
         words = shlex.split(action)
         verb, args = words[0], words[1:]
         here = self.folder
@@ -200,7 +212,12 @@ class Session:
             (here / args[0]).unlink()
         elif verb == "write":
             (here / args[0]).parent.mkdir(parents=True, exist_ok=True)
-            (here / args[0]).write_text(" ".join(args[1:]) + "\n")
+            (here / args[0]).write_text(" ".join(args[1:]).replace("\\n", "\n") + "\n")
+        elif verb == "env":
+            name, _, value = args[0].partition("=")
+            self.extra_env[name] = value
+        elif verb == "unset":
+            self.extra_env[args[0]] = None
         elif verb == "garbage":
             (here / args[0]).write_bytes(random.Random(1).randbytes(4096))
         elif verb == "advance":
