@@ -33,7 +33,7 @@ SMALL = """\
 $ assetcache upload photos
 {first}
 photos/cat-2.png	11111111-2222-4333-8444-555555555555	uploaded
-2 file(s): 2 uploaded, 0 re-uploaded, 0 from cache, 0 failed; 9.9 KiB sent, 0 B saved
+2 file(s): 2 uploaded, 0 re-uploaded, 0 from cache, 0 failed; 9.9 KiB sent (request bytes, base64), 0 B saved (file bytes)
 $ assetcache forget no-such-thing
 ...
 [exit 1]
