@@ -880,7 +880,7 @@ def ls_command(
         print_table(
             ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "EXPIRES", "STATE", "PATHS"], rows
         )
-    note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))}")
+    note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))} of files")
 
 
 @cli.command()
