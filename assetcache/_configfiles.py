@@ -21,6 +21,7 @@ owner can read it (mode ``0600`` or stricter), as ssh does with its keys.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterable, Mapping
@@ -65,6 +66,9 @@ def user_config_path(env: Mapping[str, str] | None = None) -> Path | None:
     named = env.get("ASSETCACHE_CONFIG")
     if named is not None:
         return Path(named).expanduser() if named else None
+    if sys.platform.startswith("linux"):  # platformdirs' rule, without its import cost
+        base = env.get("XDG_CONFIG_HOME", "").strip() or os.path.expanduser("~/.config")
+        return Path(base) / "assetcache" / "config.toml"
     import platformdirs
 
     return Path(platformdirs.user_config_dir("assetcache", appauthor=False)) / "config.toml"
@@ -81,6 +85,20 @@ def find_project_file(start: str | os.PathLike[str] | None = None) -> Path | Non
         if candidate.is_file():
             return candidate
     return None
+
+
+#: Parsed files by (path, mtime_ns, size): the CLI and the library resolve once each.
+_parsed: dict[tuple[str, int, int], dict[str, Any]] = {}
+#: A pyproject.toml that may configure us (most do not: their parse is skipped).
+_OURS = re.compile(r"tool\s*\.\s*[\"']?assetcache|^\s*[\"']?assetcache[\"']?\s*=", re.M)
+
+
+def _toml_cached(text: str, path: Path, st: os.stat_result) -> dict[str, Any]:
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    found = _parsed.get(key)
+    if found is None:
+        found = _parsed[key] = _toml_loads(text, path)
+    return found
 
 
 def _toml_loads(text: str, path: Path) -> dict[str, Any]:
@@ -135,7 +153,7 @@ def read_user(path: Path | None, path_keys: Iterable[str] = ()) -> ConfigFile | 
     if got is None:
         return None
     text, st = got
-    values = _normalise(_toml_loads(text, path), path, f"config file {path}", path_keys)
+    values = _normalise(_toml_cached(text, path, st), path, f"config file {path}", path_keys)
     for key in SECRET_KEYS & values.keys():
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigurationError(
@@ -156,10 +174,10 @@ def read_project(path: Path | None, path_keys: Iterable[str] = ()) -> ConfigFile
     got = _read(path)
     if got is None:
         return None
-    text, _ = got
-    if "assetcache" not in text:  # cheap: most projects do not configure us
+    text, st = got
+    if not _OURS.search(text):  # cheap: most projects do not configure us
         return None
-    tool = _toml_loads(text, path).get("tool", {})
+    tool = _toml_cached(text, path, st).get("tool", {})
     table = tool.get("assetcache") if isinstance(tool, dict) else None
     if table is None:
         return None
