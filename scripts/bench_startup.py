@@ -6,7 +6,7 @@ Times whole processes, alternating the three commands round by round
 (``status`` runs on an empty folder with a cache database that already
 exists, as on every run but the first). Each command must also load no HTTP
 stack: it is run once with ``PYTHONPROFILEIMPORTTIME=1`` and its import list
-checked for httpx, httpcore, h11, anyio and ssl. Target: each command at
+checked for httpx(2), httpcore(2), h11, anyio and ssl. Target: each command at
 most 8x the bare interpreter's wall time, and no HTTP import. Exit 1 when
 missed.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from _benchlib import KEY, Report, median
 
 TARGET = 8.0
-HTTP_STACK = ("httpx", "httpcore", "h11", "anyio", "ssl")
+HTTP_STACK = ("httpx", "httpx2", "httpcore", "httpcore2", "h11", "anyio", "ssl")
 
 
 def assetcache_command() -> list[str]:
