@@ -1935,6 +1935,10 @@ def config_command(settings: Settings, as_json: bool) -> None:
     for s in SETTINGS:
         v = r.values[s.name]
         shown = r.display(s.name)
+        if s.kind == "secret" and v.value:
+            from ._config import account_fingerprint
+
+            shown = f"set (account {account_fingerprint(v.value)})"
         value: Any = v.value
         if s.name == "db" and v.value is None:
             shown = value = str(settings.db_path())

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 from . import _lifecycle, _maintenance, _status, _taskpath
 from ._config import Config, resolve
-from ._effects import Driver, Plan, run_async, run_sync
+from ._effects import Driver, Plan, plan_call, run_async, run_sync
 from ._engine import Engine
 from ._errors import ConfigurationError
 from ._models import (
@@ -138,10 +138,6 @@ class BaseCache:
         return self._engine.store.path
 
     @property
-    def store(self) -> SQLiteStore:
-        return self._engine.store
-
-    @property
     def account(self) -> str | None:
         """The API key's one-way fingerprint (``None`` without a key)."""
         return self._engine.account
@@ -150,18 +146,6 @@ class BaseCache:
         """The cache's clock, in epoch seconds (what expiry is measured against): the
         server's time when this run has learnt it and this machine's is off."""
         return self._engine.judge_now()
-
-    def settings(self) -> dict[str, Any]:
-        """The settings in force (never the API key)."""
-        return _maintenance.settings(self._engine)
-
-    def copies_usage(self) -> CopiesUsage:
-        """Where local copies go and what they hold (``enabled`` False when off).
-
-        >>> cache.copies_usage().bytes                              # doctest: +SKIP
-        """
-        engine = self._engine
-        return engine.copies.usage(enabled=engine.keep_copies)
 
     def __repr__(self) -> str:
         return (
@@ -437,14 +421,10 @@ class AssetCache(BaseCache):
 
         >>> cache.forget(["cat.png", "5d1f9c62-0b7e-4c55-9d1e-3f0a7c1b2e44"])  # doctest: +SKIP
         """
-        engine = self._engine
-
-        def delete(found: Any) -> Any:
-            return self._run(_maintenance.plan_forget_remote(engine, found))
-
-        return _maintenance.forget(
-            engine, items, delete_remote=delete if remote else None, all_accounts=all_accounts
+        plan = _maintenance.plan_forget(
+            self._engine, items, remote=remote, all_accounts=all_accounts
         )
+        return cast(list[ForgetItem], self._run(plan))
 
     def export_entries(self, *, all_accounts: bool = False) -> Iterator[str]:
         """JSON lines (no newline) of this account's entries, for :meth:`import_entries`."""
@@ -474,6 +454,17 @@ class AssetCache(BaseCache):
         )
         return report
 
+    def settings(self) -> dict[str, Any]:
+        """The settings in force (never the API key)."""
+        return _maintenance.settings(self._engine)
+
+    def copies_usage(self) -> CopiesUsage:
+        """Where local copies go and what they hold (``enabled`` False when off).
+
+        >>> cache.copies_usage().bytes                              # doctest: +SKIP
+        """
+        return _maintenance.copies_usage(self._engine)
+
     # -- closing -------------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
@@ -494,6 +485,11 @@ class AssetCache(BaseCache):
 class AsyncAssetCache(BaseCache):
     """The asyncio twin of :class:`AssetCache`, sharing its logic.
 
+    Every method that touches the disk, the database or the network is a
+    coroutine: its plan runs on :func:`run_async`, blocking steps on worker
+    threads, so the event loop never waits on them (the warm hit excepted: one
+    ``stat`` and one indexed lookup, cheaper than a thread hop).
+
     >>> async with AsyncAssetCache(db_path="cache.db") as cache:   # doctest: +SKIP
     ...     await cache.get_uuid("photo.png")
     """
@@ -510,19 +506,22 @@ class AsyncAssetCache(BaseCache):
     async def _run(self, plan: Plan) -> Any:
         return await run_async(plan, self._driver)
 
+    async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on a worker thread (a plan of one ``Call``)."""
+        return cast(T, await self._run(plan_call(fn, *args, **kwargs)))
+
     def _run_blocking(self, plan: Plan) -> Any:
-        """Drive ``plan`` to the end in this thread (``forget(remote=True)``)."""
+        """Drive ``plan`` to the end in this thread, on a short-lived blocking client
+        (the server-time question of ``touch`` and ``doctor``, asked from a worker
+        thread: the async client lives on its event loop)."""
         from ._httpx import for_transport
 
         httpx = for_transport(self._transport)
-
-        # The async twin's client lives on its event loop: a short-lived
-        # blocking one does this one job.
         kwargs = self._client_kwargs()
         transport = kwargs.get("transport")
         if transport is not None and not isinstance(transport, httpx.BaseTransport):
             raise ConfigurationError(
-                "forget(remote=True) on AsyncAssetCache needs a blocking transport; "
+                "asking the server's time from AsyncAssetCache needs a blocking transport; "
                 "use AssetCache for it"
             )
         driver = Driver(sleep=self._driver.sleep, make_sync_client=lambda: httpx.Client(**kwargs))
@@ -556,9 +555,9 @@ class AsyncAssetCache(BaseCache):
         plan = plan_resolve_many(self._engine, list(sources), concurrency)
         return cast(list[Resolution], await self._run(plan))
 
-    def preview(self, sources: Iterable[SourceLike]) -> list[Resolution]:
-        """The twin of :meth:`AssetCache.preview` (blocking)."""
-        return _maintenance.preview(self._engine, sources)
+    async def preview(self, sources: Iterable[SourceLike]) -> list[Resolution]:
+        """The twin of :meth:`AssetCache.preview`."""
+        return await self._call(_maintenance.preview, self._engine, list(sources))
 
     # -- lifecycle -----------------------------------------------------------------------
     async def use(
@@ -624,41 +623,56 @@ class AsyncAssetCache(BaseCache):
         plan = _taskpath.plan_settle(self._engine, prepared, ok, error)
         return cast(list[str], await self._run(plan))
 
-    def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
-        """The twin of :meth:`AssetCache.touch` (blocking)."""
+    async def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
+        """The twin of :meth:`AssetCache.touch`."""
         engine = self._engine
-        return _lifecycle.touch(
-            engine, target, at, lambda: self._run_blocking(plan_server_time(engine))
+        return await self._call(
+            _lifecycle.touch,
+            engine,
+            target,
+            at,
+            lambda: self._run_blocking(plan_server_time(engine)),
         )
 
-    def invalidate(self, target: SourceLike) -> Entry | None:
-        """The twin of :meth:`AssetCache.invalidate` (blocking)."""
-        return _lifecycle.invalidate(self._engine, target)
+    async def invalidate(self, target: SourceLike) -> Entry | None:
+        """The twin of :meth:`AssetCache.invalidate`."""
+        return await self._call(_lifecycle.invalidate, self._engine, target)
 
     # -- reading -------------------------------------------------------------------------
-    def status(self, paths: Iterable[str]) -> Iterator[FileStatus]:
-        """The twin of :meth:`AssetCache.status` (blocking)."""
-        return _status.scan(self._engine, paths)
+    async def status(self, paths: Iterable[str]) -> list[FileStatus]:
+        """The twin of :meth:`AssetCache.status`, as a list."""
+        return await self._call(lambda: list(_status.scan(self._engine, list(paths))))
 
-    def status_report(self, paths: Iterable[str], *, fresh: bool = False) -> StatusReport:
-        """The twin of :meth:`AssetCache.status_report` (blocking)."""
-        return _status.report(self._engine, paths, fresh=fresh)
+    async def status_report(self, paths: Iterable[str], *, fresh: bool = False) -> StatusReport:
+        """The twin of :meth:`AssetCache.status_report`."""
+        return await self._call(_status.report, self._engine, list(paths), fresh=fresh)
 
-    def entries(
+    async def entries(
         self,
         expiring_within: timedelta | float | None = None,
         expired: bool = False,
         *,
         all_accounts: bool = False,
-    ) -> Iterator[Entry]:
-        """The twin of :meth:`AssetCache.entries` (blocking)."""
-        return _maintenance.entries(
-            self._engine, expiring_within, expired, all_accounts=all_accounts
+    ) -> list[Entry]:
+        """The twin of :meth:`AssetCache.entries`, as a list."""
+        engine = self._engine
+        return await self._call(
+            lambda: list(
+                _maintenance.entries(engine, expiring_within, expired, all_accounts=all_accounts)
+            )
         )
 
-    def stats(self, *, all_accounts: bool = False) -> CacheStats:
-        """The twin of :meth:`AssetCache.stats` (blocking)."""
-        return _maintenance.stats(self._engine, all_accounts=all_accounts)
+    async def stats(self, *, all_accounts: bool = False) -> CacheStats:
+        """The twin of :meth:`AssetCache.stats`."""
+        return await self._call(_maintenance.stats, self._engine, all_accounts=all_accounts)
+
+    async def settings(self) -> dict[str, Any]:
+        """The twin of :meth:`AssetCache.settings`."""
+        return await self._call(_maintenance.settings, self._engine)
+
+    async def copies_usage(self) -> CopiesUsage:
+        """The twin of :meth:`AssetCache.copies_usage`."""
+        return await self._call(_maintenance.copies_usage, self._engine)
 
     # -- maintenance ---------------------------------------------------------------------
     async def refresh(
@@ -673,59 +687,69 @@ class AsyncAssetCache(BaseCache):
         plan = _maintenance.plan_refresh(self._engine, within, dry_run, concurrency, progress)
         return cast(RefreshReport, await self._run(plan))
 
-    def prune(
+    async def prune(
         self,
         older_than: timedelta | float | None = None,
         dry_run: bool = False,
         *,
         all_accounts: bool = False,
     ) -> PruneReport:
-        """The twin of :meth:`AssetCache.prune` (blocking)."""
-        return _maintenance.prune(self._engine, older_than, dry_run, all_accounts=all_accounts)
+        """The twin of :meth:`AssetCache.prune`."""
+        return await self._call(
+            _maintenance.prune, self._engine, older_than, dry_run, all_accounts=all_accounts
+        )
 
-    def verify(
+    async def verify(
         self, paths: Iterable[str] | None = None, *, progress: Progress | None = None
     ) -> list[VerifyItem]:
-        """The twin of :meth:`AssetCache.verify` (blocking)."""
-        return _maintenance.verify(self._engine, paths, progress=progress)
+        """The twin of :meth:`AssetCache.verify`."""
+        targets = None if paths is None else list(paths)
+        return await self._call(_maintenance.verify, self._engine, targets, progress=progress)
 
-    def forget(
+    async def forget(
         self, items: Iterable[str], *, remote: bool = False, all_accounts: bool = False
     ) -> list[ForgetItem]:
-        """The twin of :meth:`AssetCache.forget` (blocking)."""
+        """The twin of :meth:`AssetCache.forget`; remote deletes go on this loop's client."""
+        plan = _maintenance.plan_forget(
+            self._engine, list(items), remote=remote, all_accounts=all_accounts
+        )
+        return cast(list[ForgetItem], await self._run(plan))
+
+    async def export_entries(self, *, all_accounts: bool = False) -> list[str]:
+        """The twin of :meth:`AssetCache.export_entries`, as a list of lines."""
         engine = self._engine
-
-        def delete(found: Any) -> Any:
-            return self._run_blocking(_maintenance.plan_forget_remote(engine, found))
-
-        return _maintenance.forget(
-            engine, items, delete_remote=delete if remote else None, all_accounts=all_accounts
+        return await self._call(
+            lambda: list(_maintenance.export_entries(engine, all_accounts=all_accounts))
         )
 
-    def export_entries(self, *, all_accounts: bool = False) -> Iterator[str]:
-        """The twin of :meth:`AssetCache.export_entries` (blocking)."""
-        return _maintenance.export_entries(self._engine, all_accounts=all_accounts)
+    async def import_entries(self, lines: Iterable[str | bytes]) -> ImportReport:
+        """The twin of :meth:`AssetCache.import_entries`."""
+        return await self._call(_maintenance.import_entries, self._engine, lines)
 
-    def import_entries(self, lines: Iterable[str | bytes]) -> ImportReport:
-        """The twin of :meth:`AssetCache.import_entries` (blocking)."""
-        return _maintenance.import_entries(self._engine, lines)
-
-    def doctor(self, fix: bool = False) -> DoctorReport:
-        """The twin of :meth:`AssetCache.doctor` (blocking)."""
+    async def doctor(self, fix: bool = False) -> DoctorReport:
+        """The twin of :meth:`AssetCache.doctor`."""
         engine = self._engine
-        report = _maintenance.doctor(engine, fix)
-        _maintenance.check_clock(
-            engine, report, lambda: self._run_blocking(plan_server_time(engine))
-        )
-        return report
+
+        def examine() -> DoctorReport:
+            report = _maintenance.doctor(engine, fix)
+            _maintenance.check_clock(
+                engine, report, lambda: self._run_blocking(plan_server_time(engine))
+            )
+            return report
+
+        return await self._call(examine)
 
     # -- closing -------------------------------------------------------------------------
     async def aclose(self) -> None:
+        """Save the counters and close the stores and the HTTP client."""
         if self._closed:
             return
         self._closed = True
         if self._driver.async_client is not None:
             await self._driver.async_client.aclose()
+        await self._call(self._close_blocking)
+
+    def _close_blocking(self) -> None:
         self._driver.close()
         self._engine.close()
 

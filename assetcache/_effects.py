@@ -25,12 +25,15 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _transport
 from ._transport import Response  # noqa: F401  (what an Http effect answers)
 
-Plan = Generator[Any, Any, Any]
+#: A decision written once: it yields :data:`Effect` values, is sent what each
+#: one gave (or thrown what it raised), and returns its result.
+Plan = Generator["Effect", Any, Any]
+T = TypeVar("T")
 
 
 class Call:
@@ -43,6 +46,16 @@ class Call:
         self.fn = fn
         self.args = args
         self.inline = inline
+
+
+def plan_call(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Generator[Effect, Any, T]:
+    """A plan of one blocking call: the async driver runs it on a worker thread.
+
+    >>> run_sync(plan_call(divmod, 7, 2), Driver())
+    (3, 1)
+    """
+    result: T = yield Call(functools.partial(fn, *args, **kwargs))
+    return result
 
 
 class Invoke:
@@ -95,6 +108,10 @@ class Concurrent:
 
     plans: Sequence[Plan]
     limit: int
+
+
+#: The closed set of effects a plan may yield; each driver performs every one.
+Effect = Call | Invoke | Map | Http | Sleep | Wait | Concurrent
 
 
 @dataclass

@@ -215,7 +215,10 @@ class FormatCheck:
         except UnsupportedFormat:
             self.format = "?"
             return
-        starter = getattr(self, f"_start_{self.format}", None)
+        # Formats whose structure is walked as it streams (the others are
+        # judged at the end, from their head and tail).
+        starters = {"png": self._start_png, "jpeg": self._start_jpeg}
+        starter = starters.get(self.format)
         if starter is not None:
             self._walker = _Walker()
             starter(self._walker)
@@ -232,8 +235,14 @@ class FormatCheck:
         assert fmt is not None
         if self._problem is not None:
             raise InvalidImage("", f"damaged {fmt.upper()}: {self._problem}")
-        check = getattr(self, f"_finish_{fmt}")
-        problem = check(head, bytes(self._tail[-_TAIL:]))
+        checks = {
+            "png": self._finish_png,
+            "jpeg": self._finish_jpeg,
+            "gif": self._finish_gif,
+            "webp": self._finish_webp,
+            "bmp": self._finish_bmp,
+        }
+        problem = checks[fmt](head, bytes(self._tail[-_TAIL:]))
         if problem:
             raise InvalidImage("", f"damaged {fmt.upper()}: {problem}")
         return fmt

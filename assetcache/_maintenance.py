@@ -38,6 +38,7 @@ from ._formats import ACCEPTED
 from ._ingest import Prepared, label_of, rehash
 from ._models import (
     CacheStats,
+    CopiesUsage,
     DoctorReport,
     Entry,
     ForgetItem,
@@ -56,8 +57,6 @@ from ._tasks import plan_delete
 
 #: Progress callbacks get ``(done, total)``.
 Progress = Callable[[int, int], None]
-#: ``forget(remote=True)``'s deleter: one outcome per entry (see :func:`plan_forget_remote`).
-RemoteDelete = Callable[[Sequence[Entry]], "list[str | AssetCacheError]"]
 
 EXPORT_VERSION = 1
 #: Bounds of imported numbers: what SQLite (and PostgreSQL) store exactly.
@@ -152,8 +151,13 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
     )
 
 
+def copies_usage(engine: Engine) -> CopiesUsage:
+    """Where local copies go and what they hold (``enabled`` False when off)."""
+    return engine.copies.usage(enabled=engine.keep_copies)
+
+
 def copies_info(engine: Engine) -> dict[str, Any]:
-    return engine.copies.usage(enabled=engine.keep_copies).as_dict()
+    return copies_usage(engine).as_dict()
 
 
 def preview(engine: Engine, sources: Iterable[SourceLike]) -> list[Resolution]:
@@ -361,54 +365,66 @@ def verify(
 # -- forgetting ---------------------------------------------------------------------------
 
 
-def forget(
-    engine: Engine,
-    items: Iterable[str],
-    *,
-    delete_remote: RemoteDelete | None = None,
-    all_accounts: bool = False,
-) -> list[ForgetItem]:
+def plan_forget(
+    engine: Engine, items: Iterable[str], *, remote: bool = False, all_accounts: bool = False
+) -> Plan:
     """Remove the entries of each path, content hash or imageUUID (``AssetCache.forget``);
-    with ``delete_remote``, only entries the server deleted (or no longer had)."""
-    store = engine.store
-    now = engine.judge_now()
-    namespace = None if all_accounts else engine.namespace
+    with ``remote``, only entries the server deleted (or no longer had)."""
     out: list[ForgetItem] = []
     for item in items:
-        kind, hashes, files, uuids, error = classify(engine, item)
-        if error is not None:
-            out.append(ForgetItem(item, kind, error=error))
+        found = yield Call(forget_targets, engine, item, all_accounts)
+        if isinstance(found, ForgetItem):
+            out.append(found)
             continue
-        rows = store.assets_for(namespace, uuids[0] if uuids else None, hashes)
-        assets = {row.key: row for row in rows}
-        for row in _shared_rows(engine, uuids, hashes, all_accounts):
-            assets.setdefault(row.key, row)
-        paths = store.paths_of({a.content_hash for a in assets.values()})
-        found = tuple(engine.entry(a, paths.get(a.content_hash, ()), now) for a in assets.values())
-        if not found and not files:
-            out.append(ForgetItem(item, kind, error=f"no cache entry for {item}"))
-            continue
+        kind, entries, files = found
         remote_done: tuple[tuple[str, str], ...] = ()
         problem = None
-        if delete_remote is not None and found:
+        if remote and entries:
             # One outcome per entry; an entry not deleted on the server stays here.
-            outcomes = delete_remote(found)
+            outcomes = yield from plan_forget_remote(engine, entries)
             remote_done = tuple(
                 (e.uuid, o if isinstance(o, str) else f"failed: {o}")
-                for e, o in zip(found, outcomes, strict=True)
+                for e, o in zip(entries, outcomes, strict=True)
             )
             failures = [o for o in outcomes if not isinstance(o, str)]
             if failures:
                 problem = f"{item}: not deleted on Runware, entry kept: {failures[0]}"
-                found = tuple(e for e, o in zip(found, outcomes, strict=True) if isinstance(o, str))
+                entries = tuple(
+                    e for e, o in zip(entries, outcomes, strict=True) if isinstance(o, str)
+                )
                 files = []
-        if found:
-            # Through the registry: in a fleet, the shared row goes too.
-            engine.registry.delete_assets([e.key for e in found])
-        if files:
-            store.delete_files(files)
-        out.append(ForgetItem(item, kind, found, tuple(files), problem, remote_done))
+        yield Call(forget_rows, engine, entries, files)
+        out.append(ForgetItem(item, kind, entries, tuple(files), problem, remote_done))
     return out
+
+
+def forget_targets(
+    engine: Engine, item: str, all_accounts: bool
+) -> ForgetItem | tuple[str, tuple[Entry, ...], list[str]]:
+    """What forgetting ``item`` would remove: ``(kind, entries, file rows)``, or
+    the :class:`ForgetItem` that says why nothing."""
+    kind, hashes, files, uuids, error = classify(engine, item)
+    if error is not None:
+        return ForgetItem(item, kind, error=error)
+    namespace = None if all_accounts else engine.namespace
+    rows = engine.store.assets_for(namespace, uuids[0] if uuids else None, hashes)
+    assets = {row.key: row for row in rows}
+    for row in _shared_rows(engine, uuids, hashes, all_accounts):
+        assets.setdefault(row.key, row)
+    now = engine.judge_now()
+    paths = engine.store.paths_of({a.content_hash for a in assets.values()})
+    found = tuple(engine.entry(a, paths.get(a.content_hash, ()), now) for a in assets.values())
+    if not found and not files:
+        return ForgetItem(item, kind, error=f"no cache entry for {item}")
+    return kind, found, files
+
+
+def forget_rows(engine: Engine, entries: Sequence[Entry], files: Sequence[str]) -> None:
+    if entries:
+        # Through the registry: in a fleet, the shared row goes too.
+        engine.registry.delete_assets([e.key for e in entries])
+    if files:
+        engine.store.delete_files(files)
 
 
 def plan_forget_remote(engine: Engine, found: Sequence[Entry]) -> Plan:

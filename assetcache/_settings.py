@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._config import DEFAULT_API_URL
 from ._configfiles import ConfigFile, find_project_file, load_files, user_config_path
 from ._durations import format_duration, parse_duration
 from ._errors import ConfigurationError
@@ -29,6 +28,11 @@ __all__ = [
     "resolve",
     "resolve_library",
 ]
+
+
+#: Runware's endpoint (the same as ``_config.DEFAULT_API_URL``, which sits above
+#: this module; a test holds them equal).
+DEFAULT_API_URL = "https://api.runware.ai/v1"
 
 
 @dataclass(frozen=True)
@@ -210,9 +214,7 @@ class Resolved:
         if v is None:
             return _UNSET.get(name, "(none)")
         if s.kind == "secret":
-            from ._config import account_fingerprint
-
-            return f"set (account {account_fingerprint(v)})"
+            return "set"  # never the key (the CLI adds the account's fingerprint)
         if s.kind == "bool":
             return "true" if v else "false"
         if s.kind == "duration":

@@ -46,7 +46,7 @@ def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 with AssetCache(sys.argv[4], base_url=url, db_path=db) as cache:
-    cache.store.conn()
+    cache._engine.store.conn()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak to the current RSS: the baseline

@@ -105,7 +105,7 @@ def main() -> int:
             for r in failed[:10]:
                 problems.append(f"failed: {r.source}: {r.error}")
 
-            rows = cache.store.read("SELECT content_hash, image_uuid FROM assets")
+            rows = cache._engine.store.read("SELECT content_hash, image_uuid FROM assets")
             by_hash = dict(rows)
             wrong = 0
             for path, res in zip(files, results, strict=True):

@@ -32,17 +32,25 @@ def emu() -> Iterator[Emulator]:
         yield emulator
 
 
+def on_emulator(emu: Emulator, tmp_path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Cache settings bound to ``emu`` (its URL and clock), a database in ``tmp_path``
+    and fast retries, unless ``kwargs`` say otherwise."""
+    return {
+        "base_url": emu.base_url,
+        "db_path": tmp_path / "cache.db",
+        "clock": emu.clock,
+        "retry": FAST_RETRY,
+        **kwargs,
+    }
+
+
 @pytest.fixture
 def make_cache(emu: Emulator, tmp_path: Path) -> Iterator[Callable[..., AssetCache]]:
     """``make_cache(**overrides)``: an AssetCache on the emulator, sharing its clock."""
     opened: list[AssetCache] = []
 
     def make(**kwargs: Any) -> AssetCache:
-        kwargs.setdefault("base_url", emu.base_url)
-        kwargs.setdefault("db_path", tmp_path / "cache.db")
-        kwargs.setdefault("clock", emu.clock)
-        kwargs.setdefault("retry", FAST_RETRY)
-        cache = AssetCache(kwargs.pop("api_key", API_KEY), **kwargs)
+        cache = AssetCache(kwargs.pop("api_key", API_KEY), **on_emulator(emu, tmp_path, kwargs))
         opened.append(cache)
         return cache
 

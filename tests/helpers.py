@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 API_KEY = "test-key-7f3a9c-SECRET-do-not-log"
 
@@ -98,3 +99,50 @@ def write_images(folder: Path, *seeds: int) -> list[Path]:
         path.write_bytes(make_png(seed))
         paths.append(path)
     return paths
+
+
+class Blocking:
+    """An :class:`~assetcache.AsyncAssetCache` driven from blocking test code: each
+    coroutine method runs to the end on one private event loop (its HTTP client
+    lives there), other attributes are the cache's own. Lets one behaviour test
+    run through both twins (``tests/test_parity.py``)."""
+
+    def __init__(self, cache: Any) -> None:
+        import asyncio
+
+        self._cache = cache
+        self._loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        import inspect
+
+        attr = getattr(self._cache, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run_until_complete(attr(*args, **kwargs))
+
+        return run
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._cache.aclose())
+        self._loop.close()
+
+
+# -- a few named views of a cache's insides, so that tests do not reach for them --------
+
+
+def engine_of(cache: Any) -> Any:
+    """The cache's engine (``_engine``): for the few tests that drive a step directly."""
+    return cache._engine
+
+
+def store_of(cache: Any) -> Any:
+    """The cache's SQLite file index and store (``_storage._sqlite.SQLiteStore``)."""
+    return cache._engine.store
+
+
+def query(cache: Any, sql: str, params: Any = ()) -> list[Any]:
+    """Rows of ``sql`` read from the cache's own database connection."""
+    return store_of(cache).read(sql, params)

@@ -165,3 +165,14 @@ def test_quiet_silences_summaries_before_or_after_the_command(tmp_path):
     for args in (["-q", "prune"], ["prune", "--quiet"]):
         result = invoke("--emulator", "--db", db, *args)
         assert result.exit_code == 0 and result.stderr == "", args
+
+
+def test_every_command_takes_quiet_and_every_listing_nl():
+    from assetcache._cli import cli
+
+    for name, command in cli.commands.items():
+        opts = {o for p in command.params for o in getattr(p, "opts", [])}
+        assert {"-q", "--quiet"} <= opts, name
+    for name in ("upload", "status", "ls", "refresh", "verify", "forget", "prune"):
+        opts = {o for p in cli.commands[name].params for o in getattr(p, "opts", [])}
+        assert "--nl" in opts, name

@@ -115,3 +115,9 @@ def test_a_table_value_is_an_error(tmp_path):
     path.write_text("[db]\npath = 'x'\n")
     with pytest.raises(ConfigurationError, match="is a table"):
         read_user(path)
+
+
+def test_settings_and_config_agree_on_the_default_endpoint():
+    from assetcache import _config, _settings
+
+    assert _settings.DEFAULT_API_URL == _config.DEFAULT_API_URL

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, make_bmp, make_gif, make_png, use_on_server
+from helpers import API_KEY, make_bmp, make_gif, make_png, store_of, use_on_server
 
 from assetcache import (
     AssetCache,
@@ -57,7 +57,7 @@ def test_relative_and_absolute_paths_share_one_entry(cache, emu, tmp_path, monke
     uuid = cache.get_uuid("rel.png")
     monkeypatch.chdir("/")
     assert cache.get_uuid(str(tmp_path / "rel.png")) == uuid
-    row = cache.store.get_file(str(tmp_path / "rel.png"))
+    row = store_of(cache).get_file(str(tmp_path / "rel.png"))
     assert row is not None and os.path.isabs(row.path)
 
 
@@ -111,10 +111,10 @@ def test_hits_never_slide_the_window(make_cache, emu, tmp_path):
     photo = write(tmp_path / "p.png", make_png(9))
     cache.get_uuid(photo)
     key = (cache.namespace, _hashing.hash_bytes(photo.read_bytes()), "")
-    uploaded_at = cache.store.get_asset(key).last_used_at
+    uploaded_at = store_of(cache).get_asset(key).last_used_at
     emu.advance(hours=2)
     cache.get_uuid(photo)
-    assert cache.store.get_asset(key).last_used_at == uploaded_at
+    assert store_of(cache).get_asset(key).last_used_at == uploaded_at
 
 
 def test_opted_in_hits_slide_the_window_at_most_once_an_hour(make_cache, emu, tmp_path):
@@ -122,13 +122,13 @@ def test_opted_in_hits_slide_the_window_at_most_once_an_hour(make_cache, emu, tm
     photo = write(tmp_path / "p.png", make_png(9))
     cache.get_uuid(photo)
     key = (cache.namespace, _hashing.hash_bytes(photo.read_bytes()), "")
-    uploaded_at = cache.store.get_asset(key).last_used_at
+    uploaded_at = store_of(cache).get_asset(key).last_used_at
     emu.advance(seconds=60)
     cache.get_uuid(photo)
-    assert cache.store.get_asset(key).last_used_at == uploaded_at
+    assert store_of(cache).get_asset(key).last_used_at == uploaded_at
     emu.advance(hours=2)
     cache.get_uuid(photo)
-    assert cache.store.get_asset(key).last_used_at == pytest.approx(emu.clock(), abs=5)
+    assert store_of(cache).get_asset(key).last_used_at == pytest.approx(emu.clock(), abs=5)
 
 
 def test_wrong_key_raises_authentication_error_without_the_key(make_cache, tmp_path):
@@ -168,7 +168,7 @@ def test_non_images_fail_clearly_and_cache_nothing(cache, emu, tmp_path, data, r
     assert str(bad) in str(info.value) or "bad.png" in str(info.value)
     assert reason in str(info.value)
     assert emu.request_count == 0
-    assert cache.store.read("SELECT COUNT(*) FROM assets")[0][0] == 0
+    assert store_of(cache).read("SELECT COUNT(*) FROM assets")[0][0] == 0
 
 
 def test_rewrite_in_the_same_timestamp_tick_is_rehashed(cache, emu, tmp_path, monkeypatch):

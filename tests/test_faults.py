@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, make_png
+from helpers import API_KEY, make_png, store_of
 
 from assetcache import AssetCache, ProtocolError, RetryPolicy, ServerError
 from assetcache.emulator import FAULT_KINDS, Emulator
@@ -56,7 +56,7 @@ def count_faults(emu: Emulator) -> Counter[str]:
 
 def assert_nothing_lost(cache: AssetCache, emu: Emulator, files: list[Path]) -> None:
     """Each file cached once, under a UUID the emulator holds for exactly its bytes."""
-    rows = cache.store.read("SELECT content_hash, image_uuid FROM assets")
+    rows = store_of(cache).read("SELECT content_hash, image_uuid FROM assets")
     assert len(rows) == len(files)
     by_hash = dict(rows)
     for path in files:
@@ -172,8 +172,8 @@ def test_malformed_success_on_every_attempt_caches_nothing(kind, faulty, open_ca
     results = cache.resolve_many(files)
     assert all(isinstance(r.error, ProtocolError) for r in results)
     assert all(r.uuid is None for r in results)
-    assert cache.store.read("SELECT COUNT(*) FROM assets")[0][0] == 0
-    assert cache.store.read("SELECT COUNT(*) FROM leases")[0][0] == 0
+    assert store_of(cache).read("SELECT COUNT(*) FROM assets")[0][0] == 0
+    assert store_of(cache).read("SELECT COUNT(*) FROM leases")[0][0] == 0
     assert faulty.request_count == SHORT_TIMEOUT.attempts
     # The server recovers: the same files upload on the next call.
     assert all(r.outcome == "uploaded" for r in cache.resolve_many(files))

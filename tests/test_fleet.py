@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST_RETRY
-from helpers import API_KEY, make_png, use_on_server
+from helpers import API_KEY, engine_of, make_png, use_on_server
 
 from assetcache import AssetCache, ConfigurationError, StoreError
 
@@ -74,7 +74,7 @@ def test_hits_are_answered_locally(emu, pg_url, tmp_path, monkeypatch):
     path.write_bytes(make_png(2))
     with host(emu, pg_url, tmp_path, "a", racy_window=0) as a:
         uuid_ = a.get_uuid(path)
-        shared = a._engine.registry.shared
+        shared = engine_of(a).registry.shared
 
         def no_round_trip(*args, **kwargs):
             raise AssertionError("a warm hit asked the shared store")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY
+from helpers import API_KEY, store_of
 
 from assetcache import AssetCache, AsyncAssetCache
 
@@ -73,7 +73,7 @@ def watch(
 ) -> Iterator[Watch]:
     """Record SQL run on this thread's connection and any open/read of ``path``."""
     record = Watch()
-    conn = cache.store.conn()
+    conn = store_of(cache).conn()
     target = os.path.abspath(path)
     real_open, real_os_open = builtins.open, os.open
 
@@ -150,7 +150,7 @@ def test_async_warm_hit_neither_writes_nor_reads_the_file(warm, emu, tmp_path, m
             API_KEY, base_url=emu.base_url, db_path=cache.db_path, clock=emu.clock, racy_window=0.0
         ) as twin:
             # Open this thread's connection first, so the watch sees the lookup's SQL.
-            twin.store.conn()
+            store_of(twin).conn()
             with watch(twin, path, monkeypatch) as record:
                 res = await twin.resolve(path)
             assert_read_only(record)

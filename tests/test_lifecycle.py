@@ -655,7 +655,7 @@ def test_forget_remote_on_the_async_twin(emu: Emulator, tmp_path: Path) -> None:
             retry=FAST_RETRY,
         ) as cache:
             uuid = (await cache.resolve(make_png(1))).uuid
-            return uuid, cache.forget([uuid], remote=True)
+            return uuid, await cache.forget([uuid], remote=True)
 
     uuid, (item,) = asyncio.run(main())
     assert item.remote == ((uuid, "deleted"),) and not emu.holds(uuid)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST_RETRY
-from helpers import API_KEY, make_png, write_images
+from helpers import API_KEY, engine_of, make_png, store_of, write_images
 
 from assetcache import AssetCache, AsyncAssetCache
 from assetcache._durations import format_duration, parse_duration
@@ -252,7 +252,7 @@ def test_refresh_takes_a_renewal_made_meanwhile(
     one, two = make_cache(), make_cache()
     one.resolve(a)
     emu.advance(days=28.5)
-    engine = two._engine
+    engine = engine_of(two)
     started = engine.clock()
     first = one.refresh(timedelta(days=2)).items[0]
     key = (engine.namespace, first.content_hash, engine.variant)
@@ -286,7 +286,7 @@ def test_prune_drops_expired_entries_and_missing_files(
     done = cache.prune()
     assert len(done.entries) == 2 and not done.dry_run
     assert [e.paths for e in cache.entries()] == [(str(b),)]
-    assert cache.store.get_file(str(c)) is None and cache.store.get_file(str(a)) is not None
+    assert store_of(cache).get_file(str(c)) is None and store_of(cache).get_file(str(a)) is not None
     assert cache.prune().entries == ()
     emu.advance(days=2)
     assert len(cache.prune(older_than=timedelta(days=1)).entries) == 1
@@ -296,7 +296,7 @@ def test_prune_drops_expired_entries_and_missing_files(
 def test_verify_fixes_the_stat_cache(cache: AssetCache, tmp_path: Path) -> None:
     a, b, c = write_images(tmp_path / "img", 1, 2, 3)
     cache.resolve_many([a, b, c])
-    old_hash = cache.store.get_file(str(b)).content_hash  # type: ignore[union-attr]
+    old_hash = store_of(cache).get_file(str(b)).content_hash  # type: ignore[union-attr]
     b.write_bytes(make_png(77))
     c.unlink()
     untracked = tmp_path / "img" / "new.png"
@@ -304,9 +304,9 @@ def test_verify_fixes_the_stat_cache(cache: AssetCache, tmp_path: Path) -> None:
     got = {v.path: v for v in cache.verify()}
     assert got[str(a)].state == "ok"
     assert got[str(b)].state == "changed" and got[str(b)].old_hash == old_hash
-    row = cache.store.get_file(str(b))
+    row = store_of(cache).get_file(str(b))
     assert row is not None and row.content_hash == got[str(b)].new_hash != old_hash
-    assert got[str(c)].state == "missing" and cache.store.get_file(str(c)) is None
+    assert got[str(c)].state == "missing" and store_of(cache).get_file(str(c)) is None
     assert str(untracked) not in got
     named = cache.verify([str(untracked), str(tmp_path / "img")])
     assert named[0].state == "untracked"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import make_gif, make_png
+from helpers import engine_of, make_gif, make_png
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -280,7 +280,7 @@ def test_coerce_and_prepare_give_a_result_or_a_source_error(offline_cache, in_sc
         assert isinstance(src.label, str)
         src.label.encode("utf-8")  # printable in any message
         assert "SECRET" not in src.label
-    prepared = offline_cache._engine.prepare(obj)  # never raises: errors are values
+    prepared = engine_of(offline_cache).prepare(obj)  # never raises: errors are values
     if isinstance(prepared, AssetCacheError):
         assert str(prepared)
     else:
@@ -331,5 +331,5 @@ def test_the_strategies_reach_valid_images(offline_cache):
         make_gif(3),
         "data:image/gif;base64," + base64.b64encode(make_gif(3)).decode(),
     ):
-        assert not isinstance(offline_cache._engine.prepare(obj), AssetCacheError)
+        assert not isinstance(engine_of(offline_cache).prepare(obj), AssetCacheError)
     assert os.path.exists(offline_cache.db_path)

@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 import pytest
-from helpers import API_KEY, make_png
+from helpers import API_KEY, make_png, store_of
 
 from assetcache import (
     AssetCache,
@@ -226,7 +226,7 @@ def test_malformed_success_is_never_cached(make, answer):
     res = cache.resolve(make_png(12))
     assert res.outcome == "uploaded"
     assert len(server.requests) == 2
-    uuids = [r[0] for r in cache.store.read("SELECT image_uuid FROM assets")]
+    uuids = [r[0] for r in store_of(cache).read("SELECT image_uuid FROM assets")]
     assert uuids == [res.uuid]
 
 
@@ -311,7 +311,7 @@ def test_an_abort_mid_batch_keeps_what_was_already_answered(make):
     images = [make_png(300 + i) for i in range(6)]
     with pytest.raises(KeyboardInterrupt):
         cache.resolve_many(images, concurrency=1)
-    stored = {row[0] for row in cache.store.read("SELECT content_hash FROM assets")}
+    stored = {row[0] for row in store_of(cache).read("SELECT content_hash FROM assets")}
     # The first request's two uploads survive the abort (recorded when it answered);
     # the aborted request's do not.
     assert {hash_bytes(images[0]), hash_bytes(images[1])} <= stored

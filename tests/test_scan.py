@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import make_png
+from helpers import engine_of, make_png, store_of
 
 from assetcache import _hashing
 from assetcache import _status as _scan
@@ -46,7 +46,7 @@ def test_every_file_is_fresh_in_path_byte_order(scanned):
     assert {s.state for s in found} == {"fresh"}
     first = found[0]
     assert first.uuid and first.content_hash and first.expires_at is not None
-    assert 0 < first.time_left <= cache._engine.policy.retention
+    assert 0 < first.time_left <= engine_of(cache).policy.retention
 
 
 def test_new_changed_and_missing_files_in_place(scanned):
@@ -205,17 +205,17 @@ def test_a_schema_2_database_is_migrated_and_still_fresh(make_cache, tmp_path):
         (root / f"{i}.png").write_bytes(make_png(200 + i))
     assert all(r.ok for r in cache.resolve_many(sorted(str(p) for p in root.iterdir())))
     before = fields(cache.status([str(root)]))
-    with cache.store.write() as conn:
+    with store_of(cache).write() as conn:
         conn.execute("ALTER TABLE files DROP COLUMN sig")
         conn.execute("ALTER TABLE files DROP COLUMN side")
         conn.execute("PRAGMA user_version = 2")
-    db = cache.store.path
+    db = store_of(cache).path
     cache.close()
     again = make_cache(racy_window=0.0, db_path=db)
-    assert again.store.schema_version() == len(_store.MIGRATIONS)
+    assert store_of(again).schema_version() == len(_store.MIGRATIONS)
     assert fields(again.status([str(root)])) == before
     assert {s.state for s in again.status([str(root)])} == {"fresh"}
-    assert all(again._engine.fast_hit(str(p)) is not None for p in root.iterdir())
+    assert all(engine_of(again).fast_hit(str(p)) is not None for p in root.iterdir())
 
 
 # -- status reports: fresh files counted in bulk, remembered fresh ranges ----------
@@ -249,14 +249,14 @@ def reported(cache, root: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
 def tile_reads(cache, monkeypatch) -> list[str]:
     """SQL the store runs from now on that reads file rows (tiles or pages of rows)."""
     seen: list[str] = []
-    real = cache.store.read
+    real = store_of(cache).read
 
     def read(sql, params=(), doing="read"):
         if "FROM files" in sql and "count(" not in sql:
             seen.append(sql)
         return real(sql, params, doing)
 
-    monkeypatch.setattr(cache.store, "read", read)
+    monkeypatch.setattr(store_of(cache), "read", read)
     return seen
 
 
@@ -282,12 +282,12 @@ def test_a_second_report_reads_no_rows_of_unchanged_fresh_folders(
     make_cache, tmp_path, monkeypatch, resize
 ):
     cache = make_cache(racy_window=0.0, resize=resize)
-    assert bool(cache._engine.max_side) == resize
+    assert bool(engine_of(cache).max_side) == resize
     root = tmp_path / "t"
     tree(cache, root)
     first = cache.status_report([str(root)])
     assert first.all_fresh and first.total == 26
-    marks = cache.store.read("SELECT lo, files FROM scan_marks ORDER BY lo")
+    marks = store_of(cache).read("SELECT lo, files FROM scan_marks ORDER BY lo")
     # One mark per run of files (the loose a.png, each folder, the loose z.png)
     # and per stretch between folders (no files, no rows).
     assert [n for _, n in marks] == [1, 8, 0, 8, 0, 8, 1]
@@ -333,7 +333,7 @@ def test_a_remembered_range_gives_way_to_every_change(make_cache, tmp_path, emu,
     elif change == "invalidate":
         cache.invalidate(one)
     elif change == "forget-file-row":
-        with cache.store.write() as conn:
+        with store_of(cache).write() as conn:
             conn.execute("DELETE FROM files WHERE path = ?", (os.fsencode(one),))
     elif change == "age":
         emu.advance(days=27)
@@ -348,7 +348,7 @@ def test_a_remembered_range_gives_way_to_every_change(make_cache, tmp_path, emu,
 def test_writes_that_can_void_a_mark_bump_the_generation(make_cache, tmp_path):
     cache = make_cache(racy_window=0.0)
     (a, b) = tree(cache, tmp_path / "t", folders=1, files=2)[:2]
-    store = cache.store
+    store = store_of(cache)
     row = next(iter(store.select_assets()))
     key = row.key
 
@@ -419,7 +419,7 @@ def test_a_report_judges_racily_clean_files_by_content(make_cache, tmp_path, mon
     cache = make_cache(racy_window=10**9)  # every entry stays racily clean
     paths = tree(cache, tmp_path / "r", folders=1, files=3)
     assert cache.status_report([str(tmp_path / "r")]).all_fresh
-    assert cache.store.read("SELECT count(*) FROM scan_marks WHERE files > 0")[0][0] == 0
+    assert store_of(cache).read("SELECT count(*) FROM scan_marks WHERE files > 0")[0][0] == 0
     monkeypatch.setattr(_hashing, "hash_file", lambda p: ("0" * 32, 0))
     report = cache.status_report([str(tmp_path / "r")])
     assert report.counts["changed"] == len(paths) and report.counts["fresh"] == 0
@@ -428,13 +428,13 @@ def test_a_report_judges_racily_clean_files_by_content(make_cache, tmp_path, mon
 def test_a_report_goes_on_when_it_cannot_remember(make_cache, tmp_path):
     cache = make_cache(racy_window=0.0)
     paths = tree(cache, tmp_path / "t", folders=1, files=2)
-    with cache.store.write() as conn:
+    with store_of(cache).write() as conn:
         conn.execute(  # saving marks now fails in SQLite, as on a full disk
             "CREATE TRIGGER refuse BEFORE INSERT ON scan_marks "
             "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
         )
     with pytest.raises(_store.StoreError, match="disk is full"):
-        cache.store.save_scan_marks("ns", "", 0, [(b"a", b"b", b"d", 0.0, 1)])
+        store_of(cache).save_scan_marks("ns", "", 0, [(b"a", b"b", b"d", 0.0, 1)])
     report = cache.status_report([str(tmp_path / "t")])
     assert report.all_fresh and report.total == len(paths)
-    assert cache.store.read("SELECT count(*) FROM scan_marks")[0][0] == 0
+    assert store_of(cache).read("SELECT count(*) FROM scan_marks")[0][0] == 0

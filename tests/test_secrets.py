@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 from cli_support import script
-from helpers import API_KEY, make_png
+from helpers import API_KEY, engine_of, make_png, store_of
 
 from assetcache import (
     AssetCache,
@@ -168,8 +168,8 @@ def test_the_key_is_in_no_log_error_repr_or_database_byte(tmp_path, caplog, caps
                     texts += texts_of(res.error)
             assert any(r.error is not None for r in results)
             # The request the plan would send, as a debugger or tracer would show it.
-            prepared = cache._engine.prepare(make_png(902))
-            plan = plan_send(cache._engine, [(prepared.key, prepared.payload())])
+            prepared = engine_of(cache).prepare(make_png(902))
+            plan = plan_send(engine_of(cache), [(prepared.key, prepared.payload())])
             effect = next(plan)
             assert API_KEY in effect.headers["Authorization"]  # it is there ...
             texts += [repr(effect), repr(cache._driver)]  # ... and shown nowhere
@@ -497,7 +497,7 @@ def test_tls_certificates_are_verified(self_signed_server, tmp_path, caplog):
         assert "certificate" in str(info.value).lower()
         assert self_signed_server in str(info.value)
         assert sleeps == []  # not retried: an untrusted certificate stays untrusted
-        assert cache.store.read("SELECT COUNT(*) FROM assets")[0][0] == 0
+        assert store_of(cache).read("SELECT COUNT(*) FROM assets")[0][0] == 0
         client = cache._driver.sync_client
         assert client is not None
         context = client._transport._pool._ssl_context

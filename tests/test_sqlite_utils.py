@@ -29,24 +29,17 @@ def test_the_sqlite_utils_command_reads_a_real_cache(make_cache, tmp_path):
     db = cache.db_path
     cache.close()  # counters flushed; the file is left as any user would find it
 
-    out = subprocess.run(
-        [sqlite_utils_cli(), "tables", db, "--counts"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    counts = {t["table"]: t["count"] for t in json.loads(out.stdout)}
+    counts = {t["table"]: t["count"] for t in run("tables", db, "--counts")}
     assert counts["assets"] == 3
     assert counts["files"] == 3
     assert counts["counters"] >= 1
-
-    rows = subprocess.run(
-        [sqlite_utils_cli(), "query", db, "select image_uuid, size from assets"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    listed = {r["image_uuid"] for r in json.loads(rows.stdout)}
+    listed = {r["image_uuid"] for r in run("query", db, "select image_uuid, size from assets")}
     assert listed == {e.uuid for e in make_cache().entries()}
+
+
+def run(*args: str) -> list[dict]:
+    """The JSON output of one ``sqlite-utils`` command."""
+    out = subprocess.run(
+        [sqlite_utils_cli(), *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(out.stdout)

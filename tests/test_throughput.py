@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from conftest import FAST_RETRY
-from helpers import API_KEY, make_png
+from helpers import API_KEY, engine_of, make_png, store_of
 
 from assetcache import AssetCache, AsyncAssetCache, RejectedInput
 from assetcache._storage._sqlite import SQLiteStore
@@ -64,7 +64,7 @@ def test_a_batch_with_rejected_images_caches_the_rest(cache, emu):
         assert results[i].error.code == "invalidImage"
         assert "could not be decoded" in str(results[i].error)
     assert emu.upload_count == 18
-    assert cache.store.read("SELECT COUNT(*) FROM assets")[0][0] == 18
+    assert store_of(cache).read("SELECT COUNT(*) FROM assets")[0][0] == 18
     assert all(cache.resolve(images[i]).outcome == "hit" for i in range(20) if i not in failed)
 
 
@@ -258,14 +258,14 @@ def test_a_lease_from_another_host_is_taken_over_after_it_expires(make_cache, em
 def test_hashing_uses_worker_threads(make_cache, emu, tmp_path, monkeypatch):
     cache = make_cache()
     seen = set()
-    real_prepare = cache._engine.prepare
+    real_prepare = engine_of(cache).prepare
 
     def spy(obj):
         seen.add(threading.get_ident())
         return real_prepare(obj)
 
-    monkeypatch.setattr(cache._engine, "prepare", spy)
-    monkeypatch.setattr(cache._engine, "hash_workers", 2)
+    monkeypatch.setattr(engine_of(cache), "prepare", spy)
+    monkeypatch.setattr(engine_of(cache), "hash_workers", 2)
     files = []
     for i in range(40):
         p = tmp_path / f"h{i}.png"
@@ -291,4 +291,4 @@ def test_repeated_batches_do_not_pile_up_connections(make_cache, emu, tmp_path):
     for round_ in range(6):
         cache.resolve_many(batch(round_))
     # This thread's connection plus one per hashing thread, however many calls.
-    assert len(cache.store._conns) <= 1 + cache._engine.hash_workers
+    assert len(store_of(cache)._conns) <= 1 + engine_of(cache).hash_workers

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, make_png
+from helpers import API_KEY, engine_of, make_png, store_of
 
 from assetcache import AssetCache, AsyncAssetCache
 from assetcache._errors import ConfigurationError, SourceError
@@ -163,7 +163,7 @@ def test_large_jpeg_arrives_at_2048(cache, emu, tmp_path):
     assert r.bytes_sent == len("data:image/jpeg;base64,") + 4 * math.ceil(record.size / 3)
     # The record describes the original; the key is its hash plus the settings.
     assert (r.size, r.format) == (len(original), "jpeg")
-    assert cache.store.read("SELECT variant FROM assets") == [(TAG,)]
+    assert store_of(cache).read("SELECT variant FROM assets") == [(TAG,)]
     # Indistinguishable from the server resizing the original itself.
     direct = (
         Image.open(io.BytesIO(original))
@@ -178,7 +178,7 @@ def test_image_within_the_limit_arrives_byte_identical(cache, emu, tmp_path):
     r = cache.resolve(write(tmp_path, "small.png", original))
     assert kept(emu, r.uuid) == original
     assert emu.uploads_by_sha256() == {sha256(original): 1}
-    assert cache.store.read("SELECT variant FROM assets") == [("",)]
+    assert store_of(cache).read("SELECT variant FROM assets") == [("",)]
     small_jpeg = jpeg(2048, 1000, orientation=6)  # at the limit, EXIF and all
     assert kept(emu, cache.resolve(small_jpeg).uuid) == small_jpeg
 
@@ -302,7 +302,7 @@ def test_large_files_are_streamed_verified_and_resized(cache, emu, tmp_path, mon
     assert opened(kept(emu, cache.resolve(path).uuid)).size == (2048, 1365)
     # Rewritten between hashing and sending: refused, never sent under the old key.
     other = write(tmp_path, "other.jpg", jpeg(3000, 2000, seed=1))
-    prepared = cache._engine.prepare(other)
+    prepared = engine_of(cache).prepare(other)
     Path(other).write_bytes(jpeg(3000, 2000, seed=2))
     with pytest.raises(SourceError, match="changed since it was hashed"):
         prepared.payload()
@@ -349,7 +349,7 @@ def test_warm_path_agrees_with_the_slow_path(make_cache, emu, tmp_path, name, da
     cache = make_cache(racy_window=0)
     path = write(tmp_path, name, data())
     first = cache.resolve(path)
-    hit = cache._engine.fast_hit(path)
+    hit = engine_of(cache).fast_hit(path)
     assert hit is not None and (hit.uuid, hit.outcome) == (first.uuid, "hit")
     assert emu.upload_count == 1
 
@@ -358,15 +358,15 @@ def test_rows_without_a_recorded_size_are_read_once(make_cache, emu, tmp_path):
     cache = make_cache(racy_window=0)
     path = write(tmp_path, "big.jpg", jpeg(3000, 2000))
     first = cache.resolve(path)
-    assert cache._engine.fast_hit(path) is not None
-    with cache.store.write() as conn:
+    assert engine_of(cache).fast_hit(path) is not None
+    with store_of(cache).write() as conn:
         # As written before sizes were recorded.
         conn.execute("DELETE FROM dimensions")
         conn.execute("UPDATE files SET side = NULL")
-    assert cache._engine.fast_hit(path) is None
+    assert engine_of(cache).fast_hit(path) is None
     again = cache.resolve(path)
     assert (again.outcome, again.uuid) == ("hit", first.uuid) and emu.upload_count == 1
-    assert cache._engine.fast_hit(path) is not None
+    assert engine_of(cache).fast_hit(path) is not None
 
 
 def test_hits_and_start_up_never_import_pillow(emu, tmp_path):
@@ -403,7 +403,7 @@ def test_without_pillow_the_originals_go(make_cache, emu, tmp_path, monkeypatch)
     results = cache.resolve_many(originals)
     assert all(r.outcome == "uploaded" for r in results)
     assert emu.uploads_by_sha256() == {sha256(d): 1 for d in originals}
-    assert cache.store.read("SELECT DISTINCT variant FROM assets") == [("",)]
+    assert store_of(cache).read("SELECT DISTINCT variant FROM assets") == [("",)]
     # The emulator cannot downscale either, and keeps what it received.
     assert kept(emu, results[0].uuid) == originals[0]
 
