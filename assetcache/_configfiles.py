@@ -34,6 +34,7 @@ from ._errors import ConfigurationError
 __all__ = [
     "ConfigFile",
     "SECRET_KEYS",
+    "USER_ONLY_KEYS",
     "find_project_file",
     "load_files",
     "read_project",
@@ -43,6 +44,8 @@ __all__ = [
 
 #: Keys that hold a secret: read only from a file only its owner can read.
 SECRET_KEYS = frozenset({"api_key"})
+#: Keys a shared file must not set: whoever writes it would vouch for itself.
+USER_ONLY_KEYS = frozenset({"shared_db"})
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,12 @@ def read_project(path: Path | None, path_keys: Iterable[str] = ()) -> ConfigFile
         raise ConfigurationError(
             f"{where} sets {key}: a project file is shared, so it never holds the API key "
             "(use RUNWARE_API_KEY, --api-key-file or the user config file, mode 600)"
+        )
+    for key in USER_ONLY_KEYS & values.keys():
+        raise ConfigurationError(
+            f"{where} sets {key}: a project file is shared, so it cannot vouch for a "
+            "database others can write (use --shared-db, ASSETCACHE_SHARED_DB or the "
+            "user config file)"
         )
     return ConfigFile("project", path, values)
 

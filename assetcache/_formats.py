@@ -217,7 +217,7 @@ class FormatCheck:
             return
         # Formats whose structure is walked as it streams (the others are
         # judged at the end, from their head and tail).
-        starters = {"png": self._start_png, "jpeg": self._start_jpeg}
+        starters = {"png": self._start_png, "jpeg": self._start_jpeg, "gif": self._start_gif}
         starter = starters.get(self.format)
         if starter is not None:
             self._walker = _Walker()

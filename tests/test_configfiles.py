@@ -77,6 +77,19 @@ def test_api_key_never_from_a_project_file(tmp_path):
     assert "never holds the API key" in str(info.value)
 
 
+def test_shared_db_never_from_a_project_file(tmp_path):
+    # Whoever can write a shared project file could point it at a database they
+    # write and vouch for it in the same breath.
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool.assetcache]\nshared_db = true\n")
+    with pytest.raises(ConfigurationError, match="cannot vouch"):
+        read_project(path)
+    user = tmp_path / "config.toml"
+    user.write_text("shared_db = true\n")
+    found = read_user(user)
+    assert found is not None and found.values == {"shared_db": True}
+
+
 def test_api_key_only_from_a_private_user_file(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text('api_key = "secret-123"\n')
