@@ -102,9 +102,7 @@ class BaseCache:
 
         return register_metrics(lambda: self._metrics(lifetime=False), registry, prefix=prefix)
 
-    def write_metrics(self, path: str | os.PathLike[str], *, prefix: str = "assetcache") -> None:
-        """Write the node-exporter textfile format to ``path``, atomically, with the
-        totals the database keeps (every process's, for cron jobs)."""
+    def _write_metrics(self, path: str | os.PathLike[str], prefix: str) -> None:
         from ._metrics import write_textfile
 
         write_textfile(path, self._metrics(lifetime=True), prefix=prefix)
@@ -176,6 +174,11 @@ class AssetCache(BaseCache):
 
     def _run_blocking(self, plan: Plan) -> Any:
         return run_sync(plan, self._driver)
+
+    def write_metrics(self, path: str | os.PathLike[str], *, prefix: str = "assetcache") -> None:
+        """Write the node-exporter textfile format to ``path``, atomically, with the
+        totals the database keeps (every process's, for cron jobs)."""
+        self._write_metrics(path, prefix)
 
     # -- resolving ---------------------------------------------------------------------
     def resolve(self, source: SourceLike) -> Resolution:
@@ -530,6 +533,12 @@ class AsyncAssetCache(BaseCache):
         finally:
             if driver.sync_client is not None:
                 driver.sync_client.close()
+
+    async def write_metrics(
+        self, path: str | os.PathLike[str], *, prefix: str = "assetcache"
+    ) -> None:
+        """The twin of :meth:`AssetCache.write_metrics` (on a worker thread)."""
+        await self._call(self._write_metrics, path, prefix)
 
     # -- resolving ---------------------------------------------------------------------
     async def resolve(self, source: SourceLike) -> Resolution:

@@ -120,3 +120,26 @@ def test_stats_prometheus_writes_the_textfile(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["assetcache.prom"]  # no temporary left
     bad = ecli("stats", "--prometheus", tmp_path / "no" / "such" / "x.prom")
     assert bad.exit_code == 2 and "cannot write" in bad.stderr
+
+
+def test_the_async_twin_writes_the_textfile_too(tmp_path, emu):
+    import asyncio
+
+    from helpers import API_KEY
+
+    from assetcache import AsyncAssetCache
+
+    async def main() -> str:
+        async with AsyncAssetCache(
+            API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db"
+        ) as cache:
+            await cache.resolve(make_png_bytes())
+            await cache.write_metrics(tmp_path / "m.prom")
+        return (tmp_path / "m.prom").read_text()
+
+    def make_png_bytes() -> bytes:
+        from helpers import make_png
+
+        return make_png(77)
+
+    assert "assetcache_uploads_total 1.0" in asyncio.run(main())
