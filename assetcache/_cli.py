@@ -59,21 +59,49 @@ class UsageError(click.ClickException):
     exit_code = EXIT_USAGE
 
 
+_RANK = {"default": 0, "user": 1, "project": 2, "env": 3, "flag": 4}
+
+
 @dataclass
 class Settings:
-    """Global options, and the cache they open (lazily, once)."""
+    """Global options, the settings they resolve to (flags > environment > project
+    file > user file > defaults), and the cache they open (lazily, once)."""
 
-    db: str | None = None
-    api_url: str | None = None
+    #: Settings given as flags: name -> value, and name -> the flag's spelling.
+    given: dict[str, Any] = field(default_factory=dict)
+    flags: dict[str, str] = field(default_factory=dict)
     emulator: bool = False
-    api_key_file: str | None = None
     verbose: int = 0
-    #: Cache settings from global options (upload task, local copies).
+    quiet: bool = False
+    #: Cache settings that are not layered settings (the retry policy of --timeout, --retries).
     options: dict[str, Any] = field(default_factory=dict)
+    _resolved: Any = None
     _cache: Any = None
     _emulator: Any = None
     _key_checked: bool = False
     _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def resolved(self) -> Any:
+        """Every setting with its origin (config files are read here, once)."""
+        if self._resolved is None:
+            from ._errors import ConfigurationError
+            from ._settings import resolve
+
+            try:
+                self._resolved = resolve(self.given, given_origin=self.flags)
+            except ConfigurationError as exc:
+                raise UsageError(str(exc)) from None
+        return self._resolved
+
+    @property
+    def db(self) -> str | None:
+        value = self.resolved()["db"]
+        return None if value is None else str(value)
+
+    @property
+    def api_url(self) -> str | None:
+        r = self.resolved()
+        return None if r.source("api_url") == "default" else r["api_url"]
 
     def db_path(self) -> Path:
         from ._config import default_db_path
@@ -84,21 +112,41 @@ class Settings:
         """What the cache opens: a path, or a database URL (``postgresql://...``) as given."""
         return self.db if self.db and "://" in self.db else self.db_path()
 
+    def check_db_folder(self) -> None:
+        """A database named by a flag, the environment or a file must be in a folder
+        that exists: a typo is an error, not a new cache. Only the default location
+        is created."""
+        r = self.resolved()
+        if r.source("db") == "default" or (self.db and "://" in self.db):
+            return
+        db = self.db_path()
+        folder = db.parent
+        if not folder.is_dir():
+            origin = r.values["db"].origin
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise UsageError(
+                f"cannot create the cache database {db}: its folder {folder} {what} "
+                f"(from {origin}); create it first (only the default location is created)"
+            )
+
     def api_key(self) -> str | None:
-        if self.api_key_file:
+        r = self.resolved()
+        key_rank = _RANK[r.source("api_key")] if r["api_key"] else -1
+        file_rank = _RANK[r.source("api_key_file")] if r["api_key_file"] else -1
+        if file_rank > key_rank:
+            name = r["api_key_file"]
+            where = r.values["api_key_file"].origin
             try:
-                key = Path(self.api_key_file).expanduser().read_text().strip()
+                key = Path(name).expanduser().read_text().strip()
             except OSError as exc:
-                raise UsageError(
-                    f"cannot read --api-key-file {self.api_key_file}: {exc.strerror}"
-                ) from None
+                raise UsageError(f"cannot read {where} {name}: {exc.strerror}") from None
             if not key:
-                raise UsageError(f"--api-key-file {self.api_key_file} is empty")
+                raise UsageError(f"{where} {name} is empty")
             if not self._key_checked:
                 self._key_checked = True
-                warn_if_shared(self.api_key_file)
+                warn_if_shared(name)
             return key
-        return os.environ.get("RUNWARE_API_KEY") or None
+        return r["api_key"] or None
 
     def has_account(self) -> bool:
         """Whether an account is configured (else maintenance covers every account)."""
@@ -110,6 +158,7 @@ class Settings:
             return self._cache
         from ._client import AssetCache
 
+        self.check_db_folder()
         key: str | None
         url: str | None
         namespace: str | None
@@ -121,7 +170,7 @@ class Settings:
             kwargs.setdefault("clock", emu.clock)
             key, url, namespace = EMULATOR_KEY, emu.base_url, "emulator#local"
         else:
-            key, url, namespace = self.api_key(), self.api_url, None
+            key, url, namespace = self.api_key(), self.resolved()["api_url"], None
             if need_key and not key:
                 raise UsageError(
                     "no Runware API key: set RUNWARE_API_KEY (or --api-key-file FILE), "
@@ -133,13 +182,22 @@ class Settings:
         self._closers.insert(0, self._cache.close)
         return self._cache
 
+    def cache_options(self) -> dict[str, Any]:
+        """Every cache setting as resolved here (flags, environment, files, defaults),
+        but the key, the URL and the database, which the caller picks."""
+        options = self.resolved().kwargs(set_only=True)
+        for name in ("api_key", "base_url", "db_path"):
+            options.pop(name, None)
+        options.update(self.options)
+        return options
+
     def config(
         self, key: str | None, url: str | None, namespace: str | None = None, **kwargs: Any
     ) -> Any:
         """The cache's :class:`~assetcache._config.Config`, from the global options."""
         from ._config import resolve
 
-        options = {**self.options, **kwargs}
+        options = {**self.cache_options(), **kwargs}
         return resolve(key, base_url=url, db=self.db_target(), namespace=namespace, **options)
 
     def close(self) -> None:
@@ -186,22 +244,65 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def iter_inputs(paths: tuple[str, ...], pattern: str | None = None) -> Iterator[str]:
-    """Named files as given; directories walked (sorted) for image files or ``pattern``."""
+def check_paths(paths: Sequence[str]) -> None:
+    """A path named on the command line must exist: a typo is an error, not "missing"."""
+    gone = [p for p in paths if not os.path.lexists(p)]
+    if gone:
+        raise UsageError(
+            "no such file or folder: " + ", ".join(gone)
+            if len(gone) > 1
+            else f"no such file or folder: {gone[0]}"
+        )
+
+
+def iter_inputs(
+    paths: Sequence[str], pattern: str | None = None, excludes: Sequence[str] = ()
+) -> Iterator[str]:
+    """Named files as given (unless ``--exclude``d); folders walked (sorted) for image
+    files or ``pattern``, leaving out what ``--exclude`` and ``.assetcacheignore`` say."""
     import fnmatch
+
+    from ._ignore import excluded_file, rules_for
 
     for raw in paths:
         if os.path.isdir(raw):
+            try:
+                rules = rules_for(raw, excludes)
+            except Exception as exc:
+                raise UsageError(str(exc)) from None
             for root, dirs, files in os.walk(raw):
                 dirs.sort()
+                rules.prune(root, dirs, files)
                 for name in sorted(files):
                     if pattern is not None:
                         if fnmatch.fnmatch(name, pattern):
                             yield os.path.join(root, name)
                     elif os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
                         yield os.path.join(root, name)
-        else:
+        elif not excluded_file(raw, excludes):
             yield raw
+
+
+def exclude_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--exclude",
+        "excludes",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out files matching GLOB (gitignore syntax; repeatable). "
+        ".assetcacheignore files in the folders given and above them are read too.",
+    )(fn)
+
+
+def nl_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--nl", "as_nl", is_flag=True, help="Print JSON lines: one object per item, as it comes."
+    )(fn)
+
+
+def echo_nl(obj: Any) -> None:
+    """One JSON line, flushed (a consumer reading line by line gets it now)."""
+    click.echo(json.dumps(obj, default=str, separators=(",", ":")))
 
 
 # -- output helpers --------------------------------------------------------------
@@ -212,8 +313,12 @@ def echo_json(obj: Any) -> None:
 
 
 def note(text: str) -> None:
-    """A summary or remark for people: stderr, so stdout stays parseable.
+    """A summary or remark for people: stderr, so stdout stays parseable (not with -q).
     Control characters (from names in it) are escaped: they never reach the terminal."""
+    ctx = click.get_current_context(silent=True)
+    settings = ctx.find_object(Settings) if ctx is not None else None
+    if settings is not None and settings.quiet:
+        return
     click.echo(clean(text), err=True)
 
 
@@ -357,13 +462,12 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
 @click.option(
     "--db",
     metavar="PATH",
-    envvar="ASSETCACHE_DB",
-    help="Cache database (default: the user cache folder; env ASSETCACHE_DB).",
+    help="Cache database (default: the user cache folder; env ASSETCACHE_DB). "
+    "Its folder must exist.",
 )
 @click.option(
     "--api-url",
     metavar="URL",
-    envvar="ASSETCACHE_API_URL",
     help="Runware API endpoint (default https://api.runware.ai/v1; env ASSETCACHE_API_URL).",
 )
 @click.option(
@@ -379,30 +483,32 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
 @click.option(
     "--upload-task",
     type=click.Choice(["imageUpload", "mediaStorage"]),
-    envvar="ASSETCACHE_UPLOAD_TASK",
     help="Upload with imageUpload (default) or the newer mediaStorage task "
     "(env ASSETCACHE_UPLOAD_TASK).",
 )
 @click.option(
     "--keep-copies",
     is_flag=True,
-    envvar="ASSETCACHE_KEEP_COPIES",
+    default=None,
     help="Keep a local copy of each uploaded image, so refresh and recovery work "
     "after the file moved or was deleted (env ASSETCACHE_KEEP_COPIES).",
 )
 @click.option(
     "--copies-dir",
     metavar="DIR",
-    envvar="ASSETCACHE_COPIES_DIR",
-    help="Where local copies go (default: beside the database, <db>.copies).",
+    help="Where local copies go (default: beside the database, <db>.copies; "
+    "env ASSETCACHE_COPIES_DIR).",
 )
 @click.option(
     "--copies-max",
     type=BYTE_SIZE,
     metavar="SIZE",
-    envvar="ASSETCACHE_COPIES_MAX",
     help="Size bound of the local copies, e.g. 500M or 2G (default 1G); the least "
-    "recently used go first.",
+    "recently used go first (env ASSETCACHE_COPIES_MAX).",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (-v each decision, -vv HTTP and SQL).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print no summary or remark on stderr (errors still do)."
 )
 @click.option(
     "--timeout",
@@ -419,7 +525,7 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
 @click.option(
     "--shared-db",
     is_flag=True,
-    envvar="ASSETCACHE_SHARED_DB",
+    default=None,
     help="Use a database (or folder) that other users own or can write: the sharing "
     "is deliberate. Without it such a database is refused, since whoever can write "
     "it chooses the UUIDs you get (env ASSETCACHE_SHARED_DB=1).",
@@ -428,11 +534,9 @@ def scope(settings: Settings, all_accounts: bool) -> bool:
     "--lease-ttl",
     type=DURATION,
     metavar="DURATION",
-    envvar="ASSETCACHE_LEASE_TTL",
     help="How long an upload lease holds without renewal (default 5m; the owner "
     "renews it while its upload is in flight; env ASSETCACHE_LEASE_TTL).",
 )
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="assetcache")
 @click.pass_context
 def cli(
@@ -442,32 +546,45 @@ def cli(
     emulator: bool,
     api_key_file: str | None,
     upload_task: str | None,
-    keep_copies: bool,
+    keep_copies: bool | None,
     copies_dir: str | None,
     copies_max: int | None,
     timeout: float | None,
     retries: int | None,
-    shared_db: bool,
+    shared_db: bool | None,
     lease_ttl: float | None,
     verbose: int,
+    quiet: bool,
 ) -> None:
     """Never upload the same image to Runware twice.
 
     assetcache maps image content to Runware imageUUIDs, re-uploading only what
     Runware has deleted (30 days after last use). The API key comes from
-    RUNWARE_API_KEY or --api-key-file, never from the command line.
+    RUNWARE_API_KEY, --api-key-file or the user config file (mode 600), never
+    from the command line.
+
+    Settings come from flags, then the environment, then [tool.assetcache] in
+    the nearest pyproject.toml, then the user config file, then defaults
+    (`assetcache config` shows each one and where it came from).
 
     Exit codes: 0 all good, 1 some items failed, 2 usage or configuration error.
     """
-    settings = Settings(db, api_url, emulator, api_key_file, verbose)
-    if upload_task:
-        settings.options["upload_task"] = upload_task
-    if keep_copies:
-        settings.options["keep_copies"] = True
-    if copies_dir:
-        settings.options["copies_dir"] = copies_dir
-    if copies_max is not None:
-        settings.options["copies_max_bytes"] = copies_max
+    flags = {
+        "db": ("--db", db),
+        "api_url": ("--api-url", api_url),
+        "api_key_file": ("--api-key-file", api_key_file),
+        "upload_task": ("--upload-task", upload_task),
+        "keep_copies": ("--keep-copies", keep_copies),
+        "copies_dir": ("--copies-dir", copies_dir),
+        "copies_max": ("--copies-max", copies_max),
+        "shared_db": ("--shared-db", shared_db or None),
+        "lease_ttl": ("--lease-ttl", lease_ttl),
+    }
+    settings = Settings(emulator=emulator, verbose=verbose, quiet=quiet)
+    for name, (flag, value) in flags.items():
+        if value is not None:
+            settings.given[name] = value
+            settings.flags[name] = flag
     if timeout is not None or retries is not None:
         import dataclasses
 
@@ -479,27 +596,29 @@ def cli(
         if retries is not None:
             retry = dataclasses.replace(retry, attempts=retries + 1)
         settings.options["retry"] = retry
-    if shared_db:
-        settings.options["shared_db"] = True
-    if lease_ttl is not None:
-        settings.options["lease_ttl"] = lease_ttl
     ctx.obj = settings
     ctx.call_on_close(settings.close)
-    if verbose:
-        ctx.call_on_close(log_to_stderr(verbose))
+    # Warnings always reach stderr (e.g. a big image sent unresized); -v adds each
+    # decision, -vv the HTTP and SQL detail.
+    ctx.call_on_close(log_to_stderr(verbose))
 
 
 def log_to_stderr(verbose: int) -> Callable[[], None]:
     """Send assetcache's log records (with -vv also httpx's) to stderr; returns the undo."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
     # Our loggers only, not the root: an embedding program's logging stays its own.
-    names = ["assetcache", "httpx"] if verbose > 1 else ["assetcache"]
+    names = ["assetcache", "httpx", "httpx2"] if verbose > 1 else ["assetcache"]
     loggers = [logging.getLogger(name) for name in names]
     saved = [(lg, lg.level) for lg in loggers]
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    handler.setLevel(level)
     for lg in loggers:
         lg.addHandler(handler)
-        lg.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        lg.setLevel(level)
 
     def undo() -> None:
         for lg, level in saved:
@@ -520,6 +639,7 @@ def log_to_stderr(verbose: int) -> Callable[[], None]:
     metavar="PATTERN",
     help="In folders, take the files matching PATTERN (e.g. '*.png') instead of every image file.",
 )
+@exclude_option
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
@@ -528,85 +648,114 @@ def log_to_stderr(verbose: int) -> Callable[[], None]:
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded; send nothing.")
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def upload(
     settings: Settings,
     paths: tuple[str, ...],
     pattern: str | None,
+    excludes: tuple[str, ...],
     concurrency: int | None,
     dry_run: bool,
     as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Upload files (folders: their images, recursively); print each imageUUID.
 
     Content already uploaded and still alive on Runware is not sent again.
-    Prints one line per file (path, imageUUID, outcome) and a summary on stderr.
+    Prints one line per file (path, imageUUID, outcome) as soon as its batch
+    answers, and a summary on stderr. Sizes: "sent" counts request bytes
+    (base64 included), "saved" and "to send" count file bytes.
     """
     stopped: BaseException | None = None
-    inputs = list(iter_inputs(paths, pattern))
+    # A named file that does not exist fails as an item ("no such file"), exit 1.
+    inputs = list(iter_inputs(paths, pattern, excludes))
     if not inputs:
         raise UsageError(
             "no image files found in the given paths"
             + (f" (matching {pattern!r})" if pattern else "")
         )
     cache = settings.cache()
+    results: list[Any] = []
+
+    def emit(batch: Sequence[Any], given: Sequence[str]) -> None:
+        # The names as given (a label shows undecodable bytes as \x escapes; the
+        # name itself maps back to the file).
+        names = (
+            [given_name(r.source, g) for r, g in zip(batch, given, strict=False)]
+            if len(given) >= len(batch)
+            else [r.source for r in batch]
+        )
+        for name, r in zip(names, batch, strict=True):
+            if as_json:
+                continue
+            if as_nl:
+                echo_nl({**r.as_dict(), "source": name, "dry_run": dry_run})
+            elif r.error is not None:
+                click.echo(f"{quote(name)}\t-\tfailed: {error_text(r.error)}")
+            elif dry_run and r.outcome == "duplicate":
+                click.echo(f"{quote(name)}\t-\tduplicate (sent once, with an earlier path)")
+            elif dry_run and r.outcome != "hit":
+                click.echo(f"{quote(name)}\t-\twould be {r.outcome}")
+            else:
+                click.echo(f"{quote(name)}\t{r.uuid or '-'}\t{r.outcome}")
+        if as_json:
+            json_rows.extend(
+                {**r.as_dict(), "source": n} for n, r in zip(names, batch, strict=True)
+            )
+
+    json_rows: list[dict[str, Any]] = []
     if dry_run:
         results = cache.preview(inputs)
+        emit(results, inputs)
     else:
-        results = []
         try:
             with progress("uploading") as advance:
                 for start in range(0, len(inputs), UPLOAD_CHUNK):
-                    results += cache.resolve_many(inputs[start : start + UPLOAD_CHUNK], concurrency)
+                    chunk = inputs[start : start + UPLOAD_CHUNK]
+                    batch = cache.resolve_many(chunk, concurrency)
+                    # Each line as soon as its batch answered (click.echo flushes).
+                    emit(batch, chunk)
+                    results += batch
                     advance(len(results), len(inputs))
         except (KeyboardInterrupt, Terminated) as exc:
             # Print what is known; the uploads of the chunk in flight are recorded
             # as their requests answer, before the cache closes.
             stopped = exc
-    counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "failed": 0}
+    counts = {"hit": 0, "uploaded": 0, "reuploaded": 0, "duplicate": 0, "failed": 0}
     for res in results:
-        counts[res.outcome] += 1
-    # The names as given (a label shows undecodable bytes as \x escapes; the
-    # name itself maps back to the file).
-    names = (
-        [given_name(r.source, given) for r, given in zip(results, inputs, strict=False)]
-        if len(inputs) >= len(results)
-        else [r.source for r in results]
-    )
+        counts[res.outcome] = counts.get(res.outcome, 0) + 1
     sent = sum(r.bytes_sent for r in results)
     saved = sum(r.size or 0 for r in results if r.outcome == "hit")
     would = "would be " if dry_run else ""
     to_send = sum(r.size or 0 for r in results if r.outcome in ("uploaded", "reuploaded"))
-    if as_json:
-        echo_json(
-            {
-                "dry_run": dry_run,
-                "results": [
-                    {**r.as_dict(), "source": name} for name, r in zip(names, results, strict=True)
-                ],
-                "summary": {
-                    "files": len(results),
-                    **counts,
-                    "bytes_sent": sent,
-                    "bytes_saved": saved,
-                },
-            }
-        )
+    summary = {
+        "files": len(results),
+        **counts,
+        "bytes_sent": sent,
+        "bytes_saved": saved,
+    }
+    if dry_run:
+        summary["bytes_to_send"] = to_send
     else:
-        for name, r in zip(names, results, strict=True):
-            if r.error is not None:
-                click.echo(f"{quote(name)}\t-\tfailed: {error_text(r.error)}")
-            elif dry_run and r.outcome != "hit":
-                click.echo(f"{quote(name)}\t-\twould be {r.outcome}")
-            else:
-                click.echo(f"{quote(name)}\t{r.uuid or '-'}\t{r.outcome}")
+        summary.pop("duplicate")
+    if as_json:
+        echo_json({"dry_run": dry_run, "results": json_rows, "summary": summary})
+    elif as_nl:
+        echo_nl({"summary": summary, "dry_run": dry_run})
+    if not as_json:
+        dup = f", {counts['duplicate']} duplicate(s) in this batch" if dry_run else ""
         note(
             f"{len(results)} file(s): {counts['uploaded']} {would}uploaded, "
-            f"{counts['reuploaded']} {would}re-uploaded, {counts['hit']} from cache, "
+            f"{counts['reuploaded']} {would}re-uploaded, {counts['hit']} from cache{dup}, "
             f"{counts['failed']} failed; "
-            + (f"{human_bytes(to_send)} to send" if dry_run else f"{human_bytes(sent)} sent")
-            + f", {human_bytes(saved)} saved"
+            + (
+                f"{human_bytes(to_send)} to send (file bytes)"
+                if dry_run
+                else f"{human_bytes(sent)} sent (request bytes, base64)"
+            )
+            + f", {human_bytes(saved)} saved (file bytes)"
         )
     if stopped is not None:
         note(
@@ -623,39 +772,112 @@ def upload(
 @click.option(
     "-a", "--all", "list_all", is_flag=True, help="List fresh files too (default: only the others)."
 )
-@click.option("--check", is_flag=True, help="Exit 1 unless every file is fresh (for scripts).")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 1 unless every file that can upload is fresh (for scripts).",
+)
+@exclude_option
+@click.option(
+    "--porcelain",
+    is_flag=True,
+    help="Print STATE<TAB>PATH lines, a format that stays stable for scripts; no summary.",
+)
+@click.option(
+    "-z", "nul", is_flag=True, help="With --porcelain: end each record with NUL, not newline."
+)
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def status(
-    settings: Settings, paths: tuple[str, ...], list_all: bool, check: bool, as_json: bool
+    settings: Settings,
+    paths: tuple[str, ...],
+    list_all: bool,
+    check: bool,
+    excludes: tuple[str, ...],
+    porcelain: bool,
+    nul: bool,
+    as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Show the files that need attention, without uploading (default: the
     current folder), and how many files are in each state.
 
     States: fresh (with the time the cache still serves it), expiring (soon),
     expired (the next use uploads again), changed (since it was hashed), new
-    (never uploaded), missing. Like git status, fresh files are only counted
-    unless --all lists them.
+    (never uploaded), invalid (can never upload: not an image, empty, ...;
+    with the reason), missing (tracked, now gone). Like git status, fresh files
+    are only counted unless --all lists them. A path that does not exist and
+    that the cache never tracked is an error.
     """
-    from ._status import discard_prestarted, prestart
+    from ._ignore import rules_for
+    from ._status import STATES, discard_prestarted, prestart
 
+    if nul and not porcelain:
+        raise UsageError("-z goes with --porcelain")
     paths = paths or (".",)
+    try:
+        rules = {p: rules_for(p, excludes) for p in paths if os.path.isdir(p)}
+    except Exception as exc:
+        raise UsageError(str(exc)) from None
+    filtered = any(rules.values()) or bool(excludes)
     try:
         if any(_maybe_big(p) for p in paths):
             prestart()  # a helper for a big folder boots while the cache opens
-        found = settings.cache().status_report(paths, fresh=list_all)
+        cache = settings.cache()
+        for p in paths:
+            if not os.path.lexists(p):
+                known = [st for st in cache.status([p]) if st.content_hash is not None]
+                if not known:
+                    raise UsageError(
+                        f"no such file or folder: {p} (and the cache tracks none there)"
+                    )
+        found = cache.status_report(paths, fresh=list_all or filtered)
     finally:
         discard_prestarted()
+    if filtered:
+        from ._ignore import excluded_file
+        from ._models import StatusReport
+
+        def kept(path: str) -> bool:
+            for root, rule in rules.items():
+                top = os.path.abspath(root)
+                if path.startswith(os.path.join(top, "")):
+                    return not rule.ignored(path)
+            return not excluded_file(path, excludes)
+
+        files = [st for st in found.files if kept(st.path)]
+        counts = dict.fromkeys(STATES, 0)
+        for st in files:
+            counts[st.state] += 1
+        files = [st for st in files if list_all or st.state != "fresh"]
+        found = StatusReport(counts, files)
+    below = os.path.join(os.getcwd(), "")
+    cut = len(below)
     if as_json:
         echo_json(found.as_dict())
+    elif as_nl:
+        for st in found.files:
+            echo_nl(st.as_dict())
+        echo_nl({"summary": found.counts})
+    elif porcelain:
+        out = sys.stdout
+        records = []
+        for st in found.files:
+            path = st.path[cut:] if st.path.startswith(below) else st.path
+            if nul:  # the name's own bytes: any file name survives
+                records.append(st.state.encode() + b"\t" + os.fsencode(path) + b"\0")
+            else:  # one line per file: quoted as git quotes paths
+                records.append(f"{st.state}\t{quote(path)}\n".encode())
+        out.flush()
+        out.buffer.write(b"".join(records))
+        out.buffer.flush()
     else:
         # Per line, relpath() (20 us) and click.echo() (4 us) would cost more than
         # the scan itself: strip the working folder's prefix, build each distinct
         # "state  time-left" head once (files used together share their time
         # left), and write all lines at once.
-        below = os.path.join(os.getcwd(), "")
-        cut = len(below)
         heads: dict[tuple[str, float | None], str] = {}
         lines: list[str] = []
         append = lines.append
@@ -671,7 +893,8 @@ def status(
             if head is None:
                 text = format_duration(int(left)) if left and left > 0 else "-"
                 head = heads[state, left] = f"{state:<9} {text:>7}  "
-            append(head + name)
+            line = head + name
+            append(line if st.reason is None else f"{line}  ({clean(st.reason)})")
         if lines:
             click.echo("\n".join(lines))
         note(
@@ -731,6 +954,7 @@ LS_FIELDS = (
 )
 @all_accounts_option
 @json_option
+@nl_option
 @click.option(
     "--csv",
     "as_csv",
@@ -745,6 +969,7 @@ def ls_command(
     expired: bool,
     all_accounts: bool,
     as_json: bool,
+    as_nl: bool,
     as_csv: bool,
 ) -> None:
     """List cache entries: hash, imageUUID, size, format, last use, last served,
@@ -755,12 +980,15 @@ def ls_command(
     when the cache last handed the UUID out, which is not a use. Soonest to expire
     first. With both --expiring-within and --expired: either.
     """
-    if as_json and as_csv:
-        raise UsageError("choose one of --json and --csv")
+    if as_json + as_csv + as_nl > 1:
+        raise UsageError("choose one of --json, --nl and --csv")
     cache = settings.cache(need_key=False)
-    entries = list(
-        cache.entries(expiring_within, expired, all_accounts=scope(settings, all_accounts))
-    )
+    found = cache.entries(expiring_within, expired, all_accounts=scope(settings, all_accounts))
+    if as_nl:
+        for e in found:
+            echo_nl(e.as_dict())
+        return
+    entries = list(found)
     if as_json:
         echo_json([e.as_dict() for e in entries])
         return
@@ -798,17 +1026,40 @@ def ls_command(
             ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "SERVED", "EXPIRES", "STATE", "PATHS"],
             rows,
         )
-    note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))}")
+    note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))} of files")
 
 
 @cli.command()
 @all_accounts_option
 @json_option
+@click.option(
+    "--prometheus",
+    "prometheus_file",
+    metavar="FILE",
+    help="Also write the metrics to FILE in the node-exporter textfile format "
+    "(atomically; needs the metrics extra).",
+)
 @click.pass_obj
 @handle_errors
-def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
-    """Entries, bytes, hits, misses, uploads, re-uploads and bytes the cache saved."""
+def stats(
+    settings: Settings, all_accounts: bool, as_json: bool, prometheus_file: str | None
+) -> None:
+    """Entries, bytes, hits, misses, uploads, re-uploads and bytes the cache saved.
+
+    Bytes sent are request bytes (base64 included); stored and saved bytes are
+    file bytes.
+    """
     cache = settings.cache(need_key=False)
+    if prometheus_file:
+        from ._metrics import MetricsUnavailable
+
+        try:
+            cache.write_metrics(prometheus_file)
+        except MetricsUnavailable as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"cannot write {prometheus_file}: {exc.strerror}") from None
+        note(f"metrics written to {prometheus_file}")
     s = cache.stats(all_accounts=scope(settings, all_accounts))
     if as_json:
         echo_json(s.as_dict())
@@ -816,7 +1067,7 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
     lookups = s.hits + s.misses
     rate = f" ({100 * s.hits / lookups:.0f}% of lookups)" if lookups else ""
     lines = [
-        ("entries", f"{s.entries} ({human_bytes(s.bytes)})"),
+        ("entries", f"{s.entries} ({human_bytes(s.bytes)} of files)"),
         ("files tracked", str(s.files)),
         ("hits", f"{s.hits}{rate}"),
         ("misses", str(s.misses)),
@@ -826,8 +1077,8 @@ def stats(settings: Settings, all_accounts: bool, as_json: bool) -> None:
         ("last use", "-" if s.last_used_at is None else f"{iso_short(s.last_used_at)} (evidence)"),
         ("last served", "-" if s.last_served_at is None else iso_short(s.last_served_at)),
         ("retries", str(s.retries)),
-        ("bytes sent", human_bytes(s.bytes_sent)),
-        ("bytes saved", f"{human_bytes(s.bytes_saved)} (not sent again thanks to the cache)"),
+        ("bytes sent", f"{human_bytes(s.bytes_sent)} (request bytes, base64)"),
+        ("bytes saved", f"{human_bytes(s.bytes_saved)} (file bytes not sent again)"),
         ("database", f"{s.db_path} ({human_bytes(s.db_bytes)})"),
         ("local copies", copies_text(s.copies)),
     ]
@@ -879,31 +1130,66 @@ def copies_text(copies: dict[str, Any] | None) -> str:
     metavar="N",
     help="Requests in flight at once (default 8).",
 )
+@click.option(
+    "--ignore-gone",
+    is_flag=True,
+    help="Content that is gone is never a failure (listed, exit 0).",
+)
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def refresh(
-    settings: Settings, within: float, dry_run: bool, concurrency: int | None, as_json: bool
+    settings: Settings,
+    within: float,
+    dry_run: bool,
+    concurrency: int | None,
+    ignore_gone: bool,
+    as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Upload again what is about to expire, so no caller waits for an upload.
 
     Only entries whose bytes are still at a known path, with the same hash, can
     be renewed; the others are reported with the reason. Entries Runware has
     already deleted are left to be uploaded when next asked for. Safe to run
-    from cron (exit 1 when something could not be refreshed).
+    from cron: content that is gone is reported once (later runs count it as
+    known, and say so only with -v); the exit code is 1 only when something
+    needs you: a renewal failed, or content went missing since the last run.
     """
     cache = settings.cache()
     with progress("refreshing") as advance:
         report = cache.refresh(within, dry_run=dry_run, concurrency=concurrency, progress=advance)
+    known = _GoneLog(settings)
+    gone = [i for i in report.items if i.status == "content-gone"]
+    new_gone = [i for i in gone if not known.seen(i.content_hash, i.old_uuid)]
+    failed = [i for i in report.failed if i.status != "content-gone"]
+    if not dry_run:
+        known.save(gone)
     if as_json:
-        echo_json(report.as_dict())
+        data = report.as_dict()
+        for item, entry in zip(report.items, data["items"], strict=True):
+            if item.status == "content-gone":
+                entry["reported_before"] = item not in new_gone
+        echo_json(data)
     else:
         for item in report.items:
-            if item.status in ("renewed", "would-renew"):
+            if as_nl:
+                row = item.as_dict()
+                if item.status == "content-gone":
+                    row["reported_before"] = item not in new_gone
+                echo_nl(row)
+            elif item.status in ("renewed", "would-renew"):
                 after = item.uuid or item.old_uuid
                 click.echo(
                     f"{item.status}\t{item.content_hash[:12]}\t{after}\t"
                     f"{shown(item.path) if item.path else '-'}"
+                )
+            elif item.status == "content-gone" and item not in new_gone:
+                logging.getLogger("assetcache").info(
+                    "refresh: %s still gone (reported before): %s",
+                    item.content_hash[:12],
+                    item.reason,
                 )
             else:
                 click.echo(
@@ -916,12 +1202,47 @@ def refresh(
             if dry_run
             else f"{summary['renewed']} renewed"
         )
+        before = len(gone) - len(new_gone)
         note(
             f"{len(report.items)} entries expiring within {format_duration(within)}: {done}, "
-            f"{len(report.failed)} could not be refreshed"
+            f"{len(failed)} failed, {len(new_gone)} content gone"
+            + (f" (+{before} reported before)" if before else "")
         )
-    if report.failed:
+    if failed or (new_gone and not ignore_gone):
         sys.exit(EXIT_FAILED)
+
+
+class _GoneLog:
+    """Which entries ``refresh`` already reported as content-gone: a small JSON
+    file beside the database (per host for a fleet), so cron reports each once."""
+
+    def __init__(self, settings: Settings) -> None:
+        target = settings.db_target()
+        if isinstance(target, str):
+            from ._config import default_db_path
+
+            self.path = default_db_path().parent / "refresh-gone.json"
+        else:
+            self.path = Path(str(target) + ".refresh-gone.json")
+        try:
+            self.known = set(json.loads(self.path.read_text()).get("gone", []))
+        except (OSError, ValueError, AttributeError):
+            self.known = set()
+
+    def seen(self, content_hash: str, uuid: str) -> bool:
+        return f"{content_hash}:{uuid}" in self.known
+
+    def save(self, gone: Sequence[Any]) -> None:
+        now = {f"{i.content_hash}:{i.old_uuid}" for i in gone}
+        if now == self.known:
+            return
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"gone": sorted(now)}))
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 @cli.command()
@@ -935,16 +1256,30 @@ def refresh(
 @click.option("--dry-run", is_flag=True, help="Show what would be dropped; change nothing.")
 @all_accounts_option
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def prune(
-    settings: Settings, older_than: float | None, dry_run: bool, all_accounts: bool, as_json: bool
+    settings: Settings,
+    older_than: float | None,
+    dry_run: bool,
+    all_accounts: bool,
+    as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Drop expired entries and the stat rows of files that no longer exist."""
     cache = settings.cache(need_key=False)
     report = cache.prune(older_than, dry_run, all_accounts=scope(settings, all_accounts))
     if as_json:
         echo_json(report.as_dict())
+        return
+    if as_nl:
+        data = report.as_dict()
+        for key, value in data.items():
+            if isinstance(value, list):
+                for row in value:
+                    echo_nl({"kind": key, **row} if isinstance(row, dict) else {key: row})
+        echo_nl({k: v for k, v in data.items() if not isinstance(v, list)})
         return
     verb = "would drop" if dry_run else "dropped"
     for e in report.entries:
@@ -955,7 +1290,7 @@ def prune(
         click.echo(f"{verb}\tfile\t{shown(path)}")
     note(
         f"{verb} {len(report.entries)} entries "
-        f"({human_bytes(sum(e.size for e in report.entries))}), {len(report.files)} file "
+        f"({human_bytes(sum(e.size for e in report.entries))} of files), {len(report.files)} file "
         f"row(s) of missing files, {report.leases} expired lease(s)"
     )
 
@@ -968,23 +1303,56 @@ def iso_short(ts: float) -> str:
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path())
+@exclude_option
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
-def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
+def verify(
+    settings: Settings,
+    paths: tuple[str, ...],
+    excludes: tuple[str, ...],
+    as_json: bool,
+    as_nl: bool,
+) -> None:
     """Re-hash tracked files (default: all) and fix the stat cache as it goes.
 
     Reports files whose content changed and files that are gone; prints nothing
     for files that are fine. Exit 1 when a file could not be read.
     """
+    from ._ignore import excluded_file, rules_for
+
+    try:
+        rules = {os.path.abspath(p): rules_for(p, excludes) for p in paths if os.path.isdir(p)}
+    except Exception as exc:
+        raise UsageError(str(exc)) from None
     cache = settings.cache(need_key=False)
     with progress("verifying") as advance:
         items = cache.verify(list(paths) if paths else None, progress=advance)
+    for p in paths:  # a typo (neither on disk nor tracked) is an error, not "untracked"
+        if not os.path.lexists(p):
+            top = os.path.abspath(p)
+            mine = [i for i in items if i.path == top or i.path.startswith(os.path.join(top, ""))]
+            if all(i.state == "untracked" for i in mine):
+                raise UsageError(f"no such file or folder: {p} (and the cache tracks none there)")
+    if excludes or any(rules.values()):
+
+        def kept(path: str) -> bool:
+            for top, rule in rules.items():
+                if path.startswith(os.path.join(top, "")):
+                    return not rule.ignored(path)
+            return not excluded_file(path, excludes)
+
+        items = [i for i in items if kept(i.path)]
     counts = dict.fromkeys(("ok", "changed", "missing", "unreadable", "untracked"), 0)
     for item in items:
         counts[item.state] += 1
     if as_json:
         echo_json({"files": [i.as_dict() for i in items], "summary": counts})
+    elif as_nl:
+        for item in items:
+            echo_nl(item.as_dict())
+        echo_nl({"summary": counts})
     else:
         for item in items:
             if item.state != "ok":
@@ -1005,24 +1373,35 @@ def verify(settings: Settings, paths: tuple[str, ...], as_json: bool) -> None:
 )
 @all_accounts_option
 @json_option
+@nl_option
 @click.pass_obj
 @handle_errors
 def forget(
-    settings: Settings, items: tuple[str, ...], remote: bool, all_accounts: bool, as_json: bool
+    settings: Settings,
+    items: tuple[str, ...],
+    remote: bool,
+    all_accounts: bool,
+    as_json: bool,
+    as_nl: bool,
 ) -> None:
     """Remove entries, named by path (a folder: its tracked files), content hash or imageUUID.
 
-    The next use of that content uploads it again. Exit 1 if an item matched nothing
-    (or, with --remote, could not be deleted on the server).
+    The next use of that content uploads it again. A hash may be given by any
+    unambiguous prefix of 8 hex digits or more (as ls and refresh print it).
+    Exit 1 if an item matched nothing (or, with --remote, could not be deleted
+    on the server).
     """
     cache = settings.cache(need_key=remote)
     results = cache.forget(items, remote=remote, all_accounts=scope(settings, all_accounts))
     if as_json:
         echo_json([r.as_dict() for r in results])
+    elif as_nl:
+        for r in results:
+            echo_nl(r.as_dict())
     else:
         for r in results:
             if r.error is not None:
-                note(f"assetcache: {r.error}")
+                click.echo(f"assetcache: {r.error}", err=True)  # an error: even with -q
                 if not r.entries:
                     continue
             uuids = ", ".join(e.uuid for e in r.entries) or "no entry"
@@ -1272,8 +1651,9 @@ def emulator_control(settings: Settings, name: str, body: dict[str, Any] | None 
     """Call a running emulator's control endpoint, found from --api-url."""
     from urllib.parse import urlsplit
 
-    import httpx
+    from ._httpx import http
 
+    httpx = http()  # httpx2 when installed, else httpx
     if not settings.api_url:
         raise UsageError(
             "no emulator: add --emulator (this database's in-process emulator) or "
@@ -1493,7 +1873,7 @@ def proxy(settings: Settings, host: str, port: int, upstream: str | None, max_bo
     from ._proxy import Proxy
     from ._proxy._server import is_loopback
 
-    options: dict[str, Any] = dict(settings.options)
+    options: dict[str, Any] = settings.cache_options()
     options.pop("upload_task", None)  # each upload keeps the task it came as
     if settings.emulator:
         from .emulator import Emulator
@@ -1537,6 +1917,117 @@ def proxy(settings: Settings, host: str, port: int, upstream: str | None, max_bo
 
 
 # == end of the emulator block ====================================================
+
+
+# -- configuration, paths, completion ----------------------------------------------
+
+
+@cli.command("config")
+@json_option
+@click.pass_obj
+def config_command(settings: Settings, as_json: bool) -> None:
+    """Show every setting's effective value and where it came from.
+
+    Sources, highest first: a flag, the environment, [tool.assetcache] in the
+    nearest pyproject.toml, the user config file, the default. The API key is
+    never shown: only where it came from and the account's fingerprint.
+    """
+    from ._settings import SETTINGS
+
+    r = settings.resolved()
+    rows = []
+    out: dict[str, Any] = {}
+    for s in SETTINGS:
+        v = r.values[s.name]
+        shown = r.display(s.name)
+        if s.kind == "secret" and v.value:
+            from ._config import account_fingerprint
+
+            shown = f"set (account {account_fingerprint(v.value)})"
+        value: Any = v.value
+        if s.name == "db" and v.value is None:
+            shown = value = str(settings.db_path())
+        if s.kind == "secret":
+            value = None
+        entry = {"value": value, "source": v.source, "origin": v.origin}
+        if s.kind == "secret":
+            entry["set"] = v.value is not None
+            if v.value:
+                from ._config import account_fingerprint
+
+                entry["account"] = account_fingerprint(v.value)
+        out[s.name] = entry
+        rows.append((s.name, shown, v.origin))
+    user_exists = r.user_file is not None and Path(r.user_file).is_file()
+    files = {
+        "user": {"path": r.user_file, "exists": user_exists},
+        "project": {"path": r.project_file, "used": any(f.kind == "project" for f in r.files)}
+        if r.project_file
+        else None,
+    }
+    if as_json:
+        echo_json({"settings": out, "files": files})
+        return
+    name_w = max(len(n) for n, _, _ in rows)
+    value_w = min(48, max(len(v) for _, v, _ in rows))
+    for name, shown, origin in rows:
+        click.echo(f"{name:<{name_w}}  {shown:<{value_w}}  {origin}")
+    note(
+        f"user file: {r.user_file or '(disabled)'}"
+        + ("" if user_exists or r.user_file is None else " (not found)")
+    )
+    if r.project_file:
+        used = files["project"]["used"]  # type: ignore[index]
+        note(f"project file: {r.project_file}" + ("" if used else " (no [tool.assetcache])"))
+
+
+@cli.command("path")
+@click.pass_obj
+def path_command(settings: Settings) -> None:
+    """Print the cache database's path (a database URL without its password)."""
+    target = settings.db_target()
+    if isinstance(target, str):
+        from ._storage._postgres import redact_url
+
+        click.echo(redact_url(target))
+    else:
+        click.echo(str(target))
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash:  eval "$(assetcache completion bash)"      (in ~/.bashrc)
+    zsh:   eval "$(assetcache completion zsh)"       (in ~/.zshrc)
+    fish:  assetcache completion fish > ~/.config/fish/completions/assetcache.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "assetcache", "_ASSETCACHE_COMPLETE").source())
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    settings = ctx.find_object(Settings)
+    if value and settings is not None:
+        settings.quiet = True
+
+
+# ``-q/--quiet`` after the command too (``assetcache upload -q ...``), on every command.
+for _command in cli.commands.values():
+    _command.params.append(
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            callback=_set_quiet,
+            help="Print no summary or remark on stderr (errors still go there).",
+        )
+    )
 
 
 def main() -> None:

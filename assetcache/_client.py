@@ -11,6 +11,7 @@ with :func:`run_sync`, the asyncio twin with :func:`run_async`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -87,6 +88,45 @@ class BaseCache:
         """The settings in force (frozen)."""
         return self._engine.config
 
+    # -- metrics (the ``metrics`` extra) ---------------------------------------------------
+    def register_metrics(self, registry: Any = None, *, prefix: str = "assetcache") -> Any:
+        """Expose this cache's Prometheus metrics in ``registry`` (default: the global
+        ``prometheus_client.REGISTRY``); returns the collector.
+
+        Counters are this process's since it started (hits, misses, uploads,
+        re-uploads, heals, bytes sent and saved, failures, retries, store errors,
+        lease waits, takeovers); gauges (entries, stored bytes, files, database
+        size) are read at each scrape. Needs ``pip install 'assetcache[metrics]'``.
+        """
+        from ._metrics import register_metrics
+
+        return register_metrics(lambda: self._metrics(lifetime=False), registry, prefix=prefix)
+
+    def _write_metrics(self, path: str | os.PathLike[str], prefix: str) -> None:
+        from ._metrics import write_textfile
+
+        write_textfile(path, self._metrics(lifetime=True), prefix=prefix)
+
+    def _metrics(self, *, lifetime: bool) -> Any:
+        from ._metrics import Sample
+        from ._storage._repair import db_size
+
+        engine = self._engine
+        if lifetime:
+            counts = dict(engine.registry.counters(engine.namespace))
+            for name, value in engine.pending_counts().items():
+                counts[name] = counts.get(name, 0) + value
+        else:
+            counts = engine.process_counts()
+        n, total = engine.registry.asset_totals(namespace=engine.namespace)
+        gauges = {
+            "entries": float(n),
+            "stored_bytes": float(total),
+            "files": float(engine.store.count_files()),
+            "db_bytes": float(db_size(engine.store.path)),
+        }
+        return Sample(counts, gauges)
+
     @property
     def namespace(self) -> str:
         return self._engine.namespace
@@ -125,12 +165,17 @@ class AssetCache(BaseCache):
         self._driver.make_sync_client = self._make_client
 
     def _make_client(self) -> Any:
-        import httpx
+        from ._httpx import for_transport
 
-        return httpx.Client(**self._client_kwargs())
+        return for_transport(self._transport).Client(**self._client_kwargs())
 
     def _run(self, plan: Plan) -> Any:
         return run_sync(plan, self._driver)
+
+    def write_metrics(self, path: str | os.PathLike[str], *, prefix: str = "assetcache") -> None:
+        """Write the node-exporter textfile format to ``path``, atomically, with the
+        totals the database keeps (every process's, for cron jobs)."""
+        self._write_metrics(path, prefix)
 
     # -- resolving ---------------------------------------------------------------------
     def resolve(self, source: SourceLike) -> Resolution:
@@ -164,7 +209,9 @@ class AssetCache(BaseCache):
         """What :meth:`resolve_many` would do, without uploading or writing anything.
 
         Each result's ``outcome`` is ``hit`` (with the UUID), ``uploaded`` or
-        ``reuploaded`` (would be: ``uuid`` is None) or ``failed`` (bad input).
+        ``reuploaded`` (would be: ``uuid`` is None), ``duplicate`` (the same
+        content as an earlier source of this call: sent once, with that one) or
+        ``failed`` (bad input).
         """
         return _maintenance.preview(self._engine, sources)
 
@@ -448,9 +495,9 @@ class AsyncAssetCache(BaseCache):
         self._driver.make_async_client = self._make_client
 
     def _make_client(self) -> Any:
-        import httpx
+        from ._httpx import for_transport
 
-        return httpx.AsyncClient(**self._client_kwargs())
+        return for_transport(self._transport).AsyncClient(**self._client_kwargs())
 
     async def _run(self, plan: Plan) -> Any:
         return await run_async(plan, self._driver)
@@ -458,6 +505,12 @@ class AsyncAssetCache(BaseCache):
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on a worker thread (a plan of one ``Call``)."""
         return cast(T, await self._run(plan_call(fn, *args, **kwargs)))
+
+    async def write_metrics(
+        self, path: str | os.PathLike[str], *, prefix: str = "assetcache"
+    ) -> None:
+        """The twin of :meth:`AssetCache.write_metrics` (on a worker thread)."""
+        await self._call(self._write_metrics, path, prefix)
 
     # -- resolving ---------------------------------------------------------------------
     async def resolve(self, source: SourceLike) -> Resolution:

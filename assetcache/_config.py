@@ -3,7 +3,8 @@
 :data:`SETTINGS` is the table (as python-diskcache's ``DEFAULT_SETTINGS``);
 :func:`resolve` turns what a caller gave, the environment and the defaults
 into one frozen :class:`Config`, checked. The cache classes and the CLI build
-the same object, and nothing else reads the environment::
+the same object, and nothing else reads the environment or the config files
+(``_settings`` layers them: flags > environment > project > user > defaults)::
 
     >>> cfg = resolve(api_key="k", base_url="https://api.runware.ai/v1/", db=":memory:")
     >>> cfg.base_url, cfg.namespace.startswith("api.runware.ai/v1#")
@@ -220,35 +221,66 @@ def resolve(
         raise ConfigurationError(
             f"upload_task={upload_task!r} contradicts task_type={task_type!r}: give one"
         )
-    key = pick("api_key", api_key) or None
+    # Flags and arguments, then the environment, then [tool.assetcache] in the
+    # nearest pyproject.toml, then the user config file, then the defaults.
+    from ._settings import layer_library
+
+    # Retention may be given per upload task kind: the one in force is this kind's.
+    per_kind = retention if isinstance(retention, Mapping) else None
+    layers = layer_library(
+        env,
+        api_key=api_key,
+        base_url=base_url or None,
+        db_path=db if db is not None else db_path,
+        local_db=local_db,
+        retention=None if isinstance(retention, Mapping) else _seconds(retention),
+        margin=_seconds(margin),
+        touch_every=_seconds(touch_every),
+        concurrency=concurrency,
+        batch_size=batch_size,
+        max_bytes=None if max_bytes is ... else max_bytes,
+        lease_ttl=_seconds(lease_ttl),
+        upload_task=upload_task or task_type,
+        resize=resize,
+        max_side=max_side,
+        keep_copies=keep_copies,
+        copies_dir=copies_dir,
+        copies_max_bytes=copies_max_bytes,
+        served_is_used=served_is_used,
+        shared_db=shared_db,
+    )
+    layered = layers.kwargs()
+    key = layered["api_key"] or None
     check_api_key(key)
-    raw_url = str(pick("base_url", base_url or None)).rstrip("/")
+    raw_url = str(layered["base_url"]).rstrip("/")
     # user:password@ in the URL: never stored, shown or logged (see split_url_credentials).
     url, proxy_auth = split_url_credentials(raw_url)
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"API URL must start with http:// or https://: {url}")
-    kind = pick("task_type", upload_task or task_type)
+    kind = layered["upload_task"]
     if kind not in TASK_TYPES:
         raise ConfigurationError(f"task_type must be imageUpload or mediaStorage, not {kind!r}")
+    kept: timedelta | float | Mapping[str, timedelta | float] | None = per_kind
+    if per_kind is None and layers.source("retention") != "default":
+        kept = layered["retention"]
     try:
-        # Retention may be given per upload task kind: the one in force is this kind's.
-        basis = _policy.retention_basis(retention, kind)
+        basis = _policy.retention_basis(kept, kind)
         policy = _policy.Policy.from_timedeltas(
-            _policy.retention_for(retention, kind), margin, touch_every
+            _policy.retention_for(kept, kind), layered["margin"], layered["touch_every"]
         )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
-    target = db if db is not None else db_path
-    local = pick("local_db", local_db)
+    target = layered["db_path"]
+    local = layered["local_db"]
     fleet_dir = None
     if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
         fleet_dir = str(default_db_path(env).parent) if local is None else None
-    copies = pick("copies_dir", copies_dir)
-    ttl = _duration("lease_ttl", pick("lease_ttl", lease_ttl))
+    copies = layered["copies_dir"]
+    ttl = _duration("lease_ttl", layered["lease_ttl"])
     if not ttl > 0:
         raise ConfigurationError(f"lease_ttl must be a positive number of seconds, not {ttl!r}")
     folders: tuple[str, ...] = ()
-    if not env.get("ASSETCACHE_DB"):
+    if not env.get("ASSETCACHE_DB") and layers.source("db") in ("flag", "default"):
         default = default_db_path(env)
         if (
             target is None
@@ -268,23 +300,23 @@ def resolve(
         namespace=namespace or namespace_for(url, key),
         policy=policy,
         retry=retry or RetryPolicy(),
-        concurrency=max(1, pick("concurrency", concurrency)),
-        batch_size=max(1, pick("batch_size", batch_size)),
+        concurrency=max(1, layered["concurrency"]),
+        batch_size=max(1, layered["batch_size"]),
         batch_bytes=pick("batch_bytes", batch_bytes),
-        max_bytes=SETTINGS["max_bytes"].default if max_bytes is ... else max_bytes,  # type: ignore[arg-type]
+        max_bytes=layered["max_bytes"] if max_bytes is ... else max_bytes,  # type: ignore[arg-type]
         racy_ns=int(pick("racy_window", racy_window) * 1e9),
         lease_ttl=ttl,
         task_type=kind,
         retention_basis=basis,
-        resize=pick("resize", resize),
-        max_side=pick("max_side", max_side),
-        keep_copies=_flag(pick("keep_copies", keep_copies)),
+        resize=layered["resize"],
+        max_side=layered["max_side"],
+        keep_copies=_flag(layered["keep_copies"]),
         copies_dir=os.fspath(copies) if copies is not None else None,
-        copies_max_bytes=_size(pick("copies_max_bytes", copies_max_bytes)),
+        copies_max_bytes=_size(layered["copies_max_bytes"]),
         proxy_auth=proxy_auth,
         secrets=tuple(x for x in (key, *url_secrets(raw_url)) if x and len(x) >= 4),
-        served_is_used=bool(pick("served_is_used", served_is_used)),
-        shared_db=_flag(pick("shared_db", shared_db)),
+        served_is_used=_flag(layered["served_is_used"]),
+        shared_db=_flag(layered["shared_db"]),
         default_folders=folders,
     )
 
@@ -306,6 +338,10 @@ def _duration(name: str, value: float | str | timedelta) -> float:
         raise ConfigurationError(
             f"{name} must be a duration (e.g. 300 or 5m), not {value!r}"
         ) from None
+
+
+def _seconds(value: timedelta | float | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def default_folders(db: str | os.PathLike[str]) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ from ._copies import Copies
 from ._errors import AssetCacheError, ConfigurationError, ProtocolError, StoreError
 from ._ingest import Ingest, Prepared
 from ._models import Entry, Resolution
+from ._pausepoints import pause_point
 from ._protocol import TaskResult, canonical_uuid, server_date
 from ._sources import Source
 from ._storage import open_stores
@@ -201,6 +202,8 @@ class Engine:
         self.task_type = config.task_type
         self.hash_workers = min(4, os.cpu_count() or 1)
         self._counts: collections.Counter[str] = collections.Counter()
+        #: What this process counted and already saved (lifetime totals = this + pending).
+        self._flushed: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()
         # When each entry was last handed out; kept in memory (a hit writes
         # nothing) and saved with the counters.
@@ -237,6 +240,13 @@ class Engine:
         self.ingest = Ingest(
             self.namespace, self.transform, self.max_bytes, self.racy_ns, self._get_file
         )
+        # Resizing wanted ("auto") but impossible: say so when a big image goes whole.
+        self.ingest.warn_unresized = (
+            self.transform is None
+            and str(config.resize).lower() == "auto"
+            and not _transform.pillow_installed()
+        )
+        self.ingest.max_side = config.max_side
         self.owner = owner_id()
         self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
         self._flight_lock = threading.Lock()
@@ -262,6 +272,12 @@ class Engine:
         with self._count_lock:
             self._counts.update(counts)
 
+    def process_counts(self) -> dict[str, int]:
+        """Everything this process counted since it started (saved or not)."""
+        with self._count_lock:
+            total = self._flushed + self._counts
+        return dict(total)
+
     def pending_counts(self) -> dict[str, int]:
         """This process's counters not yet saved."""
         with self._count_lock:
@@ -271,6 +287,7 @@ class Engine:
         with self._count_lock:
             counts, self._counts = dict(self._counts), collections.Counter()
             served, self._served = self._served, {}
+            self._flushed.update(counts)
         if counts:
             try:
                 self.registry.add_counters(self.namespace, counts)
@@ -717,7 +734,11 @@ class Engine:
             out.update((k, v) for k, v in seen.items() if v != "free")
             free = [k for k in group if seen[k] == "free"]
             if free:
+                before = getattr(self.registry, "takeovers", 0)
                 got = self.registry.claim(free, self.owner, now, self.lease_ttl, threshold, until)
+                taken = getattr(self.registry, "takeovers", 0) - before
+                if taken > 0:
+                    self.count(takeovers=taken)
                 self.heartbeat.hold(k for k, v in got.items() if v == "claimed")
                 out.update(got)
         return out
@@ -725,6 +746,7 @@ class Engine:
     def record(
         self, done: Sequence[tuple[Prepared, TaskResult, int]], files: Sequence[FileRow]
     ) -> list[AssetRow]:
+        pause_point("record")
         now = self.stamp_now()  # the upload is evidence, stamped in the server's time
         records = [
             UploadRecord(

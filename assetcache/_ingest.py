@@ -17,6 +17,7 @@ swapped in after the stat, or a permission error mean the same everywhere::
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat as stat_mod
 import threading
@@ -34,9 +35,12 @@ from ._errors import (
     UnsupportedFormat,
 )
 from ._formats import DECLARED, MEDIA_TYPES, FormatCheck
+from ._pausepoints import pause_point
 from ._protocol import Payload
 from ._sources import Source, SourceLike
 from ._storage._base import FileRow, Key
+
+log = logging.getLogger("assetcache")
 
 #: Inputs up to this size are kept in memory after hashing (one read, no
 #: TOCTOU window); larger files are streamed again at upload time and verified.
@@ -142,6 +146,9 @@ class Ingest:
         self.max_bytes = max_bytes
         self.racy_ns = racy_ns
         self.get_file = get_file
+        #: Warn (once) when an image above ``max_side`` goes unresized (no Pillow).
+        self.warn_unresized = False
+        self.max_side = _transform.MAX_SIDE
         # At most this many images decoded at once, whatever the upload
         # concurrency: decoding is CPU- and memory-bound.
         self.fit_gate = threading.BoundedSemaphore(min(4, os.cpu_count() or 1))
@@ -277,6 +284,22 @@ class Ingest:
             return Prepared(
                 label, (self.namespace, known.content_hash, variant), fp.size, known.format, make
             )
+        if log.isEnabledFor(logging.INFO):
+            if known is None:
+                why = "not in the file index"
+            elif (
+                known.dev,
+                known.ino,
+                known.size,
+                known.mtime_ns,
+                known.ctime_ns,
+            ) != fp.as_tuple():
+                why = "changed since it was hashed (stat data differs)"
+            elif _hashing.is_racy(fp, known.hashed_at_ns, self.racy_ns):
+                why = "racily clean (modified too close to its last hash to trust stat data)"
+            else:
+                why = "its pixel size is not recorded yet"
+            log.info("%s: hashing: %s", label, why)
         return self._read_path(path, label)
 
     def _read_path(self, path: str, label: str) -> Prepared:
@@ -284,6 +307,7 @@ class Ingest:
         size, digest, check = found.size, found.digest, found.check
         if size == 0:
             raise SourceError(label, "empty file")
+        pause_point("hashed")
         fmt = finish(label, check)
         # 0x0: size unreadable without decoding; such an image is sent as it is.
         width, height = check.width or 0, check.height or 0
@@ -309,6 +333,12 @@ class Ingest:
         """The key's variant and the payload maker: the original as it is, or the
         transform's output, made on first call (only an upload calls it)."""
         transform = self.transform
+        if (
+            transform is None
+            and self.warn_unresized
+            and max(width or 0, height or 0) > self.max_side
+        ):
+            _warn_unresized(payload.label, width or 0, height or 0, self.max_side)
         variant = transform.variant_for(fmt, width, height) if transform else ""
         if not variant or transform is None:
             return "", lambda: payload
@@ -323,6 +353,25 @@ class Ingest:
 
         make.original = payload  # type: ignore[attr-defined]  # what local copies keep
         return variant, make
+
+
+_unresized_warned = threading.Event()
+
+
+def _warn_unresized(label: str, width: int, height: int, max_side: int) -> None:
+    """Once per process: a big image goes whole because Pillow is missing."""
+    if _unresized_warned.is_set():
+        return
+    _unresized_warned.set()
+    log.warning(
+        "%s is %dx%d px, above the server's %d px limit, and goes unresized because "
+        "Pillow is not installed (install it: %s); further such images are not listed",
+        label,
+        width,
+        height,
+        max_side,
+        _transform.INSTALL_HINT,
+    )
 
 
 def check_size(label: str, size: int, limit: int | None) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -198,6 +197,7 @@ def plan_use(
         if attempt == retries:
             break
         log.info("%s: Runware no longer knows %s; uploading it again", label, uuid)
+        engine.count(heals=1)
         uuid = yield from plan_uuid(engine, target, str(label))
     raise _exhausted(engine, str(label), rejected, retries, last)
 
@@ -281,15 +281,16 @@ def plan_from_rows(
     return res.uuid
 
 
-def _describe(obj: object) -> str:
+def _describe(obj: Any) -> str:
     """One line on what ``fn`` answered, for the give-up message."""
-    httpx = sys.modules.get("httpx")
-    if httpx is not None and isinstance(obj, httpx.HTTPStatusError):
+    from ._httpx import is_response, is_status_error
+
+    if is_status_error(obj):
         obj = obj.response
     if isinstance(obj, BaseException):
         text = " ".join(str(obj).split()) or type(obj).__name__
         return text if isinstance(obj, AssetCacheError) else f"{type(obj).__name__}: {text}"
-    if httpx is not None and isinstance(obj, httpx.Response):
+    if is_response(obj):
         try:
             err = json.loads(obj.content)["errors"][0]
             return (

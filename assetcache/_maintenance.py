@@ -66,6 +66,8 @@ _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: Identifiers are matched whole: ``\Z``, not ``$`` (which also matches before a final newline).
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 HASH_RE = re.compile(r"^[0-9a-f]{32}\Z")
+#: A hash prefix ``forget`` takes (``ls`` and ``refresh`` print 12 digits).
+PREFIX_RE = re.compile(r"^[0-9a-f]{8,31}\Z")
 _FORMATS = frozenset((*ACCEPTED, "url"))
 #: Entries listed per lookup of their known paths.
 _PAGE = 500
@@ -185,7 +187,8 @@ def preview(engine: Engine, sources: Iterable[SourceLike]) -> list[Resolution]:
                 )
             )
         elif p.key in seen:
-            out.append(Resolution(p.label, None, p.key[1], "hit", None, p.size, p.format))
+            # Not a cache hit: the content goes once, with the first of its paths.
+            out.append(Resolution(p.label, None, p.key[1], "duplicate", None, p.size, p.format))
         else:
             outcome = _policy.outcome_for_upload(row.image_uuid if row else None)
             out.append(Resolution(p.label, None, p.key[1], outcome, None, p.size, p.format))
@@ -483,14 +486,36 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
         return "uuid", set(), [], [item.lower()], None
     if HASH_RE.match(item.lower()):
         return "hash", {item.lower()}, [], [], None
+    if PREFIX_RE.match(item.lower()):
+        prefix = item.lower()
+        hashes = sorted(
+            {
+                a.content_hash
+                for a in engine.registry.select_assets(order="key")
+                if a.content_hash.startswith(prefix)
+            }
+        )
+        if len(hashes) == 1:
+            return "hash", set(hashes), [], [], None
+        if not hashes:
+            return "hash", set(), [], [], f"{item}: no entry's content hash starts with it"
+        shown = ", ".join(h[:16] for h in hashes[:3])
+        return (
+            "hash",
+            set(),
+            [],
+            [],
+            f"{item}: ambiguous, {len(hashes)} entries' hashes start with it ({shown}"
+            f"{', ...' if len(hashes) > 3 else ''}); give more digits",
+        )
     return (
         "path",
         set(),
         [],
         [],
         (
-            f"{item}: not an existing or tracked path, a content hash (32 hex digits) "
-            "or an imageUUID"
+            f"{item}: not an existing or tracked path, a content hash (8 to 32 hex "
+            "digits, unambiguous) or an imageUUID"
         ),
     )
 

@@ -391,6 +391,8 @@ class FileStatus:
     last_used_at: float | None = None
     #: When the cache last handed the UUID out (``status_report`` only; not a use).
     last_served_at: float | None = None
+    #: Why an ``invalid`` file can never upload (not an image, empty, too big, ...).
+    reason: str | None = None
 
     _SPEC: ClassVar[Spec] = (
         "path",
@@ -401,6 +403,7 @@ class FileStatus:
         ("time_left_seconds", "time_left", None),
         ("last_used_at", "last_used_at", iso),
         ("last_served_at", "last_served_at", iso),
+        "reason",
     )
 
     def as_dict(self) -> dict[str, Any]:
@@ -423,7 +426,8 @@ class StatusReport:
 
     @property
     def all_fresh(self) -> bool:
-        return self.counts["fresh"] == self.total
+        """Whether every file that can upload is fresh (``invalid`` ones never can)."""
+        return self.counts["fresh"] == self.total - self.counts.get("invalid", 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {"files": [f.as_dict() for f in self.files], "summary": self.counts}

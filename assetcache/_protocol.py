@@ -671,8 +671,12 @@ def _rejection_one(obj: object, uuid: str | None, known: Sequence[str]) -> Media
     root = module.split(".")[0]
     if root == "runware":
         return _sdk_rejection(obj, cls.__name__, known)
-    if root in ("httpx", "httpx2"):
-        response = getattr(obj, "response", None) if cls.__name__ == "HTTPStatusError" else obj
+    from ._httpx import is_response, is_status_error  # both libraries, never imported
+
+    status_error = is_status_error(obj)
+    if root in ("httpx", "httpx2") or status_error or is_response(obj):
+        named_error = status_error or cls.__name__ == "HTTPStatusError"
+        response = getattr(obj, "response", None) if named_error else obj
         if response is not None and hasattr(response, "status_code"):
             return _response_rejection(response, obj, uuid, known)
         return None

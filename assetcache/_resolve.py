@@ -23,6 +23,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from . import _policy
+from ._durations import format_duration
 from ._effects import Call, Concurrent, Map, Plan, Sleep, Wait
 from ._engine import Engine
 from ._errors import AssetCacheError, SourceError, StoreError
@@ -81,13 +82,56 @@ def plan_resolve_many(
             results[i] = hit
         else:
             todo.append(i)
+    verbose = log.isEnabledFor(logging.INFO)
+    if verbose:
+        for r in results:
+            if r is not None:
+                log.info("%s: hit, served from the file index (stat unchanged, not read)", r.source)
     if not todo:
         return results
     ready = yield from plan_prepare(engine, sources, todo, results)
     groups = yield from plan_settle(engine, ready, force, results, touch)
     if groups is not None:
+        if verbose:
+            log_upload_reasons(engine, groups, force)
         yield from plan_claim_loop(engine, groups, force, started, limit, results)
+    if verbose:
+        for i in todo:
+            r = results[i]
+            if r is None:
+                continue
+            if r.outcome == "failed":
+                log.info("%s: skipped: %s", r.source, getattr(r.error, "reason", None) or r.error)
+            elif r.outcome == "hit":
+                log.info("%s: hit by content (hashed; the same bytes are cached)", r.source)
+            else:
+                log.info("%s: %s (%s)", r.source, r.outcome, r.uuid)
     return results
+
+
+def log_upload_reasons(engine: Engine, groups: Groups, force: Collection[Key]) -> None:
+    """Say (at -v) why each content needs an upload: new, expired, renewal."""
+    now = engine.clock()
+    for key, members in groups.items():
+        label = members[0][1].label
+        if key in force:
+            log.info("%s: uploading again ahead of expiry (refresh)", label)
+            continue
+        try:
+            row = engine.registry.get_asset(key)
+        except AssetCacheError:
+            row = None
+        if row is None:
+            log.info("%s: uploading: new content (%s), never uploaded", label, key[1][:12])
+        else:
+            ago = format_duration(now - row.last_used_at)
+            log.info(
+                "%s: re-uploading: the old upload %s is expired or was rejected "
+                "(last use recorded %s ago)",
+                label,
+                row.image_uuid,
+                ago,
+            )
 
 
 def plan_prepare(engine: Engine, sources: Sequence[Any], todo: list[int], results: Results) -> Plan:
@@ -144,6 +188,7 @@ def plan_claim_loop(
     """Until every key is answered: lead or follow in this process, claim the
     lease, upload what we claimed, wait for what others hold."""
     late_files: list[FileRow] = []  # stat rows of items answered by someone else's upload
+    waited: set[Key] = set()  # keys this call waited on another process for (metrics)
     poll = 0.02
     while groups:
         lead, follow = engine.join_flights(list(groups))
@@ -181,6 +226,10 @@ def plan_claim_loop(
             hit_group(engine, results, groups.pop(key), row, late_files)
 
         if held:
+            fresh_waits = [k for k in held if k not in waited]
+            if fresh_waits:
+                waited.update(fresh_waits)
+                engine.count(lease_waits=len(fresh_waits))
             # Another process holds the lease: keep our in-process flight (so
             # our own threads keep waiting on us) and poll for its result.
             for key in held:
@@ -380,3 +429,5 @@ def fail_group(
     for i, p in members:
         results[i] = failed(p.label, err)
         engine.count(failures=1)
+    if isinstance(err, StoreError):
+        engine.count(store_errors=1)

@@ -57,7 +57,48 @@ if TYPE_CHECKING:
     from ._engine import Engine
 
 #: The states a file can be in, in the order a report lists them.
-STATES = ("fresh", "expiring", "expired", "changed", "new", "missing")
+STATES = ("fresh", "expiring", "expired", "changed", "new", "invalid", "missing")
+#: Bytes read of a new file to tell whether it can ever upload (its signature).
+SNIFF_BYTES = 64
+
+
+def uploadable(path: str, max_bytes: int | None) -> str | None:
+    """Why the file at ``path`` can never upload (``None``: it can, as far as its
+    size and signature tell): it is not an image, empty, unreadable or too big."""
+    from ._errors import UnsupportedFormat
+    from ._formats import sniff
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size == 0:
+            return "empty file"
+        if max_bytes is not None and st.st_size > max_bytes:
+            return f"larger than the limit of {max_bytes} bytes"
+        head = os.read(fd, SNIFF_BYTES)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    finally:
+        os.close(fd)
+    try:
+        sniff(head)
+    except UnsupportedFormat as exc:
+        return exc.reason
+    return None
+
+
+def _judged(found: Any, max_bytes: int | None) -> Any:
+    """A new file that can never upload is ``invalid`` (with the reason), not ``new``."""
+    if type(found) is int or found.state != "new":
+        return found
+    reason = uploadable(found.path, max_bytes)
+    return found if reason is None else FileStatus(found.path, "invalid", reason=reason)
+
 
 #: A helper process pays off from about this many cached files below a folder
 #: (it takes ~50 ms to start; a file takes ~3-5 us to scan).
@@ -318,7 +359,8 @@ def _pack(*fields: Any) -> tuple[Any, ...]:
 
 def scan(engine: Engine, paths: Iterable[str]) -> Iterator[FileStatus]:
     """Statuses of the files named (folders: every file below them, in path order)."""
-    return _statuses(engine, paths, survey=False)
+    limit = engine.max_bytes
+    return (_judged(found, limit) for found in _statuses(engine, paths, survey=False))
 
 
 def report(engine: Engine, paths: Iterable[str], *, fresh: bool = False) -> StatusReport:
@@ -329,7 +371,9 @@ def report(engine: Engine, paths: Iterable[str], *, fresh: bool = False) -> Stat
     """
     counts = dict.fromkeys(STATES, 0)
     files: list[FileStatus] = []
+    limit = engine.max_bytes
     for found in _statuses(engine, paths, survey=not fresh):
+        found = _judged(found, limit)
         if type(found) is int:
             counts["fresh"] += found
         else:

@@ -2,7 +2,8 @@
 
 As httpx's ``map_httpcore_exceptions``: every foreign error of a request is
 turned into an assetcache error here and nowhere else (:func:`mapped`).
-httpx is imported inside the functions, so start-up stays free of it.
+httpx2 (when installed) or httpx is imported inside the functions, through
+``_httpx``, so start-up stays free of it.
 
 Every exchange is bounded: ``effect.timeout`` covers the whole of it (connect,
 send, every byte of the answer; the async twin enforces it exactly, the
@@ -35,8 +36,11 @@ class Response:
 
 
 def client_kwargs(retry: RetryPolicy, concurrency: int, transport: Any = None) -> dict[str, Any]:
-    """Keyword arguments of the ``httpx.Client``/``AsyncClient`` of a cache."""
-    import httpx
+    """Keyword arguments of the ``httpx.Client``/``AsyncClient`` of a cache (of the
+    library :func:`~assetcache._httpx.for_transport` picks)."""
+    from ._httpx import for_transport
+
+    httpx = for_transport(transport)
 
     kwargs: dict[str, Any] = {
         "timeout": httpx.Timeout(retry.timeout, connect=10.0),
@@ -50,19 +54,19 @@ def client_kwargs(retry: RetryPolicy, concurrency: int, transport: Any = None) -
 
 @contextlib.contextmanager
 def mapped(url: str) -> Iterator[None]:
-    """Turn an httpx error raised inside the block into our error tree."""
-    import httpx
+    """Turn an httpx (or httpx2) error raised inside the block into our error tree."""
+    from ._httpx import error_types
 
     try:
         yield
     except AssetCacheError:
         raise
-    except httpx.HTTPError as exc:
+    except error_types("HTTPError") as exc:
         raise _transport_error(exc, url) from None
 
 
 def _transport_error(exc: Exception, url: str) -> RemoteError:
-    import httpx
+    from ._httpx import error_types
 
     untrusted = _certificate_problem(exc)
     if untrusted is not None:
@@ -70,14 +74,19 @@ def _transport_error(exc: Exception, url: str) -> RemoteError:
         return RemoteError(
             f"no answer from {url}: TLS certificate verification failed ({untrusted})", code="tls"
         )
-    if isinstance(exc, httpx.TimeoutException):
+    dropped = (
+        *error_types("RemoteProtocolError"),
+        *error_types("ReadError"),
+        *error_types("WriteError"),
+    )
+    if isinstance(exc, error_types("TimeoutException")):
         reason = "timed out"
-    elif isinstance(exc, httpx.ConnectError):
+    elif isinstance(exc, error_types("ConnectError")):
         # Refused, unresolvable, no route, TLS handshake: the endpoint cannot be reached.
         return TransportError(
             f"no answer from {url}: connection refused or unreachable", code="unreachable"
         )
-    elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+    elif isinstance(exc, dropped):
         reason = "connection dropped"
     else:
         reason = type(exc).__name__

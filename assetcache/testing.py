@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from . import AssetCache
+    from ._client import AssetCache
     from .emulator import Emulator
 
 __all__ = ["API_KEY", "asset_cache", "runware_emulator", "runware_emulator_options"]
@@ -74,7 +74,8 @@ def runware_emulator(runware_emulator_options: dict[str, Any]) -> Iterator[Emula
 @pytest.fixture
 def asset_cache(runware_emulator: Emulator, tmp_path: Path) -> Iterator[AssetCache]:
     """An AssetCache on the emulator, sharing its clock; database under ``tmp_path``."""
-    from . import AssetCache, RetryPolicy
+    from ._client import AssetCache
+    from ._config import RetryPolicy
 
     cache = AssetCache(
         API_KEY,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,10 @@ from helpers import API_KEY
 
 from assetcache import AssetCache, RetryPolicy
 from assetcache.emulator import Emulator
+
+# The machine's own config files must not leak into tests (nor into the processes
+# they start): no user file; a test that wants one names it.
+os.environ["ASSETCACHE_CONFIG"] = ""
 
 #: Retries without real waiting: backoff is tested as a pure function.
 FAST_RETRY = RetryPolicy(attempts=8, base_delay=0.0005, max_delay=0.002, timeout=10.0)

@@ -32,6 +32,9 @@ COMMANDS = {
     "proxy",
     "advance",
     "emulator-status",
+    "config",
+    "path",
+    "completion",
 }
 
 

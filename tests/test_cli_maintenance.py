@@ -56,9 +56,21 @@ def test_refresh_renews_and_reports_what_it_could_not(ecli: EmulatorCLI, tmp_pat
     # Renewed: a caller now hits without uploading, and nothing is left to do in the window.
     hit = json.loads(ecli("upload", "--json", a).stdout)["results"][0]
     assert (hit["outcome"], hit["uuid"]) == ("hit", renewed["uuid"])
+    assert items[old["img-02.png"]]["reported_before"] is False
+    # Cron the next night: the gone content was reported already; nothing needs you.
     again = ecli("refresh", "--within", "2d")
-    assert again.exit_code == 1 and "0 renewed, 2 could not be refreshed" in again.stderr
-    assert all(line.startswith("content-gone") for line in again.stdout.splitlines())
+    assert again.exit_code == 0, again.output
+    assert "0 renewed, 0 failed, 0 content gone (+2 reported before)" in again.stderr
+    assert again.stdout == ""
+    listed = json.loads(ecli("refresh", "--within", "2d", "--json").stdout)
+    assert {i["reported_before"] for i in listed["items"]} == {True}
+    # More content goes missing: that is news again (exit 1), reported once.
+    a.unlink()
+    ecli.advance(days=28.5)
+    news = ecli("refresh", "--within", "2d")
+    assert news.exit_code == 1 and news.stdout.startswith("content-gone")
+    assert ecli("refresh", "--within", "2d").exit_code == 0
+    assert ecli("refresh", "--within", "2d", "--ignore-gone").exit_code == 0
 
 
 def test_refresh_all_good_exits_0_and_dry_run_sends_nothing(
@@ -145,8 +157,8 @@ def test_verify_reports_and_fixes(ecli: EmulatorCLI, tmp_path: Path) -> None:
     # Fixed as it went: a second pass finds everything fine.
     again = ecli("verify")
     assert again.stdout == "" and "2 file(s): 2 ok" in again.stderr
-    text = ecli("verify", tmp_path / "img" / "nope.png")
-    assert text.stdout.startswith("untracked")
+    text = ecli("verify", tmp_path / "img" / "nope.png")  # a typo: neither there nor tracked
+    assert text.exit_code == 2 and "no such file or folder" in text.stderr
 
 
 def test_verify_unreadable_file_exit_1(

@@ -190,7 +190,14 @@ def test_status_check_exit_code(ecli: EmulatorCLI, tmp_path: Path) -> None:
     (a,) = write_images(tmp_path, 1)
     ecli("upload", a)
     assert ecli("status", "--check", a).exit_code == 0
-    assert ecli("status", "--check", a, tmp_path / "gone.png").exit_code == 1
+    # A tracked file that is gone needs attention; a path never tracked is a typo.
+    b = tmp_path / "b.png"
+    b.write_bytes(a.read_bytes() + b"\0")
+    ecli("upload", b)
+    b.unlink()
+    assert ecli("status", "--check", a, b).exit_code == 1
+    typo = ecli("status", "--check", a, tmp_path / "gone.png")
+    assert typo.exit_code == 2 and "no such file or folder" in typo.stderr
     quiet = ecli("status", a)  # like git status: fresh files are only counted
     assert quiet.stdout == "" and "1 file(s): 1 fresh" in quiet.stderr
     assert "--all lists the fresh ones" in quiet.stderr

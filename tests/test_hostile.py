@@ -548,7 +548,9 @@ def test_unwritable_folder_when_permission_bits_cannot_stop_us(tmp_path, emu, mo
             "--db", db, "--api-url", emu.base_url, "upload", image, env={"RUNWARE_API_KEY": API_KEY}
         )
         assert result.exit_code == 2
-        assert str(db) in result.stderr and "Permission denied" in result.stderr
+        # An explicit --db in a missing folder is refused before any mkdir.
+        assert str(db) in result.stderr
+        assert "Permission denied" in result.stderr or "does not exist" in result.stderr
     assert not folder.exists()
 
 

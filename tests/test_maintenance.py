@@ -147,7 +147,8 @@ def test_preview_sends_and_writes_nothing(cache: AssetCache, emu: Emulator, tmp_
     copy = tmp_path / "b-copy.png"
     copy.write_bytes(b.read_bytes())
     out = cache.preview([a, b, copy, bad])
-    assert [r.outcome for r in out] == ["hit", "uploaded", "hit", "failed"]
+    # The same content twice in one batch is not a cache hit: it goes once.
+    assert [r.outcome for r in out] == ["hit", "uploaded", "duplicate", "failed"]
     assert out[0].uuid == uuid_a and out[1].uuid is None
     assert "bad.png" in str(out[3].error)
     assert emu.upload_count == emu_before

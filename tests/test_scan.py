@@ -62,7 +62,7 @@ def test_new_changed_and_missing_files_in_place(scanned):
         ("b/d.png", "missing"),
         ("b/e.png", "new"),
         ("b0.png", "fresh"),
-        ("notes.txt", "new"),
+        ("notes.txt", "invalid"),
         ("z.png", "fresh"),
     ]
 

@@ -256,6 +256,7 @@ def test_the_cli_at_debug_never_prints_the_key(tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETCACHE_", "RUNWARE_"))}
     env = {**base, "RUNWARE_API_KEY": API_KEY}
     db = tmp_path / "state" / "deeper" / "cache.db"
+    db.parent.mkdir(parents=True)  # an explicit --db needs its folder
     outputs: list[str] = []
     with Emulator(
         api_key=API_KEY,
@@ -302,7 +303,7 @@ def test_the_cli_at_debug_never_prints_the_key(tmp_path):
         refused = runs[-1]
     assert refused.returncode != 0 and "API key" in refused.stdout + refused.stderr
     assert runs[0].returncode == 1  # bad.png failed, the rest went through
-    assert "INFO httpx" in runs[0].stderr and "retrying" in runs[0].stderr
+    assert "INFO httpx" in runs[0].stderr and "retrying" in runs[0].stderr  # httpx or httpx2
     for done in runs:
         outputs += [done.stdout, done.stderr]
         assert "Traceback" not in done.stderr, done.stderr
@@ -332,11 +333,13 @@ def test_the_database_is_0600_and_the_folders_it_creates_0700(tmp_path, emu, mon
                     assert mode == 0o600, path
             assert {p.name for p in db.parent.iterdir()} >= {"cache.db", "cache.db-wal"}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSETCACHE_",))}
-        cli_db = tmp_path / "cli-made" / "cache.db"
+        # Only the default location is created (an explicit --db needs its folder).
+        env["XDG_CACHE_HOME"] = str(tmp_path / "cli-made")
+        cli_db = tmp_path / "cli-made" / "assetcache" / "cache.db"
         image = tmp_path / "x.png"
         image.write_bytes(make_png(1001))
         done = subprocess.run(
-            [script(), "--emulator", "--db", str(cli_db), "upload", str(image)],
+            [script(), "--emulator", "upload", str(image)],
             capture_output=True,
             text=True,
             env=env,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-HTTP_STACK = {"httpx", "httpcore", "h11", "anyio", "ssl"}
+HTTP_STACK = {"httpx", "httpx2", "httpcore", "httpcore2", "h11", "anyio", "ssl"}
 
 PROBE = r"""
 import json, sys

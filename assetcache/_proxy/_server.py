@@ -175,9 +175,10 @@ class Proxy:
             self._ready.set()
 
     async def _main(self, ready: threading.Event | Callable[[Proxy], None] | None) -> None:
-        import httpx
-
         from .._client import AsyncAssetCache
+        from .._httpx import http
+
+        httpx = http()  # httpx2 when installed, else httpx
 
         def factory(key: str, kind: str) -> Any:
             return AsyncAssetCache(
@@ -377,7 +378,7 @@ class Proxy:
         return Reply(status, json.dumps(body).encode(), reply.headers)
 
     async def _forward(self, request: Request, body: bytes) -> Reply:
-        import httpx
+        from .._httpx import error_types
 
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         auth = request.header("Authorization")
@@ -385,11 +386,11 @@ class Proxy:
             headers["Authorization"] = auth
         try:
             resp = await self._http.post(self.upstream, content=body, headers=headers)
-        except httpx.TimeoutException:
+        except error_types("TimeoutException"):
             return Reply(
                 504, error_body("proxyUpstreamTimeout", "the upstream did not answer in time")
             )
-        except httpx.HTTPError as exc:
+        except error_types("HTTPError") as exc:
             return Reply(
                 502,
                 error_body(

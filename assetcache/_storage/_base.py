@@ -273,6 +273,8 @@ class SQLRegistry:
     """
 
     path: str
+    #: Upload leases this process took over from a dead or expired owner (metrics).
+    takeovers: int = 0
     ASSETS = "assets"
     LEASES = "leases"
     COUNTERS = "counters"
@@ -392,6 +394,10 @@ class SQLRegistry:
             free = [k for k, v in out.items() if v == "free"]
             if free:
                 self._many(conn, self._q(_UPSERT_LEASE), [(*k, owner, now + ttl) for k in free])
+        # A free key whose lease another owner held: taken over (dead or expired owner).
+        taken = sum(1 for k in free if k in leases and leases[k][0] != owner)
+        if taken:
+            self.takeovers = getattr(self, "takeovers", 0) + taken
         out.update(dict.fromkeys(free, "claimed"))
         return out
 

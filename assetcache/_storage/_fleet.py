@@ -37,6 +37,11 @@ class FleetRegistry:
         #: Rows used after this instant are fresh (the cache's policy and clock).
         self.fresh_since: Callable[[], float] = fresh_since or (lambda: float("inf"))
 
+    @property
+    def takeovers(self) -> int:
+        """Upload leases this process took over (metrics)."""
+        return int(self.shared.takeovers)
+
     def use_local(self, local: SQLiteStore) -> None:
         """Switch to a reopened local file (after ``doctor --fix`` rebuilt it)."""
         self.local = local

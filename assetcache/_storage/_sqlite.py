@@ -13,6 +13,7 @@ held across a network call.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import stat as stat_mod
@@ -50,6 +51,9 @@ PRAGMAS = (
     "PRAGMA mmap_size = 268435456",
     "PRAGMA temp_store = MEMORY",
 )
+
+#: SQL statements at DEBUG (``-vv``); values are paths and hashes, never a key.
+_sql_log = logging.getLogger("assetcache.sql")
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -301,6 +305,8 @@ class SQLiteStore(SQLRegistry):
                 conn.execute(pragma)
         except sqlite3.Error as exc:
             raise self._error(exc) from None
+        if _sql_log.isEnabledFor(logging.DEBUG):  # -vv: every statement this process runs
+            conn.set_trace_callback(_sql_log.debug)
         self._local.conn = conn
         with self._lock:
             self._conns.append(conn)
