@@ -476,7 +476,9 @@ class _Engine:
             if before.st_size <= INLINE_LIMIT:
                 sinks.append(lambda chunk: keep.append(bytes(chunk)))
             try:
-                digest, size = _hashing.hash_stream(f, limit=self.max_bytes, sinks=sinks)
+                digest, size = _hashing.hash_stream(
+                    f, limit=self.max_bytes, sinks=sinks, size_hint=before.st_size
+                )
             except OverflowError:
                 raise SourceTooLarge(
                     label, f"grew above the limit of {self.max_bytes} bytes"
@@ -662,9 +664,55 @@ class _Engine:
                 todo.append(i)
         if not todo:
             return results
+        step = self.batch_size
+        if limit == 1 or len(todo) <= step:
+            workers = self.hash_workers if len(todo) > 1 else 1
+            yield from self._plan_resolve_part(
+                sources, todo, results, limit, workers, force, started
+            )
+            return results
+        # A big batch goes in parts of one request each, ``limit`` parts at a
+        # time: while one part waits for its answer, others hash (on the shared
+        # hashing threads) and encode, and no more than ``limit`` parts' bytes
+        # are in memory at once.
+        parts = [todo[i : i + step] for i in range(0, len(todo), step)]
+        outcomes = yield Concurrent(
+            [
+                self._plan_resolve_part(
+                    sources, part, results, 1, self.hash_workers, force, started
+                )
+                for part in parts
+            ],
+            limit,
+        )
+        for part, outcome in zip(parts, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                err = (
+                    outcome
+                    if isinstance(outcome, AssetCacheError)
+                    else AssetCacheError(f"upload failed: {type(outcome).__name__}: {outcome}")
+                )
+                for i in part:
+                    if results[i] is None:
+                        results[i] = _failed(_label(sources[i]), err)
+                        self.count(failures=1)
+        return results
 
+    def _plan_resolve_part(
+        self,
+        sources: Sequence[SourceLike],
+        todo: list[int],
+        results: list[Resolution | None],
+        limit: int,
+        workers: int,
+        force: Collection[Key],
+        started: float,
+    ) -> Plan:
+        """:meth:`plan_resolve_many` for the sources at ``todo`` (no fast hit among
+        them), filling their slots of ``results``: hashed on ``workers`` threads,
+        at most ``limit`` requests at once."""
         prepared: list[_Prepared | AssetCacheError] = yield Map(
-            self.prepare, [sources[i] for i in todo], self.hash_workers if len(todo) > 1 else 1
+            self.prepare, [sources[i] for i in todo], workers
         )
         ready: list[tuple[int, _Prepared]] = []
         for i, p in zip(todo, prepared, strict=True):

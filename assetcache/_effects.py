@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import inspect
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,20 @@ class Driver:
     make_async_client: Callable[[], Any] | None = None
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
     _pool_size: int = 0
+    _client_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def client(self) -> Any:
+        """The sync HTTP client, made on first use: once, though the first
+        requests of a batch come from several threads at the same moment (each
+        client loads the CA bundle, some 25 ms of CPU)."""
+        client = self.sync_client
+        if client is None:
+            with self._client_lock:
+                client = self.sync_client
+                if client is None:
+                    assert self.make_sync_client is not None
+                    client = self.sync_client = self.make_sync_client()
+        return client
 
     def pool(self, workers: int) -> concurrent.futures.ThreadPoolExecutor:
         """A long-lived pool for ``Map``: its threads keep their SQLite
@@ -281,10 +296,7 @@ def _certificate_problem(exc: BaseException) -> str | None:
 def _http_sync(effect: Http, driver: Driver) -> Response:
     import httpx
 
-    client = driver.sync_client
-    if client is None:
-        assert driver.make_sync_client is not None
-        client = driver.sync_client = driver.make_sync_client()
+    client = driver.client()
     headers = dict(effect.headers)
     headers["Content-Length"] = str(effect.content_length)
     try:
@@ -309,7 +321,7 @@ async def _http_async(effect: Http, driver: Driver) -> Response:
     headers["Content-Length"] = str(effect.content_length)
 
     async def body() -> Any:
-        for chunk in effect.body():
+        for chunk in _iter(effect.body()):
             yield chunk
 
     try:
@@ -323,5 +335,25 @@ async def _http_async(effect: Http, driver: Driver) -> Response:
     return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
 
 
+#: Body pieces are joined up to this size before they reach the connection:
+#: each write costs the HTTP stack a fixed overhead, and a batch of small
+#: images comes as five pieces per image.
+WRITE_SIZE = 1 << 20
+
+
 def _iter(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    yield from chunks
+    """``chunks`` regrouped into writes of about :data:`WRITE_SIZE` bytes (memory
+    stays bounded by that size, whatever the body's length)."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if len(chunk) >= WRITE_SIZE and not parts:
+            yield chunk
+            continue
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_SIZE:
+            yield b"".join(parts)
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts)

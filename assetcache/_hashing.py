@@ -94,16 +94,18 @@ def hash_stream(
     *,
     limit: int | None = None,
     sinks: Iterable[Callable[[memoryview], None]] = (),
+    size_hint: int | None = None,
 ) -> tuple[str, int]:
     """Hash ``stream`` to its end in bounded memory: ``(hexdigest, size)``.
 
     Each chunk is also passed to every callable in ``sinks`` (format
     validation, spooling). Stops with :class:`OverflowError` once more than
-    ``limit`` bytes were read.
+    ``limit`` bytes were read. ``size_hint`` (the size a stat gave) sizes the
+    read buffer: a small file is not read through a zeroed megabyte.
     """
     hasher = xxhash.xxh3_128()
     sinks = tuple(sinks)
-    buf = bytearray(CHUNK_SIZE)
+    buf = bytearray(CHUNK_SIZE if size_hint is None else max(1, min(CHUNK_SIZE, size_hint + 1)))
     view = memoryview(buf)
     size = 0
     readinto = getattr(stream, "readinto", None)
@@ -131,4 +133,4 @@ def hash_stream(
 def hash_file(path: str | bytes) -> tuple[str, int]:
     """Hash a whole file: ``(hexdigest, size)``. No validation, no limit."""
     with open(path, "rb", buffering=0) as f:
-        return hash_stream(f)
+        return hash_stream(f, size_hint=os.fstat(f.fileno()).st_size)
