@@ -3,7 +3,7 @@
 Only the registry lives here (namespace + content hash + variant -> imageUUID,
 last use, counts, upload leases, usage counters). Each host keeps its file
 index, and a copy of the registry rows it has used, in its local SQLite file
-(see :class:`FleetRegistry`), so a warm hit never leaves the machine.
+(see ``_fleet.FleetRegistry``), so a warm hit never leaves the machine.
 
 Single flight across hosts: a claim takes a transaction-scoped advisory lock
 per key (in key order, so two claimers cannot deadlock) before reading the
@@ -20,11 +20,13 @@ import hashlib
 import logging
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ._errors import ConfigurationError, SchemaTooNew, StoreError
-from ._store import ASSET_COLUMNS, AssetRow, FileRow, Key, SQLiteStore, UploadRecord, owner_alive
+from .. import _policy
+from .._errors import ConfigurationError, SchemaTooNew, StoreError
+from ._base import ASSET_COLUMNS, AssetRow, FileRow, Key, Order, UploadRecord, owner_alive
+from ._sqlite import _asset_filter
 
 log = logging.getLogger("assetcache")
 
@@ -88,7 +90,7 @@ def _lock_id(key: Key) -> int:
 
 
 class PostgresRegistry:
-    """The registry interface (see ``_store.Registry``) on a PostgreSQL server.
+    """The registry interface (see ``_base.Registry``) on a PostgreSQL server.
 
     >>> reg = PostgresRegistry("postgresql://app@db.internal/assets")   # doctest: +SKIP
     """
@@ -271,13 +273,7 @@ class PostgresRegistry:
                 if row is not None and row.last_used_at > fresh_since:
                     out[key] = row
                     continue
-                lease = leases.get(key)
-                if (
-                    lease is not None
-                    and lease[0] != owner
-                    and lease[1] > now
-                    and owner_alive(lease[0])
-                ):
+                if _policy.lease_held(leases.get(key), owner, now, owner_alive):
                     out[key] = "held"
                     continue
                 claimed.append((*key, owner, now + ttl))
@@ -308,11 +304,8 @@ class PostgresRegistry:
             "look up leases",
         ):
             key = (ns, digest, variant)
-            if (
-                out.get(key) == "free"
-                and lease_owner != owner
-                and expires > now
-                and owner_alive(lease_owner)
+            if out.get(key) == "free" and _policy.lease_held(
+                (lease_owner, expires), owner, now, owner_alive
             ):
                 out[key] = "held"
         return out
@@ -388,29 +381,34 @@ class PostgresRegistry:
         return {name: int(value) for name, value in rows}
 
     # -- maintenance: the SQLiteStore calls, in this dialect ---------------------------
-    @staticmethod
-    def _dialect(fragment: str) -> str:
-        """Maintenance WHERE fragments are written once, with ``?`` placeholders."""
-        return fragment.replace("?", "%s")
-
     def select_assets(
-        self, where: str = "", params: Sequence[Any] = (), order: str = ""
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
     ) -> list[AssetRow]:
+        where, params = _asset_filter(namespace, used_after, used_before, "%s")
         rows = self.read(
-            f"SELECT {_COLS} FROM assetcache_assets {self._dialect(where)} {order}",
+            f"SELECT {_COLS} FROM assetcache_assets {where} {_ORDERS[order]}",
             tuple(params),
             "list entries",
         )
         return [AssetRow(*r) for r in rows]
 
-    def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
+    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
+        where, params = _asset_filter(namespace, None, None, "%s")
         n, total = self.read(
-            "SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets "
-            + self._dialect(where),
+            f"SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets {where}",
             tuple(params),
             "count entries",
         )[0]
         return int(n), int(total)
+
+    def local_rows(self, image_uuid: str) -> list[AssetRow]:
+        """Rows a host keeps apart from the registry: none (see ``FleetRegistry``)."""
+        return []
 
     def prune_assets(self, rows: Iterable[AssetRow]) -> None:
         rows = list(rows)
@@ -458,7 +456,7 @@ class PostgresRegistry:
                     "AND content_hash = %s AND variant = %s",
                     a.key,
                 ).fetchone()
-                if old is not None and old[0] >= a.last_used_at:
+                if _policy.keeps_existing(old[0] if old else None, a.last_used_at):
                     kept += 1
                     continue
                 conn.execute(
@@ -487,117 +485,7 @@ class PostgresRegistry:
             return cur.rowcount
 
 
-class FleetRegistry:
-    """The shared registry seen through this host's local copy.
-
-    Reads prefer the local copy while it is fresh and fall back to the shared
-    store, copying what they find; writes go to the shared store first, then
-    to the local copy, so one host's use slides the window for every host.
-    """
-
-    def __init__(self, local: SQLiteStore, shared: PostgresRegistry) -> None:
-        self.local = local
-        self.shared = shared
-        self.path = shared.path
-        #: Set by the cache: rows used after this instant are fresh (policy).
-        self.fresh_since: Callable[[], float] = lambda: float("inf")
-
-    def _mirror(self, rows: Iterable[AssetRow]) -> None:
-        rows = list(rows)
-        if rows:
-            self.local.put_assets(rows)
-
-    def get_asset(self, key: Key) -> AssetRow | None:
-        local = self.local.get_asset(key)
-        if local is not None and local.last_used_at > self.fresh_since():
-            return local  # provably fresh: no round trip to the server
-        row = self.shared.get_asset(key)
-        if row is not None:
-            self._mirror([row])
-        return row
-
-    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]:
-        """Local rows that are provably fresh; the rest from the server, copied in one write."""
-        keys = list(keys)
-        since = self.fresh_since()
-        out = {k: r for k, r in self.local.get_assets(keys).items() if r.last_used_at > since}
-        rest = [k for k in keys if k not in out]
-        if rest:
-            shared = self.shared.get_assets(rest)
-            self._mirror(shared.values())
-            out.update(shared)
-        return out
-
-    def find_uuid(self, image_uuid: str) -> list[AssetRow]:
-        return self.shared.find_uuid(image_uuid)
-
-    def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
-    ) -> dict[Key, AssetRow | str]:
-        out = self.shared.claim(keys, owner, now, ttl, fresh_since)
-        self._mirror(v for v in out.values() if isinstance(v, AssetRow))
-        return out
-
-    def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
-    ) -> dict[Key, AssetRow | str]:
-        out = self.shared.peek(keys, owner, now, fresh_since)
-        self._mirror(v for v in out.values() if isinstance(v, AssetRow))
-        return out
-
-    def record_uploads(
-        self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
-    ) -> None:
-        self.shared.record_uploads(records, owner)
-        self.local.record_uploads(records, owner, files)
-
-    def release(self, keys: Iterable[Key], owner: str) -> None:
-        self.shared.release(keys, owner)
-
-    def touch(self, key: Key, now: float) -> None:
-        self.local.touch(key, now)
-        try:
-            self.shared.touch(key, now)
-        except StoreError as exc:
-            # The hit itself was proven locally; the fleet learns of this use
-            # with the next one that gets through.
-            log.warning("could not share a use with the fleet: %s", exc)
-
-    def add_counters(self, namespace: str, counts: dict[str, int]) -> None:
-        self.shared.add_counters(namespace, counts)
-
-    def counters(self, namespace: str | None = None) -> dict[str, int]:
-        return self.shared.counters(namespace)
-
-    def delete_assets(self, keys: Iterable[Key]) -> int:
-        keys = list(keys)
-        self.local.delete_assets(keys)
-        return self.shared.delete_assets(keys)
-
-    def select_assets(
-        self, where: str = "", params: Sequence[Any] = (), order: str = ""
-    ) -> list[AssetRow]:
-        return self.shared.select_assets(where, params, order)
-
-    def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
-        return self.shared.asset_totals(where, params)
-
-    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
-        rows = list(rows)
-        self.shared.prune_assets(rows)
-        self.local.delete_assets(r.key for r in rows)
-
-    def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
-        return self.shared.drop_expired_leases(now, dry_run)
-
-    def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
-        # Other hosts' local copies learn it when their own use is rejected.
-        return self.shared.expire_asset(key, stamp, image_uuid) + self.local.expire_asset(
-            key, stamp, image_uuid
-        )
-
-    def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
-        return self.shared.merge_assets(rows)
-
-    def close(self) -> None:
-        self.shared.close()
+_ORDERS: dict[str, str] = {
+    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
+    "key": "ORDER BY namespace, content_hash, variant",
+}
