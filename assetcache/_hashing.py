@@ -10,7 +10,9 @@ not trust them and re-read the content until the file has aged past the window.
 
 from __future__ import annotations
 
+import io
 import os
+import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -94,18 +96,17 @@ def hash_stream(
     *,
     limit: int | None = None,
     sinks: Iterable[Callable[[memoryview], None]] = (),
-    size_hint: int | None = None,
 ) -> tuple[str, int]:
     """Hash ``stream`` to its end in bounded memory: ``(hexdigest, size)``.
 
     Each chunk is also passed to every callable in ``sinks`` (format
     validation, spooling). Stops with :class:`OverflowError` once more than
-    ``limit`` bytes were read. ``size_hint`` (the size a stat gave) sizes the
+    ``limit`` bytes were read. A regular file's size (one ``fstat``) sizes the
     read buffer: a small file is not read through a zeroed megabyte.
     """
     hasher = xxhash.xxh3_128()
     sinks = tuple(sinks)
-    buf = bytearray(CHUNK_SIZE if size_hint is None else max(1, min(CHUNK_SIZE, size_hint + 1)))
+    buf = bytearray(_buffer_size(stream))
     view = memoryview(buf)
     size = 0
     readinto = getattr(stream, "readinto", None)
@@ -130,7 +131,18 @@ def hash_stream(
     return hasher.hexdigest(), size
 
 
+def _buffer_size(stream: BinaryIO) -> int:
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return CHUNK_SIZE
+    if not stat_mod.S_ISREG(st.st_mode):
+        return CHUNK_SIZE
+    # One byte more than the file, so the read that finds its end is the second.
+    return max(1, min(CHUNK_SIZE, st.st_size + 1))
+
+
 def hash_file(path: str | bytes) -> tuple[str, int]:
     """Hash a whole file: ``(hexdigest, size)``. No validation, no limit."""
     with open(path, "rb", buffering=0) as f:
-        return hash_stream(f, size_hint=os.fstat(f.fileno()).st_size)
+        return hash_stream(f)

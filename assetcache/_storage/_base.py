@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -43,6 +43,48 @@ class AssetRow:
 
 
 ASSET_COLUMNS = tuple(AssetRow.__dataclass_fields__)
+#: The sort columns of each :data:`Order`: unique, so a listing can resume
+#: after any row (keyset pages); "last_use" is the order of SQLite's
+#: ``assets_by_last_use`` index, which carries the primary key after the time.
+ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "last_use": ("last_used_at", "namespace", "content_hash", "variant"),
+    "key": ("namespace", "content_hash", "variant"),
+}
+#: Rows per keyset page of a listing: memory stays bounded whatever the
+#: number of entries, and no cursor stays open while the caller works.
+PAGE_ROWS = 2000
+
+
+def paged_assets(
+    read: Callable[[str, Sequence[Any], str], list[Any]],
+    table: str,
+    where: str,
+    params: Sequence[Any],
+    order: Order,
+    mark: str = "?",
+) -> Iterator[AssetRow]:
+    """The rows of ``SELECT ... FROM table where`` in ``order``, a page at a time."""
+    cols = ORDER_COLUMNS[order]
+    order_by = ", ".join(cols)
+    seek = f"({order_by}) > ({', '.join([mark] * len(cols))})"
+    after: list[Any] | None = None
+    while True:
+        clause, args = where, list(params)
+        if after is not None:
+            clause = f"{where} AND {seek}" if where else f"WHERE {seek}"
+            args += after
+        rows = read(
+            f"SELECT {', '.join(ASSET_COLUMNS)} FROM {table} {clause} "
+            f"ORDER BY {order_by} LIMIT {PAGE_ROWS}",
+            args,
+            "list entries",
+        )
+        for row in rows:
+            yield AssetRow(*row)
+        if len(rows) < PAGE_ROWS:
+            return
+        last = AssetRow(*rows[-1])
+        after = [getattr(last, c) for c in cols]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +155,14 @@ class Registry(Protocol):
         used_after: float | None = None,
         used_before: float | None = None,
         order: Order = "last_use",
-    ) -> list[AssetRow]: ...
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]: ...
+    ) -> Iterator[AssetRow]: ...
+    def asset_totals(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+    ) -> tuple[int, int]: ...
     def prune_assets(self, rows: Iterable[AssetRow]) -> None: ...
     def delete_assets(self, keys: Iterable[Key]) -> int: ...
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int: ...
@@ -134,8 +182,8 @@ class FileIndex(Protocol):
     ) -> tuple[Any, ...] | None: ...
     def get_file(self, path: str) -> FileRow | None: ...
     def files_under(self, prefix: str) -> Iterator[FileRow]: ...
-    def tracked_files(self) -> list[FileRow]: ...
-    def tracked_paths(self) -> list[str]: ...
+    def tracked_files(self) -> Iterator[FileRow]: ...
+    def tracked_paths(self) -> Iterator[str]: ...
     def count_files(self) -> int: ...
     def paths_of(self, hashes: Iterable[str]) -> dict[str, tuple[str, ...]]: ...
     def put_files(self, rows: Iterable[FileRow]) -> None: ...

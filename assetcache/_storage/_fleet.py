@@ -7,7 +7,7 @@ in its local SQLite file, so a warm hit never leaves the machine.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .._errors import StoreError
 from ._base import AssetRow, FileRow, Key, Order, UploadRecord
@@ -120,13 +120,21 @@ class FleetRegistry:
         used_after: float | None = None,
         used_before: float | None = None,
         order: Order = "last_use",
-    ) -> list[AssetRow]:
+    ) -> Iterator[AssetRow]:
         return self.shared.select_assets(
             namespace=namespace, used_after=used_after, used_before=used_before, order=order
         )
 
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
-        return self.shared.asset_totals(namespace=namespace)
+    def asset_totals(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+    ) -> tuple[int, int]:
+        return self.shared.asset_totals(
+            namespace=namespace, used_after=used_after, used_before=used_before
+        )
 
     def local_rows(self, image_uuid: str) -> list[AssetRow]:
         """This host's copies holding ``image_uuid`` (they may still hold a UUID

@@ -25,7 +25,16 @@ from typing import Any
 
 from .. import _policy
 from .._errors import ConfigurationError, SchemaTooNew, StoreError
-from ._base import ASSET_COLUMNS, AssetRow, FileRow, Key, Order, UploadRecord, owner_alive
+from ._base import (
+    ASSET_COLUMNS,
+    AssetRow,
+    FileRow,
+    Key,
+    Order,
+    UploadRecord,
+    owner_alive,
+    paged_assets,
+)
 from ._sqlite import _asset_filter
 
 log = logging.getLogger("assetcache")
@@ -388,17 +397,18 @@ class PostgresRegistry:
         used_after: float | None = None,
         used_before: float | None = None,
         order: Order = "last_use",
-    ) -> list[AssetRow]:
+    ) -> Iterator[AssetRow]:
         where, params = _asset_filter(namespace, used_after, used_before, "%s")
-        rows = self.read(
-            f"SELECT {_COLS} FROM assetcache_assets {where} {_ORDERS[order]}",
-            tuple(params),
-            "list entries",
-        )
-        return [AssetRow(*r) for r in rows]
+        return paged_assets(self.read, "assetcache_assets", where, params, order, "%s")
 
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
-        where, params = _asset_filter(namespace, None, None, "%s")
+    def asset_totals(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+    ) -> tuple[int, int]:
+        where, params = _asset_filter(namespace, used_after, used_before, "%s")
         n, total = self.read(
             f"SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets {where}",
             tuple(params),
@@ -483,9 +493,3 @@ class PostgresRegistry:
                 params,
             )
             return cur.rowcount
-
-
-_ORDERS: dict[str, str] = {
-    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
-    "key": "ORDER BY namespace, content_hash, variant",
-}

@@ -23,6 +23,7 @@ from .. import _policy
 from .._errors import SchemaTooNew, StoreError
 from ._base import (
     ASSET_COLUMNS,
+    PAGE_ROWS,
     AssetRow,
     FileRow,
     Key,
@@ -30,6 +31,7 @@ from ._base import (
     UploadRecord,
     file_sig,
     owner_alive,
+    paged_assets,
     path_key,
     row_sig,
 )
@@ -494,19 +496,38 @@ class SQLiteStore:
             cur = conn.executemany("DELETE FROM files WHERE path = ?", keys)
             return cur.rowcount
 
-    def tracked_files(self) -> list[FileRow]:
-        """Every file row, in path order."""
-        rows = self.read(
-            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns "
-            "FROM files ORDER BY path",
-            (),
-            "list tracked files",
-        )
-        return [_file_row(r) for r in rows]
+    def tracked_files(self) -> Iterator[FileRow]:
+        """Every file row, in path order (lazily, in keyset pages)."""
+        for page in self._file_pages(
+            "path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns"
+        ):
+            for r in page:
+                yield _file_row(r)
 
-    def tracked_paths(self) -> list[str]:
-        rows = self.read("SELECT path FROM files ORDER BY path", (), "list files")
-        return [os.fsdecode(r[0]) for r in rows]
+    def tracked_paths(self) -> Iterator[str]:
+        """Every tracked path, in path order (lazily, in keyset pages)."""
+        for page in self._file_pages("path"):
+            for r in page:
+                yield os.fsdecode(r[0])
+
+    def _file_pages(self, columns: str) -> Iterator[list[Any]]:
+        after: bytes | None = None
+        while True:
+            if after is None:
+                rows = self.read(
+                    f"SELECT {columns} FROM files ORDER BY path LIMIT {PAGE_ROWS}", (), "list files"
+                )
+            else:
+                rows = self.read(
+                    f"SELECT {columns} FROM files WHERE path > ? ORDER BY path LIMIT {PAGE_ROWS}",
+                    (after,),
+                    "list files",
+                )
+            if rows:
+                yield rows
+            if len(rows) < PAGE_ROWS:
+                return
+            after = rows[-1][0]
 
     def count_files(self) -> int:
         return int(self.read("SELECT count(*) FROM files", (), "count files")[0][0])
@@ -739,20 +760,22 @@ class SQLiteStore:
         used_after: float | None = None,
         used_before: float | None = None,
         order: Order = "last_use",
-    ) -> list[AssetRow]:
+    ) -> Iterator[AssetRow]:
         """Rows of ``namespace`` (all: ``None``) with ``used_after < last_used_at <=
-        used_before`` (either bound optional), soonest to expire or by key first."""
+        used_before`` (either bound optional), soonest to expire or by key first;
+        lazily, in keyset pages (see ``_base.paged_assets``)."""
         where, params = _asset_filter(namespace, used_after, used_before)
-        rows = self.read(
-            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {_ORDERS[order]}",
-            params,
-            "list entries",
-        )
-        return [AssetRow(*r) for r in rows]
+        return paged_assets(self.read, "assets", where, params, order)
 
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
+    def asset_totals(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+    ) -> tuple[int, int]:
         """``(entries, bytes)`` of ``namespace`` (all: ``None``)."""
-        where, params = _asset_filter(namespace, None, None)
+        where, params = _asset_filter(namespace, used_after, used_before)
         n, total = self.read(
             f"SELECT count(*), coalesce(sum(size), 0) FROM assets {where}", params, "count entries"
         )[0]
@@ -820,27 +843,40 @@ class SQLiteStore:
         return int(n)
 
     def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
-        """Import rows; one never replaces a fresher one. ``(added, replaced, kept)``."""
+        """Import rows; one never replaces a fresher one. ``(added, replaced, kept)``.
+
+        One transaction; the rows already there are looked up a few hundred at a
+        time and the winners written with one ``executemany``."""
+        rows = list(rows)
         added = replaced = kept = 0
+        insert = (
+            f"INSERT OR REPLACE INTO assets ({', '.join(ASSET_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})"
+        )
         with self.write("import entries") as conn:
-            for a in rows:
-                old = conn.execute(
-                    "SELECT last_used_at FROM assets WHERE namespace = ? AND content_hash = ? "
-                    "AND variant = ?",
-                    a.key,
-                ).fetchone()
-                if _policy.keeps_existing(old[0] if old else None, a.last_used_at):
-                    kept += 1
-                    continue
-                conn.execute(
-                    f"INSERT OR REPLACE INTO assets ({', '.join(ASSET_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
-                    tuple(getattr(a, c) for c in ASSET_COLUMNS),
+            for part in _chunks(rows):
+                old: dict[Key, float] = {}
+                for ns, digest, variant, used in conn.execute(
+                    "SELECT namespace, content_hash, variant, last_used_at FROM assets "
+                    f"WHERE content_hash IN ({', '.join('?' * len(part))})",
+                    [a.content_hash for a in part],
+                ):
+                    old[(ns, digest, variant)] = used
+                winners: dict[Key, AssetRow] = {}
+                for a in part:
+                    # Line by line, as if each were written before the next is read.
+                    prev = winners[a.key].last_used_at if a.key in winners else old.get(a.key)
+                    if _policy.keeps_existing(prev, a.last_used_at):
+                        kept += 1
+                        continue
+                    if prev is None:
+                        added += 1
+                    else:
+                        replaced += 1
+                    winners[a.key] = a
+                conn.executemany(
+                    insert, [tuple(getattr(a, c) for c in ASSET_COLUMNS) for a in winners.values()]
                 )
-                if old is None:
-                    added += 1
-                else:
-                    replaced += 1
         return added, replaced, kept
 
     def delete_assets(self, keys: Iterable[Key]) -> int:
@@ -936,10 +972,6 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
 
 #: SQLite caps bound parameters per statement; stay well below.
 _IN_CHUNK = 500
-_ORDERS: dict[str, str] = {
-    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
-    "key": "ORDER BY namespace, content_hash, variant",
-}
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
