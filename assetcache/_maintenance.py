@@ -535,11 +535,15 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
 
 
 def export_entries(engine: Engine, *, all_accounts: bool = False) -> Iterator[str]:
-    """JSON lines (no newline) of this account's entries, for :func:`import_entries`."""
-    rows = engine.registry.select_assets(
-        namespace=None if all_accounts else engine.namespace, order="key"
-    )
-    for a in rows:
+    """JSON lines (no newline) of this account's entries, for :func:`import_entries`.
+
+    Lazily, by key; a store that can write the lines itself does (SQLite)."""
+    namespace = None if all_accounts else engine.namespace
+    made = engine.registry.export_lines(namespace, EXPORT_VERSION)
+    if made is not None:
+        yield from made
+        return
+    for a in engine.registry.select_assets(namespace=namespace, order="key"):
         yield json.dumps(
             {
                 "v": EXPORT_VERSION,

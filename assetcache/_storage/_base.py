@@ -62,11 +62,16 @@ def paged_assets(
     params: Sequence[Any],
     order: Order,
     mark: str = "?",
+    fixed: Sequence[str] = (),
 ) -> Iterator[AssetRow]:
-    """The rows of ``SELECT ... FROM table where`` in ``order``, a page at a time."""
+    """The rows of ``SELECT ... FROM table where`` in ``order``, a page at a time.
+
+    ``fixed``: leading sort columns ``where`` holds equal (a namespace), left out
+    of the seek so that it stays one range of the primary key."""
     cols = ORDER_COLUMNS[order]
     order_by = ", ".join(cols)
-    seek = f"({order_by}) > ({', '.join([mark] * len(cols))})"
+    seek_cols = cols[len(fixed) :] if tuple(cols[: len(fixed)]) == tuple(fixed) else cols
+    seek = f"({', '.join(seek_cols)}) > ({', '.join([mark] * len(seek_cols))})"
     after: list[Any] | None = None
     while True:
         clause, args = where, list(params)
@@ -84,7 +89,7 @@ def paged_assets(
         if len(rows) < PAGE_ROWS:
             return
         last = AssetRow(*rows[-1])
-        after = [getattr(last, c) for c in cols]
+        after = [getattr(last, c) for c in seek_cols]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,7 @@ class Registry(Protocol):
         used_before: float | None = None,
         order: Order = "last_use",
     ) -> Iterator[AssetRow]: ...
+    def export_lines(self, namespace: str | None, version: int) -> Iterator[str] | None: ...
     def asset_totals(
         self,
         *,

@@ -125,6 +125,9 @@ class FleetRegistry:
             namespace=namespace, used_after=used_after, used_before=used_before, order=order
         )
 
+    def export_lines(self, namespace: str | None, version: int) -> Iterator[str] | None:
+        return self.shared.export_lines(namespace, version)
+
     def asset_totals(
         self,
         *,

@@ -399,7 +399,12 @@ class PostgresRegistry:
         order: Order = "last_use",
     ) -> Iterator[AssetRow]:
         where, params = _asset_filter(namespace, used_after, used_before, "%s")
-        return paged_assets(self.read, "assetcache_assets", where, params, order, "%s")
+        fixed = ("namespace",) if namespace is not None else ()
+        return paged_assets(self.read, "assetcache_assets", where, params, order, "%s", fixed=fixed)
+
+    def export_lines(self, namespace: str | None, version: int) -> Iterator[str] | None:
+        """``None``: the lines are built from :meth:`select_assets`."""
+        return None
 
     def asset_totals(
         self,

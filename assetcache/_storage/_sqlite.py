@@ -765,7 +765,49 @@ class SQLiteStore:
         used_before`` (either bound optional), soonest to expire or by key first;
         lazily, in keyset pages (see ``_base.paged_assets``)."""
         where, params = _asset_filter(namespace, used_after, used_before)
-        return paged_assets(self.read, "assets", where, params, order)
+        if order == "last_use":
+            # "+": no primary-key lookup on the namespace (a sort of all its rows
+            # per page); the last-use index gives the order and the seek.
+            where = where.replace("namespace = ?", "+namespace = ?")
+        fixed = ("namespace",) if namespace is not None else ()
+        return paged_assets(self.read, "assets", where, params, order, fixed=fixed)
+
+    def export_lines(self, namespace: str | None, version: int) -> Iterator[str]:
+        """The export's JSON lines (``_maintenance.export_entries``' format) built by
+        SQLite itself, by key, in keyset pages. Timestamps go with 17 significant
+        digits (``%!.17g``), so they read back as the very same doubles."""
+        where, params = _asset_filter(namespace, None, None)
+        fixed = ("namespace",) if namespace is not None else ()
+        cols = ("namespace", "content_hash", "variant")[len(fixed) :]
+        seek = f"({', '.join(cols)}) > ({', '.join('?' * len(cols))})"
+        line = (
+            f"""'{{"v":{int(version)},"namespace":' || json_quote(namespace) || """
+            """',"hash":' || json_quote(content_hash) || ',"variant":' || json_quote(variant) """
+            """|| ',"uuid":' || json_quote(image_uuid) || ',"size":' || size """
+            """|| ',"format":' || json_quote(format) """
+            """|| ',"uploaded_at":' || printf('%!.17g', uploaded_at) """
+            """|| ',"last_used_at":' || printf('%!.17g', last_used_at) """
+            """|| ',"upload_count":' || upload_count || ',"bytes_sent":' || bytes_sent || '}'"""
+        )
+        after: list[Any] | None = None
+        while True:
+            clause, args = where, list(params)
+            if after is not None:
+                clause = f"{where} AND {seek}" if where else f"WHERE {seek}"
+                args += after
+            rows = self.read(
+                f"SELECT namespace, content_hash, variant, {line} FROM assets {clause} "
+                f"ORDER BY namespace, content_hash, variant LIMIT {PAGE_ROWS}",
+                args,
+                "export entries",
+            )
+            for row in rows:
+                if row[3] is None:  # a column holds NULL (a salvaged row): not exportable
+                    continue
+                yield row[3]
+            if len(rows) < PAGE_ROWS:
+                return
+            after = list(rows[-1][len(fixed) : 3])
 
     def asset_totals(
         self,
