@@ -30,6 +30,7 @@ from ._models import (
     ForgetItem,
     ImportReport,
     PruneReport,
+    RefreshItem,
     RefreshReport,
     Resolution,
     StatusReport,
@@ -344,16 +345,24 @@ class AssetCache(BaseCache):
         dry_run: bool = False,
         concurrency: int | None = None,
         progress: Progress | None = None,
+        on_item: Callable[[RefreshItem], None] | None = None,
     ) -> RefreshReport:
         """Upload again every entry the cache would stop serving within ``within``
         whose bytes are still at a known path (same hash) or in the local copies,
         so no caller waits for it. Entries Runware has already deleted are left
         to be uploaded on demand.
 
+        The work goes a chunk at a time, each upload recorded as it answers: a
+        run stopped halfway keeps what it renewed. With ``on_item``, each item
+        is handed over as soon as it is known and the report keeps none, so
+        memory stays bounded whatever the number of entries.
+
         >>> cache.refresh(timedelta(days=2)).failed             # doctest: +SKIP
         []
         """
-        plan = _maintenance.plan_refresh(self._engine, within, dry_run, concurrency, progress)
+        plan = _maintenance.plan_refresh(
+            self._engine, within, dry_run, concurrency, progress, on_item
+        )
         return cast(RefreshReport, self._run(plan))
 
     def prune(
@@ -370,6 +379,25 @@ class AssetCache(BaseCache):
         >>> cache.prune(older_than=timedelta(days=90), dry_run=True).entries   # doctest: +SKIP
         """
         return _maintenance.prune(self._engine, older_than, dry_run, all_accounts=all_accounts)
+
+    def prune_items(
+        self,
+        older_than: timedelta | float | None = None,
+        dry_run: bool = False,
+        *,
+        all_accounts: bool = False,
+    ) -> Iterator[Entry | str]:
+        """:meth:`prune` as it goes, in bounded memory: each entry dropped (an
+        :class:`Entry`), then each path whose file is gone (a ``str``). Work is
+        committed a page at a time: stopped halfway, it keeps what it did, and a
+        second run carries on. Dead leases are left to :meth:`prune`."""
+        return _maintenance.prune_items(
+            self._engine, older_than, dry_run, all_accounts=all_accounts
+        )
+
+    def drop_expired_leases(self, dry_run: bool = False) -> int:
+        """Drop upload leases whose holder's time ran out; how many (would) go."""
+        return int(self._engine.registry.drop_expired_leases(self._engine.clock(), dry_run))
 
     def verify(
         self, paths: Iterable[str] | None = None, *, progress: Progress | None = None
@@ -622,9 +650,12 @@ class AsyncAssetCache(BaseCache):
         dry_run: bool = False,
         concurrency: int | None = None,
         progress: Progress | None = None,
+        on_item: Callable[[RefreshItem], None] | None = None,
     ) -> RefreshReport:
         """The twin of :meth:`AssetCache.refresh`."""
-        plan = _maintenance.plan_refresh(self._engine, within, dry_run, concurrency, progress)
+        plan = _maintenance.plan_refresh(
+            self._engine, within, dry_run, concurrency, progress, on_item
+        )
         return cast(RefreshReport, await self._run(plan))
 
     def prune(

@@ -83,11 +83,47 @@ def plan_resolve_many(
             todo.append(i)
     if not todo:
         return results
+    step = engine.batch_size
+    if limit == 1 or len(todo) <= step:
+        yield from plan_resolve_part(engine, sources, todo, force, started, limit, results)
+        return results
+    # A big batch goes in parts of one request each, ``limit`` parts at a time:
+    # while one part waits for its answer, others hash (on the shared hashing
+    # threads) and encode, and at most ``limit`` parts' bytes are in memory.
+    parts = [todo[i : i + step] for i in range(0, len(todo), step)]
+    outcomes = yield Concurrent(
+        [plan_resolve_part(engine, sources, part, force, started, 1, results) for part in parts],
+        limit,
+    )
+    for part, outcome in zip(parts, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            err = (
+                outcome
+                if isinstance(outcome, AssetCacheError)
+                else AssetCacheError(f"upload failed: {type(outcome).__name__}: {outcome}")
+            )
+            for i in part:
+                if results[i] is None:
+                    results[i] = failed(label_of(sources[i]), err)
+                    engine.count(failures=1)
+    return results
+
+
+def plan_resolve_part(
+    engine: Engine,
+    sources: Sequence[SourceLike | Prepared],
+    todo: list[int],
+    force: Collection[Key],
+    started: float,
+    limit: int,
+    results: Results,
+) -> Plan:
+    """Phases 2 to 5 for ``sources[i]``, ``i`` in ``todo``, at most ``limit``
+    requests at once, filling their slots of ``results``."""
     ready = yield from plan_prepare(engine, sources, todo, results)
     groups = yield from plan_settle(engine, ready, force, results, touch)
     if groups is not None:
         yield from plan_claim_loop(engine, groups, force, started, limit, results)
-    return results
 
 
 def plan_prepare(engine: Engine, sources: Sequence[Any], todo: list[int], results: Results) -> Plan:
