@@ -85,14 +85,17 @@ def plan_resolve_many(
         return results
     step = engine.batch_size
     if limit == 1 or len(todo) <= step:
-        yield from plan_resolve_part(engine, sources, todo, force, started, limit, results)
+        yield from plan_resolve_part(engine, sources, todo, force, started, limit, results, touch)
         return results
     # A big batch goes in parts of one request each, ``limit`` parts at a time:
     # while one part waits for its answer, others hash (on the shared hashing
     # threads) and encode, and at most ``limit`` parts' bytes are in memory.
     parts = [todo[i : i + step] for i in range(0, len(todo), step)]
     outcomes = yield Concurrent(
-        [plan_resolve_part(engine, sources, part, force, started, 1, results) for part in parts],
+        [
+            plan_resolve_part(engine, sources, part, force, started, 1, results, touch)
+            for part in parts
+        ],
         limit,
     )
     for part, outcome in zip(parts, outcomes, strict=True):
@@ -117,6 +120,7 @@ def plan_resolve_part(
     started: float,
     limit: int,
     results: Results,
+    touch: bool = True,
 ) -> Plan:
     """Phases 2 to 5 for ``sources[i]``, ``i`` in ``todo``, at most ``limit``
     requests at once, filling their slots of ``results``."""
