@@ -164,7 +164,7 @@ class Entry:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the fields ``assetcache ls --json`` prints (times in ISO 8601 UTC)."""
-        # _SPEC spelt out: a listing builds one per entry.
+        # _SPEC spelt out (same keys, same order): a listing builds one per entry.
         return {
             "hash": self.content_hash,
             "uuid": self.uuid,
@@ -172,6 +172,7 @@ class Entry:
             "format": self.format,
             "uploaded_at": iso(self.uploaded_at),
             "last_used_at": iso(self.last_used_at),
+            "last_served_at": iso(self.last_served_at),
             "expires_at": iso(self.expires_at),
             "serve_until": iso(self.serve_until),
             "state": self.state,
