@@ -30,7 +30,6 @@ import is still timed, into a fresh copy, each round).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
