@@ -668,6 +668,22 @@ class AsyncAssetCache(BaseCache):
         """The twin of :meth:`AssetCache.prune` (blocking)."""
         return _maintenance.prune(self._engine, older_than, dry_run, all_accounts=all_accounts)
 
+    def prune_items(
+        self,
+        older_than: timedelta | float | None = None,
+        dry_run: bool = False,
+        *,
+        all_accounts: bool = False,
+    ) -> Iterator[Entry | str]:
+        """The twin of :meth:`AssetCache.prune_items` (blocking)."""
+        return _maintenance.prune_items(
+            self._engine, older_than, dry_run, all_accounts=all_accounts
+        )
+
+    def drop_expired_leases(self, dry_run: bool = False) -> int:
+        """The twin of :meth:`AssetCache.drop_expired_leases` (blocking)."""
+        return int(self._engine.registry.drop_expired_leases(self._engine.clock(), dry_run))
+
     def verify(
         self, paths: Iterable[str] | None = None, *, progress: Progress | None = None
     ) -> list[VerifyItem]:
