@@ -397,7 +397,7 @@ class AssetCache(BaseCache):
 
     def drop_expired_leases(self, dry_run: bool = False) -> int:
         """Drop upload leases whose holder's time ran out; how many (would) go."""
-        return int(self._engine.registry.drop_expired_leases(self._engine.clock(), dry_run))
+        return int(self._engine.registry.drop_expired_leases(self._engine.judge_now(), dry_run))
 
     def verify(
         self, paths: Iterable[str] | None = None, *, progress: Progress | None = None
@@ -682,7 +682,7 @@ class AsyncAssetCache(BaseCache):
 
     def drop_expired_leases(self, dry_run: bool = False) -> int:
         """The twin of :meth:`AssetCache.drop_expired_leases` (blocking)."""
-        return int(self._engine.registry.drop_expired_leases(self._engine.clock(), dry_run))
+        return int(self._engine.registry.drop_expired_leases(self._engine.judge_now(), dry_run))
 
     def verify(
         self, paths: Iterable[str] | None = None, *, progress: Progress | None = None
