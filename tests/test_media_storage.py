@@ -28,7 +28,7 @@ class SlowStorage:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         data = []
         for task in json.loads(request.content):
-            if task["taskType"] == "ping":  # the time probe: it carries no taskUUID
+            if task["taskType"] == "ping":  # the cache asks the server's time now and then
                 data.append({"taskType": "ping", "pong": True})
                 continue
             tid = task["taskUUID"]
