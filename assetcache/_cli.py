@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
 import stat as stat_mod
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -310,6 +311,48 @@ def echo_nl(obj: Any) -> None:
 
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
+
+
+#: Rows a streamed listing buffers before writing (bounded memory, few writes).
+STREAM_ROWS = 2000
+
+
+def json_array(items: Iterable[Any], out: IO[str], indent: str = "") -> int:
+    """Write ``items`` (JSON-ready) as a JSON array, one element per line, as
+    they come: memory stays bounded whatever their number. Returns how many."""
+    dumps = json.JSONEncoder(default=str).encode
+    n = 0
+    out.write("[")
+    buf: list[str] = []
+    sep = "\n" + indent + "  "
+    for item in items:
+        buf.append(("," if n else "") + sep + dumps(item))
+        n += 1
+        if len(buf) >= STREAM_ROWS:
+            out.write("".join(buf))
+            buf.clear()
+    out.write("".join(buf))
+    out.write(("\n" + indent) if n else "")
+    out.write("]")
+    return n
+
+
+def stream_lines(lines: Iterable[str], out: IO[str]) -> int:
+    """Write ``lines`` (no newline), a batch at a time. Returns how many."""
+    n = 0
+    for chunk in _batches(lines, STREAM_ROWS):
+        out.write("\n".join(chunk) + "\n")
+        n += len(chunk)
+    return n
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while True:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk
 
 
 def note(text: str) -> None:
@@ -961,6 +1004,7 @@ LS_FIELDS = (
     is_flag=True,
     help="Print CSV (RFC 4180; paths as a JSON array in one field).",
 )
+@click.option("--jsonl", "as_jsonl", is_flag=True, help="Print one JSON object per line.")
 @click.pass_obj
 @handle_errors
 def ls_command(
@@ -971,6 +1015,7 @@ def ls_command(
     as_json: bool,
     as_nl: bool,
     as_csv: bool,
+    as_jsonl: bool,
 ) -> None:
     """List cache entries: hash, imageUUID, size, format, last use, last served,
     expiry, known paths.
@@ -980,53 +1025,78 @@ def ls_command(
     when the cache last handed the UUID out, which is not a use. Soonest to expire
     first. With both --expiring-within and --expired: either.
     """
-    if as_json + as_csv + as_nl > 1:
-        raise UsageError("choose one of --json, --nl and --csv")
+    as_jsonl = as_jsonl or as_nl  # --nl is every listing's JSON lines; --jsonl the same
+    if sum((as_json, as_csv, as_jsonl)) > 1:
+        raise UsageError("choose one of --json, --nl (--jsonl) and --csv")
     cache = settings.cache(need_key=False)
-    found = cache.entries(expiring_within, expired, all_accounts=scope(settings, all_accounts))
-    if as_nl:
-        for e in found:
-            echo_nl(e.as_dict())
-        return
-    entries = list(found)
+    entries = cache.entries(expiring_within, expired, all_accounts=scope(settings, all_accounts))
+    out = sys.stdout
+    n = total = 0
+
+    def counted(items: Iterable[Any]) -> Iterator[Any]:
+        nonlocal n, total
+        for e in items:
+            n += 1
+            total += e.size
+            yield e
+
     if as_json:
-        echo_json([e.as_dict() for e in entries])
+        json_array((e.as_dict() for e in entries), out)
+        out.write("\n")
+        return
+    if as_jsonl:
+        dumps = json.JSONEncoder(default=str).encode
+        stream_lines((dumps(e.as_dict()) for e in entries), out)
         return
     if as_csv:
-        lines = [csv_line(LS_FIELDS)]
-        for e in entries:
-            d = e.as_dict()
-            d["paths"] = json_list(e.paths)
-            lines.append(csv_line(clean(str(d[f])) if f != "paths" else d[f] for f in LS_FIELDS))
-        click.echo("\n".join(lines))
+        out.write(csv_line(LS_FIELDS) + "\n")
+        for chunk in _batches(entries, STREAM_ROWS):
+            lines = []
+            for e in chunk:
+                d = e.as_dict()
+                d["paths"] = json_list(e.paths)
+                lines.append(
+                    csv_line(clean(str(d[f])) if f != "paths" else d[f] for f in LS_FIELDS) + "\n"
+                )
+            out.write("".join(lines))
         return
     now = cache.now()
-    rows = []
-    for e in entries:
-        where = (
-            shown(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "")
-            if e.paths
-            else "-"
+    headers = ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "SERVED", "EXPIRES", "STATE", "PATHS"]
+    widths: list[int] | None = None
+    for chunk in _batches(counted(entries), STREAM_ROWS):
+        rows = []
+        for e in chunk:
+            where = (
+                shown(e.paths[0]) + (f" (+{len(e.paths) - 1})" if len(e.paths) > 1 else "")
+                if e.paths
+                else "-"
+            )
+            rows.append(
+                [
+                    e.content_hash[:12],
+                    e.uuid,
+                    human_bytes(e.size),
+                    e.format,
+                    relative(e.last_used_at - now),
+                    "-" if e.last_served_at is None else relative(e.last_served_at - now),
+                    relative(e.expires_at - now),
+                    e.state,
+                    where,
+                ]
+            )
+        if widths is None:  # from the first batch: a listing of millions streams
+            widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+            rows.insert(0, headers)
+        out.write(
+            "".join(
+                "  ".join(
+                    [*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)), r[-1]]
+                ).rstrip()
+                + "\n"
+                for r in rows
+            )
         )
-        rows.append(
-            [
-                e.content_hash[:12],
-                e.uuid,
-                human_bytes(e.size),
-                e.format,
-                relative(e.last_used_at - now),
-                "-" if e.last_served_at is None else relative(e.last_served_at - now),
-                relative(e.expires_at - now),
-                e.state,
-                where,
-            ]
-        )
-    if rows:
-        print_table(
-            ["HASH", "UUID", "SIZE", "FORMAT", "LAST USED", "SERVED", "EXPIRES", "STATE", "PATHS"],
-            rows,
-        )
-    note(f"{len(entries)} entries, {human_bytes(sum(e.size for e in entries))} of files")
+    note(f"{n} entries, {human_bytes(total)} of files")
 
 
 @cli.command()
@@ -1158,54 +1228,73 @@ def refresh(
     needs you: a renewal failed, or content went missing since the last run.
     """
     cache = settings.cache()
-    with progress("refreshing") as advance:
-        report = cache.refresh(within, dry_run=dry_run, concurrency=concurrency, progress=advance)
+    out = sys.stdout
     known = _GoneLog(settings)
-    gone = [i for i in report.items if i.status == "content-gone"]
-    new_gone = [i for i in gone if not known.seen(i.content_hash, i.old_uuid)]
-    failed = [i for i in report.failed if i.status != "content-gone"]
+    counts = {s: 0 for s in ("renewed", "would-renew", "content-gone", "failed")}
+    gone: list[Any] = []
+    new_gone = 0
+    buf: list[str] = []
+    dumps = json.JSONEncoder(default=str).encode
+
+    def flush() -> None:
+        out.write("".join(buf))
+        out.flush()
+        buf.clear()
+
+    def take(item: Any) -> None:
+        # Each item is written as it is known (a batch at a time): memory stays
+        # bounded, and a run stopped halfway has printed what it did.
+        nonlocal new_gone
+        first = not any(counts.values())
+        counts[item.status] += 1
+        row = item.as_dict()
+        if item.status == "content-gone":
+            gone.append(item)
+            before = known.seen(item.content_hash, item.old_uuid)
+            new_gone += not before
+            row["reported_before"] = before
+        if as_json:
+            buf.append(("" if first else ",") + "\n    " + dumps(row))
+        elif as_nl:
+            buf.append(dumps(row) + "\n")
+        elif item.status in ("renewed", "would-renew"):
+            after = item.uuid or item.old_uuid
+            path = shown(item.path) if item.path else "-"
+            buf.append(f"{item.status}\t{item.content_hash[:12]}\t{after}\t{path}\n")
+        elif item.status == "content-gone" and row["reported_before"]:
+            logging.getLogger("assetcache").info(
+                "refresh: %s still gone (reported before): %s", item.content_hash[:12], item.reason
+            )
+        else:
+            reason = clean(str(item.reason))
+            buf.append(f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t{reason}\n")
+        if len(buf) >= STREAM_ROWS:
+            flush()
+
+    if as_json:
+        out.write(f'{{\n  "within_seconds": {json.dumps(within)},\n')
+        out.write(f'  "dry_run": {json.dumps(dry_run)},\n  "items": [')
+    with progress("refreshing") as advance:
+        cache.refresh(
+            within, dry_run=dry_run, concurrency=concurrency, progress=advance, on_item=take
+        )
+    flush()
     if not dry_run:
         known.save(gone)
+    failed = counts["failed"]
     if as_json:
-        data = report.as_dict()
-        for item, entry in zip(report.items, data["items"], strict=True):
-            if item.status == "content-gone":
-                entry["reported_before"] = item not in new_gone
-        echo_json(data)
-    else:
-        for item in report.items:
-            if as_nl:
-                row = item.as_dict()
-                if item.status == "content-gone":
-                    row["reported_before"] = item not in new_gone
-                echo_nl(row)
-            elif item.status in ("renewed", "would-renew"):
-                after = item.uuid or item.old_uuid
-                click.echo(
-                    f"{item.status}\t{item.content_hash[:12]}\t{after}\t"
-                    f"{shown(item.path) if item.path else '-'}"
-                )
-            elif item.status == "content-gone" and item not in new_gone:
-                logging.getLogger("assetcache").info(
-                    "refresh: %s still gone (reported before): %s",
-                    item.content_hash[:12],
-                    item.reason,
-                )
-            else:
-                click.echo(
-                    f"{item.status}\t{item.content_hash[:12]}\t{item.old_uuid}\t"
-                    f"{clean(str(item.reason))}"
-                )
-        summary = report.as_dict()["summary"]
+        out.write(("\n  " if any(counts.values()) else "") + "],\n")
+        out.write(f'  "summary": {json.dumps(counts)}\n}}\n')
+    elif not as_nl:
         done = (
-            f"{summary['would-renew']} would be renewed"
+            f"{counts['would-renew']} would be renewed"
             if dry_run
-            else f"{summary['renewed']} renewed"
+            else f"{counts['renewed']} renewed"
         )
-        before = len(gone) - len(new_gone)
+        before = len(gone) - new_gone
         note(
-            f"{len(report.items)} entries expiring within {format_duration(within)}: {done}, "
-            f"{len(failed)} failed, {len(new_gone)} content gone"
+            f"{sum(counts.values())} entries expiring within {format_duration(within)}: {done}, "
+            f"{failed} failed, {new_gone} content gone"
             + (f" (+{before} reported before)" if before else "")
         )
     if failed or (new_gone and not ignore_gone):
@@ -1267,31 +1356,63 @@ def prune(
     as_json: bool,
     as_nl: bool,
 ) -> None:
-    """Drop expired entries and the stat rows of files that no longer exist."""
+    """Drop expired entries and the stat rows of files that no longer exist.
+
+    Goes a page at a time, each page committed: stopped halfway, it keeps what
+    it dropped, and running it again carries on.
+    """
     cache = settings.cache(need_key=False)
-    report = cache.prune(older_than, dry_run, all_accounts=scope(settings, all_accounts))
-    if as_json:
-        echo_json(report.as_dict())
-        return
+    items = cache.prune_items(older_than, dry_run, all_accounts=scope(settings, all_accounts))
+    out = sys.stdout
+    entries = files = size = 0
+    pending: list[str] = []
+
+    def split() -> Iterator[Any]:
+        nonlocal entries, size
+        for item in items:
+            if isinstance(item, str):
+                pending.append(item)
+                return
+            entries += 1
+            size += item.size
+            yield item
+
+    def rest() -> Iterator[str]:
+        nonlocal files
+        for path in itertools.chain(pending, items):
+            files += 1
+            yield str(path)
+
     if as_nl:
-        data = report.as_dict()
-        for key, value in data.items():
-            if isinstance(value, list):
-                for row in value:
-                    echo_nl({"kind": key, **row} if isinstance(row, dict) else {key: row})
-        echo_nl({k: v for k, v in data.items() if not isinstance(v, list)})
+        for e in split():
+            echo_nl({"kind": "entries", **e.as_dict()})
+        for path in rest():
+            echo_nl({"kind": "files", "path": path})
+        leases = cache.drop_expired_leases(dry_run)
+        echo_nl({"dry_run": dry_run, "leases": leases, "entries": entries, "files": files})
         return
     verb = "would drop" if dry_run else "dropped"
-    for e in report.entries:
-        click.echo(
+    if as_json:
+        out.write(f'{{\n  "dry_run": {json.dumps(dry_run)},\n  "entries": ')
+        json_array((e.as_dict() for e in split()), out, "  ")
+        out.write(',\n  "files": ')
+        json_array(rest(), out, "  ")
+        leases = cache.drop_expired_leases(dry_run)
+        summary = {"entries": entries, "files": files, "bytes": size}
+        out.write(f',\n  "leases": {leases},\n  "summary": {json.dumps(summary)}\n}}\n')
+        return
+    stream_lines(
+        (
             f"{verb}\tentry\t{e.content_hash[:12]}\t{e.uuid}\tlast used {iso_short(e.last_used_at)}"
-        )
-    for path in report.files:
-        click.echo(f"{verb}\tfile\t{shown(path)}")
+            for e in split()
+        ),
+        out,
+    )
+    stream_lines((f"{verb}\tfile\t{shown(path)}" for path in rest()), out)
+    leases = cache.drop_expired_leases(dry_run)
     note(
-        f"{verb} {len(report.entries)} entries "
-        f"({human_bytes(sum(e.size for e in report.entries))} of files), {len(report.files)} file "
-        f"row(s) of missing files, {report.leases} expired lease(s)"
+        f"{verb} {entries} entries ({human_bytes(size)} of files), {files} file "
+        f"row(s) of missing files, {leases} expired lease(s)"
     )
 
 
@@ -1433,11 +1554,8 @@ def export_command(settings: Settings, output: str | None, all_accounts: bool) -
     """Write the entries as JSON lines, for `assetcache import` on another machine."""
     cache = settings.cache(need_key=False)
     lines = cache.export_entries(all_accounts=scope(settings, all_accounts))
-    n = 0
     if output is None:
-        for line in lines:
-            click.echo(line)
-            n += 1
+        n = stream_lines(lines, sys.stdout)
     else:
         from ._maintenance import write_export
 

@@ -31,6 +31,7 @@ from ._models import (
     ForgetItem,
     ImportReport,
     PruneReport,
+    RefreshItem,
     RefreshReport,
     Resolution,
     StatusReport,
@@ -370,16 +371,24 @@ class AssetCache(BaseCache):
         dry_run: bool = False,
         concurrency: int | None = None,
         progress: Progress | None = None,
+        on_item: Callable[[RefreshItem], None] | None = None,
     ) -> RefreshReport:
         """Upload again every entry the cache would stop serving within ``within``
         whose bytes are still at a known path (same hash) or in the local copies,
         so no caller waits for it. Entries Runware has already deleted are left
         to be uploaded on demand.
 
+        The work goes a chunk at a time, each upload recorded as it answers: a
+        run stopped halfway keeps what it renewed. With ``on_item``, each item
+        is handed over as soon as it is known and the report keeps none, so
+        memory stays bounded whatever the number of entries.
+
         >>> cache.refresh(timedelta(days=2)).failed             # doctest: +SKIP
         []
         """
-        plan = _maintenance.plan_refresh(self._engine, within, dry_run, concurrency, progress)
+        plan = _maintenance.plan_refresh(
+            self._engine, within, dry_run, concurrency, progress, on_item
+        )
         return cast(RefreshReport, self._run(plan))
 
     def prune(
@@ -396,6 +405,25 @@ class AssetCache(BaseCache):
         >>> cache.prune(older_than=timedelta(days=90), dry_run=True).entries   # doctest: +SKIP
         """
         return _maintenance.prune(self._engine, older_than, dry_run, all_accounts=all_accounts)
+
+    def prune_items(
+        self,
+        older_than: timedelta | float | None = None,
+        dry_run: bool = False,
+        *,
+        all_accounts: bool = False,
+    ) -> Iterator[Entry | str]:
+        """:meth:`prune` as it goes, in bounded memory: each entry dropped (an
+        :class:`Entry`), then each path whose file is gone (a ``str``). Work is
+        committed a page at a time: stopped halfway, it keeps what it did, and a
+        second run carries on. Dead leases are left to :meth:`prune`."""
+        return _maintenance.prune_items(
+            self._engine, older_than, dry_run, all_accounts=all_accounts
+        )
+
+    def drop_expired_leases(self, dry_run: bool = False) -> int:
+        """Drop upload leases whose holder's time ran out; how many (would) go."""
+        return int(self._engine.registry.drop_expired_leases(self._engine.judge_now(), dry_run))
 
     def verify(
         self, paths: Iterable[str] | None = None, *, progress: Progress | None = None
@@ -659,9 +687,12 @@ class AsyncAssetCache(BaseCache):
         dry_run: bool = False,
         concurrency: int | None = None,
         progress: Progress | None = None,
+        on_item: Callable[[RefreshItem], None] | None = None,
     ) -> RefreshReport:
         """The twin of :meth:`AssetCache.refresh`."""
-        plan = _maintenance.plan_refresh(self._engine, within, dry_run, concurrency, progress)
+        plan = _maintenance.plan_refresh(
+            self._engine, within, dry_run, concurrency, progress, on_item
+        )
         return cast(RefreshReport, await self._run(plan))
 
     async def prune(
@@ -674,6 +705,28 @@ class AsyncAssetCache(BaseCache):
         """The twin of :meth:`AssetCache.prune`."""
         return await self._call(
             _maintenance.prune, self._engine, older_than, dry_run, all_accounts=all_accounts
+        )
+
+    async def prune_items(
+        self,
+        older_than: timedelta | float | None = None,
+        dry_run: bool = False,
+        *,
+        all_accounts: bool = False,
+    ) -> list[Entry | str]:
+        """The twin of :meth:`AssetCache.prune_items`, as a list."""
+        engine = self._engine
+        return await self._call(
+            lambda: list(
+                _maintenance.prune_items(engine, older_than, dry_run, all_accounts=all_accounts)
+            )
+        )
+
+    async def drop_expired_leases(self, dry_run: bool = False) -> int:
+        """The twin of :meth:`AssetCache.drop_expired_leases`."""
+        engine = self._engine
+        return await self._call(
+            lambda: int(engine.registry.drop_expired_leases(engine.judge_now(), dry_run))
         )
 
     async def verify(

@@ -125,13 +125,20 @@ class Driver:
     make_async_client: Callable[[], Any] | None = None
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
     _pool_size: int = 0
+    _client_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def blocking_client(self) -> Any:
-        """The ``httpx.Client`` (made on first use)."""
-        if self.sync_client is None:
-            assert self.make_sync_client is not None
-            self.sync_client = self.make_sync_client()
-        return self.sync_client
+        """The ``httpx.Client``, made on first use: once, though the first
+        requests of a batch come from several threads at the same moment (each
+        client loads the CA bundle, some 25 ms of CPU)."""
+        client = self.sync_client
+        if client is None:
+            with self._client_lock:
+                client = self.sync_client
+                if client is None:
+                    assert self.make_sync_client is not None
+                    client = self.sync_client = self.make_sync_client()
+        return client
 
     def asyncio_client(self) -> Any:
         """The ``httpx.AsyncClient`` (made on first use)."""

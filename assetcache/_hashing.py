@@ -10,7 +10,9 @@ not trust them and re-read the content until the file has aged past the window.
 
 from __future__ import annotations
 
+import io
 import os
+import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -99,11 +101,12 @@ def hash_stream(
 
     Each chunk is also passed to every callable in ``sinks`` (format
     validation, spooling). Stops with :class:`OverflowError` once more than
-    ``limit`` bytes were read.
+    ``limit`` bytes were read. A regular file's size (one ``fstat``) sizes the
+    read buffer: a small file is not read through a zeroed megabyte.
     """
     hasher = xxhash.xxh3_128()
     sinks = tuple(sinks)
-    buf = bytearray(CHUNK_SIZE)
+    buf = bytearray(_buffer_size(stream))
     view = memoryview(buf)
     size = 0
     readinto = getattr(stream, "readinto", None)
@@ -128,16 +131,26 @@ def hash_stream(
     return hasher.hexdigest(), size
 
 
+def _buffer_size(stream: BinaryIO) -> int:
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return CHUNK_SIZE
+    if not stat_mod.S_ISREG(st.st_mode):
+        return CHUNK_SIZE
+    # One byte more than the file, so the read that finds its end is the second.
+    return max(1, min(CHUNK_SIZE, st.st_size + 1))
+
+
 def hash_file(path: str | bytes, limit: int | None = None) -> tuple[str, int]:
     """Hash a whole regular file: ``(hexdigest, size)``. No validation.
 
     A FIFO, device or other special file is never read (``OSError``), nor more
     than ``limit`` bytes (``OverflowError``)."""
     import errno
-    import stat
 
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", os.fsdecode(path))
     with open(fd, "rb", buffering=0, closefd=True) as f:

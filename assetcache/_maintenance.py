@@ -51,7 +51,7 @@ from ._models import (
 )
 from ._resolve import failed, plan_resolve_many
 from ._sources import SourceLike
-from ._storage._base import AssetRow, FileRow
+from ._storage._base import PAGE_ROWS, AssetRow, FileRow
 from ._storage._repair import db_size, inspect_database
 from ._tasks import plan_delete
 
@@ -105,11 +105,21 @@ def entries(
             namespace=namespace, used_after=now + policy.future_tolerance, order="last_use"
         )
         rows = itertools.chain(rows, suspect)
-    while page := list(itertools.islice(rows, _PAGE)):
+    for page in batched(rows, _PAGE):
         paths = engine.store.paths_of({a.content_hash for a in page})
         served = engine.served_times(a.key for a in page)
         for a in page:
             yield engine.entry(a, paths.get(a.content_hash, ()), now, served.get(a.key))
+
+
+def batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``n`` (the last one shorter), lazily."""
+    it = iter(items)
+    while True:
+        chunk = list(itertools.islice(it, n))
+        if not chunk:
+            return
+        yield chunk
 
 
 #: Usage counters the proxy keeps (stored as ``proxy_<name>``).
@@ -205,79 +215,126 @@ def plan_refresh(
     dry_run: bool,
     concurrency: int | None,
     progress: Progress | None,
+    on_item: Callable[[RefreshItem], None] | None = None,
 ) -> Plan:
     """Upload again every entry the cache would stop serving within ``within``
-    whose bytes are still at hand (see ``AssetCache.refresh``)."""
+    whose bytes are still at hand (see ``AssetCache.refresh``).
+
+    The candidates are read, located and renewed a chunk at a time, each
+    chunk's uploads recorded as they answer: memory stays bounded, and a run
+    stopped halfway keeps what it renewed (a second run finds the rest). With
+    ``on_item``, each item goes there as soon as it is known and the report
+    keeps none (a listing of millions of entries stays small).
+    """
     seconds = _seconds(within)
     assert seconds is not None
-    candidates: list[Entry] = yield Call(refresh_candidates, engine, seconds)
-    if not candidates:
-        return RefreshReport(seconds, dry_run, ())
-    found = yield Map(engine.locate, candidates, engine.hash_workers)
-    items: list[RefreshItem | None] = [None] * len(candidates)
-    todo: list[tuple[int, Prepared, str]] = []
-    for i, (entry, (prepared, label, reason)) in enumerate(zip(candidates, found, strict=True)):
-        if prepared is None:
-            items[i] = RefreshItem(
-                entry.content_hash,
-                entry.uuid,
-                "content-gone",
-                reason=reason,
-                expires_at=entry.expires_at,
-            )
-        elif dry_run:
-            items[i] = RefreshItem(
-                entry.content_hash,
-                entry.uuid,
-                "would-renew",
-                path=label,
-                expires_at=entry.expires_at,
-            )
-        else:
-            todo.append((i, prepared, label))
-    done = len(candidates) - len(todo)
-    if progress:
-        progress(done, len(candidates))
-    # Chunks keep memory bounded (inline payloads) and let a caller show progress.
-    chunk = max(64, engine.concurrency * engine.batch_size)
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
-        ready: list[Any] = [p for _, p, _ in part]  # prepared already: not read again
-        results = yield from plan_resolve_many(
-            engine, ready, concurrency, force={p.key for _, p, _ in part}
-        )
-        for (i, _, label), res in zip(part, results, strict=True):
-            entry = candidates[i]
-            if res.error is not None:
-                items[i] = RefreshItem(
-                    entry.content_hash,
-                    entry.uuid,
-                    "failed",
-                    path=label,
-                    reason=str(res.error),
-                    expires_at=entry.expires_at,
+    kept: list[RefreshItem] = []
+    emit = on_item if on_item is not None else kept.append
+    total: int = yield Call(count_refresh_candidates, engine, seconds)
+    done = 0
+    if progress and total:
+        progress(0, total)
+    chunk = max(256, engine.concurrency * engine.batch_size)
+    pages = refresh_candidates(engine, seconds)
+    while True:
+        candidates: list[Entry] = yield Call(_next_chunk, pages, chunk)
+        if not candidates:
+            break
+        found = yield Map(engine.locate, candidates, engine.hash_workers)
+        todo: list[tuple[Entry, Prepared, str]] = []
+        for entry, (prepared, label, reason) in zip(candidates, found, strict=True):
+            if prepared is None:
+                emit(
+                    RefreshItem(
+                        entry.content_hash,
+                        entry.uuid,
+                        "content-gone",
+                        reason=reason,
+                        expires_at=entry.expires_at,
+                    )
+                )
+            elif dry_run:
+                emit(
+                    RefreshItem(
+                        entry.content_hash,
+                        entry.uuid,
+                        "would-renew",
+                        path=label,
+                        expires_at=entry.expires_at,
+                    )
                 )
             else:
-                items[i] = RefreshItem(
-                    entry.content_hash, entry.uuid, "renewed", res.uuid, label, None, res.expires_at
-                )
-        done += len(part)
+                todo.append((entry, prepared, label))
+        if todo:
+            ready: list[Any] = [p for _, p, _ in todo]  # prepared already: not read again
+            results = yield from plan_resolve_many(
+                engine, ready, concurrency, force={p.key for _, p, _ in todo}
+            )
+            for (entry, _, label), res in zip(todo, results, strict=True):
+                if res.error is not None:
+                    emit(
+                        RefreshItem(
+                            entry.content_hash,
+                            entry.uuid,
+                            "failed",
+                            path=label,
+                            reason=str(res.error),
+                            expires_at=entry.expires_at,
+                        )
+                    )
+                else:
+                    emit(
+                        RefreshItem(
+                            entry.content_hash,
+                            entry.uuid,
+                            "renewed",
+                            res.uuid,
+                            label,
+                            None,
+                            res.expires_at,
+                        )
+                    )
+        done += len(candidates)
         if progress:
-            progress(done, len(candidates))
-    return RefreshReport(seconds, dry_run, tuple(i for i in items if i is not None))
+            progress(done, max(total, done))
+    return RefreshReport(seconds, dry_run, tuple(kept))
 
 
-def refresh_candidates(engine: Engine, within: float) -> list[Entry]:
-    now = engine.judge_now()
+def _next_chunk(items: Iterator[Entry], n: int) -> list[Entry]:
+    return list(itertools.islice(items, n))
+
+
+def _refreshable(engine: Engine, e: Entry, now: float) -> bool:
     # Only this account's uploads can be renewed with this key; entries Runware
     # already deleted are not "about to expire" and stay on-demand.
-    return [
-        e
-        for e in entries(engine, expiring_within=within, expired=True)
-        if e.namespace == engine.namespace
+    return (
+        e.namespace == engine.namespace
         and e.variant in (engine.variant, engine.fit_variant)
         and e.expires_at > now
-    ]
+    )
+
+
+def refresh_candidates(engine: Engine, within: float) -> Iterator[Entry]:
+    now = engine.judge_now()
+    return (
+        e
+        for e in entries(engine, expiring_within=within, expired=True)
+        if _refreshable(engine, e, now)
+    )
+
+
+def count_refresh_candidates(engine: Engine, within: float) -> int:
+    """How many entries :func:`refresh_candidates` yields at most (for progress)."""
+    policy = engine.policy
+    now = engine.judge_now()
+    window = policy.retention - policy.margin
+    # Not yet deleted by Runware: last use within the retention.
+    n, _ = engine.registry.asset_totals(
+        namespace=engine.namespace,
+        used_after=now - policy.retention,
+        used_before=now + within - window,
+    )
+    return n
 
 
 # -- pruning and verification -------------------------------------------------------------
@@ -291,6 +348,28 @@ def prune(
     all_accounts: bool = False,
 ) -> PruneReport:
     """Drop old entries, stat rows of files gone and dead leases (``AssetCache.prune``)."""
+    found: list[Entry] = []
+    gone: list[str] = []
+    for item in prune_items(engine, older_than, dry_run, all_accounts=all_accounts):
+        if isinstance(item, str):
+            gone.append(item)
+        else:
+            found.append(item)
+    leases = engine.registry.drop_expired_leases(engine.judge_now(), dry_run=dry_run)
+    return PruneReport(tuple(found), tuple(gone), int(leases), dry_run)
+
+
+def prune_items(
+    engine: Engine,
+    older_than: timedelta | float | None = None,
+    dry_run: bool = False,
+    *,
+    all_accounts: bool = False,
+) -> Iterator[Entry | str]:
+    """:func:`prune` as it goes, in bounded memory: each entry dropped (an
+    :class:`Entry`), then each path whose file is gone (a ``str``). The work is
+    committed a page at a time, so a run stopped halfway keeps what it did and
+    a second run carries on (leases are left to :func:`prune`)."""
     store = engine.store
     now = engine.judge_now()
     age = _seconds(older_than)
@@ -299,20 +378,23 @@ def prune(
     cutoff = now - (engine.policy.retention if age is None else age)
     registry = engine.registry  # in a fleet: the fleet's entries and leases
     namespace = None if all_accounts else engine.namespace
-    assets = registry.select_assets(namespace=namespace, used_before=cutoff)
-    assets += registry.select_assets(
-        namespace=namespace, used_after=now + engine.policy.future_tolerance
+    # Streamed in keyset pages: deleting a page does not move the next one.
+    assets = itertools.chain(
+        registry.iter_assets(namespace=namespace, used_before=cutoff),
+        registry.iter_assets(namespace=namespace, used_after=now + engine.policy.future_tolerance),
     )
-    paths = store.paths_of({a.content_hash for a in assets})
-    found = tuple(engine.entry(a, paths.get(a.content_hash, ()), now) for a in assets)
-    gone = tuple(p for p in store.tracked_paths() if _missing(p))
-    leases = registry.drop_expired_leases(now, dry_run=dry_run)
-    if not dry_run:
-        # Deleted only where last_used_at is unchanged: an entry used since we looked stays.
-        registry.prune_assets(assets)
-        if gone:
+    for page in batched(assets, PAGE_ROWS):
+        paths = store.paths_of({a.content_hash for a in page})
+        if not dry_run:
+            # Deleted only where last_used_at is unchanged: an entry used since we looked stays.
+            registry.prune_assets(page)
+        for a in page:
+            yield engine.entry(a, paths.get(a.content_hash, ()), now)
+    for page in batched(store.tracked_paths(), PAGE_ROWS):
+        gone = [p for p in page if _missing(p)]
+        if gone and not dry_run:
             store.delete_files(gone)
-    return PruneReport(found, gone, int(leases), dry_run)
+        yield from gone
 
 
 def verify(
@@ -524,11 +606,15 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
 
 
 def export_entries(engine: Engine, *, all_accounts: bool = False) -> Iterator[str]:
-    """JSON lines (no newline) of this account's entries, for :func:`import_entries`."""
-    rows = engine.registry.iter_assets(
-        namespace=None if all_accounts else engine.namespace, order="key"
-    )
-    for a in rows:
+    """JSON lines (no newline) of this account's entries, for :func:`import_entries`.
+
+    Lazily, by key; a store that can write the lines itself does (SQLite)."""
+    namespace = None if all_accounts else engine.namespace
+    made = engine.registry.export_lines(namespace, EXPORT_VERSION)
+    if made is not None:
+        yield from made
+        return
+    for a in engine.registry.iter_assets(namespace=namespace, order="key"):
         line = {
             "v": EXPORT_VERSION,
             "namespace": a.namespace,
@@ -654,17 +740,33 @@ def _bounded_lines(stream: Any) -> Iterator[bytes | str | _LineTooLong]:
         yield _LineTooLong()
 
 
+#: Lines merged per transaction by :func:`import_entries`.
+IMPORT_CHUNK = 5000
+
+
 def import_entries(engine: Engine, lines: Iterable[str | bytes]) -> ImportReport:
     """Merge exported JSON lines; an entry never replaces a fresher one.
 
     Each malformed line is refused with its number (the others are imported);
     a file object is read with a bound on each line's length, and an input
     that never ends a line, or holds nothing but errors, is given up on with
-    one last error instead of growing without bound.
+    one last error instead of growing without bound. Read and merged a chunk
+    at a time, each chunk its own transaction: memory stays bounded, and an
+    import stopped halfway keeps what it merged (running it again merges the
+    rest; what is already there is kept).
     """
     now = engine.stamp_now()  # no imported stamp is later than now
     errors: list[tuple[int, str]] = []
     good: list[AssetRow] = []
+    added = replaced = kept = 0
+
+    def flush() -> None:
+        nonlocal added, replaced, kept
+        if good:
+            a, r, k = engine.registry.merge_assets(good)
+            added, replaced, kept = added + a, replaced + r, kept + k
+            good.clear()
+
     source: Iterable[Any] = _bounded_lines(lines) if hasattr(lines, "readline") else lines
     number = 0
     try:
@@ -673,11 +775,11 @@ def import_entries(engine: Engine, lines: Iterable[str | bytes]) -> ImportReport
                 errors.append((number, f"more than {MAX_IMPORT_ERRORS} malformed lines: stopped"))
                 break
             _import_line(number, line, now, errors, good)
+            if len(good) >= IMPORT_CHUNK:
+                flush()
     except _InputEnds as exc:
         errors.append((number, str(exc)))
-    added = replaced = kept = 0
-    if good:
-        added, replaced, kept = engine.registry.merge_assets(good)
+    flush()
     return ImportReport(added, replaced, kept, tuple(errors))
 
 

@@ -10,6 +10,7 @@ CLI prints ``as_dict()`` and never builds JSON by hand::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,10 +24,27 @@ Spec = tuple[str | tuple[str, str | None, Callable[[Any], Any] | None], ...]
 
 
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC (``2025-01-31T12:00:00Z``)."""
+    """Epoch seconds as ISO 8601 UTC (``2025-01-31T12:00:00Z``).
+
+    >>> iso(0.0), iso(1738324800.9)
+    ('1970-01-01T00:00:00Z', '2025-01-31T12:00:00Z')
+    """
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The date through datetime once per day seen; the time by arithmetic (a
+    # listing of a million entries formats four million of these).
+    day, second = divmod(math.floor(ts), 86400)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        prefix = datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y-%m-%dT")
+        if len(_DAYS) < 100_000:
+            _DAYS[day] = prefix
+    return prefix + _TIMES[second]
+
+
+_DAYS: dict[int, str] = {}
+#: "HH:MM:SSZ" of each second of a day.
+_TIMES = [f"{h:02d}:{m:02d}:{sec:02d}Z" for h in range(24) for m in range(60) for sec in range(60)]
 
 
 def to_dict(obj: Any, spec: Spec) -> dict[str, Any]:
@@ -146,7 +164,22 @@ class Entry:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the fields ``assetcache ls --json`` prints (times in ISO 8601 UTC)."""
-        return to_dict(self, self._SPEC)
+        # _SPEC spelt out (same keys, same order): a listing builds one per entry.
+        return {
+            "hash": self.content_hash,
+            "uuid": self.uuid,
+            "size": self.size,
+            "format": self.format,
+            "uploaded_at": iso(self.uploaded_at),
+            "last_used_at": iso(self.last_used_at),
+            "last_served_at": iso(self.last_served_at),
+            "expires_at": iso(self.expires_at),
+            "serve_until": iso(self.serve_until),
+            "state": self.state,
+            "paths": list(self.paths),
+            "upload_count": self.upload_count,
+            "namespace": self.namespace,
+        }
 
 
 @dataclass(frozen=True, slots=True)

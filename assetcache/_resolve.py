@@ -89,6 +89,48 @@ def plan_resolve_many(
                 log.info("%s: hit, served from the file index (stat unchanged, not read)", r.source)
     if not todo:
         return results
+    step = engine.batch_size
+    if limit == 1 or len(todo) <= step:
+        yield from plan_resolve_part(engine, sources, todo, force, started, limit, results, touch)
+        return results
+    # A big batch goes in parts of one request each, ``limit`` parts at a time:
+    # while one part waits for its answer, others hash (on the shared hashing
+    # threads) and encode, and at most ``limit`` parts' bytes are in memory.
+    parts = [todo[i : i + step] for i in range(0, len(todo), step)]
+    outcomes = yield Concurrent(
+        [
+            plan_resolve_part(engine, sources, part, force, started, 1, results, touch)
+            for part in parts
+        ],
+        limit,
+    )
+    for part, outcome in zip(parts, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            err = (
+                outcome
+                if isinstance(outcome, AssetCacheError)
+                else AssetCacheError(f"upload failed: {type(outcome).__name__}: {outcome}")
+            )
+            for i in part:
+                if results[i] is None:
+                    results[i] = failed(label_of(sources[i]), err)
+                    engine.count(failures=1)
+    return results
+
+
+def plan_resolve_part(
+    engine: Engine,
+    sources: Sequence[SourceLike | Prepared],
+    todo: list[int],
+    force: Collection[Key],
+    started: float,
+    limit: int,
+    results: Results,
+    touch: bool = True,
+) -> Plan:
+    """Phases 2 to 5 for ``sources[i]``, ``i`` in ``todo``, at most ``limit``
+    requests at once, filling their slots of ``results``."""
+    verbose = log.isEnabledFor(logging.INFO)
     ready = yield from plan_prepare(engine, sources, todo, results)
     groups = yield from plan_settle(engine, ready, force, results, touch)
     if groups is not None:
@@ -106,7 +148,6 @@ def plan_resolve_many(
                 log.info("%s: hit by content (hashed; the same bytes are cached)", r.source)
             else:
                 log.info("%s: %s (%s)", r.source, r.outcome, r.uuid)
-    return results
 
 
 def log_upload_reasons(engine: Engine, groups: Groups, force: Collection[Key]) -> None:

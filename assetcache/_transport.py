@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -148,7 +148,7 @@ def post_sync(effect: Any, client: Any) -> Response:
     deadline = time.monotonic() + effect.timeout
 
     def body() -> Iterator[bytes]:
-        for chunk in effect.body():
+        for chunk in _iter(effect.body()):
             if time.monotonic() > deadline:
                 raise _Deadline
             yield chunk
@@ -184,7 +184,7 @@ async def post_async(effect: Any, client: Any) -> Response:
     from ._bodies import BadAnswer
 
     async def body() -> Any:
-        for chunk in effect.body():
+        for chunk in _iter(effect.body()):
             yield chunk
 
     async def exchange() -> Response:
@@ -218,3 +218,27 @@ def _headers(effect: Any) -> dict[str, str]:
 
 def _response(resp: Any, data: bytes) -> Response:
     return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, data)
+
+
+#: Body pieces are joined up to this size before they reach the connection:
+#: each write costs the HTTP stack a fixed overhead, and a batch of small
+#: images comes as five pieces per image.
+WRITE_SIZE = 1 << 20
+
+
+def _iter(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``chunks`` regrouped into writes of about :data:`WRITE_SIZE` bytes (memory
+    stays bounded by that size, whatever the body's length)."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if len(chunk) >= WRITE_SIZE and not parts:
+            yield chunk
+            continue
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_SIZE:
+            yield b"".join(parts)
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts)

@@ -256,3 +256,39 @@ def test_rows_stream_in_the_order_asked(registry):
     assert list(registry.iter_assets(used_before=200.0)) == registry.select_assets(
         used_before=200.0
     )
+
+
+def test_listings_page_past_the_page_size_in_order(registry, monkeypatch):
+    from assetcache._storage import _base
+
+    monkeypatch.setattr(_base, "PAGE_ROWS", 2)  # five rows: three keyset pages
+    rows = [row((NS, f"{n:032x}", ""), str(uuid.UUID(int=n)), 100.0 + n % 3) for n in range(5)]
+    registry.merge_assets(rows)
+    by_key = [r.key for r in registry.iter_assets(namespace=NS, order="key")]
+    assert by_key == sorted(r.key for r in rows)
+    by_use = [r.key for r in registry.iter_assets(order="last_use")]
+    assert by_use == [r.key for r in sorted(rows, key=lambda r: (r.last_used_at, r.key))]
+    assert registry.asset_totals(namespace=NS, used_after=100.0, used_before=101.0) == (2, 200)
+
+
+def test_export_lines_carry_every_exported_field_or_are_left_to_the_caller(registry):
+    import json
+    from dataclasses import replace
+
+    registry.merge_assets(
+        [
+            replace(row(K1, U1, 1700000000.123456789), url="https://im.example/a.png"),
+            row(K3, U3, 5.5),
+        ]
+    )
+    made = registry.export_lines(NS, 1)
+    if made is None:  # the caller builds the lines from iter_assets
+        return
+    lines = [json.loads(line) for line in made]
+    assert [(d["namespace"], d["hash"]) for d in lines] == [K1[:2]]
+    (d,) = lines
+    assert d["uuid"] == U1 and d["url"] == "https://im.example/a.png" and d["v"] == 1
+    assert d["last_used_at"] == 1700000000.123456789  # the very same double
+    everyone = [json.loads(line) for line in registry.export_lines(None, 1) or ()]
+    assert [d["hash"] for d in everyone] == [K1[1], K3[1]]
+    assert "url" not in everyone[1]

@@ -104,7 +104,7 @@ def write(tmp_path: Path, name: str, data: bytes) -> str:
 
 def test_variant_rules():
     t = Transform(max_side=2048)
-    assert t.variant_for("jpeg", 4000, 3000) == TAG == "fit2048-q95-v1"
+    assert t.variant_for("jpeg", 4000, 3000) == TAG == "fit2048-q95-p44-v2"
     assert t.variant_for("png", 2048, 1000) == ""  # at the limit: untouched
     assert t.variant_for("webp", 1000, 2049) == TAG
     assert t.variant_for("bmp", 2, 2) == t.variant_for("gif", 1, 1) == TAG

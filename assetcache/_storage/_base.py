@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -50,6 +50,53 @@ class AssetRow:
 
 
 ASSET_COLUMNS = tuple(AssetRow.__dataclass_fields__)
+#: The sort columns of each :data:`Order`: unique, so a listing can resume
+#: after any row (keyset pages); "last_use" is the order of SQLite's
+#: ``assets_by_last_use`` index, which carries the primary key after the time.
+ORDER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "last_use": ("last_used_at", "namespace", "content_hash", "variant"),
+    "key": ("namespace", "content_hash", "variant"),
+}
+#: Rows per keyset page of a listing: memory stays bounded whatever the
+#: number of entries, and no cursor stays open while the caller works.
+PAGE_ROWS = 2000
+
+
+def paged_assets(
+    read: Callable[[str, Sequence[Any], str], list[Any]],
+    table: str,
+    where: str,
+    params: Sequence[Any],
+    order: Order,
+    mark: str = "?",
+    fixed: Sequence[str] = (),
+) -> Iterator[AssetRow]:
+    """The rows of ``SELECT ... FROM table where`` in ``order``, a page at a time.
+
+    ``fixed``: leading sort columns ``where`` holds equal (a namespace), left out
+    of the seek so that it stays one range of the primary key."""
+    cols = ORDER_COLUMNS[order]
+    order_by = ", ".join(cols)
+    seek_cols = cols[len(fixed) :] if tuple(cols[: len(fixed)]) == tuple(fixed) else cols
+    seek = f"({', '.join(seek_cols)}) > ({', '.join([mark] * len(seek_cols))})"
+    after: list[Any] | None = None
+    while True:
+        clause, args = where, list(params)
+        if after is not None:
+            clause = f"{where} AND {seek}" if where else f"WHERE {seek}"
+            args += after
+        rows = read(
+            f"SELECT {', '.join(ASSET_COLUMNS)} FROM {table} {clause} "
+            f"ORDER BY {order_by} LIMIT {PAGE_ROWS}",
+            args,
+            "list entries",
+        )
+        for row in rows:
+            yield AssetRow(*row)
+        if len(rows) < PAGE_ROWS:
+            return
+        last = AssetRow(*rows[-1])
+        after = [getattr(last, c) for c in seek_cols]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +191,14 @@ class Registry(Protocol):
         used_before: float | None = None,
         order: Order = "last_use",
     ) -> Iterator[AssetRow]: ...
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]: ...
+    def export_lines(self, namespace: str | None, version: int) -> Iterator[str] | None: ...
+    def asset_totals(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+    ) -> tuple[int, int]: ...
     def prune_assets(self, rows: Iterable[AssetRow]) -> None: ...
     def delete_assets(self, keys: Iterable[Key]) -> int: ...
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int: ...
@@ -164,8 +218,8 @@ class FileIndex(Protocol):
     ) -> tuple[Any, ...] | None: ...
     def get_file(self, path: str) -> FileRow | None: ...
     def files_under(self, prefix: str) -> Iterator[FileRow]: ...
-    def tracked_files(self) -> list[FileRow]: ...
-    def tracked_paths(self) -> list[str]: ...
+    def tracked_files(self) -> Iterator[FileRow]: ...
+    def tracked_paths(self) -> Iterator[str]: ...
     def count_files(self) -> int: ...
     def paths_of(self, hashes: Iterable[str]) -> dict[str, tuple[str, ...]]: ...
     def put_files(self, rows: Iterable[FileRow]) -> None: ...
@@ -306,6 +360,14 @@ class SQLRegistry:
     def _q(self, sql: str) -> str:
         return _render(self.ASSETS, self.LEASES, self.COUNTERS, self.MARK, sql)
 
+    def _read_q(self, sql: str, params: Sequence[Any], doing: str) -> list[Any]:
+        """:meth:`read` of a statement written with ``{assets}`` and ``?``."""
+        return self.read(self._q(sql), params, doing)
+
+    def _listing_where(self, where: str, order: Order) -> str:
+        """The WHERE clause of a listing, as this dialect's planner likes it best."""
+        return where
+
     # -- reading ---------------------------------------------------------------------------
     def get_asset(self, key: Key) -> AssetRow | None:
         rows = self.read(self._q(_SELECT_KEY), key, "look up an asset")
@@ -340,9 +402,11 @@ class SQLRegistry:
     ) -> list[AssetRow]:
         """Rows of ``namespace`` (all: ``None``) with ``used_after < last_used_at <=
         used_before`` (either bound optional), soonest to expire or by key first."""
-        where, params = asset_filter(namespace, used_after, used_before)
-        sql = self._q(f"SELECT {_COLS} FROM {{assets}} {where} {ORDERS[order]}")
-        return [AssetRow(*r) for r in self.read(sql, params, "list entries")]
+        return list(
+            self.iter_assets(
+                namespace=namespace, used_after=used_after, used_before=used_before, order=order
+            )
+        )
 
     def iter_assets(
         self,
@@ -352,14 +416,29 @@ class SQLRegistry:
         used_before: float | None = None,
         order: Order = "last_use",
     ) -> Iterator[AssetRow]:
-        """:meth:`select_assets`, one row at a time (exports, listings)."""
-        yield from self.select_assets(
-            namespace=namespace, used_after=used_after, used_before=used_before, order=order
+        """:meth:`select_assets`, lazily: in keyset pages of :data:`PAGE_ROWS` rows
+        (memory stays bounded, and no cursor stays open while the caller works)."""
+        where, params = asset_filter(namespace, used_after, used_before)
+        fixed = ("namespace",) if namespace is not None else ()
+        return paged_assets(
+            self._read_q, "{assets}", self._listing_where(where, order), params, order, fixed=fixed
         )
 
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
-        """``(entries, bytes)`` of ``namespace`` (all: ``None``)."""
-        where, params = asset_filter(namespace, None, None)
+    def export_lines(self, namespace: str | None, version: int) -> Iterator[str] | None:
+        """The export's JSON lines built by the database itself, or ``None``: the
+        caller builds them from :meth:`iter_assets` (``order="key"``)."""
+        return None
+
+    def asset_totals(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+    ) -> tuple[int, int]:
+        """``(entries, bytes)`` of ``namespace`` (all: ``None``), optionally of the
+        rows with ``used_after < last_used_at <= used_before``."""
+        where, params = asset_filter(namespace, used_after, used_before)
         sql = self._q(f"SELECT count(*), coalesce(sum(size), 0) FROM {{assets}} {where}")
         n, total = self.read(sql, params, "count entries")[0]
         return int(n), int(total)
@@ -615,11 +694,6 @@ _ADD_COUNTERS = (
 )
 _SUM_COUNTERS = "SELECT name, SUM(value) FROM {counters} GROUP BY name"
 _NS_COUNTERS = "SELECT name, value FROM {counters} WHERE namespace = ?"
-#: The orders of :meth:`SQLRegistry.select_assets`.
-ORDERS: dict[str, str] = {
-    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
-    "key": "ORDER BY namespace, content_hash, variant",
-}
 
 
 def _values(row: AssetRow) -> tuple[Any, ...]:

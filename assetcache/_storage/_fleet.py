@@ -156,8 +156,19 @@ class FleetRegistry:
             namespace=namespace, used_after=used_after, used_before=used_before, order=order
         )
 
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
-        return self.shared.asset_totals(namespace=namespace)
+    def export_lines(self, namespace: str | None, version: int) -> Iterator[str] | None:
+        return self.shared.export_lines(namespace, version)
+
+    def asset_totals(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+    ) -> tuple[int, int]:
+        return self.shared.asset_totals(
+            namespace=namespace, used_after=used_after, used_before=used_before
+        )
 
     def local_rows(self, image_uuid: str) -> list[AssetRow]:
         """This host's copies holding ``image_uuid`` (they may still hold a UUID

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import ConfigurationError, SchemaTooNew, StoreError
 from ._base import (
     ASSET_COLUMNS,
-    ORDERS,
+    PAGE_ROWS,
     AssetRow,
     FileRow,
     Key,
@@ -597,23 +597,44 @@ class SQLiteStore(SQLRegistry):
             cur = conn.executemany("DELETE FROM files WHERE path = ?", keys)
             return cur.rowcount
 
-    def tracked_files(self) -> list[FileRow]:
-        """Every file row, in path order."""
-        rows = self.read(
-            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns "
-            "FROM files ORDER BY path",
-            (),
-            "list tracked files",
-        )
-        return [_file_row(r) for r in rows]
+    def tracked_files(self) -> Iterator[FileRow]:
+        """Every file row, in path order (lazily, in keyset pages)."""
+        for page in self._file_pages(
+            "path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns"
+        ):
+            for r in page:
+                yield _file_row(r)
 
-    def tracked_paths(self) -> list[str]:
-        rows = self.read("SELECT path FROM files ORDER BY path", (), "list files")
-        return [os.fsdecode(r[0]) for r in rows]
+    def tracked_paths(self) -> Iterator[str]:
+        """Every tracked path, in path order (lazily, in keyset pages)."""
+        for page in self._file_pages("path"):
+            for r in page:
+                yield os.fsdecode(r[0])
+
+    def _file_pages(self, columns: str) -> Iterator[list[Any]]:
+        after: bytes | None = None
+        while True:
+            if after is None:
+                rows = self.read(
+                    f"SELECT {columns} FROM files ORDER BY path LIMIT {PAGE_ROWS}", (), "list files"
+                )
+            else:
+                rows = self.read(
+                    f"SELECT {columns} FROM files WHERE path > ? ORDER BY path LIMIT {PAGE_ROWS}",
+                    (after,),
+                    "list files",
+                )
+            if rows:
+                yield rows
+            if len(rows) < PAGE_ROWS:
+                return
+            after = rows[-1][0]
 
     def count_files(self) -> int:
         try:
-            # sqlite3, for the reason given at iter_assets (doctor counts with sqlite-utils).
+            # sqlite3's own cursor, not sqlite-utils' (doctor counts with sqlite-utils):
+            # stats() is a library call apps repeat, and the first sqlite-utils import
+            # costs a process 60-700 ms (pluggy, measured on a loaded 2-core machine).
             return int(self.conn().execute("SELECT count(*) FROM files").fetchone()[0])
         except sqlite3.Error as exc:
             raise self._error(exc, "count files") from None
@@ -715,28 +736,12 @@ class SQLiteStore(SQLRegistry):
     def _record_files(self, conn: Any, files: Sequence[FileRow]) -> None:
         _put_files(conn, files)
 
-    def iter_assets(
-        self,
-        *,
-        namespace: str | None = None,
-        used_after: float | None = None,
-        used_before: float | None = None,
-        order: Order = "last_use",
-    ) -> Iterator[AssetRow]:
-        """:meth:`select_assets`, streamed: rows are fetched as they are used.
-
-        sqlite3's own cursor, not sqlite-utils' query(): ``entries()`` and
-        ``stats()`` are library calls that apps repeat, and the first sqlite-utils
-        import costs a process 60-700 ms (pluggy, measured on this 2-core machine
-        under load); test_contention's eight short-lived workers lost half their
-        operations to it. Imports, doctor and the CLI's one-shot commands pay it."""
-        where, params = asset_filter(namespace, used_after, used_before)
-        sql = f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {ORDERS[order]}"
-        try:
-            for found in self.conn().execute(sql, params):
-                yield AssetRow(*found)
-        except sqlite3.Error as exc:
-            raise self._error(exc, "list entries") from None
+    def _listing_where(self, where: str, order: Order) -> str:
+        if order == "last_use":
+            # "+": no primary-key lookup on the namespace (a sort of all its rows
+            # per page); the last-use index gives the order and the seek.
+            return where.replace("namespace = ?", "+namespace = ?")
+        return where
 
     def _upsert_rows(self, conn: Any, rows: Sequence[AssetRow]) -> None:
         # sqlite-utils 4 nests its writes in a SAVEPOINT inside our BEGIN IMMEDIATE,
@@ -765,6 +770,46 @@ class SQLiteStore(SQLRegistry):
                 f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
                 params,
             )
+
+    def export_lines(self, namespace: str | None, version: int) -> Iterator[str]:
+        """The export's JSON lines (``_maintenance.export_entries``' format) built by
+        SQLite itself, by key, in keyset pages. Timestamps go with 17 significant
+        digits (``%!.17g``), so they read back as the very same doubles."""
+        where, params = asset_filter(namespace, None, None)
+        fixed = ("namespace",) if namespace is not None else ()
+        cols = ("namespace", "content_hash", "variant")[len(fixed) :]
+        seek = f"({', '.join(cols)}) > ({', '.join('?' * len(cols))})"
+        line = (
+            f"""'{{"v":{int(version)},"namespace":' || json_quote(namespace) || """
+            """',"hash":' || json_quote(content_hash) || ',"variant":' || json_quote(variant) """
+            """|| ',"uuid":' || json_quote(image_uuid) || ',"size":' || size """
+            """|| ',"format":' || json_quote(format) """
+            """|| ',"uploaded_at":' || printf('%!.17g', uploaded_at) """
+            """|| ',"last_used_at":' || printf('%!.17g', last_used_at) """
+            """|| ',"upload_count":' || upload_count || ',"bytes_sent":' || bytes_sent """
+            """|| CASE WHEN url IS NULL OR url = '' THEN '' """
+            """ELSE ',"url":' || json_quote(url) END """
+            """|| '}'"""
+        )
+        after: list[Any] | None = None
+        while True:
+            clause, args = where, list(params)
+            if after is not None:
+                clause = f"{where} AND {seek}" if where else f"WHERE {seek}"
+                args += after
+            rows = self.read(
+                f"SELECT namespace, content_hash, variant, {line} FROM assets {clause} "
+                f"ORDER BY namespace, content_hash, variant LIMIT {PAGE_ROWS}",
+                args,
+                "export entries",
+            )
+            for row in rows:
+                if row[3] is None:  # a column holds NULL (a salvaged row): not exportable
+                    continue
+                yield row[3]
+            if len(rows) < PAGE_ROWS:
+                return
+            after = list(rows[-1][len(fixed) : 3])
 
     def assets_for(
         self, namespace: str | None, image_uuid: str | None = None, hashes: Iterable[str] = ()
