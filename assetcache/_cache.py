@@ -165,6 +165,7 @@ class _Engine:
         local_db: str | os.PathLike[str] | None = None,
         resize: bool | str | None = None,
         max_side: int = _transform.MAX_SIDE,
+        host_id: str | None = None,
     ) -> None:
         self._api_key = (
             api_key if api_key is not None else os.environ.get("RUNWARE_API_KEY") or None
@@ -208,10 +209,11 @@ class _Engine:
         if store is not None:
             self.store, self.registry = store, store
         else:
-            self.store, self.registry = open_stores(db_path, local_db)
+            self.store, self.registry = open_stores(db_path, local_db, host_id=host_id)
             if self.registry is not self.store:
                 self.registry.fresh_since = lambda: self.fresh_since(self.clock())
-        self.owner = owner_id()
+        # A fleet names its lease owner after the host id (``host_id=``).
+        self.owner = getattr(self.registry, "owner", None) or owner_id()
         self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
         self._flight_lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
@@ -589,12 +591,21 @@ class _Engine:
             fut.set_result(result)
 
     def claim(
-        self, keys: Sequence[Key], force: Collection[Key] = (), started: float = 0.0
+        self,
+        keys: Sequence[Key],
+        force: Collection[Key] = (),
+        started: float = 0.0,
+        limit: int | None = None,
     ) -> dict[Key, AssetRow | str]:
-        """Leases for ``keys``; a forced key counts as done only if renewed after ``started``."""
+        """Leases for ``keys``; a forced key counts as done only if renewed after ``started``.
+
+        At most ``limit`` keys are claimed (request-sized chunks: other processes
+        take the rest side by side); free keys beyond it come back as ``"later"``.
+        """
         now = self.clock()
         since = self.fresh_since(now)
         out: dict[Key, AssetRow | str] = {}
+        room = len(keys) if limit is None else max(1, limit)
         # Another refresher (or a use) renewed a forced key since we started: theirs is as good.
         for group, threshold in (
             ([k for k in keys if k not in force], since),
@@ -607,6 +618,9 @@ class _Engine:
             seen = self.registry.peek(group, self.owner, now, threshold)
             out.update((k, v) for k, v in seen.items() if v != "free")
             free = [k for k in group if seen[k] == "free"]
+            out.update((k, "later") for k in free[room:])
+            free = free[:room]
+            room -= len(free)
             if free:
                 out.update(self.registry.claim(free, self.owner, now, self.lease_ttl, threshold))
         return out
@@ -690,12 +704,13 @@ class _Engine:
 
         late_files: list[FileRow] = []  # stat rows of items answered by someone else's upload
         poll = 0.02
+        chunk = self.batch_size * limit  # keys leased at a time: one round of requests
         while groups:
             lead, follow = self.join_flights(list(groups))
             claimed: dict[Key, AssetRow | str] = {}
             if lead:
                 try:
-                    claimed = yield Call(self.claim, lead, force, started)
+                    claimed = yield Call(self.claim, lead, force, started, chunk)
                 except AssetCacheError as exc:
                     for key in lead:
                         self.land(key, exc)
@@ -703,14 +718,19 @@ class _Engine:
                     claimed = {}
             to_upload: list[Key] = []
             held: list[Key] = []
+            later: list[Key] = []
             for key, state in claimed.items():
                 if isinstance(state, AssetRow):
                     self.land(key, state)
                     self._hit_group(results, groups.pop(key), state, late_files)
                 elif state == "claimed":
                     to_upload.append(key)
+                elif state == "later":
+                    later.append(key)
                 else:
                     held.append(key)
+            for key in later:  # free, beyond this round's chunk: the next round claims them
+                self.land(key, _Retry())
 
             if to_upload:
                 yield from self._upload_groups(results, groups, to_upload, limit)
@@ -730,8 +750,9 @@ class _Engine:
                 # our own threads keep waiting on us) and poll for its result.
                 for key in held:
                     self.land(key, _Retry())
-                yield Sleep(poll)
-                poll = min(poll * 2, 0.25)
+                if not to_upload:
+                    yield Sleep(poll)
+                    poll = min(poll * 2, 0.25)
 
         if late_files:
             try:
@@ -1152,6 +1173,7 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
         keep_copies: bool = False,
         copies_dir: str | os.PathLike[str] | None = None,
         copies_max_bytes: int = DEFAULT_COPIES_MAX,
+        host_id: str | None = None,
     ) -> None:
         if upload_task is not None and task_type not in (None, upload_task):
             raise ConfigurationError(
@@ -1179,6 +1201,7 @@ class _CacheBase(MaintenanceMixin, LifecycleMixin):
             local_db=local_db,
             resize=resize,
             max_side=max_side,
+            host_id=host_id,
         )
         try:
             self._copies = Copies(

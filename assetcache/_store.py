@@ -976,7 +976,10 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
 
 
 def open_stores(
-    db: str | os.PathLike[str] | None, local_db: str | os.PathLike[str] | None = None
+    db: str | os.PathLike[str] | None,
+    local_db: str | os.PathLike[str] | None = None,
+    *,
+    host_id: str | None = None,
 ) -> tuple[SQLiteStore, Any]:
     """``(file index, registry)`` for a database path or URL.
 
@@ -984,7 +987,8 @@ def open_stores(
     file holding both. ``postgresql://...`` keeps the file index, and a local
     copy of the rows this host uses, in ``local_db`` (default:
     ``$ASSETCACHE_LOCAL_DB``, else a file per server in the user cache folder)
-    and the registry on the server.
+    and the registry on the server; ``host_id`` (default ``$ASSETCACHE_HOST_ID``,
+    else the host name) names this host in the fleet's lease owners.
     """
     if db is None:
         db = default_db_path()
@@ -992,15 +996,19 @@ def open_stores(
     if isinstance(text, str) and text.startswith(("postgresql://", "postgres://")):
         from ._postgres import FleetRegistry, PostgresRegistry, redact_url
 
-        shared = PostgresRegistry(text)
+        shared = PostgresRegistry(text, host=host_id)
         if local_db is None:
             local_db = os.environ.get("ASSETCACHE_LOCAL_DB") or None
         if local_db is None:
             import hashlib
 
-            tag = hashlib.sha256(redact_url(text).encode()).hexdigest()[:12]
+            tag = hashlib.sha256(redact_url(shared.url).encode()).hexdigest()[:12]
             local_db = default_db_path().with_name(f"fleet-{tag}.db")
-        local = SQLiteStore(local_db)
+        try:
+            local = SQLiteStore(local_db)
+        except BaseException:
+            shared.close()
+            raise
         return local, FleetRegistry(local, shared)
     if isinstance(text, str) and text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :] or "."
