@@ -1084,6 +1084,15 @@ class MaintenanceMixin:
             "lease_ttl_seconds": engine.lease_ttl,
             # A fleet's shared registry (password redacted), else the database file.
             "registry": getattr(engine.registry, "path", None),
+            # A fleet: this host's name in lease owners, and the shared store's deadlines.
+            **(
+                {
+                    "host_id": engine.registry.host,
+                    "fleet": engine.registry.shared.settings.as_dict(),
+                }
+                if hasattr(engine.registry, "shared")
+                else {}
+            ),
             "local_copies": self._copies_info(),
             **resize_settings(engine.fit_variant),
         }

@@ -145,7 +145,7 @@ class FleetSettings:
     @property
     def deadline(self) -> float:
         """The most one round of an operation may take before the watchdog ends it."""
-        return self.statement_timeout + 2.0
+        return self.statement_timeout + max(0.5, min(2.0, self.statement_timeout / 2))
 
     @classmethod
     def from_url(cls, url: str) -> tuple[FleetSettings, str]:
@@ -526,10 +526,10 @@ class PostgresRegistry:
         kwargs = self.settings.libpq()
         if "options" in given:
             kwargs["options"] = f"{given['options']} {kwargs['options']}"
-        for name in ("keepalives", "application_name"):
-            if name in given:
-                kwargs.pop(name, None)
-        kwargs.setdefault("application_name", f"assetcache {self.host}"[:63])
+        if "keepalives" in given:
+            kwargs.pop("keepalives")
+        if "application_name" not in given:
+            kwargs["application_name"] = f"assetcache {self.host}"[:63]
         self._kwargs = kwargs
         self._pool = _Pool(self._connect, self.settings.pool_size, self.settings.deadline)
         # Start-up: one direct connection, so that a failure names its cause.
@@ -538,7 +538,8 @@ class PostgresRegistry:
                 conn.execute("SELECT 1")
         except StoreError as exc:
             raise StoreError(
-                f"cannot use the shared store {self.path}: {exc.reason}", path=self.path
+                f"cannot use the shared store {self.path}: {getattr(exc, 'reason', exc)}",
+                path=self.path,
             ) from None
         if migrate:
             self._migrate()

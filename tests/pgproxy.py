@@ -174,7 +174,7 @@ class FaultProxy:
                 if upward:
                     with self._lock:
                         self.forwarded += len(data)
-        except OSError:
+        except (OSError, ValueError):  # reset, or closed under us by cut()
             pass
         finally:
             for s in (a, b):
