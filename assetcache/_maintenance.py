@@ -302,6 +302,8 @@ class DoctorReport:
     namespace: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     needs_rebuild: bool = False
+    #: A fleet: the shared server (reachable, schema, leases) and this host's outbox.
+    fleet: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -309,8 +311,51 @@ class DoctorReport:
 
     def as_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if self.fleet is None:
+            del out["fleet"]
         out["ok"] = self.ok
         return out
+
+
+def doctor_fleet(url: str, fix: bool = False, now: float | None = None) -> DoctorReport:
+    """``doctor`` for a fleet: the shared server, then this host's local file.
+
+    Never opens the cache (a server that is down is the thing to report), never
+    creates a file named after the URL, and redacts every credential.
+    """
+    from . import _postgres
+
+    now = time.time() if now is None else now
+    local = _postgres.local_db_for(url)
+    facts, problems = _postgres.inspect_shared(url, now)
+    if fix and facts.get("expired_leases"):
+        try:
+            dropped = _postgres.drop_expired_leases(url, now)
+        except AssetCacheError as exc:
+            problems.append(" ".join(str(exc).split()))
+        else:
+            problems = [p for p in problems if "expired upload lease" not in p]
+            facts["expired_leases"] = 0
+            fixed = [f"dropped {dropped} expired upload lease(s)"]
+    else:
+        fixed = []
+    if os.path.exists(local):
+        report = inspect_database(local)
+        if fix and report.needs_rebuild:
+            report = rebuild_database(local)
+    else:
+        report = DoctorReport(local)  # created by the first run on this host
+    report.actions += fixed
+    backlog = _postgres.outbox_backlog(local)
+    facts["outbox"] = backlog or 0
+    if backlog:
+        problems.append(
+            f"{backlog} upload(s) made on this host are not yet in the shared store "
+            "(they are shared as soon as a cache runs here and reaches the server)"
+        )
+    report.problems = problems + report.problems
+    report.fleet = facts
+    return report
 
 
 def resize_settings(variant: str | None) -> dict[str, Any]:

@@ -1414,3 +1414,101 @@ class FleetRegistry:
                 self.local.path,
             )
         self.shared.close()
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+def local_db_for(url: str, local_db: str | os.PathLike[str] | None = None) -> str:
+    """This host's SQLite file for the fleet at ``url`` (see ``open_stores``)."""
+    if local_db is None:
+        local_db = os.environ.get("ASSETCACHE_LOCAL_DB") or None
+    if local_db is not None:
+        return os.path.abspath(os.path.expanduser(os.fspath(local_db)))
+    from ._store import default_db_path
+
+    stripped = FleetSettings.from_url(url)[1]
+    tag = hashlib.sha256(redact_url(stripped).encode()).hexdigest()[:12]
+    return str(default_db_path().with_name(f"fleet-{tag}.db"))
+
+
+def outbox_backlog(local_path: str) -> int | None:
+    """Uploads in this host's file not yet shared (``None``: no file, or no outbox yet)."""
+    import sqlite3
+
+    if not os.path.exists(local_path):
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(local_path)}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM fleet_outbox").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def inspect_shared(
+    url: str, now: float, host: str | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The shared server as ``doctor`` sees it: facts, and problems (one line each).
+
+    Makes one attempt with the configured deadlines; never migrates; every
+    credential in the URL is redacted from what it returns.
+    """
+    settings, _ = FleetSettings.from_url(url)
+    facts: dict[str, Any] = {
+        "url": redact_url(url),
+        "host_id": host_id(host),
+        "reachable": False,
+        "settings": settings.as_dict(),
+    }
+    problems: list[str] = []
+    try:
+        reg = PostgresRegistry(
+            url, settings=dataclasses.replace(settings, retry_for=0.0), host=host, migrate=False
+        )
+    except (StoreError, ConfigurationError) as exc:
+        problems.append(" ".join(str(exc).split()))
+        return facts, problems
+    try:
+        facts["reachable"] = True
+        try:
+            facts["server_version"] = reg.read("SHOW server_version")[0][0]
+            facts["max_connections"] = int(reg.read("SHOW max_connections")[0][0])
+            facts.update(reg.health(now))
+        except StoreError as exc:
+            if "assetcache_" in str(exc) and "does not exist" in str(exc):
+                facts["schema"] = 0
+                problems.append(
+                    f"shared store {reg.path} has no assetcache tables yet "
+                    "(the first host to start creates them)"
+                )
+            else:
+                problems.append(" ".join(str(exc).split()))
+            return facts, problems
+        if facts["schema"] > SCHEMA_VERSION:
+            problems.append(
+                f"shared store {reg.path} has schema {facts['schema']}, newer than this "
+                f"assetcache reads ({SCHEMA_VERSION}): upgrade assetcache"
+            )
+        if facts["expired_leases"]:
+            problems.append(
+                f"{facts['expired_leases']} expired upload lease(s) on {reg.path} "
+                "(`assetcache doctor --fix` or `assetcache prune` drops them)"
+            )
+    finally:
+        reg.close()
+    return facts, problems
+
+
+def drop_expired_leases(url: str, now: float) -> int:
+    """``doctor --fix`` on the server: drop leases past their TTL."""
+    settings, _ = FleetSettings.from_url(url)
+    reg = PostgresRegistry(
+        url, settings=dataclasses.replace(settings, retry_for=0.0), migrate=False
+    )
+    try:
+        return reg.drop_expired_leases(now)
+    finally:
+        reg.close()

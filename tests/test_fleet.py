@@ -247,6 +247,7 @@ def test_postgres_going_away_mid_run(emu, pg_url, tmp_path):
     proxied = pg_url.replace(
         parts.netloc, f"{parts.username + '@' if parts.username else ''}127.0.0.1:{proxy.port}"
     )
+    proxied += "&retry_for=1"  # give up on the fleet after a second, not the default 30 s
     known = tmp_path / "known.png"
     known.write_bytes(make_png(4))
     try:
