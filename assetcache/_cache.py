@@ -768,6 +768,25 @@ class _Engine:
         keys: list[Key],
         limit: int,
     ) -> Plan:
+        renew = getattr(self.registry, "renew", None)
+        if renew is not None:
+            # Fencing (a fleet): upload only what we still hold, its lease renewed just
+            # now; a process stalled since its claim may have been taken over meanwhile.
+            try:
+                mine = yield Call(renew, keys, self.owner)
+            except AssetCacheError as exc:
+                with contextlib.suppress(AssetCacheError):
+                    yield Call(self.release, keys)
+                for key in keys:
+                    self.land(key, exc)
+                    self._fail_group(results, groups.pop(key), exc)
+                return
+            for key in keys:
+                if key not in mine:
+                    self.land(key, _Retry())  # another host's now: wait for its upload
+            keys = [key for key in keys if key in mine]
+            if not keys:
+                return
         leaders = {key: groups[key][0][1] for key in keys}
         try:
             found = yield Call(self.registry.get_assets, keys, inline=True)

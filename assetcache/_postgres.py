@@ -330,15 +330,19 @@ class _Watchdog:
     @contextlib.contextmanager
     def guard(self, conn: Any, seconds: float) -> Iterator[None]:
         token = next(self._ids)
+        due = time.monotonic() + seconds
         with self._cond:
             self._live[token] = conn
-            heapq.heappush(self._heap, (time.monotonic() + seconds, token))
+            # The thread sleeps until the earliest deadline: wake it only if this is earlier.
+            wake = not self._heap or due < self._heap[0][0]
+            heapq.heappush(self._heap, (due, token))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="assetcache-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
         try:
             yield
         finally:
@@ -532,6 +536,9 @@ class PostgresRegistry:
             kwargs["application_name"] = f"assetcache {self.host}"[:63]
         self._kwargs = kwargs
         self._pool = _Pool(self._connect, self.settings.pool_size, self.settings.deadline)
+        # The heartbeat and the outbox replay: one connection each, outside the pool.
+        self._background_pool = _Pool(self._connect, 2, self.settings.deadline)
+        self._thread_role = threading.local()
         # Start-up: one direct connection, so that a failure names its cause.
         try:
             with self._conn("connect") as conn:
@@ -577,9 +584,10 @@ class PostgresRegistry:
         if self.too_new is not None:
             raise self.too_new
         s = self.settings
+        pool = self._background_pool if getattr(self._thread_role, "bg", False) else self._pool
         try:
             with (
-                self._pool.connection(s.connect_timeout + s.deadline) as conn,
+                pool.connection(s.connect_timeout + s.deadline) as conn,
                 _WATCHDOG.guard(conn, s.deadline),
             ):
                 yield conn
@@ -653,6 +661,11 @@ class PostgresRegistry:
 
     def close(self) -> None:
         self._pool.close()
+        self._background_pool.close()
+
+    def use_background_connection(self) -> None:
+        """This thread uses the connections kept for background work."""
+        self._thread_role.bg = True
 
     def blind(self) -> None:
         """Forget what leases looked like: we could not watch them meanwhile."""
@@ -924,6 +937,27 @@ class PostgresRegistry:
             self.too_new = self._schema_too_new(version)
         return version
 
+    def renew(self, keys: Iterable[Key], owner: str, *, retry: bool = True) -> set[Key]:
+        """Renew ``owner``'s leases on ``keys`` now; the keys it still holds."""
+        keys = sorted(set(keys))
+        if not keys:
+            return set()
+        cols = [list(c) for c in zip(*keys, strict=True)]
+
+        def once() -> set[Key]:
+            with self._conn("renew upload leases") as conn:
+                rows = conn.execute(
+                    f"UPDATE assetcache_leases AS l SET heartbeat_at = {_NOW} "
+                    "FROM unnest(%s::text[], %s::text[], %s::text[]) AS h(ns, ch, v) "
+                    "WHERE l.owner = %s AND l.namespace = h.ns "
+                    "AND l.content_hash = h.ch AND l.variant = h.v "
+                    "RETURNING l.namespace, l.content_hash, l.variant",
+                    (*cols, owner),
+                ).fetchall()
+            return {(ns, ch, v) for ns, ch, v in rows}
+
+        return self._retry("renew upload leases", once, retry=retry)
+
     def clean_leftovers(self, owner: str) -> int:
         """Drop leases of this host's processes that no longer run (at start)."""
         prefix = self.host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
@@ -1191,13 +1225,26 @@ class FleetRegistry:
             shared.clean_leftovers(self.owner)
         except StoreError as exc:
             log.warning("could not clean up this host's leftover leases: %s", exc)
-        self._thread = threading.Thread(
-            target=self._background, name="assetcache-fleet", daemon=True
-        )
-        self._thread.start()
+        # Two threads, each with a connection of its own: the heartbeat must not
+        # wait behind a replay stuck on a lock, nor behind the workers' pool.
+        self._threads = [
+            threading.Thread(target=self._beat_loop, name="assetcache-heartbeat", daemon=True),
+            threading.Thread(target=self._sync_loop, name="assetcache-fleet-sync", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     # -- background: heartbeat, outbox, uses -------------------------------------------
-    def _background(self) -> None:
+    def _beat_loop(self) -> None:
+        self.shared.use_background_connection()
+        backoff = 0.1
+        while not self._stop.is_set():
+            ok = self.beat_once()
+            backoff = 0.1 if ok else min(backoff * 2, 1.0)
+            self._stop.wait(self.shared.settings.heartbeat if ok else backoff)
+
+    def _sync_loop(self) -> None:
+        self.shared.use_background_connection()
         backoff = 0.1
         while not self._stop.is_set():
             ok = self.sync_once()
@@ -1205,8 +1252,20 @@ class FleetRegistry:
             self._wake.wait(self.shared.settings.heartbeat if ok else backoff)
             self._wake.clear()
 
+    def beat_once(self, *, final: bool = False) -> bool:
+        """Renew the leases this process holds (drop the others it owns). True if it landed."""
+        with self._lock:
+            held = set() if final else set(self._held)
+            now, mono, ttl = self._clock
+        try:
+            self.shared.beat(self.owner, held, now + (time.monotonic() - mono) + ttl)
+        except StoreError as exc:
+            self._lost(exc)
+            return False
+        return True
+
     def sync_once(self, *, final: bool = False) -> bool:
-        """One round: replay the outbox, send uses, renew leases. True if all landed."""
+        """One round: replay the outbox, send uses (and, when closing, drop our leases)."""
         try:
             self._replay_outbox()
             with self._lock:
@@ -1218,22 +1277,23 @@ class FleetRegistry:
                     for key, t in uses.items():
                         self._uses[key] = max(t, self._uses.get(key, t))
                 raise
-            with self._lock:
-                held = set() if final else set(self._held)
-                now, mono, ttl = self._clock
-            self.shared.beat(self.owner, held, now + (time.monotonic() - mono) + ttl)
         except StoreError as exc:
-            self.shared.blind()
-            if self._healthy:
-                log.warning("lost the shared store (retrying in the background): %s", exc)
-            self._healthy = False
-            self.last_error = exc
+            self._lost(exc)
+            return False
+        if final and not self.beat_once(final=True):
             return False
         if not self._healthy:
             log.info("shared store %s is back", self.path)
         self._healthy = True
         self.last_error = None
         return True
+
+    def _lost(self, exc: StoreError) -> None:
+        self.shared.blind()
+        if self._healthy:
+            log.warning("lost the shared store (retrying in the background): %s", exc)
+        self._healthy = False
+        self.last_error = exc
 
     def outbox(self, limit: int = 500) -> list[tuple[UploadRecord, str]]:
         """Uploads made on this host that the shared store has not taken yet."""
@@ -1304,6 +1364,14 @@ class FleetRegistry:
             self._held.difference_update(k for k, v in out.items() if v != "claimed")
         self._mirror(v for v in out.values() if isinstance(v, AssetRow))
         return out
+
+    def renew(self, keys: Iterable[Key], owner: str) -> set[Key]:
+        """Fencing before an upload: the keys whose lease is still ours, renewed now."""
+        keys = list(keys)
+        mine = self.shared.renew(keys, owner)
+        with self._lock:
+            self._held.difference_update(k for k in keys if k not in mine)
+        return mine
 
     def peek(
         self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
@@ -1393,7 +1461,8 @@ class FleetRegistry:
         """Share what is pending (for up to ``retry_for`` seconds), release leases, close."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(self.shared.settings.deadline + 1.0)
+        for t in self._threads:
+            t.join(self.shared.settings.deadline + 1.0)
         give_up = time.monotonic() + self.shared.settings.retry_for
         delay = 0.05
         while not self.sync_once(final=True) and time.monotonic() < give_up:

@@ -228,6 +228,7 @@ def run_fault(
     fleet = Fleet(emu, url, tmp, files, hosts, workers)
     terminated = 0
     back = None
+    back_emu = 0.0
     try:
         fleet.go()
         # Strike once the fleet is busy uploading.
@@ -240,6 +241,7 @@ def run_fault(
             time.sleep(seconds)
             proxy.restore()
             back = time.time()
+            back_emu = emu.clock()
         elif fault.startswith("terminate-"):
             import psycopg
 
@@ -253,6 +255,7 @@ def run_fault(
                 while time.monotonic() < stop:
                     terminated += schema.terminate(like, conn)
             back = time.time()
+            back_emu = emu.clock()
         else:
             raise ValueError(fault)
         fleet.wait()
@@ -276,6 +279,11 @@ def run_fault(
         and ((fin := fleet.finished(i)) is None or fin > back + 5)
         and not fleet.progressed(i, back, back + 5)
     ]
+    # When a content was uploaded twice: when, relative to the fault's end.
+    twice_at = [
+        sorted(round(img.uploaded_at - back_emu, 2) for img in emu.images() if img.sha256 == h)
+        for h in twice
+    ]
     report = {
         "fault": fault,
         "uploads": emu.upload_count,
@@ -285,6 +293,7 @@ def run_fault(
         "stalled": len(stalled),
         "terminated": terminated,
         "served": len(served),
+        "twice_at": twice_at[:5],
     }
     assert len(served) == images * hosts * workers, report
     assert failed == [], (report, failed[:3])
