@@ -137,6 +137,8 @@ class FleetSettings:
     #: after ``stale_beats`` periods.
     heartbeat: float = 2.0
     stale_beats: float = 2.5
+    #: psycopg prepares a statement after this many runs; 0: never (pgbouncer < 1.21).
+    prepare_threshold: int = 5
 
     @property
     def stale_after(self) -> float:
@@ -287,7 +289,11 @@ def _cause(text: str, url: str) -> str:
     m = re.search(r'database "([^"]+)" does not exist', flat)
     if m:
         return f'no such database "{m.group(1)}" on {where}'
-    if "too many connections" in low or "remaining connection slots" in low:
+    if (
+        "too many connections" in low
+        or "too many clients" in low
+        or "remaining connection slots" in low
+    ):
         return (
             f"too many connections: {where} is at max_connections "
             "(lower pool_size, or put pgbouncer in front)"
@@ -539,15 +545,27 @@ class PostgresRegistry:
         # The heartbeat and the outbox replay: one connection each, outside the pool.
         self._background_pool = _Pool(self._connect, 2, self.settings.deadline)
         self._thread_role = threading.local()
-        # Start-up: one direct connection, so that a failure names its cause.
-        try:
-            with self._conn("connect") as conn:
-                conn.execute("SELECT 1")
-        except StoreError as exc:
-            raise StoreError(
-                f"cannot use the shared store {self.path}: {getattr(exc, 'reason', exc)}",
-                path=self.path,
-            ) from None
+        # Start-up: one direct connection, so that a failure names its cause. A
+        # server that is full or starting up is waited for; anything else is reported.
+        give_up = time.monotonic() + self.settings.retry_for
+        delay = 0.1
+        while True:
+            try:
+                with self._conn("connect") as conn:
+                    conn.execute("SELECT 1")
+                break
+            except StoreError as exc:
+                reason = str(getattr(exc, "reason", exc))
+                busy = reason.startswith("too many connections") or "starting up" in reason
+                if busy and time.monotonic() + delay < give_up:
+                    time.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, 1.0)
+                    continue
+                self.close()
+                raise StoreError(
+                    f"cannot use the shared store {self.path}: {getattr(exc, 'reason', exc)}",
+                    path=self.path,
+                ) from None
         if migrate:
             self._migrate()
 
@@ -555,7 +573,10 @@ class PostgresRegistry:
     def _connect(self) -> Any:
         import psycopg
 
-        return psycopg.connect(self.url, autocommit=True, **self._kwargs)
+        conn = psycopg.connect(self.url, autocommit=True, **self._kwargs)
+        threshold = self.settings.prepare_threshold
+        conn.prepare_threshold = threshold if threshold > 0 else None
+        return conn
 
     def _error(self, exc: BaseException, doing: str) -> StoreError:
         import psycopg

@@ -57,7 +57,7 @@ def main() -> int:
                 with (
                     Emulator(api_key=API_KEY) as emu,
                     FaultProxy((parts.hostname or "127.0.0.1", parts.port or 5432)) as proxy,
-                    tempfile.TemporaryDirectory() as tmp,
+                    tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp,
                 ):
                     report = run_fault(emu, schema, proxy, Path(tmp), case, images=args.images)
                 report["ok"] = True

@@ -184,6 +184,8 @@ class Fleet:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
+        for p in self.procs:
+            p.wait(30)
 
     def finished(self, i: int) -> float | None:
         ends = [line["t"] for line in self.lines[i] if line.get("end")]
