@@ -38,45 +38,48 @@ from ._errors import (
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._cache import AssetCache, AsyncAssetCache, Resolution, RetryPolicy
-    from ._copies import CopiesUsage
-    from ._maintenance import (
+    from ._client import AssetCache, AsyncAssetCache
+    from ._config import RetryPolicy
+    from ._models import (
         CacheStats,
+        CopiesUsage,
         DoctorReport,
         Entry,
+        FileStatus,
         ForgetItem,
         ImportReport,
         PruneReport,
         RefreshItem,
         RefreshReport,
+        Resolution,
+        StatusReport,
         VerifyItem,
     )
-    from ._scan import FileStatus, StatusReport
     from ._sources import Source
 
 #: Public names whose modules load on first access (PEP 562).
 _LAZY = {
-    "AssetCache": "._cache",
-    "AsyncAssetCache": "._cache",
-    "Resolution": "._cache",
-    "RetryPolicy": "._cache",
+    "AssetCache": "._client",
+    "AsyncAssetCache": "._client",
+    "RetryPolicy": "._config",
     "Source": "._sources",
-    "FileStatus": "._scan",
-    "StatusReport": "._scan",
-    "CopiesUsage": "._copies",
     **dict.fromkeys(
         (
             "CacheStats",
+            "CopiesUsage",
             "DoctorReport",
             "Entry",
+            "FileStatus",
             "ForgetItem",
             "ImportReport",
             "PruneReport",
             "RefreshItem",
             "RefreshReport",
+            "Resolution",
+            "StatusReport",
             "VerifyItem",
         ),
-        "._maintenance",
+        "._models",
     ),
 }
 

@@ -62,7 +62,7 @@ class Settings:
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def db_path(self) -> Path:
-        from ._store import default_db_path
+        from ._config import default_db_path
 
         return Path(self.db).expanduser() if self.db else default_db_path()
 
@@ -91,7 +91,7 @@ class Settings:
         """The :class:`AssetCache` for this invocation."""
         if self._cache is not None:
             return self._cache
-        from ._cache import AssetCache
+        from ._client import AssetCache
 
         db_path = self.db_target()
         key: str | None
@@ -115,10 +115,20 @@ class Settings:
                     "no Runware API key: set RUNWARE_API_KEY (or --api-key-file FILE), "
                     "or add --emulator to use the bundled local emulator"
                 )
-        kwargs = {**self.options, **kwargs}
-        self._cache = AssetCache(key, base_url=url, db_path=db_path, namespace=namespace, **kwargs)
+        clock = kwargs.pop("clock", None)
+        config = self.config(key, url, namespace, **kwargs)
+        self._cache = AssetCache(config=config, clock=clock)
         self._closers.insert(0, self._cache.close)
         return self._cache
+
+    def config(
+        self, key: str | None, url: str | None, namespace: str | None = None, **kwargs: Any
+    ) -> Any:
+        """The cache's :class:`~assetcache._config.Config`, from the global options."""
+        from ._config import resolve
+
+        options = {**self.options, **kwargs}
+        return resolve(key, base_url=url, db=self.db_target(), namespace=namespace, **options)
 
     def close(self) -> None:
         for close in self._closers:
@@ -461,19 +471,7 @@ def upload(
         echo_json(
             {
                 "dry_run": dry_run,
-                "results": [
-                    {
-                        "source": r.source,
-                        "uuid": r.uuid,
-                        "outcome": r.outcome,
-                        "hash": r.content_hash,
-                        "size": r.size,
-                        "format": r.format,
-                        "bytes_sent": r.bytes_sent,
-                        "error": error_text(r.error) if r.error else None,
-                    }
-                    for r in results
-                ],
+                "results": [r.as_dict() for r in results],
                 "summary": {
                     "files": len(results),
                     **counts,
@@ -521,7 +519,7 @@ def status(
     (never uploaded), missing. Like git status, fresh files are only counted
     unless --all lists them.
     """
-    from ._scan import discard_prestarted, prestart
+    from ._status import discard_prestarted, prestart
 
     paths = paths or (".",)
     try:
@@ -531,24 +529,7 @@ def status(
     finally:
         discard_prestarted()
     if as_json:
-        from ._maintenance import iso
-
-        echo_json(
-            {
-                "files": [
-                    {
-                        "path": st.path,
-                        "state": st.state,
-                        "uuid": st.uuid,
-                        "hash": st.content_hash,
-                        "expires_at": iso(st.expires_at),
-                        "time_left_seconds": st.time_left,
-                    }
-                    for st in found.files
-                ],
-                "summary": found.counts,
-            }
-        )
+        echo_json(found.as_dict())
     else:
         # Per line, relpath() (20 us) and click.echo() (4 us) would cost more than
         # the scan itself: strip the working folder's prefix, build each distinct
@@ -832,7 +813,7 @@ def prune(
 
 
 def iso_short(ts: float) -> str:
-    from ._maintenance import iso
+    from ._models import iso
 
     return (iso(ts) or "-")[:16].replace("T", " ")
 
@@ -988,17 +969,19 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
 
     Shows the account's fingerprint, never the key. Exit 1 when a problem remains.
     """
-    from ._errors import SchemaTooNew, StoreError
-    from ._maintenance import doctor_fleet, inspect_database, rebuild_database
+    from ._errors import StoreError
+    from ._storage import _repair
 
     target = settings.db_target()
     if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
         # A fleet: the shared server first, then this host's file; the cache is not
         # opened (a server that is down is what there is to report).
-        fleet_report = doctor_fleet(target, fix)
-        fill_settings(settings, fleet_report)
-        from ._postgres import redact_url
+        from ._maintenance import doctor_fleet
+        from ._storage._postgres import redact_url
 
+        config = settings.config(None, settings.api_url)
+        fleet_report = doctor_fleet(target, config.local_db, config.fleet_dir, fix, config.host_id)
+        fill_settings(settings, fleet_report)
         fleet_report.settings["registry"] = redact_url(target)
         if as_json:
             echo_json(fleet_report.as_dict())
@@ -1012,12 +995,10 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
     if isinstance(target, str) or path.exists() or fix:
         try:
             report = settings.cache(need_key=False).doctor(fix)
-        except SchemaTooNew:
-            report = inspect_database(path)
-        except StoreError:
-            report = rebuild_database(path) if fix else inspect_database(path)
+        except StoreError as exc:  # the cache cannot open it: check the file alone
+            report = _repair.doctor(path, fix, open_error=exc)
     if report is None:
-        report = inspect_database(path)
+        report = _repair.doctor(path)
     if not report.settings:
         fill_settings(settings, report)
     if as_json:
@@ -1032,16 +1013,14 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
 
 def fill_settings(settings: Settings, report: Any) -> None:
     """Settings as far as they are known without an open cache."""
-    from ._cache import DEFAULT_API_URL, account_fingerprint, namespace_for
-
-    key = EMULATOR_KEY if settings.emulator else settings.api_key()
-    url = (settings.api_url or os.environ.get("ASSETCACHE_API_URL") or DEFAULT_API_URL).rstrip("/")
-    report.account = account_fingerprint(key) if key else None
-    report.namespace = "emulator#local" if settings.emulator else namespace_for(url, key)
     from ._maintenance import resize_settings
 
+    key = EMULATOR_KEY if settings.emulator else settings.api_key()
+    config = settings.config(key, settings.api_url)
+    report.account = config.account
+    report.namespace = "emulator#local" if settings.emulator else config.namespace
     report.settings = {
-        "api_url": "(emulator)" if settings.emulator else url,
+        "api_url": "(emulator)" if settings.emulator else config.base_url,
         "namespace": report.namespace,
         **resize_settings(None),
     }
@@ -1119,7 +1098,7 @@ def print_doctor(report: Any) -> None:
 
 def fleet_lines(fleet: dict[str, Any]) -> list[tuple[str, str]]:
     """``doctor``'s lines about the shared server and this host's place in the fleet."""
-    from ._postgres import SCHEMA_VERSION as SCHEMA_PG
+    from ._storage._postgres import SCHEMA_VERSION as SCHEMA_PG
 
     s = fleet["settings"]
     lines = [("host id", fleet["host_id"])]

@@ -26,38 +26,18 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import IO, BinaryIO, cast
 
 from . import _hashing
+from ._config import DEFAULT_COPIES_MAX as DEFAULT_MAX_BYTES
+from ._models import CopiesUsage
 from ._protocol import Payload
 
 log = logging.getLogger("assetcache")
 
-DEFAULT_MAX_BYTES = 1 << 30
 _NAME = re.compile(r"^[0-9a-f]{32}$")
 #: Copies at most this large are verified in memory; larger ones spool to disk.
 _SPOOL_LIMIT = 8 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class CopiesUsage:
-    """What the copies folder holds: ``files`` copies, ``bytes`` in all."""
-
-    path: str
-    enabled: bool
-    files: int
-    bytes: int
-    max_bytes: int
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "enabled": self.enabled,
-            "files": self.files,
-            "bytes": self.bytes,
-            "max_bytes": self.max_bytes,
-        }
 
 
 class Copies:

@@ -20,11 +20,12 @@ import concurrent.futures
 import functools
 import inspect
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import AssetCacheError, RemoteError, ServerError
+from . import _transport
+from ._transport import Response  # noqa: F401  (what an Http effect answers)
 
 Plan = Generator[Any, Any, Any]
 
@@ -73,13 +74,6 @@ class Http:
 
 
 @dataclass(slots=True)
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass(slots=True)
 class Sleep:
     seconds: float
 
@@ -100,10 +94,6 @@ class Concurrent:
     limit: int
 
 
-class TransportError(ServerError):
-    """The request did not get an HTTP answer (refused, dropped, timed out)."""
-
-
 @dataclass
 class Driver:
     """What the drivers need from the outside world; tests swap the sleep."""
@@ -115,6 +105,20 @@ class Driver:
     make_async_client: Callable[[], Any] | None = None
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
     _pool_size: int = 0
+
+    def blocking_client(self) -> Any:
+        """The ``httpx.Client`` (made on first use)."""
+        if self.sync_client is None:
+            assert self.make_sync_client is not None
+            self.sync_client = self.make_sync_client()
+        return self.sync_client
+
+    def asyncio_client(self) -> Any:
+        """The ``httpx.AsyncClient`` (made on first use)."""
+        if self.async_client is None:
+            assert self.make_async_client is not None
+            self.async_client = self.make_async_client()
+        return self.async_client
 
     def pool(self, workers: int) -> concurrent.futures.ThreadPoolExecutor:
         """A long-lived pool for ``Map``: its threads keep their SQLite
@@ -154,7 +158,7 @@ def _perform_sync(effect: Any, driver: Driver) -> Any:
     if isinstance(effect, Invoke):
         return effect.fn(effect.arg)
     if isinstance(effect, Http):
-        return _http_sync(effect, driver)
+        return _transport.post_sync(effect, driver.blocking_client())
     if isinstance(effect, Sleep):
         if effect.seconds > 0:
             driver.sleep(effect.seconds)
@@ -212,7 +216,7 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
         value = effect.fn(effect.arg)
         return await value if inspect.isawaitable(value) else value
     if isinstance(effect, Http):
-        return await _http_async(effect, driver)
+        return await _transport.post_async(effect, driver.asyncio_client())
     if isinstance(effect, Sleep):
         if effect.seconds > 0:
             await asyncio.sleep(effect.seconds)
@@ -239,89 +243,3 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
 
         return await asyncio.gather(*(one(p) for p in effect.plans))
     raise TypeError(f"unknown effect {effect!r}")
-
-
-# -- HTTP (httpx is imported here, lazily: start-up stays free of it) ---------------
-
-
-def _transport_error(exc: Exception, url: str) -> RemoteError:
-    import httpx
-
-    untrusted = _certificate_problem(exc)
-    if untrusted is not None:
-        # Not transient: retrying cannot make an untrusted certificate trusted.
-        return RemoteError(
-            f"no answer from {url}: TLS certificate verification failed ({untrusted})", code="tls"
-        )
-    if isinstance(exc, httpx.TimeoutException):
-        reason = "timed out"
-    elif isinstance(exc, httpx.ConnectError):
-        reason = "connection refused or unreachable"
-    elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        reason = "connection dropped"
-    else:
-        reason = type(exc).__name__
-    return TransportError(f"no answer from {url}: {reason}", code="transport")
-
-
-def _certificate_problem(exc: BaseException) -> str | None:
-    """Why the server's certificate was refused, if that is what ``exc`` is about."""
-    import ssl
-
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLCertVerificationError):
-            return cur.verify_message or "certificate verify failed"
-        cur = cur.__cause__ or cur.__context__
-    return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else None
-
-
-def _http_sync(effect: Http, driver: Driver) -> Response:
-    import httpx
-
-    client = driver.sync_client
-    if client is None:
-        assert driver.make_sync_client is not None
-        client = driver.sync_client = driver.make_sync_client()
-    headers = dict(effect.headers)
-    headers["Content-Length"] = str(effect.content_length)
-    try:
-        resp = client.post(
-            effect.url, content=_iter(effect.body()), headers=headers, timeout=effect.timeout
-        )
-    except AssetCacheError:
-        raise
-    except httpx.HTTPError as exc:
-        raise _transport_error(exc, effect.url) from None
-    return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
-
-
-async def _http_async(effect: Http, driver: Driver) -> Response:
-    import httpx
-
-    client = driver.async_client
-    if client is None:
-        assert driver.make_async_client is not None
-        client = driver.async_client = driver.make_async_client()
-    headers = dict(effect.headers)
-    headers["Content-Length"] = str(effect.content_length)
-
-    async def body() -> Any:
-        for chunk in effect.body():
-            yield chunk
-
-    try:
-        resp = await client.post(
-            effect.url, content=body(), headers=headers, timeout=effect.timeout
-        )
-    except AssetCacheError:
-        raise
-    except httpx.HTTPError as exc:
-        raise _transport_error(exc, effect.url) from None
-    return Response(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
-
-
-def _iter(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    yield from chunks

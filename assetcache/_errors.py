@@ -18,6 +18,7 @@ boundary with ``raise ... from exc`` so the original stays on ``__cause__``::
     │   ├── InsufficientCredits     402
     │   ├── RateLimited             429 after all retries
     │   ├── ServerError             5xx / timeouts / dropped connections after all retries
+    │   │   └── TransportError      no HTTP answer at all (refused, dropped, timed out)
     │   ├── ProtocolError           a response we cannot trust (malformed, foreign taskUUID)
     │   └── RejectedInput           a 4xx naming one task's parameter (invalidImage ...)
     │       └── UnknownImage        ``invalid<Param>`` on a parameter that carried a UUID
@@ -128,6 +129,10 @@ class RateLimited(RemoteError):
 
 class ServerError(RemoteError):
     pass
+
+
+class TransportError(ServerError):
+    """The request did not get an HTTP answer (refused, dropped, timed out)."""
 
 
 class ProtocolError(RemoteError):

@@ -17,6 +17,7 @@ what the server grants).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -93,3 +94,26 @@ def needs_touch(policy: Policy, last_used_at: float, now: float) -> bool:
 def outcome_for_upload(previous_uuid: str | None) -> str:
     """The outcome name of an upload: ``"reuploaded"`` when it replaces one."""
     return "reuploaded" if previous_uuid else "uploaded"
+
+
+def lease_held(
+    lease: tuple[str, float] | None, owner: str, now: float, alive: Callable[[str], bool]
+) -> bool:
+    """The lease decision, for every store: another owner's lease blocks an upload
+    while it is unexpired and its owner is not provably dead (``alive(owner)``).
+
+    >>> lease_held(("host:1:ab", 100.0), "me", 50.0, lambda owner: True)
+    True
+    >>> lease_held(("host:1:ab", 100.0), "me", 150.0, lambda owner: True)
+    False
+    """
+    return lease is not None and lease[0] != owner and lease[1] > now and alive(lease[0])
+
+
+def keeps_existing(existing_last_used: float | None, incoming_last_used: float) -> bool:
+    """The merge rule: never replace a fresher (or equally fresh) row.
+
+    >>> keeps_existing(10.0, 5.0), keeps_existing(None, 5.0), keeps_existing(1.0, 5.0)
+    (True, False, False)
+    """
+    return existing_last_used is not None and existing_last_used >= incoming_last_used

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 import time
 import uuid as uuid_mod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -242,18 +243,12 @@ def error_from_object(
     elif code in TRANSIENT_CODES or (status is not None and status >= 500):
         cls = ServerError
     elif code and code.startswith("invalid") and parameter and parameter not in ("image", "media"):
-        cls = UnknownImage if _names_image_param(code, parameter) else RejectedInput
+        cls = UnknownImage if says_unknown(code, parameter, message) else RejectedInput
     elif code and code.startswith("invalid") or status is not None and 400 <= status < 500:
         cls = RejectedInput
     else:
         cls = RemoteError
     return cls(text, code=code, parameter=parameter, task_uuid=task_uuid, status=status)
-
-
-def _names_image_param(code: str, parameter: str) -> bool:
-    """``invalidSeedImage`` on ``seedImage``: the server does not know that image."""
-    first = parameter.split(",")[0]
-    return code.lower() == f"invalid{first}".lower() and "image" in first.lower()
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -365,3 +360,193 @@ def parse_response(
                 retry_after=retry_after,
             )
     return outcomes
+
+
+#: ``use()``'s caller predicate: gets what ``fn`` raised or returned.
+UnknownPredicate = Callable[[object], bool]
+#: Top-level parameters that carry new bytes (uploads), not a stored image.
+_UPLOAD_PARAMS = frozenset({"image", "media"})
+_IMAGE_WORDS = ("image", "mask", "frame")
+_PARAM_SPLIT = re.compile(r"[.\[\]]+")
+#: Runware's wording for a UUID it does not hold (there is no dedicated code).
+_UNKNOWN_WORDING = "previously uploaded"
+
+
+# -- "the server does not know this UUID": the one rule --------------------------------
+
+
+def rejects_uuid(obj: object, uuid: str | None = None, parameters: Collection[str] = ()) -> bool:
+    """Whether ``obj`` (an exception, or a value such as an ``httpx.Response``) is
+    Runware saying it does not know an image UUID it was given.
+
+    ``parameters``: the task parameters the UUID went in (only a rejection of
+    one of them counts). Exceptions are followed along their causes, so an
+    SDK error wrapped in the caller's own still counts.
+
+    >>> rejects_uuid(UnknownImage("...", code="invalidSeedImage", parameter="seedImage"))
+    True
+    """
+    names = frozenset(_leaf(p).lower() for p in parameters)
+    seen = 0
+    while obj is not None and seen < 8:
+        if _rejects_one(obj, uuid, names):
+            return True
+        if not isinstance(obj, BaseException):
+            return False
+        obj = obj.__cause__ or (None if obj.__suppress_context__ else obj.__context__)
+        seen += 1
+    return False
+
+
+def _rejects_one(obj: object, uuid: str | None, names: frozenset[str]) -> bool:
+    if isinstance(obj, RemoteError):
+        if isinstance(obj, UnknownImage):
+            return _named(obj.parameter, names)
+        return says_unknown(obj.code, obj.parameter, obj.message, names)
+    # The SDK and httpx are looked up, never imported: if their module is not
+    # loaded, ``obj`` cannot be one of their objects.
+    sdk = sys.modules.get("runware.errors")
+    sdk_error = getattr(sdk, "RunwareError", None) if sdk is not None else None
+    if isinstance(sdk_error, type) and isinstance(obj, sdk_error):
+        return _sdk_says_unknown(obj, names)
+    httpx = sys.modules.get("httpx")
+    if httpx is not None:
+        if isinstance(obj, httpx.HTTPStatusError):
+            obj = obj.response
+        if isinstance(obj, httpx.Response):
+            return _response_says_unknown(obj, uuid, names)
+    return False
+
+
+def _leaf(parameter: str) -> str:
+    """``inputs.seedImage`` -> ``seedImage``; ``ipAdapters[0].guideImage`` -> ``guideImage``."""
+    parts = [p for p in _PARAM_SPLIT.split(parameter.strip()) if p and not p.isdigit()]
+    return parts[-1] if parts else parameter.strip()
+
+
+def _params(parameter: object) -> list[str]:
+    if isinstance(parameter, str):
+        return [p for p in parameter.split(",") if p.strip()]
+    if isinstance(parameter, (list, tuple)):
+        return [p for p in parameter if isinstance(p, str) and p.strip()]
+    return []
+
+
+def _named(parameter: object, names: frozenset[str]) -> bool:
+    return not names or any(_leaf(p).lower() in names for p in _params(parameter))
+
+
+def _names_image(parameter: str) -> bool:
+    leaf = _leaf(parameter).lower()
+    if parameter.strip().lower() in _UPLOAD_PARAMS:
+        return False  # an upload's own input: bad bytes, not an unknown UUID
+    return any(word in leaf for word in _IMAGE_WORDS)
+
+
+def says_unknown(
+    code: object, parameter: object, message: object, names: frozenset[str] = frozenset()
+) -> bool:
+    """A Runware error object: ``invalid<Param>`` on the image parameter it names."""
+    if not isinstance(code, str) or not code.startswith("invalid"):
+        return False
+    params = _params(parameter)
+    if names and not any(_leaf(p).lower() in names for p in params):
+        return False
+    wanted = code[len("invalid") :].lower()
+    if any(_leaf(p).lower() == wanted and _names_image(p) for p in params):
+        return True
+    return isinstance(message, str) and _UNKNOWN_WORDING in message.lower()
+
+
+def _sdk_says_unknown(exc: Any, names: frozenset[str]) -> bool:
+    """runware-sdk's RunwareError: it maps every ``invalid*`` code to ``"validation"``
+    and keeps the parameter (and HTTP status, when there was one)."""
+    if getattr(exc, "code", None) != "validation":
+        return False
+    status = getattr(exc, "status_code", None)
+    if status is not None and status != 400:
+        return False
+    parameter = getattr(exc, "parameter", None)
+    params = _params(parameter)
+    if names:
+        return any(_leaf(p).lower() in names for p in params)
+    if any(_names_image(p) for p in params):
+        return True
+    message = getattr(exc, "message", None) or (exc.args[0] if exc.args else "")
+    return isinstance(message, str) and _UNKNOWN_WORDING in message.lower()
+
+
+def _response_says_unknown(resp: Any, uuid: str | None, names: frozenset[str]) -> bool:
+    try:
+        doc = json.loads(resp.content)
+    except Exception:  # unread stream, not JSON, nested too deep: not a Runware answer
+        return False
+    if not isinstance(doc, dict):
+        return False
+    errors = doc.get("errors")
+    if isinstance(errors, dict):
+        errors = [errors]
+    if not isinstance(errors, list):
+        return False
+    tasks = _request_tasks(resp)
+    for err in errors:
+        if not isinstance(err, dict):
+            continue
+        if not says_unknown(err.get("code"), err.get("parameter"), err.get("message"), names):
+            continue
+        if uuid is None or tasks is None:
+            return True
+        task = tasks.get(str(err.get("taskUUID", "")).lower())
+        held = None if task is None else _holds(task, _params(err.get("parameter")), uuid)
+        if held is not False:  # unknown where it went: the wording decides
+            return True
+    return False
+
+
+def _request_tasks(resp: Any) -> dict[str, dict[str, Any]] | None:
+    """The tasks of the request behind ``resp``, by taskUUID, when its body is known."""
+    try:
+        body = json.loads(resp.request.content)
+    except Exception:  # no request attached, a streamed body, not JSON
+        return None
+    items = body if isinstance(body, list) else [body]
+    return {str(t.get("taskUUID", "")).lower(): t for t in items if isinstance(t, dict)}
+
+
+def _holds(task: dict[str, Any], params: list[str], uuid: str) -> bool | None:
+    """Whether the rejected parameter of ``task`` held ``uuid`` (None: not found)."""
+    found: list[object] = []
+    for param in params:
+        leaf = _leaf(param)
+        _collect(task, leaf, found, 0)
+    if not found:
+        return None
+    wanted = uuid.lower()
+    return any(wanted in _strings(value) for value in found)
+
+
+def _collect(node: object, key: str, out: list[object], depth: int) -> None:
+    if depth > 6:
+        return
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                out.append(v)
+            else:
+                _collect(v, key, out, depth + 1)
+    elif isinstance(node, list):
+        for v in node:
+            _collect(v, key, out, depth + 1)
+
+
+def _strings(value: object) -> set[str]:
+    if isinstance(value, str):
+        return {value.lower()}
+    if isinstance(value, list):
+        return {v.lower() for v in value if isinstance(v, str)}
+    return set()
+
+
+def unknown_media(answer: object) -> bool:
+    """A ``mediaStorage`` answer saying the UUID is not (or no longer) held."""
+    return isinstance(answer, RemoteError) and answer.code == "invalidMedia"

@@ -96,7 +96,7 @@ def cold_miss_ratio(pg: str, big: int = 300_000, small: int = 1_000, rounds: int
     """RATIO of a cold miss's registry cost at ``big`` rows to ``small`` rows."""
     import psycopg
 
-    from assetcache._postgres import PostgresRegistry
+    from assetcache._storage._postgres import PostgresRegistry
 
     schemas = {n: f"bench_{n}_{uuid.uuid4().hex[:8]}" for n in (small, big)}
     regs = {}

@@ -27,7 +27,7 @@ from pathlib import Path
 from _benchlib import KEY, EmulatorProcess, Report, alternate, median, png
 
 from assetcache import AssetCache
-from assetcache._store import SQLiteStore
+from assetcache._storage._sqlite import SQLiteStore
 
 TARGET = 2.0
 

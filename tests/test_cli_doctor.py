@@ -9,7 +9,7 @@ from pathlib import Path
 from cli_support import EmulatorCLI, invoke
 from helpers import API_KEY, write_images
 
-from assetcache._cache import account_fingerprint
+from assetcache._config import account_fingerprint
 from assetcache.emulator import Emulator
 
 DOCTOR_FIELDS = {

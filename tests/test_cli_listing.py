@@ -11,7 +11,7 @@ import pytest
 from cli_support import EmulatorCLI, invoke
 from helpers import API_KEY, make_png, write_images
 
-from assetcache._cache import account_fingerprint
+from assetcache._config import account_fingerprint
 from assetcache.emulator import Emulator
 
 ENTRY_FIELDS = {

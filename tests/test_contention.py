@@ -188,7 +188,7 @@ def test_eight_processes_for_thirty_seconds_in_all(tmp_path):
 
 OPENER = r"""
 import sys, time
-from assetcache._store import SQLiteStore
+from assetcache._storage._sqlite import SQLiteStore
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 try:

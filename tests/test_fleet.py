@@ -163,7 +163,7 @@ def test_two_hosts_racing_on_a_hundred_files_upload_each_once(emu, pg_url, tmp_p
 
 
 def test_hosts_migrating_at_once(pg_url):
-    from assetcache._postgres import SCHEMA_VERSION, PostgresRegistry
+    from assetcache._storage._postgres import SCHEMA_VERSION, PostgresRegistry
 
     errors, regs = [], []
 
@@ -298,8 +298,8 @@ def test_a_claim_cannot_miss_an_upload_recorded_between_its_reads(pg_url):
     keeps a record from landing between a claimer's asset and lease reads."""
     import contextlib
 
-    from assetcache._postgres import PostgresRegistry
-    from assetcache._store import UploadRecord
+    from assetcache._storage._base import UploadRecord
+    from assetcache._storage._postgres import PostgresRegistry
 
     a, b = PostgresRegistry(pg_url), PostgresRegistry(pg_url)
     key = ("ns", "0" * 32, "")

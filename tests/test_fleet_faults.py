@@ -364,7 +364,7 @@ def test_a_touch_due_hit_under_a_stalled_server_is_answered_locally(emu, schema,
 
 def test_a_twenty_second_blackhole(emu, schema, proxy, tmp_path):
     """Short deadlines: no single operation waits past its deadline; nothing is lost."""
-    from assetcache._postgres import FleetSettings, PostgresRegistry
+    from assetcache._storage._postgres import FleetSettings, PostgresRegistry
 
     url = _with_params(
         proxy.url(schema.url), statement_timeout=0.5, connect_timeout=2, retry_for=40
@@ -427,7 +427,7 @@ with AssetCache(key, base_url=url, db_path=pg, local_db=local, host_id="doomed")
 
 
 def test_a_killed_host_s_leases_are_taken_over_within_three_heartbeats(emu, schema, tmp_path):
-    from assetcache._postgres import FleetSettings
+    from assetcache._storage._postgres import FleetSettings
 
     settings = FleetSettings()
     print(f"default heartbeat {settings.heartbeat} s, takeover after {settings.stale_after} s")
@@ -457,7 +457,6 @@ def test_a_killed_host_s_leases_are_taken_over_within_three_heartbeats(emu, sche
             time.sleep(0.05)
         assert len(leases) == len(files), "the doomed host never took its leases"
         with host(emu, schema.url, tmp_path, "heir") as heir:
-            emu.set_latency(0)
             waiting = {}
             t = threading.Thread(target=lambda: waiting.update(r=heir.resolve_many(files)))
             t.start()
@@ -465,6 +464,7 @@ def test_a_killed_host_s_leases_are_taken_over_within_three_heartbeats(emu, sche
             doomed.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             doomed.wait(10)
+            emu.set_latency(0)  # the heir's uploads answer at once (the doomed one never does)
             taken = None
             while time.monotonic() < killed + 30:
                 owners = schema.sql(
@@ -478,8 +478,11 @@ def test_a_killed_host_s_leases_are_taken_over_within_three_heartbeats(emu, sche
                 time.sleep(0.02)
             t.join(60)
         assert taken is not None, "nobody took the dead host's leases over"
+        print(f"taken over {taken:.2f} s after the kill")
         assert taken <= 3 * settings.heartbeat, (taken, settings.heartbeat)
         assert [r.error for r in waiting["r"]] == [None] * len(files)
+        # The heir uploaded them itself, after taking the leases over.
+        assert [r.outcome for r in waiting["r"]] == ["uploaded"] * len(files)
         assert all(emu.holds(r.uuid) for r in waiting["r"])
     finally:
         if doomed.poll() is None:

@@ -16,7 +16,7 @@ from helpers import API_KEY, make_png, write_images
 
 from assetcache import AssetCache, AsyncAssetCache
 from assetcache._durations import format_duration, parse_duration
-from assetcache._maintenance import inspect_database, rebuild_database
+from assetcache._storage._repair import inspect_database, rebuild_database
 from assetcache.emulator import Emulator
 
 DAY = 86400.0

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import make_png
 
-from assetcache import _hashing, _scan, _store
+from assetcache import _hashing
+from assetcache import _status as _scan
+from assetcache._storage import _sqlite as _store
 
 
 def states(cache, root: Path) -> list[tuple[str, str]]:

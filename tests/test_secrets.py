@@ -44,6 +44,7 @@ from assetcache import (
     RemoteError,
     RetryPolicy,
 )
+from assetcache._tasks import plan_send
 from assetcache.emulator import FAULT_KINDS, Emulator
 
 KEY = API_KEY.encode()
@@ -168,7 +169,7 @@ def test_the_key_is_in_no_log_error_repr_or_database_byte(tmp_path, caplog, caps
             assert any(r.error is not None for r in results)
             # The request the plan would send, as a debugger or tracer would show it.
             prepared = cache._engine.prepare(make_png(902))
-            plan = cache._engine._plan_upload([(prepared.key, prepared.payload())])
+            plan = plan_send(cache._engine, [(prepared.key, prepared.payload())])
             effect = next(plan)
             assert API_KEY in effect.headers["Authorization"]  # it is there ...
             texts += [repr(effect), repr(cache._driver)]  # ... and shown nowhere
@@ -522,7 +523,7 @@ def test_no_option_turns_verification_off():
         assert word not in help_text
     import inspect
 
-    from assetcache._cache import _CacheBase
+    from assetcache._transport import client_kwargs
 
-    source = inspect.getsource(_CacheBase._client_kwargs)
+    source = inspect.getsource(client_kwargs)
     assert "verify" not in source  # httpx's default: verify=True

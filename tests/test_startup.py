@@ -65,14 +65,14 @@ def test_status_of_an_empty_folder_loads_no_http_stack(tmp_path):
 def test_importing_the_package_loads_the_cache_on_first_use():
     probe = (
         "import sys, assetcache\n"
-        "before = {'assetcache._cache', 'httpx'} & set(sys.modules)\n"
+        "before = {'assetcache._client', 'httpx'} & set(sys.modules)\n"
         "cls = assetcache.AssetCache\n"
         "print(sorted(before), cls.__module__, 'httpx' in sys.modules)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
-    assert out.stdout.split() == ["[]", "assetcache._cache", "False"]
+    assert out.stdout.split() == ["[]", "assetcache._client", "False"]
 
 
 def test_the_console_script_imports_no_http_stack_for_version():

@@ -16,7 +16,7 @@ from conftest import FAST_RETRY
 from helpers import API_KEY, make_png
 
 from assetcache import AssetCache, AsyncAssetCache, RejectedInput
-from assetcache._store import SQLiteStore
+from assetcache._storage._sqlite import SQLiteStore
 
 
 def copies(folder: Path, data: bytes, n: int) -> list[Path]:
@@ -204,7 +204,8 @@ def test_four_processes_two_hundred_files_two_hundred_uploads(emu, tmp_path):
 
 CLAIMER = """
 import sys, time
-from assetcache._store import SQLiteStore, owner_id
+from assetcache._storage._base import owner_id
+from assetcache._storage._sqlite import SQLiteStore
 store = SQLiteStore(sys.argv[1])
 key = (sys.argv[2], sys.argv[3], "")
 print(store.claim([key], owner_id(), float(sys.argv[4]), 3600.0, 0.0)[key], flush=True)

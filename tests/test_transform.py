@@ -297,7 +297,7 @@ def test_streams_and_async_are_resized_too(make_cache, emu, tmp_path):
 
 
 def test_large_files_are_streamed_verified_and_resized(cache, emu, tmp_path, monkeypatch):
-    monkeypatch.setattr("assetcache._cache.INLINE_LIMIT", 1000)  # stream, do not keep
+    monkeypatch.setattr("assetcache._ingest.INLINE_LIMIT", 1000)  # stream, do not keep
     path = write(tmp_path, "big.jpg", jpeg(3000, 2000))
     assert opened(kept(emu, cache.resolve(path).uuid)).size == (2048, 1365)
     # Rewritten between hashing and sending: refused, never sent under the old key.

@@ -1,10 +1,7 @@
-"""The SQLite store: this machine's file index and its asset registry.
+"""The SQLite store: this machine's file index and its asset registry in one file.
 
-Two interfaces live here, because the fleet setup splits them: the *file
-index* (absolute path -> stat fingerprint -> content hash) always describes
-this machine and stays in a local SQLite file; the *registry* (namespace +
-content hash + variant -> imageUUID, last use, counts, upload leases) may live
-in a shared store. :class:`SQLiteStore` implements both.
+Implements both contracts of ``_base`` (:class:`~._base.FileIndex` and
+:class:`~._base.Registry`).
 
 Concurrency: one connection per thread (sqlite3 connections are not shared
 across threads), WAL so readers never block the writer, every write inside an
@@ -18,14 +15,24 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigurationError, SchemaTooNew, StoreError
+from .. import _policy
+from .._errors import SchemaTooNew, StoreError
+from ._base import (
+    ASSET_COLUMNS,
+    AssetRow,
+    FileRow,
+    Key,
+    Order,
+    UploadRecord,
+    file_sig,
+    owner_alive,
+    path_key,
+    row_sig,
+)
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -41,118 +48,6 @@ PRAGMAS = (
     "PRAGMA mmap_size = 268435456",
     "PRAGMA temp_store = MEMORY",
 )
-
-Key = tuple[str, str, str]  # (namespace, content_hash, variant)
-
-
-@dataclass(frozen=True, slots=True)
-class AssetRow:
-    namespace: str
-    content_hash: str
-    variant: str
-    image_uuid: str
-    size: int
-    format: str
-    uploaded_at: float
-    last_used_at: float
-    upload_count: int = 1
-    hits: int = 0
-    bytes_sent: int = 0
-
-    @property
-    def key(self) -> Key:
-        return (self.namespace, self.content_hash, self.variant)
-
-
-ASSET_COLUMNS = tuple(AssetRow.__dataclass_fields__)
-
-
-@dataclass(frozen=True, slots=True)
-class FileRow:
-    path: str
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    content_hash: str
-    format: str | None
-    hashed_at_ns: int
-    # Pixel size of the content (``dimensions`` table; 0 when unreadable, None
-    # when never recorded): decides the variant without reading the file again.
-    width: int | None = None
-    height: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UploadRecord:
-    """What an upload established, written in one transaction with its file rows."""
-
-    namespace: str
-    content_hash: str
-    variant: str
-    image_uuid: str
-    size: int
-    format: str
-    now: float
-    bytes_sent: int
-
-    @property
-    def key(self) -> Key:
-        return (self.namespace, self.content_hash, self.variant)
-
-
-class Registry(Protocol):
-    """namespace + content hash + variant -> imageUUID; shared in a fleet."""
-
-    def get_asset(self, key: Key) -> AssetRow | None: ...
-    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]: ...
-    def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
-    ) -> dict[Key, AssetRow | str]: ...
-    def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
-    ) -> dict[Key, AssetRow | str]: ...
-    def record_uploads(self, records: Sequence[UploadRecord], owner: str) -> None: ...
-    def release(self, keys: Iterable[Key], owner: str) -> None: ...
-    def touch(self, key: Key, now: float) -> None: ...
-    def add_counters(self, namespace: str, counts: dict[str, int]) -> None: ...
-
-
-def _hostname() -> str:
-    # os.uname() asks the kernel as socket.gethostname() does, without the
-    # socket module's import cost on every start-up.
-    if hasattr(os, "uname"):
-        return os.uname().nodename
-    import socket
-
-    return socket.gethostname()
-
-
-def owner_id() -> str:
-    """Identify this process for leases: ``host:pid:random``."""
-    return f"{_hostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-
-
-def owner_alive(owner: str) -> bool:
-    """False only when the owner provably died: same host, no such process."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != _hostname() or not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# -- migrations --------------------------------------------------------------
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -291,35 +186,6 @@ def _m4(conn: sqlite3.Connection) -> None:
 #: Numbered migrations; ``PRAGMA user_version`` holds the number applied last.
 MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4)
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-_SIG = struct.Struct("<QQQqq")
-
-
-def file_sig(dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> bytes:
-    """The ``files.sig`` of a stat result: its five compared fields, packed.
-
-    Fields beyond 64 bits (128-bit inode numbers exist) get a longer text form,
-    which can never equal a packed one.
-    """
-    try:
-        return _SIG.pack(dev, ino, size, mtime_ns, ctime_ns)
-    except struct.error:
-        return b"%d,%d,%d,%d,%d;" % (dev, ino, size, mtime_ns, ctime_ns) + b"\0" * 40
-
-
-def row_sig(row: Sequence[Any]) -> bytes:
-    """The ``files.sig`` of a ``(path, dev, ino, size, mtime_ns, ctime_ns, ...)`` row;
-    empty, which matches no file, when a field is not an integer (salvaged rows)."""
-    fields = row[1:6]
-    if len(fields) == 5 and all(type(v) is int for v in fields):
-        return file_sig(*fields)
-    return b""
-
-
-def path_key(path: str) -> bytes:
-    """The files-table key of an absolute path (bytes: any filename is storable)."""
-    return os.fsencode(path)
 
 
 class SQLiteStore:
@@ -533,6 +399,10 @@ class SQLiteStore:
         "AND view = ? AND lo >= ? AND lo < ? AND gen = ? ORDER BY lo"
     )
     GEN_SQL = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'scan_gen'"
+    #: ``status``: how many rows a path range holds, and where its n-th row is
+    #: (to split a big folder with a helper process).
+    COUNT_SQL = "SELECT count(*) FROM files WHERE path >= ? AND path < ?"
+    NTH_SQL = "SELECT path FROM files WHERE path >= ? AND path < ? ORDER BY path LIMIT 1 OFFSET ?"
 
     def save_scan_marks(
         self,
@@ -624,6 +494,64 @@ class SQLiteStore:
             cur = conn.executemany("DELETE FROM files WHERE path = ?", keys)
             return cur.rowcount
 
+    def tracked_files(self) -> list[FileRow]:
+        """Every file row, in path order."""
+        rows = self.read(
+            "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, format, hashed_at_ns "
+            "FROM files ORDER BY path",
+            (),
+            "list tracked files",
+        )
+        return [_file_row(r) for r in rows]
+
+    def tracked_paths(self) -> list[str]:
+        rows = self.read("SELECT path FROM files ORDER BY path", (), "list files")
+        return [os.fsdecode(r[0]) for r in rows]
+
+    def count_files(self) -> int:
+        return int(self.read("SELECT count(*) FROM files", (), "count files")[0][0])
+
+    def paths_of(self, hashes: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Known paths of each content hash, sorted."""
+        found: dict[str, list[str]] = {}
+        for chunk in _chunks(sorted(set(hashes))):
+            for digest, raw in self.read(
+                f"SELECT content_hash, path FROM files WHERE content_hash IN "
+                f"({', '.join('?' * len(chunk))})",
+                chunk,
+                "find known paths",
+            ):
+                found.setdefault(digest, []).append(os.fsdecode(raw))
+        return {h: tuple(sorted(p)) for h, p in found.items()}
+
+    def fix_files(self, fixes: Sequence[FileRow], drops: Sequence[str]) -> None:
+        """Replace changed rows and drop the rows of files gone, in one transaction."""
+        if not fixes and not drops:
+            return
+        with self.write("fix the stat cache") as conn:
+            _put_files(conn, fixes)
+            conn.executemany("DELETE FROM files WHERE path = ?", [(path_key(p),) for p in drops])
+
+    def restore(
+        self,
+        assets: Sequence[tuple[Any, ...]],
+        files: Sequence[tuple[Any, ...]],
+        counters: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Write rows salvaged from a damaged file (``_repair``); malformed ones are skipped."""
+        with self.write("restore salvaged rows") as conn:
+            conn.executemany(
+                f"INSERT OR IGNORE INTO assets ({', '.join(ASSET_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
+                [r for r in assets if len(r) == len(ASSET_COLUMNS)],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO files (path, dev, ino, size, mtime_ns, ctime_ns, "
+                "content_hash, format, hashed_at_ns, sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*r, row_sig(r)) for r in files if len(r) == 9],
+            )
+            conn.executemany("INSERT OR IGNORE INTO counters VALUES (?, ?, ?)", counters)
+
     # -- registry --------------------------------------------------------
     def get_asset(self, key: Key) -> AssetRow | None:
         rows = self.read(
@@ -681,12 +609,7 @@ class SQLiteStore:
                     "WHERE namespace = ? AND content_hash = ? AND variant = ?",
                     key,
                 ).fetchone()
-                if (
-                    lease is not None
-                    and lease[0] != owner
-                    and lease[1] > now
-                    and owner_alive(lease[0])
-                ):
+                if _policy.lease_held(lease, owner, now, owner_alive):
                     out[key] = "held"
                     continue
                 conn.execute(
@@ -715,11 +638,8 @@ class SQLiteStore:
                 part,
             ):
                 key = (ns, digest, variant)
-                if (
-                    out.get(key) == "free"
-                    and lease_owner != owner
-                    and expires > now
-                    and owner_alive(lease_owner)
+                if out.get(key) == "free" and _policy.lease_held(
+                    (lease_owner, expires), owner, now, owner_alive
                 ):
                     out[key] = "held"
         return out
@@ -813,20 +733,59 @@ class SQLiteStore:
 
     # -- registry maintenance (the same calls work on the shared PostgreSQL registry)
     def select_assets(
-        self, where: str = "", params: Sequence[Any] = (), order: str = ""
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
     ) -> list[AssetRow]:
-        """Rows matching a WHERE fragment over the asset columns (``?`` placeholders)."""
+        """Rows of ``namespace`` (all: ``None``) with ``used_after < last_used_at <=
+        used_before`` (either bound optional), soonest to expire or by key first."""
+        where, params = _asset_filter(namespace, used_after, used_before)
         rows = self.read(
-            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {order}", params, "list entries"
+            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {_ORDERS[order]}",
+            params,
+            "list entries",
         )
         return [AssetRow(*r) for r in rows]
 
-    def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
-        """``(entries, bytes)`` of the rows matching ``where``."""
+    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
+        """``(entries, bytes)`` of ``namespace`` (all: ``None``)."""
+        where, params = _asset_filter(namespace, None, None)
         n, total = self.read(
             f"SELECT count(*), coalesce(sum(size), 0) FROM assets {where}", params, "count entries"
         )[0]
         return int(n), int(total)
+
+    def local_rows(self, image_uuid: str) -> list[AssetRow]:
+        """Rows a host keeps apart from the registry: none, the registry is this file."""
+        return []
+
+    def assets_for(
+        self, namespace: str | None, image_uuid: str | None = None, hashes: Iterable[str] = ()
+    ) -> list[AssetRow]:
+        """This file's rows holding ``image_uuid``, or else any of ``hashes``."""
+        where, params = _asset_filter(namespace, None, None)
+        glue = "AND" if where else "WHERE"
+        if image_uuid is not None:
+            rows = self.read(
+                f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {glue} image_uuid = ?",
+                [*params, image_uuid],
+            )
+            return [AssetRow(*r) for r in rows]
+        out: list[AssetRow] = []
+        for chunk in _chunks(sorted(set(hashes))):
+            marks = ", ".join("?" * len(chunk))
+            out += [
+                AssetRow(*r)
+                for r in self.read(
+                    f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {glue} "
+                    f"content_hash IN ({marks})",
+                    [*params, *chunk],
+                )
+            ]
+        return out
 
     def prune_assets(self, rows: Iterable[AssetRow]) -> None:
         """Delete these rows unless they were used since they were read."""
@@ -870,7 +829,7 @@ class SQLiteStore:
                     "AND variant = ?",
                     a.key,
                 ).fetchone()
-                if old is not None and old[0] >= a.last_used_at:
+                if _policy.keeps_existing(old[0] if old else None, a.last_used_at):
                     kept += 1
                     continue
                 conn.execute(
@@ -975,57 +934,41 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
         )
 
 
-def open_stores(
-    db: str | os.PathLike[str] | None,
-    local_db: str | os.PathLike[str] | None = None,
-    *,
-    host_id: str | None = None,
-) -> tuple[SQLiteStore, Any]:
-    """``(file index, registry)`` for a database path or URL.
-
-    A path or ``sqlite:///path`` (``sqlite:////abs/path``) gives one SQLite
-    file holding both. ``postgresql://...`` keeps the file index, and a local
-    copy of the rows this host uses, in ``local_db`` (default:
-    ``$ASSETCACHE_LOCAL_DB``, else a file per server in the user cache folder)
-    and the registry on the server; ``host_id`` (default ``$ASSETCACHE_HOST_ID``,
-    else the host name) names this host in the fleet's lease owners.
-    """
-    if db is None:
-        db = default_db_path()
-    text = os.fspath(db)
-    if isinstance(text, str) and text.startswith(("postgresql://", "postgres://")):
-        from ._postgres import FleetRegistry, PostgresRegistry, redact_url
-
-        shared = PostgresRegistry(text, host=host_id)
-        if local_db is None:
-            local_db = os.environ.get("ASSETCACHE_LOCAL_DB") or None
-        if local_db is None:
-            import hashlib
-
-            tag = hashlib.sha256(redact_url(shared.url).encode()).hexdigest()[:12]
-            local_db = default_db_path().with_name(f"fleet-{tag}.db")
-        try:
-            local = SQLiteStore(local_db)
-        except BaseException:
-            shared.close()
-            raise
-        return local, FleetRegistry(local, shared)
-    if isinstance(text, str) and text.startswith("sqlite:///"):
-        text = text[len("sqlite:///") :] or "."
-    elif isinstance(text, str) and "://" in text:
-        raise ConfigurationError(
-            f"unsupported database URL {text.split('://')[0]}://...: use a path, "
-            "sqlite:///path or postgresql://..."
-        )
-    store = SQLiteStore(text)
-    return store, store
+#: SQLite caps bound parameters per statement; stay well below.
+_IN_CHUNK = 500
+_ORDERS: dict[str, str] = {
+    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
+    "key": "ORDER BY namespace, content_hash, variant",
+}
 
 
-def default_db_path() -> Path:
-    """``$ASSETCACHE_DB``, else ``<user cache dir>/assetcache/cache.db``."""
-    env = os.environ.get("ASSETCACHE_DB")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
+def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield list(values[start : start + _IN_CHUNK])
 
-    return Path(platformdirs.user_cache_dir("assetcache", appauthor=False)) / "cache.db"
+
+def _asset_filter(
+    namespace: str | None, used_after: float | None, used_before: float | None, mark: str = "?"
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of the typed asset queries (``mark``: the driver's placeholder)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for clause, value in (
+        ("namespace = ?", namespace),
+        ("last_used_at > ?", used_after),
+        ("last_used_at <= ?", used_before),
+    ):
+        if value is not None:
+            clauses.append(clause.replace("?", mark))
+            params.append(value)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """A query-only connection for ``status``'s helper process (it only reads;
+    ``query_only`` makes that a guarantee)."""
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA query_only = 1")
+    conn.execute("PRAGMA mmap_size = 268435456")
+    return conn

@@ -3,7 +3,7 @@
 Only the registry lives here (namespace + content hash + variant -> imageUUID,
 last use, counts, upload leases, usage counters). Each host keeps its file
 index, a copy of the registry rows it has used, and an *outbox* of uploads not
-yet shared, in its local SQLite file (see :class:`FleetRegistry`), so a warm
+yet shared, in its local SQLite file (see ``_fleet.FleetRegistry``), so a warm
 hit never leaves the machine and an upload is never lost to a database blip.
 
 Single flight across hosts: a claim takes a transaction-scoped advisory lock
@@ -41,8 +41,10 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from ._errors import ConfigurationError, SchemaTooNew, StoreError
-from ._store import ASSET_COLUMNS, AssetRow, FileRow, Key, SQLiteStore, UploadRecord
+from .. import _policy
+from .._errors import ConfigurationError, SchemaTooNew, StoreError
+from ._base import ASSET_COLUMNS, AssetRow, FileRow, Key, Order, UploadRecord
+from ._sqlite import _asset_filter
 
 log = logging.getLogger("assetcache")
 
@@ -236,8 +238,9 @@ def _by_namespace(keys: Iterable[Key]) -> dict[str, list[str]]:
 
 
 def host_id(value: str | None = None) -> str:
-    """This host's name in lease owners: ``value``, ``$ASSETCACHE_HOST_ID``, the host name."""
-    text = value or os.environ.get("ASSETCACHE_HOST_ID") or socket.gethostname()
+    """This host's name in lease owners: ``value`` (the ``host_id`` setting), else the
+    host name; made safe for the ``host:pid:random`` owner format."""
+    text = value or socket.gethostname()
     return re.sub(r"[^A-Za-z0-9._-]", "-", text)[:64] or "host"
 
 
@@ -499,7 +502,7 @@ class _PoolClosed(Exception):
 
 
 class PostgresRegistry:
-    """The registry interface (see ``_store.Registry``) on a PostgreSQL server.
+    """The registry interface (see ``_base.Registry``) on a PostgreSQL server.
 
     >>> reg = PostgresRegistry("postgresql://app@db.internal/assets")   # doctest: +SKIP
     """
@@ -1094,29 +1097,34 @@ class PostgresRegistry:
         }
 
     # -- maintenance: the SQLiteStore calls, in this dialect ---------------------------
-    @staticmethod
-    def _dialect(fragment: str) -> str:
-        """Maintenance WHERE fragments are written once, with ``?`` placeholders."""
-        return fragment.replace("?", "%s")
-
     def select_assets(
-        self, where: str = "", params: Sequence[Any] = (), order: str = ""
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
     ) -> list[AssetRow]:
+        where, params = _asset_filter(namespace, used_after, used_before, "%s")
         rows = self.read(
-            f"SELECT {_COLS} FROM assetcache_assets {self._dialect(where)} {order}",
+            f"SELECT {_COLS} FROM assetcache_assets {where} {_ORDERS[order]}",
             tuple(params),
             "list entries",
         )
         return [AssetRow(*r) for r in rows]
 
-    def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
+    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
+        where, params = _asset_filter(namespace, None, None, "%s")
         n, total = self.read(
-            "SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets "
-            + self._dialect(where),
+            f"SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets {where}",
             tuple(params),
             "count entries",
         )[0]
         return int(n), int(total)
+
+    def local_rows(self, image_uuid: str) -> list[AssetRow]:
+        """Rows a host keeps apart from the registry: none (see ``FleetRegistry``)."""
+        return []
 
     def prune_assets(self, rows: Iterable[AssetRow]) -> None:
         rows = list(rows)
@@ -1164,7 +1172,7 @@ class PostgresRegistry:
                     "AND content_hash = %s AND variant = %s",
                     a.key,
                 ).fetchone()
-                if old is not None and old[0] >= a.last_used_at:
+                if _policy.keeps_existing(old[0] if old else None, a.last_used_at):
                     kept += 1
                     continue
                 conn.execute(
@@ -1193,349 +1201,13 @@ class PostgresRegistry:
             return cur.rowcount
 
 
-# -- this host's view of the fleet --------------------------------------------------------------
-
-_OUTBOX = """
-CREATE TABLE IF NOT EXISTS fleet_outbox (
-    namespace TEXT NOT NULL,
-    content_hash TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    image_uuid TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    format TEXT NOT NULL,
-    uploaded_at REAL NOT NULL,
-    bytes_sent INTEGER NOT NULL,
-    owner TEXT NOT NULL,
-    PRIMARY KEY (namespace, content_hash, variant)
-) WITHOUT ROWID
-"""
-
-
-class FleetRegistry:
-    """The shared registry seen through this host's local copy.
-
-    Reads prefer the local copy while it is fresh and fall back to the shared
-    store, copying what they find. An upload is written to the local file
-    first (its row, and an outbox entry), then shared; while the server cannot
-    take it, a background thread replays the outbox, and renews the upload's
-    lease so no other host uploads it again. The same thread renews every lease
-    this process holds (the heartbeat), retries releases, and sends uses
-    (``touch``) out, so a hit never waits on the server.
-    """
-
-    def __init__(self, local: SQLiteStore, shared: PostgresRegistry) -> None:
-        self.local = local
-        self.shared = shared
-        self.path = shared.path
-        self.host = shared.host
-        self.owner = fleet_owner(self.host)
-        #: Set by the cache: rows used after this instant are fresh (policy).
-        self.fresh_since: Callable[[], float] = lambda: float("inf")
-        self._lock = threading.Lock()
-        self._held: set[Key] = set()
-        self._uses: dict[Key, float] = {}
-        # (cache clock at the last claim, monotonic then, lease TTL): to extend leases.
-        self._clock: tuple[float, float, float] = (time.time(), time.monotonic(), 300.0)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._healthy = True
-        self.last_error: StoreError | None = None
-        with local.write("create the fleet outbox") as conn:
-            conn.execute(_OUTBOX)
-        try:
-            shared.clean_leftovers(self.owner)
-        except StoreError as exc:
-            log.warning("could not clean up this host's leftover leases: %s", exc)
-        # Two threads, each with a connection of its own: the heartbeat must not
-        # wait behind a replay stuck on a lock, nor behind the workers' pool.
-        self._threads = [
-            threading.Thread(target=self._beat_loop, name="assetcache-heartbeat", daemon=True),
-            threading.Thread(target=self._sync_loop, name="assetcache-fleet-sync", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    # -- background: heartbeat, outbox, uses -------------------------------------------
-    def _beat_loop(self) -> None:
-        self.shared.use_background_connection()
-        backoff = 0.1
-        while not self._stop.is_set():
-            ok = self.beat_once()
-            backoff = 0.1 if ok else min(backoff * 2, 1.0)
-            self._stop.wait(self.shared.settings.heartbeat if ok else backoff)
-
-    def _sync_loop(self) -> None:
-        self.shared.use_background_connection()
-        backoff = 0.1
-        while not self._stop.is_set():
-            ok = self.sync_once()
-            backoff = 0.1 if ok else min(backoff * 2, 1.0)
-            self._wake.wait(self.shared.settings.heartbeat if ok else backoff)
-            self._wake.clear()
-
-    def beat_once(self, *, final: bool = False) -> bool:
-        """Renew the leases this process holds (drop the others it owns). True if it landed."""
-        with self._lock:
-            held = set() if final else set(self._held)
-            now, mono, ttl = self._clock
-        try:
-            self.shared.beat(self.owner, held, now + (time.monotonic() - mono) + ttl)
-        except StoreError as exc:
-            self._lost(exc)
-            return False
-        return True
-
-    def sync_once(self, *, final: bool = False) -> bool:
-        """One round: replay the outbox, send uses (and, when closing, drop our leases)."""
-        try:
-            self._replay_outbox()
-            with self._lock:
-                uses, self._uses = self._uses, {}
-            try:
-                self.shared.touch_many(uses, retry=False)
-            except StoreError:
-                with self._lock:
-                    for key, t in uses.items():
-                        self._uses[key] = max(t, self._uses.get(key, t))
-                raise
-        except StoreError as exc:
-            self._lost(exc)
-            return False
-        if final and not self.beat_once(final=True):
-            return False
-        if not self._healthy:
-            log.info("shared store %s is back", self.path)
-        self._healthy = True
-        self.last_error = None
-        return True
-
-    def _lost(self, exc: StoreError) -> None:
-        self.shared.blind()
-        if self._healthy:
-            log.warning("lost the shared store (retrying in the background): %s", exc)
-        self._healthy = False
-        self.last_error = exc
-
-    def outbox(self, limit: int = 500) -> list[tuple[UploadRecord, str]]:
-        """Uploads made on this host that the shared store has not taken yet."""
-        rows = self.local.read(
-            "SELECT namespace, content_hash, variant, image_uuid, size, format, uploaded_at, "
-            f"bytes_sent, owner FROM fleet_outbox ORDER BY uploaded_at LIMIT {int(limit)}",
-            (),
-            "read the fleet outbox",
-        )
-        return [(UploadRecord(*r[:8]), r[8]) for r in rows]
-
-    def _replay_outbox(self) -> None:
-        pending = self.outbox()
-        if not pending:
-            return
-        records = [r for r, _ in pending]
-        self.shared.record_uploads(records, self.owner, owners=[o for _, o in pending], retry=False)
-        self._shared_done(records)
-
-    def _shared_done(self, records: Sequence[UploadRecord]) -> None:
-        with self.local.write("empty the fleet outbox") as conn:
-            conn.executemany(
-                "DELETE FROM fleet_outbox WHERE namespace = ? AND content_hash = ? "
-                "AND variant = ? AND image_uuid = ?",
-                [(*r.key, r.image_uuid) for r in records],
-            )
-        with self._lock:
-            self._held.difference_update(r.key for r in records)
-
-    # -- the registry ---------------------------------------------------------------------
-    def _mirror(self, rows: Iterable[AssetRow]) -> None:
-        rows = list(rows)
-        if rows:
-            self.local.put_assets(rows)
-
-    def get_asset(self, key: Key) -> AssetRow | None:
-        return self.get_assets([key]).get(key)
-
-    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]:
-        """Local rows that are provably fresh; the rest from the server, copied in one write."""
-        keys = list(keys)
-        since = self.fresh_since()
-        out = {k: r for k, r in self.local.get_assets(keys).items() if r.last_used_at > since}
-        rest = [k for k in keys if k not in out]
-        if rest:
-            shared = self.shared.get_assets(rest)
-            self._mirror(shared.values())
-            out.update(shared)
-        return out
-
-    def find_uuid(self, image_uuid: str) -> list[AssetRow]:
-        return self.shared.find_uuid(image_uuid)
-
-    def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
-    ) -> dict[Key, AssetRow | str]:
-        # Held from before the claim: the heartbeat must not drop a lease being taken.
-        with self._lock:
-            self._held.update(keys)
-            self._clock = (now, time.monotonic(), ttl)
-        try:
-            out = self.shared.claim(keys, owner, now, ttl, fresh_since)
-        except BaseException:
-            with self._lock:
-                self._held.difference_update(keys)
-            raise
-        with self._lock:
-            self._held.difference_update(k for k, v in out.items() if v != "claimed")
-        self._mirror(v for v in out.values() if isinstance(v, AssetRow))
-        return out
-
-    def renew(self, keys: Iterable[Key], owner: str) -> set[Key]:
-        """Fencing before an upload: the keys whose lease is still ours, renewed now."""
-        keys = list(keys)
-        mine = self.shared.renew(keys, owner)
-        with self._lock:
-            self._held.difference_update(k for k in keys if k not in mine)
-        return mine
-
-    def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
-    ) -> dict[Key, AssetRow | str]:
-        out = self.shared.peek(keys, owner, now, fresh_since)
-        self._mirror(v for v in out.values() if isinstance(v, AssetRow))
-        return out
-
-    def record_uploads(
-        self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
-    ) -> None:
-        """Durable here first (row + outbox), then shared; a server error defers, never loses."""
-        if records:
-            with self.local.write("keep uploads for the fleet") as conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO fleet_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (*r.key, r.image_uuid, r.size, r.format, r.now, r.bytes_sent, owner)
-                        for r in records
-                    ],
-                )
-        self.local.record_uploads(records, owner, files)
-        if not records:
-            return
-        try:
-            self.shared.record_uploads(records, owner, retry=False)
-        except StoreError as exc:
-            # Kept, and its leases renewed, until the background replay lands it.
-            log.info("upload kept locally until the shared store takes it: %s", exc)
-            self._wake.set()
-            return
-        self._shared_done(records)
-
-    def release(self, keys: Iterable[Key], owner: str) -> None:
-        keys = list(keys)
-        with self._lock:
-            self._held.difference_update(keys)
-        try:
-            self.shared.release(keys, owner, retry=False)
-        except StoreError:
-            self._wake.set()  # the next heartbeat drops every lease we no longer hold
-
-    def touch(self, key: Key, now: float) -> None:
-        """The use counts here at once; the fleet hears of it in the background."""
-        self.local.touch(key, now)
-        with self._lock:
-            self._uses[key] = max(now, self._uses.get(key, now))
-        self._wake.set()
-
-    def add_counters(self, namespace: str, counts: dict[str, int]) -> None:
-        self.shared.add_counters(namespace, counts)
-
-    def counters(self, namespace: str | None = None) -> dict[str, int]:
-        return self.shared.counters(namespace)
-
-    def delete_assets(self, keys: Iterable[Key]) -> int:
-        keys = list(keys)
-        self.local.delete_assets(keys)
-        return self.shared.delete_assets(keys)
-
-    def select_assets(
-        self, where: str = "", params: Sequence[Any] = (), order: str = ""
-    ) -> list[AssetRow]:
-        return self.shared.select_assets(where, params, order)
-
-    def asset_totals(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int]:
-        return self.shared.asset_totals(where, params)
-
-    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
-        rows = list(rows)
-        self.shared.prune_assets(rows)
-        self.local.delete_assets(r.key for r in rows)
-
-    def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
-        return self.shared.drop_expired_leases(now, dry_run)
-
-    def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
-        # Other hosts' local copies learn it when their own use is rejected.
-        return self.shared.expire_asset(key, stamp, image_uuid) + self.local.expire_asset(
-            key, stamp, image_uuid
-        )
-
-    def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
-        return self.shared.merge_assets(rows)
-
-    def close(self) -> None:
-        """Share what is pending (for up to ``retry_for`` seconds), release leases, close."""
-        self._stop.set()
-        self._wake.set()
-        for t in self._threads:
-            t.join(self.shared.settings.deadline + 1.0)
-        give_up = time.monotonic() + self.shared.settings.retry_for
-        delay = 0.05
-        while not self.sync_once(final=True) and time.monotonic() < give_up:
-            if isinstance(self.last_error, SchemaTooNew):
-                break
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        try:
-            left = len(self.outbox())
-        except StoreError:
-            left = 0
-        if left:
-            log.warning(
-                "%d upload(s) not yet shared with the fleet (%s); they are kept in %s "
-                "and shared on the next start",
-                left,
-                self.last_error,
-                self.local.path,
-            )
-        self.shared.close()
+_ORDERS: dict[str, str] = {
+    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
+    "key": "ORDER BY namespace, content_hash, variant",
+}
 
 
 # -- doctor -----------------------------------------------------------------------------------
-
-
-def local_db_for(url: str, local_db: str | os.PathLike[str] | None = None) -> str:
-    """This host's SQLite file for the fleet at ``url`` (see ``open_stores``)."""
-    if local_db is None:
-        local_db = os.environ.get("ASSETCACHE_LOCAL_DB") or None
-    if local_db is not None:
-        return os.path.abspath(os.path.expanduser(os.fspath(local_db)))
-    from ._store import default_db_path
-
-    stripped = FleetSettings.from_url(url)[1]
-    tag = hashlib.sha256(redact_url(stripped).encode()).hexdigest()[:12]
-    return str(default_db_path().with_name(f"fleet-{tag}.db"))
-
-
-def outbox_backlog(local_path: str) -> int | None:
-    """Uploads in this host's file not yet shared (``None``: no file, or no outbox yet)."""
-    import sqlite3
-
-    if not os.path.exists(local_path):
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(local_path)}?mode=ro", uri=True)
-        try:
-            return int(conn.execute("SELECT count(*) FROM fleet_outbox").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None
 
 
 def inspect_shared(

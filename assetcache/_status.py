@@ -15,7 +15,7 @@ Two ways to judge a tile:
   SQLite, so a file is judged by one bytes comparison;
 - in bulk (:func:`report`, fresh files only counted, as ``git status`` does):
   a tile whose files were all found fresh is remembered (``scan_marks``, see
-  ``_store._m4``) with a digest of its files' paths and stat data and their
+  ``_storage._sqlite._m4``) with a digest of its files' paths and stat data and their
   oldest use. While the scan generation is the same (triggers bump it on any
   change to a file row and on any asset row going away or getting older),
   a tile whose files still match the digest is fresh until that oldest use
@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-import sqlite3
 import stat as stat_mod
 import struct
 import sys
@@ -50,11 +49,12 @@ from itertools import chain
 from typing import IO, TYPE_CHECKING, Any
 
 from ._errors import AssetCacheError
+from ._models import FileStatus, StatusReport
 
 if TYPE_CHECKING:
     import subprocess
 
-    from ._cache import _Engine
+    from ._engine import Engine
 
 #: The states a file can be in, in the order a report lists them.
 STATES = ("fresh", "expiring", "expired", "changed", "new", "missing")
@@ -79,31 +79,12 @@ _LABELS = {"fresh": "fresh", "expiring": "expiring", "stale": "expired", "expire
 #: After the last row: its key sorts after every path (which start with a
 #: separator or a drive letter, never with byte 0xff).
 _END = (b"\xff",)
-# ``_store.file_sig`` inlined: the same packing of the same five fields.
+# ``_storage._base.file_sig`` inlined: the same packing of the same five fields.
 _PACK = struct.Struct("<QQQqq").pack
-
-_COUNT_SQL = "SELECT count(*) FROM files WHERE path >= ? AND path < ?"
-_NTH_SQL = "SELECT path FROM files WHERE path >= ? AND path < ? ORDER BY path LIMIT 1 OFFSET ?"
-
-
-# Not frozen: a status run builds one per file, and a frozen dataclass's
-# __init__ is five times slower (object.__setattr__ per field).
-@dataclass(slots=True)
-class FileStatus:
-    """One file's standing. ``expires_at`` is when Runware deletes the upload
-    if it is not used again (epoch seconds); ``time_left`` is seconds until the
-    cache stops serving it (negative once past)."""
-
-    path: str
-    state: str
-    uuid: str | None = None
-    content_hash: str | None = None
-    expires_at: float | None = None
-    time_left: float | None = None
 
 
 def _sig(st: os.stat_result) -> bytes:
-    from ._store import file_sig  # only for fields beyond 64 bits
+    from ._storage._base import file_sig  # only for fields beyond 64 bits
 
     return file_sig(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -121,7 +102,7 @@ class _Job:
     now: float
 
     @classmethod
-    def of(cls, engine: _Engine) -> _Job:
+    def of(cls, engine: Engine) -> _Job:
         p = engine.policy
         return cls(
             engine.store.path,
@@ -150,7 +131,7 @@ class _Job:
         """The file rows with ``lo <= path < hi`` in path order, a page (list) at a
         time: ``(path, sig, racy, hash, uuid, last_used)``, or with ``join=False``
         ``(path, sig, racy, hash, transformed)`` (no asset columns)."""
-        from ._store import SQLiteStore
+        from ._storage._sqlite import SQLiteStore
 
         while True:
             sql, params = SQLiteStore.scan_query(
@@ -248,7 +229,7 @@ class _Job:
     ) -> list[tuple[bytes, bytes, bytes, float, int]]:
         """The remembered fresh ranges starting in ``[lo, hi)``, in path order:
         ``(lo, hi, digest, oldest_use, files)``."""
-        from ._store import SQLiteStore
+        from ._storage._sqlite import SQLiteStore
 
         return read(SQLiteStore.MARKS_SQL, (self.namespace, self.view, lo, hi, gen))
 
@@ -264,7 +245,7 @@ class _Job:
         whose files are all fresh yields only their number (an ``int``).
 
         ``marks`` are the ranges remembered fresh as of the current generation
-        (see ``_store._m4``): a tile whose files on disk still match its mark's
+        (see ``_storage._sqlite._m4``): a tile whose files on disk still match its mark's
         digest costs no read at all. Otherwise SQLite sums up the tile's rows
         in one row; when their paths and stat data equal the folder's and none
         is racily clean, the rows are read with their assets, and all fresh
@@ -274,7 +255,7 @@ class _Job:
         from xxhash import xxh3_128_digest
 
         from . import _policy
-        from ._store import SQLiteStore
+        from ._storage._sqlite import SQLiteStore
 
         policy, now = _policy.Policy(*self.policy), self.now
         tile_sql, racy_ns = SQLiteStore.TILE_SQL, self.racy_ns
@@ -326,31 +307,12 @@ def _pack(*fields: Any) -> tuple[Any, ...]:
     return fields
 
 
-def scan(engine: _Engine, paths: Iterable[str]) -> Iterator[FileStatus]:
+def scan(engine: Engine, paths: Iterable[str]) -> Iterator[FileStatus]:
     """Statuses of the files named (folders: every file below them, in path order)."""
     return _statuses(engine, paths, survey=False)
 
 
-@dataclass(slots=True)
-class StatusReport:
-    """What :meth:`~assetcache.AssetCache.status_report` found: how many files
-    are in each state (``counts``, every state present, in :data:`STATES`
-    order) and the files listed, in path order: every file but the fresh ones,
-    unless asked for those too."""
-
-    counts: dict[str, int]
-    files: list[FileStatus]
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def all_fresh(self) -> bool:
-        return self.counts["fresh"] == self.total
-
-
-def report(engine: _Engine, paths: Iterable[str], *, fresh: bool = False) -> StatusReport:
+def report(engine: Engine, paths: Iterable[str], *, fresh: bool = False) -> StatusReport:
     """A :class:`StatusReport` of the files named; fresh files listed only with ``fresh``.
 
     Without them a big folder costs much less: runs of unchanged files with
@@ -368,7 +330,7 @@ def report(engine: _Engine, paths: Iterable[str], *, fresh: bool = False) -> Sta
     return StatusReport(counts, files)
 
 
-def _statuses(engine: _Engine, paths: Iterable[str], *, survey: bool) -> Iterator[Any]:
+def _statuses(engine: Engine, paths: Iterable[str], *, survey: bool) -> Iterator[Any]:
     """:func:`scan`; with ``survey``, also numbers of fresh files counted in bulk."""
     job = _Job.of(engine)
     read = engine.store.read
@@ -394,7 +356,7 @@ def _statuses(engine: _Engine, paths: Iterable[str], *, survey: bool) -> Iterato
 # -- one folder -----------------------------------------------------------------
 
 
-def _scan_folder(engine: _Engine, job: _Job, top: bytes, survey: bool) -> Iterator[Any]:
+def _scan_folder(engine: Engine, job: _Job, top: bytes, survey: bool) -> Iterator[Any]:
     prefix = top if top.endswith(_SEP) else top + _SEP
     lo, hi = prefix, prefix[:-1] + _AFTER_SEP  # every path below the folder, nothing else
     store = engine.store
@@ -433,7 +395,7 @@ def _scan_folder(engine: _Engine, job: _Job, top: bytes, survey: bool) -> Iterat
 
 
 def _generation(read: Callable[..., list[Any]]) -> int | None:
-    from ._store import SQLiteStore
+    from ._storage._sqlite import SQLiteStore
 
     rows = read(SQLiteStore.GEN_SQL, (), "read the scan generation")
     return int(rows[0][0]) if rows else None
@@ -455,10 +417,12 @@ def _split(
             if below >= total * (1 - HELPER_SHARE):
                 return mark[0]
             below += mark[4]
-    ((count,),) = read(_COUNT_SQL, (lo, hi), "count tracked files")
+    from ._storage._sqlite import SQLiteStore
+
+    ((count,),) = read(SQLiteStore.COUNT_SQL, (lo, hi), "count tracked files")
     if count < PARALLEL_MIN:
         return None
-    ((mid,),) = read(_NTH_SQL, (lo, hi, int(count * (1 - HELPER_SHARE))), "split a scan")
+    ((mid,),) = read(SQLiteStore.NTH_SQL, (lo, hi, int(count * (1 - HELPER_SHARE))), "split a scan")
     return bytes(mid)
 
 
@@ -603,7 +567,7 @@ def _is_folder(st: os.stat_result, key: bytes) -> bool:
 #: the parent is still busy, then read the job, scan and answer.
 _BOOT = (
     "import sys, marshal; sys.path[:0] = marshal.load(sys.stdin.buffer); "
-    "from assetcache._scan import _helper_main; _helper_main(sys.stdin.buffer)"
+    "from assetcache._status import _helper_main; _helper_main(sys.stdin.buffer)"
 )
 
 _prestarted: list[subprocess.Popen[bytes]] = []
@@ -707,10 +671,9 @@ def _helper_main(stdin: IO[bytes]) -> None:
     except EOFError:
         return  # prestarted, never used
     job = _Job(*fields)
-    conn = sqlite3.connect(job.db_path, timeout=30.0, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA query_only = 1")  # it only reads; make that a guarantee
-    conn.execute("PRAGMA mmap_size = 268435456")
+    from ._storage._sqlite import open_readonly
+
+    conn = open_readonly(job.db_path)
 
     def read(sql: str, params: tuple[Any, ...]) -> list[Any]:
         return conn.execute(sql, params).fetchall()

@@ -1,0 +1,406 @@
+"""The nouns callers get back: resolutions, entries, reports, file statuses.
+
+Plain data, no I/O. Each has ``as_dict()``: JSON-ready, times in ISO 8601
+UTC, built by one helper (:func:`to_dict`) from the class's ``_SPEC``, so the
+CLI prints ``as_dict()`` and never builds JSON by hand::
+
+    >>> ImportReport(1, 0, 0, ((3, "not valid JSON"),)).as_dict()["errors"]
+    [{'line': 3, 'reason': 'not valid JSON'}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from ._errors import AssetCacheError
+
+#: One output field: a name (the attribute of that name, as it is) or
+#: ``(name, attribute, convert)``; ``attribute=None`` hands ``convert`` the object.
+Spec = tuple[str | tuple[str, str | None, Callable[[Any], Any] | None], ...]
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC (``2025-01-31T12:00:00Z``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_dict(obj: Any, spec: Spec) -> dict[str, Any]:
+    """``obj`` as a JSON-ready dict following ``spec`` (see :data:`Spec`)."""
+    out: dict[str, Any] = {}
+    for item in spec:
+        if isinstance(item, str):
+            out[item] = _plain(getattr(obj, item))
+            continue
+        name, attr, convert = item
+        value = obj if attr is None else getattr(obj, attr)
+        out[name] = convert(value) if convert is not None else _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _fields(cls: type) -> Spec:
+    """Every dataclass field, as it is."""
+    return tuple(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+
+
+def _error_text(err: AssetCacheError | None) -> str | None:
+    if err is None:
+        return None
+    return str(getattr(err, "reason", None) or err)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What :meth:`AssetCache.resolve` found or did for one source.
+
+    ``outcome`` is ``"hit"``, ``"uploaded"``, ``"reuploaded"`` or ``"failed"``;
+    on failure ``uuid`` is ``None`` and ``error`` holds the exception.
+    """
+
+    source: str
+    uuid: str | None
+    content_hash: str | None
+    outcome: str
+    error: AssetCacheError | None = None
+    size: int | None = None
+    format: str | None = None
+    expires_at: float | None = None
+    bytes_sent: int = 0
+
+    _SPEC: ClassVar[Spec] = (
+        "source",
+        "uuid",
+        "outcome",
+        ("hash", "content_hash", None),
+        "size",
+        "format",
+        "bytes_sent",
+        ("error", "error", _error_text),
+    )
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, self._SPEC)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One cached upload: content hash -> imageUUID, with its timing and known paths."""
+
+    namespace: str
+    content_hash: str
+    variant: str
+    uuid: str
+    size: int
+    format: str
+    uploaded_at: float
+    last_used_at: float
+    expires_at: float
+    serve_until: float
+    state: str  # fresh | expiring | stale | expired
+    paths: tuple[str, ...] = ()
+    upload_count: int = 1
+    bytes_sent: int = 0
+
+    _SPEC: ClassVar[Spec] = (
+        ("hash", "content_hash", None),
+        "uuid",
+        "size",
+        "format",
+        ("uploaded_at", "uploaded_at", iso),
+        ("last_used_at", "last_used_at", iso),
+        ("expires_at", "expires_at", iso),
+        ("serve_until", "serve_until", iso),
+        "state",
+        ("paths", "paths", list),
+        "upload_count",
+        "namespace",
+    )
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.namespace, self.content_hash, self.variant)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the fields ``assetcache ls --json`` prints (times in ISO 8601 UTC)."""
+        return to_dict(self, self._SPEC)
+
+
+@dataclass(frozen=True, slots=True)
+class CopiesUsage:
+    """What the copies folder holds: ``files`` copies, ``bytes`` in all."""
+
+    path: str
+    enabled: bool
+    files: int
+    bytes: int
+    max_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, _fields(CopiesUsage))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What ``stats()`` reports; counters include this process's."""
+
+    entries: int
+    bytes: int
+    files: int
+    hits: int
+    misses: int
+    uploads: int
+    reuploads: int
+    failures: int
+    retries: int
+    bytes_sent: int
+    bytes_saved: int
+    db_path: str
+    db_bytes: int
+    #: Local copies of uploaded bytes (``CopiesUsage.as_dict()``), on or off.
+    copies: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, _fields(CacheStats))
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshItem:
+    """One entry ``refresh()`` looked at.
+
+    ``status``: ``renewed``, ``would-renew`` (dry run), ``content-gone`` (no
+    known copy of the bytes is left) or ``failed`` (the upload failed).
+    """
+
+    content_hash: str
+    old_uuid: str
+    status: str
+    uuid: str | None = None
+    path: str | None = None
+    reason: str | None = None
+    expires_at: float | None = None
+
+    _SPEC: ClassVar[Spec] = (
+        ("hash", "content_hash", None),
+        "old_uuid",
+        "status",
+        "uuid",
+        "path",
+        "reason",
+        ("expires_at", "expires_at", iso),
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, self._SPEC)
+
+
+def _refresh_summary(report: RefreshReport) -> dict[str, int]:
+    counts = {s: 0 for s in ("renewed", "would-renew", "content-gone", "failed")}
+    for item in report.items:
+        counts[item.status] += 1
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshReport:
+    within: float
+    dry_run: bool
+    items: tuple[RefreshItem, ...]
+
+    _SPEC: ClassVar[Spec] = (
+        ("within_seconds", "within", None),
+        "dry_run",
+        "items",
+        ("summary", None, _refresh_summary),
+    )
+
+    @property
+    def failed(self) -> list[RefreshItem]:
+        """Items that could not be refreshed (content gone or upload failed)."""
+        return [i for i in self.items if i.status in ("content-gone", "failed")]
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, self._SPEC)
+
+
+def _prune_summary(report: PruneReport) -> dict[str, int]:
+    return {
+        "entries": len(report.entries),
+        "files": len(report.files),
+        "bytes": sum(e.size for e in report.entries),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    entries: tuple[Entry, ...]
+    files: tuple[str, ...]
+    leases: int
+    dry_run: bool
+
+    _SPEC: ClassVar[Spec] = (
+        "dry_run",
+        "entries",
+        "files",
+        "leases",
+        ("summary", None, _prune_summary),
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, self._SPEC)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyItem:
+    """One tracked file re-hashed: ``ok``, ``changed``, ``missing``, ``unreadable`` or
+    ``untracked`` (named, but the cache has never hashed it)."""
+
+    path: str
+    state: str
+    old_hash: str | None = None
+    new_hash: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, _fields(VerifyItem))
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetItem:
+    """What forgetting one path, hash or UUID removed (``error`` when nothing matched)."""
+
+    item: str
+    kind: str  # path | hash | uuid
+    entries: tuple[Entry, ...] = ()
+    files: tuple[str, ...] = ()
+    error: str | None = None
+    #: With ``remote=True``: ``(uuid, "deleted" | "already gone" | "failed: ...")``.
+    remote: tuple[tuple[str, str], ...] = ()
+
+    _SPEC: ClassVar[Spec] = (
+        "item",
+        "kind",
+        ("entries", "entries", lambda es: [{"hash": e.content_hash, "uuid": e.uuid} for e in es]),
+        ("files", "files", list),
+        "error",
+        ("remote", "remote", lambda rs: [{"uuid": u, "status": s} for u, s in rs]),
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, self._SPEC)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    added: int
+    replaced: int
+    kept: int  # the database already held a fresher (or equally fresh) entry
+    errors: tuple[tuple[int, str], ...]  # (line number, reason)
+
+    _SPEC: ClassVar[Spec] = (
+        "added",
+        "replaced",
+        "kept",
+        ("errors", "errors", lambda es: [{"line": n, "reason": r} for n, r in es]),
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, self._SPEC)
+
+
+@dataclass(slots=True)
+class DoctorReport:
+    """The database's health; ``problems`` empty means healthy."""
+
+    db_path: str
+    exists: bool = False
+    db_bytes: int = 0
+    schema_version: int | None = None
+    schema_supported: int = 0
+    integrity: str = "unknown"
+    entries: int | None = None
+    files: int | None = None
+    problems: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    lost: str | None = None
+    account: str | None = None
+    namespace: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    needs_rebuild: bool = False
+    #: A fleet: the shared server (reachable, schema, leases) and this host's outbox.
+    fleet: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        out = to_dict(self, (*_fields(DoctorReport), ("ok", "ok", None)))
+        if self.fleet is None:
+            del out["fleet"]  # a single database file: the report is as it always was
+        return out
+
+
+# Not frozen: a status run builds one per file, and a frozen dataclass's
+# __init__ is five times slower (object.__setattr__ per field).
+@dataclass(slots=True)
+class FileStatus:
+    """One file's standing. ``expires_at`` is when Runware deletes the upload
+    if it is not used again (epoch seconds); ``time_left`` is seconds until the
+    cache stops serving it (negative once past)."""
+
+    path: str
+    state: str
+    uuid: str | None = None
+    content_hash: str | None = None
+    expires_at: float | None = None
+    time_left: float | None = None
+
+    _SPEC: ClassVar[Spec] = (
+        "path",
+        "state",
+        "uuid",
+        ("hash", "content_hash", None),
+        ("expires_at", "expires_at", iso),
+        ("time_left_seconds", "time_left", None),
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_dict(self, self._SPEC)
+
+
+@dataclass(slots=True)
+class StatusReport:
+    """What ``status_report()`` found: how many files are in each state
+    (``counts``, every state present, in ``STATES`` order) and the files
+    listed, in path order: every file but the fresh ones, unless asked for
+    those too."""
+
+    counts: dict[str, int]
+    files: list[FileStatus]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def all_fresh(self) -> bool:
+        return self.counts["fresh"] == self.total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": [f.as_dict() for f in self.files], "summary": self.counts}

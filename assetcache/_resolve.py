@@ -1,0 +1,346 @@
+"""Resolve plans: sources in, one :class:`Resolution` per source out.
+
+:func:`plan_resolve_many` runs in named phases, each a plan of its own:
+
+1. warm hits: a path whose stat data and asset are known answers at once;
+2. :func:`plan_prepare`: the rest are classified, hashed and validated
+   (``_ingest``) on worker threads;
+3. :func:`plan_settle`: fresh registry rows answer what they can;
+4. :func:`plan_claim_loop`: per content key, in-process single flight, then a
+   lease (``claimed``: we upload; ``held``: another process does, poll);
+5. :func:`plan_upload_groups`: the claimed keys are packed into requests
+   (resized first where the transform says so), sent side by side, and each
+   request's uploads recorded as soon as it answers.
+
+Failures are values: one bad source never fails the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from . import _policy
+from ._effects import Call, Concurrent, Map, Plan, Sleep, Wait
+from ._engine import Engine
+from ._errors import AssetCacheError, SourceError, StoreError
+from ._ingest import Prepared, label_of
+from ._models import Resolution
+from ._protocol import TaskResult
+from ._sources import SourceLike
+from ._storage._base import AssetRow, FileRow, Key
+from ._tasks import pack, plan_send
+
+log = logging.getLogger("assetcache")
+
+#: Originals resized per upload group: big photos go a few per request, as soon
+#: as they are ready; small conversions (BMP, GIF) still share requests.
+FIT_GROUP_BYTES = 4 << 20
+
+Results = list[Resolution | None]
+#: Items waiting on one content key: ``(index in the results, prepared item)``.
+Groups = dict[Key, list[tuple[int, Prepared]]]
+
+
+class _Retry(SourceError):
+    """Tells in-process followers to ask again (the key is held elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__("", "held by another process")
+
+
+def failed(label: str, err: AssetCacheError) -> Resolution:
+    return Resolution(label, None, None, "failed", err)
+
+
+def plan_resolve_many(
+    engine: Engine,
+    sources: Sequence[SourceLike | Prepared],
+    concurrency: int | None,
+    force: Collection[Key] = (),
+) -> Plan:
+    """Resolve every source; results in input order, failures as values.
+
+    Keys in ``force`` are uploaded again even if fresh (``refresh``).
+    """
+    limit = max(1, concurrency or engine.concurrency)
+    started = engine.clock() if force else 0.0
+    results: Results = [None] * len(sources)
+    todo: list[int] = []
+    for i, obj in enumerate(sources):
+        try:
+            hit = engine.fast_hit(obj) if not force else None
+        except StoreError:
+            hit = None  # the slow path meets the same error and reports it per item
+        if hit is not None:
+            results[i] = hit
+        else:
+            todo.append(i)
+    if not todo:
+        return results
+    ready = yield from plan_prepare(engine, sources, todo, results)
+    groups = yield from plan_settle(engine, ready, force, results)
+    if groups is not None:
+        yield from plan_claim_loop(engine, groups, force, started, limit, results)
+    return results
+
+
+def plan_prepare(engine: Engine, sources: Sequence[Any], todo: list[int], results: Results) -> Plan:
+    """Prepare ``sources[i]`` for each ``i`` in ``todo`` on worker threads;
+    the ready ones as ``(i, prepared)``, the others failed in ``results``."""
+    prepared: list[Prepared | AssetCacheError] = yield Map(
+        engine.prepare, [sources[i] for i in todo], engine.hash_workers if len(todo) > 1 else 1
+    )
+    ready: list[tuple[int, Prepared]] = []
+    for i, p in zip(todo, prepared, strict=True):
+        if isinstance(p, AssetCacheError):
+            results[i] = failed(label_of(sources[i]), p)
+            engine.count(failures=1)
+        else:
+            ready.append((i, p))
+    return ready
+
+
+def plan_settle(
+    engine: Engine, ready: list[tuple[int, Prepared]], force: Collection[Key], results: Results
+) -> Plan:
+    """Answer the items whose rows are fresh; the rest grouped by key (``None``
+    when the store cannot answer: every item then failed with its reason)."""
+    try:
+        rows = yield Call(engine.settle, [p for _, p in ready], force)
+    except AssetCacheError as exc:
+        fail_group(engine, results, ready, exc)
+        return None
+    groups: Groups = {}
+    for (i, p), row in zip(ready, rows, strict=True):
+        if row is not None:
+            results[i] = engine.resolution(p.label, row, "hit")
+            engine.count(hits=1, bytes_saved=p.size)
+        else:
+            groups.setdefault(p.key, []).append((i, p))
+    return groups
+
+
+def plan_claim_loop(
+    engine: Engine,
+    groups: Groups,
+    force: Collection[Key],
+    started: float,
+    limit: int,
+    results: Results,
+) -> Plan:
+    """Until every key is answered: lead or follow in this process, claim the
+    lease, upload what we claimed, wait for what others hold."""
+    late_files: list[FileRow] = []  # stat rows of items answered by someone else's upload
+    poll = 0.02
+    chunk = engine.batch_size * limit  # keys leased at a time: one round of requests
+    while groups:
+        lead, follow = engine.join_flights(list(groups))
+        claimed: dict[Key, AssetRow | str] = {}
+        if lead:
+            try:
+                claimed = yield Call(engine.claim, lead, force, started, chunk)
+            except AssetCacheError as exc:
+                for key in lead:
+                    engine.land(key, exc)
+                    fail_group(engine, results, groups.pop(key), exc)
+                claimed = {}
+        to_upload: list[Key] = []
+        held: list[Key] = []
+        for key, state in claimed.items():
+            if isinstance(state, AssetRow):
+                engine.land(key, state)
+                hit_group(engine, results, groups.pop(key), state, late_files)
+            elif state == "claimed":
+                to_upload.append(key)
+            elif state == "later":  # free, beyond this round's chunk: the next round's
+                engine.land(key, _Retry())
+            else:
+                held.append(key)
+
+        if to_upload:
+            yield from plan_upload_groups(engine, results, groups, to_upload, limit)
+
+        for key, fut in follow.items():
+            try:
+                row = yield Wait(fut)
+            except SourceError:
+                continue  # the leader's own input failed; ours may be fine: try again
+            except AssetCacheError as exc:
+                fail_group(engine, results, groups.pop(key), exc)
+                continue
+            hit_group(engine, results, groups.pop(key), row, late_files)
+
+        if held:
+            # Another process holds the lease: keep our in-process flight (so
+            # our own threads keep waiting on us) and poll for its result.
+            for key in held:
+                engine.land(key, _Retry())
+            if not to_upload:
+                yield Sleep(poll)
+                poll = min(poll * 2, 0.25)
+
+    if late_files:
+        try:
+            yield Call(engine.store.put_files, late_files)
+        except StoreError as exc:  # the answers stand; only the stat shortcut is lost
+            log.warning("could not record file hashes: %s", exc)
+
+
+def plan_upload_groups(
+    engine: Engine, results: Results, groups: Groups, keys: list[Key], limit: int
+) -> Plan:
+    """Upload the claimed ``keys`` (their first item each), at most ``limit``
+    requests at once; every item of a key gets the outcome."""
+    # Fencing: upload only what we still hold, its lease renewed just now; a
+    # process stalled since its claim may have been taken over meanwhile.
+    try:
+        mine = yield Call(engine.renew, keys)
+    except AssetCacheError as exc:
+        with contextlib.suppress(AssetCacheError):
+            yield Call(engine.release, keys)
+        for key in keys:
+            engine.land(key, exc)
+            fail_group(engine, results, groups.pop(key), exc)
+        return
+    for key in keys:
+        if key not in mine:
+            engine.land(key, _Retry())  # another host's now: wait for its upload
+    keys = [key for key in keys if key in mine]
+    if not keys:
+        return
+    leaders = {key: groups[key][0][1] for key in keys}
+    try:
+        found = yield Call(engine.registry.get_assets, keys, inline=True)
+        previous = {k: row.image_uuid for k, row in found.items()}
+    except AssetCacheError:
+        previous = {}  # only the outcome's name depends on it
+    failures: dict[Key, AssetCacheError] = {}
+    batches = pack(
+        [(key, leaders[key].payload()) for key in keys if not key[2]],
+        engine.batch_size,
+        engine.batch_bytes,
+    )
+    plans = [plan_send(engine, batch) for batch in batches]
+    slots = [[key for key, _ in batch] for batch in batches]
+    # Keys with a variant are resized first (decode, re-encode): in small
+    # groups, each sent as soon as it is ready, so resizing overlaps uploading.
+    for group in fit_groups(engine, [key for key in keys if key[2]], leaders):
+        plans.append(plan_fit_send(engine, [(key, leaders[key]) for key in group]))
+        slots.append(group)
+    outcomes = yield Concurrent(
+        [plan_recorded(engine, plan, leaders, groups) for plan in plans], limit
+    )
+    recorded: dict[Key, tuple[AssetRow, int]] = {}
+    for slot, outcome in zip(slots, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            err = (
+                outcome
+                if isinstance(outcome, AssetCacheError)
+                else AssetCacheError(f"upload failed: {type(outcome).__name__}: {outcome}")
+            )
+            for key in slot:
+                failures[key] = err
+            continue
+        answers, rows, record_error = outcome
+        for key, (sent, res) in answers.items():
+            if key in rows:
+                recorded[key] = (rows[key], sent)
+            elif isinstance(res, TaskResult):
+                failures[key] = record_error or AssetCacheError("upload not recorded")
+            else:
+                failures[key] = res
+    for key, (row, sent) in recorded.items():
+        outcome_name = _policy.outcome_for_upload(previous.get(key))
+        engine.count(
+            uploads=1,
+            bytes_sent=sent,
+            misses=1,
+            reuploads=1 if outcome_name == "reuploaded" else 0,
+        )
+        members = groups.pop(key)
+        first_i, first_p = members[0]
+        results[first_i] = engine.resolution(first_p.label, row, outcome_name, sent)
+        hit_group(engine, results, members[1:], row)
+        engine.land(key, row)
+    if failures:
+        with contextlib.suppress(AssetCacheError):
+            yield Call(engine.release, list(failures))
+        for key, err in failures.items():
+            engine.land(key, err)
+            fail_group(engine, results, groups.pop(key), err)
+
+
+def plan_recorded(engine: Engine, send: Plan, leaders: dict[Key, Prepared], groups: Groups) -> Plan:
+    """Run one request's plan and record its successes as soon as it answers,
+    so a crash later in a long batch loses only the requests in flight."""
+    answers = yield from send
+    done = [(key, sent, res) for key, (sent, res) in answers.items() if isinstance(res, TaskResult)]
+    rows: dict[Key, AssetRow] = {}
+    error: AssetCacheError | None = None
+    if done:
+        files = [p.file_row for key, _, _ in done for _, p in groups[key] if p.file_row]
+        try:
+            stored = yield Call(
+                engine.record, [(leaders[k], res, sent) for k, sent, res in done], files
+            )
+        except AssetCacheError as exc:
+            error = exc
+        else:
+            rows = {key: row for (key, _, _), row in zip(done, stored, strict=True)}
+    return answers, rows, error
+
+
+def plan_fit_send(engine: Engine, items: list[tuple[Key, Prepared]]) -> Plan:
+    """Make the resized payloads (on a worker thread), then send them."""
+    made = yield Call(engine.ingest.make_payloads, [p for _, p in items])
+    out: dict[Key, tuple[int, TaskResult | AssetCacheError]] = {}
+    ready: list[tuple[Key, Any]] = []
+    for (key, _), payload in zip(items, made, strict=True):
+        if isinstance(payload, AssetCacheError):
+            out[key] = (0, payload)
+        else:
+            ready.append((key, payload))
+    for batch in pack(ready, engine.batch_size, engine.batch_bytes):
+        out.update((yield from plan_send(engine, batch)))
+    return out
+
+
+def fit_groups(engine: Engine, keys: list[Key], leaders: dict[Key, Prepared]) -> list[list[Key]]:
+    """Keys to resize, grouped up to ``batch_size`` items or 4 MB of originals."""
+    out: list[list[Key]] = []
+    size = 0
+    for key in keys:
+        if not out or len(out[-1]) >= engine.batch_size or size >= FIT_GROUP_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(key)
+        size += leaders[key].size
+    return out
+
+
+def hit_group(
+    engine: Engine,
+    results: Results,
+    members: Sequence[tuple[int, Prepared]],
+    row: AssetRow,
+    files: list[FileRow] | None = None,
+) -> None:
+    for i, p in members:
+        results[i] = engine.resolution(p.label, row, "hit")
+        engine.count(hits=1, bytes_saved=p.size)
+        if files is not None and p.file_row is not None:
+            files.append(p.file_row)
+
+
+def fail_group(
+    engine: Engine,
+    results: Results,
+    members: Sequence[tuple[int, Prepared]],
+    err: AssetCacheError,
+) -> None:
+    for i, p in members:
+        results[i] = failed(p.label, err)
+        engine.count(failures=1)
