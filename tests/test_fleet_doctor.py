@@ -16,7 +16,7 @@ import pytest
 from cli_support import invoke
 from helpers import API_KEY, make_png
 
-from assetcache import AssetCache, StoreError
+from assetcache import AssetCache, ConfigurationError, StoreError
 
 PG = os.environ.get("ASSETCACHE_TEST_POSTGRES")
 needs_pg = pytest.mark.skipif(
@@ -113,3 +113,46 @@ def test_doctor_on_a_healthy_fleet(tmp_path: Path, emu) -> None:
     finally:
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_bad_fleet_setting_in_the_url_is_named(tmp_path: Path) -> None:
+    for query, name in (
+        ("pool_size=many", "pool_size"),
+        ("statement_timeout=-1", "statement_timeout"),
+    ):
+        url = f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/assets?{query}"
+        with pytest.raises(ConfigurationError, match=name) as info:
+            AssetCache(API_KEY, db_path=url, local_db=tmp_path / "l.db")
+        assert SECRET not in str(info.value)
+
+
+@needs_pg
+def test_fleet_settings_come_from_the_url_and_show_in_settings(tmp_path: Path, emu) -> None:
+    import psycopg
+
+    assert PG is not None
+    schema = "td_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = (
+        PG
+        + ("&" if "?" in PG else "?")
+        + f"options=-csearch_path%3D{schema}&pool_size=3&statement_timeout=7s&heartbeat=1.5"
+    )
+    try:
+        with AssetCache(
+            API_KEY,
+            base_url=emu.base_url,
+            db_path=url,
+            local_db=tmp_path / "l.db",
+            host_id="rack-7",
+        ) as cache:
+            shown = cache.settings()
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    assert shown["host_id"] == "rack-7"
+    assert shown["fleet"]["pool_size"] == 3
+    assert shown["fleet"]["statement_timeout"] == 7
+    assert shown["fleet"]["heartbeat"] == 1.5
+    assert shown["fleet"]["stale_after"] == 3.75
