@@ -7,6 +7,7 @@
     proxy.pause()             # accept and hold, forward nothing (a stalled server)
     proxy.blackhole()         # as pause, and forget the bytes (a partition)
     proxy.delay(0.2)          # forward everything after a delay
+    proxy.fatal("53300", "sorry, too many clients already")  # answer new ones with an error
     proxy.restore()           # back to normal
 
 Runs in the test process (threads) or as a small server of its own
@@ -27,7 +28,7 @@ import urllib.parse
 
 
 class FaultProxy:
-    """A relay with modes: ``up``, ``refuse``, ``pause``, ``blackhole``, ``delay``."""
+    """A relay with modes: ``up``, ``refuse``, ``pause``, ``blackhole``, ``delay``, ``fatal``."""
 
     def __init__(self, target: tuple[str, int], port: int = 0) -> None:
         self.target = target
@@ -47,6 +48,7 @@ class FaultProxy:
         self.forwarded = 0
         self.accepted = 0
         self._closed = False
+        self._fatal = ("08006", "connection failure")
         threading.Thread(target=self._accept, daemon=True, name="pgproxy-accept").start()
 
     # -- addressing ----------------------------------------------------------------
@@ -82,6 +84,12 @@ class FaultProxy:
     def delay(self, seconds: float) -> None:
         self.latency = seconds
         self._set("delay")
+
+    def fatal(self, sqlstate: str, message: str) -> None:
+        """Answer every new connection's start-up with a FATAL error, as a full,
+        starting or misconfigured server does."""
+        self._fatal = (sqlstate, message)
+        self._set("fatal")
 
     def restore(self) -> None:
         self.latency = 0.0
@@ -122,6 +130,9 @@ class FaultProxy:
             if self.mode == "refuse":
                 _reset(client)
                 continue
+            if self.mode == "fatal":
+                threading.Thread(target=self._answer_fatal, args=(client,), daemon=True).start()
+                continue
             threading.Thread(target=self._open, args=(client,), daemon=True).start()
 
     def _open(self, client: socket.socket) -> None:
@@ -140,6 +151,38 @@ class FaultProxy:
             self.accepted += 1
         for a, b, up in ((client, upstream, True), (upstream, client, False)):
             threading.Thread(target=self._pump, args=(a, b, up), daemon=True).start()
+
+    def _answer_fatal(self, client: socket.socket) -> None:
+        """Play a server that rejects the start-up: decline SSL/GSS, then ErrorResponse."""
+        sqlstate, message = self._fatal
+        try:
+            client.settimeout(5)
+            while True:
+                head = _read_exact(client, 8)
+                length, code = struct.unpack("!II", head)
+                _read_exact(client, length - 8)
+                if code in (80877103, 80877104):  # SSLRequest, GSSENCRequest
+                    client.sendall(b"N")
+                    continue
+                break
+            fields = (
+                b"".join(
+                    kind + text.encode() + b"\0"
+                    for kind, text in (
+                        (b"S", "FATAL"),
+                        (b"V", "FATAL"),
+                        (b"C", sqlstate),
+                        (b"M", message),
+                    )
+                )
+                + b"\0"
+            )
+            client.sendall(b"E" + struct.pack("!I", len(fields) + 4) + fields)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                client.close()
 
     def _wait_moving(self) -> bool:
         with self._changed:
@@ -180,6 +223,16 @@ class FaultProxy:
             for s in (a, b):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+def _read_exact(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        part = s.recv(n - len(data))
+        if not part:
+            raise OSError("closed")
+        data += part
+    return data
 
 
 def _reset(s: socket.socket) -> None:

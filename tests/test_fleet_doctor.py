@@ -156,3 +156,29 @@ def test_fleet_settings_come_from_the_url_and_show_in_settings(tmp_path: Path, e
     assert shown["fleet"]["statement_timeout"] == 7
     assert shown["fleet"]["heartbeat"] == 1.5
     assert shown["fleet"]["stale_after"] == 3.75
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "message", "named"),
+    [
+        ("53300", "sorry, too many clients already", "too many connections"),
+        ("28P01", 'password authentication failed for user "app"', "authentication failed"),
+        ("3D000", 'database "assets" does not exist', 'no such database "assets"'),
+    ],
+)
+def test_start_up_names_what_the_server_said(tmp_path: Path, sqlstate, message, named) -> None:
+    """A server that rejects the start-up (played by the fault proxy): one line, the cause."""
+    from pgproxy import FaultProxy
+
+    with FaultProxy(("127.0.0.1", 9)) as proxy:
+        proxy.fatal(sqlstate, message)
+        url = f"postgresql://app:{SECRET}@127.0.0.1:{proxy.port}/assets?retry_for=0"
+        with pytest.raises(StoreError) as info:
+            AssetCache(API_KEY, db_path=url, local_db=tmp_path / "l.db")
+        text = str(info.value)
+        assert named in text and "\n" not in text and SECRET not in text
+        result = invoke("--db", url, "doctor", env={"ASSETCACHE_LOCAL_DB": str(tmp_path / "d.db")})
+        assert result.exit_code != 0
+        problems = [line for line in result.output.splitlines() if line.startswith("problem:")]
+        assert len(problems) == 1 and named in problems[0], result.output
+        assert SECRET not in result.output
