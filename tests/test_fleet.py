@@ -81,6 +81,7 @@ def test_hits_are_answered_locally(emu, pg_url, tmp_path, monkeypatch):
 
         monkeypatch.setattr(shared, "read", no_round_trip)
         monkeypatch.setattr(shared, "write", no_round_trip)
+        monkeypatch.setattr(shared, "_conn", no_round_trip)  # every query goes through it
         assert a.get_uuid(path) == uuid_
         assert a.get_uuid(make_png(2)) == uuid_  # bytes: hashed, then the local copy
         monkeypatch.undo()  # closing flushes counters to the fleet, as it should

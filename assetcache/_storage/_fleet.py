@@ -96,7 +96,7 @@ class FleetRegistry:
         self.shared.use_background_connection()
         backoff = 0.1
         while not self._stop.is_set():
-            ok = self.beat_once()
+            ok = self._guarded(self.beat_once)
             backoff = 0.1 if ok else min(backoff * 2, 1.0)
             self._stop.wait(self.shared.settings.heartbeat if ok else backoff)
 
@@ -104,10 +104,20 @@ class FleetRegistry:
         self.shared.use_background_connection()
         backoff = 0.1
         while not self._stop.is_set():
-            ok = self.sync_once()
+            ok = self._guarded(self.sync_once)
             backoff = 0.1 if ok else min(backoff * 2, 1.0)
             self._wake.wait(self.shared.settings.heartbeat if ok else backoff)
             self._wake.clear()
+
+    @staticmethod
+    def _guarded(step: Callable[[], bool]) -> bool:
+        """One background step; an unexpected error is logged, and the loop goes on
+        (a heartbeat thread that died would let other hosts take our leases)."""
+        try:
+            return step()
+        except Exception:
+            log.exception("fleet background step failed; retrying")
+            return False
 
     def beat_once(self, *, final: bool = False) -> bool:
         """Renew the leases this process holds (drop the others it owns). True if it landed."""
