@@ -19,6 +19,7 @@ after. Listings treat stale and expired alike ("the cache will upload again").
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -61,6 +62,8 @@ EXPORT_VERSION = 1
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 HASH_RE = re.compile(r"^[0-9a-f]{32}$")
 _FORMATS = frozenset((*ACCEPTED, "url"))
+#: Entries listed per lookup of their known paths.
+_PAGE = 500
 
 
 # -- reading -------------------------------------------------------------------------
@@ -82,16 +85,18 @@ def entries(
     # both: either, i.e. serve_until <= now + within.
     used_after = now - window if within is not None and not expired else None
     used_before = now + within - window if within is not None else now - window if expired else None
-    # Through the registry: in a fleet, the fleet's entries.
-    assets = engine.registry.select_assets(
+    # Through the registry: in a fleet, the fleet's entries. Streamed, and the
+    # known paths looked up a page at a time: memory stays bounded.
+    rows = engine.registry.iter_assets(
         namespace=None if all_accounts else engine.namespace,
         used_after=used_after,
         used_before=used_before,
         order="last_use",
     )
-    paths = engine.store.paths_of({a.content_hash for a in assets})
-    for a in assets:
-        yield engine.entry(a, paths.get(a.content_hash, ()), now)
+    while page := list(itertools.islice(rows, _PAGE)):
+        paths = engine.store.paths_of({a.content_hash for a in page})
+        for a in page:
+            yield engine.entry(a, paths.get(a.content_hash, ()), now)
 
 
 def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
@@ -453,7 +458,7 @@ def classify(engine: Engine, item: str) -> tuple[str, set[str], list[str], list[
 
 def export_entries(engine: Engine, *, all_accounts: bool = False) -> Iterator[str]:
     """JSON lines (no newline) of this account's entries, for :func:`import_entries`."""
-    rows = engine.registry.select_assets(
+    rows = engine.registry.iter_assets(
         namespace=None if all_accounts else engine.namespace, order="key"
     )
     for a in rows:

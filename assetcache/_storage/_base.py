@@ -11,11 +11,15 @@ leases, usage counters) may live in a shared store (:class:`Registry`).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from .. import _policy
 
 Key = tuple[str, str, str]  # (namespace, content_hash, variant)
 #: Orders of :meth:`Registry.select_assets`: by last use (soonest to expire
@@ -114,6 +118,14 @@ class Registry(Protocol):
         used_before: float | None = None,
         order: Order = "last_use",
     ) -> list[AssetRow]: ...
+    def iter_assets(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
+    ) -> Iterator[AssetRow]: ...
     def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]: ...
     def prune_assets(self, rows: Iterable[AssetRow]) -> None: ...
     def delete_assets(self, keys: Iterable[Key]) -> int: ...
@@ -206,3 +218,366 @@ def row_sig(row: Sequence[Any]) -> bytes:
 def path_key(path: str) -> bytes:
     """The files-table key of an absolute path (bytes: any filename is storable)."""
     return os.fsencode(path)
+
+
+# -- the registry, written once for both SQL dialects ---------------------------------------
+
+
+class SQLRegistry:
+    """Every :class:`Registry` method, written once for SQLite and PostgreSQL.
+
+    A dialect names its tables and placeholder and supplies four operations:
+    :meth:`write` (a transaction), :meth:`read`, :meth:`_many` (one statement
+    over many rows) and :meth:`_lock_keys` (serialise writers of a key: a
+    no-op where the transaction holds the whole write lock, as SQLite's
+    ``BEGIN IMMEDIATE`` does). Decisions come from ``_policy``: the lease rule
+    and the merge rule are not re-written inside any SQL.
+    """
+
+    path: str
+    ASSETS = "assets"
+    LEASES = "leases"
+    COUNTERS = "counters"
+    #: The driver's placeholder.
+    MARK = "?"
+    #: Bound parameters per IN list (SQLite caps them per statement).
+    CHUNK = 500
+
+    # -- what a dialect supplies -------------------------------------------------------
+    def write(self, doing: str = "write") -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def read(self, sql: str, params: Sequence[Any] = (), doing: str = "read") -> list[Any]:
+        raise NotImplementedError
+
+    def _many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        raise NotImplementedError
+
+    def _lock_keys(self, conn: Any, keys: Iterable[Key]) -> None:
+        """Serialise the writers of these keys for the rest of the transaction."""
+
+    def _record_files(self, conn: Any, files: Sequence[FileRow]) -> None:
+        """Write file rows with an upload (only where the file index lives too)."""
+
+    def _upsert_rows(self, conn: Any, rows: Sequence[AssetRow]) -> None:
+        """Store whole rows (import), replacing what the keys held."""
+        self._many(conn, self._q(_UPSERT_ROW), [_values(r) for r in rows])
+
+    def _q(self, sql: str) -> str:
+        return _render(self.ASSETS, self.LEASES, self.COUNTERS, self.MARK, sql)
+
+    # -- reading ---------------------------------------------------------------------------
+    def get_asset(self, key: Key) -> AssetRow | None:
+        rows = self.read(self._q(_SELECT_KEY), key, "look up an asset")
+        return AssetRow(*rows[0]) if rows else None
+
+    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]:
+        """The rows of many keys, in a few queries (not one per key)."""
+        wanted = set(keys)
+        out: dict[Key, AssetRow] = {}
+        for part in self._chunks(sorted({k[1] for k in wanted})):
+            for row in self.read(self._in(_SELECT_HASHES, len(part)), part, "look up entries"):
+                asset = AssetRow(*row)
+                if asset.key in wanted:
+                    out[asset.key] = asset
+        return out
+
+    def find_uuid(self, image_uuid: str) -> list[AssetRow]:
+        rows = self.read(self._q(_SELECT_UUID), (image_uuid,), "look up a UUID")
+        return [AssetRow(*r) for r in rows]
+
+    def local_rows(self, image_uuid: str) -> list[AssetRow]:
+        """Rows a host keeps apart from the registry: none here (see the fleet's)."""
+        return []
+
+    def select_assets(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
+    ) -> list[AssetRow]:
+        """Rows of ``namespace`` (all: ``None``) with ``used_after < last_used_at <=
+        used_before`` (either bound optional), soonest to expire or by key first."""
+        where, params = asset_filter(namespace, used_after, used_before)
+        sql = self._q(f"SELECT {_COLS} FROM {{assets}} {where} {ORDERS[order]}")
+        return [AssetRow(*r) for r in self.read(sql, params, "list entries")]
+
+    def iter_assets(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
+    ) -> Iterator[AssetRow]:
+        """:meth:`select_assets`, one row at a time (exports, listings)."""
+        yield from self.select_assets(
+            namespace=namespace, used_after=used_after, used_before=used_before, order=order
+        )
+
+    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
+        """``(entries, bytes)`` of ``namespace`` (all: ``None``)."""
+        where, params = asset_filter(namespace, None, None)
+        sql = self._q(f"SELECT count(*), coalesce(sum(size), 0) FROM {{assets}} {where}")
+        n, total = self.read(sql, params, "count entries")[0]
+        return int(n), int(total)
+
+    def counters(self, namespace: str | None = None) -> dict[str, int]:
+        if namespace is None:
+            rows = self.read(self._q(_SUM_COUNTERS), (), "read counters")
+        else:
+            rows = self.read(self._q(_NS_COUNTERS), (namespace,), "read counters")
+        return {name: int(value) for name, value in rows}
+
+    # -- leases ------------------------------------------------------------------------------
+    def claim(
+        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]:
+        """Claim the right to upload each key, in one transaction.
+
+        Per key: the fresh :class:`AssetRow` if one appeared meanwhile
+        (``last_used_at > fresh_since``), ``"claimed"`` (we hold the lease
+        now), or ``"held"`` (a live owner holds an unexpired lease).
+        """
+        with self.write("claim uploads") as conn:
+            self._lock_keys(conn, keys)
+            out = self._judge(keys, *self._rows_of(conn, keys), owner, now, fresh_since)
+            free = [k for k, v in out.items() if v == "free"]
+            if free:
+                self._many(conn, self._q(_UPSERT_LEASE), [(*k, owner, now + ttl) for k in free])
+        out.update(dict.fromkeys(free, "claimed"))
+        return out
+
+    def peek(
+        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
+    ) -> dict[Key, AssetRow | str]:
+        """Read-only :meth:`claim` (no locks): per key the fresh row, ``"held"``
+        (another live owner's lease) or ``"free"`` (worth claiming)."""
+        assets = self.get_assets(keys)
+        leases: dict[Key, tuple[str, float]] = {}
+        for part in self._chunks(sorted({k[1] for k in keys})):
+            for ns, digest, variant, lease_owner, expires in self.read(
+                self._in(_SELECT_LEASES, len(part)), part, "look up leases"
+            ):
+                leases[(ns, digest, variant)] = (lease_owner, expires)
+        return self._judge(keys, assets, leases, owner, now, fresh_since)
+
+    @staticmethod
+    def _judge(
+        keys: Sequence[Key],
+        assets: dict[Key, AssetRow],
+        leases: dict[Key, tuple[str, float]],
+        owner: str,
+        now: float,
+        fresh_since: float,
+    ) -> dict[Key, AssetRow | str]:
+        out: dict[Key, AssetRow | str] = {}
+        for key in keys:
+            row = assets.get(key)
+            if row is not None and row.last_used_at > fresh_since:
+                out[key] = row
+            elif _policy.lease_held(leases.get(key), owner, now, owner_alive):
+                out[key] = "held"
+            else:
+                out[key] = "free"
+        return out
+
+    def _rows_of(
+        self, conn: Any, keys: Sequence[Key]
+    ) -> tuple[dict[Key, AssetRow], dict[Key, tuple[str, float]]]:
+        """Asset rows and leases of ``keys``, read inside a transaction."""
+        wanted = set(keys)
+        assets: dict[Key, AssetRow] = {}
+        leases: dict[Key, tuple[str, float]] = {}
+        for part in self._chunks(sorted({k[1] for k in wanted})):
+            for r in conn.execute(self._in(_SELECT_HASHES, len(part)), part).fetchall():
+                asset = AssetRow(*r)
+                if asset.key in wanted:
+                    assets[asset.key] = asset
+            for ns, digest, variant, lease_owner, expires in conn.execute(
+                self._in(_SELECT_LEASES, len(part)), part
+            ).fetchall():
+                leases[(ns, digest, variant)] = (lease_owner, expires)
+        return assets, leases
+
+    def release(self, keys: Iterable[Key], owner: str) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        with self.write("release upload leases") as conn:
+            self._lock_keys(conn, keys)
+            self._many(conn, self._q(_DELETE_LEASE), [(*k, owner) for k in keys])
+
+    def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
+        if dry_run:
+            return int(self.read(self._q(_COUNT_DEAD_LEASES), (now,), "count leases")[0][0])
+        with self.write("drop dead leases") as conn:
+            return int(conn.execute(self._q(_DELETE_DEAD_LEASES), (now,)).rowcount)
+
+    # -- writing -----------------------------------------------------------------------------
+    def record_uploads(
+        self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
+    ) -> None:
+        """Store what uploads returned (with their file rows) and drop their leases."""
+        if not records and not files:
+            return
+        with self.write("record uploads") as conn:
+            if records:
+                self._lock_keys(conn, (r.key for r in records))
+                self._many(
+                    conn,
+                    self._q(_UPSERT_UPLOAD),
+                    [
+                        (*r.key, r.image_uuid, r.size, r.format, r.now, r.now, r.bytes_sent)
+                        for r in records
+                    ],
+                )
+                self._many(conn, self._q(_DELETE_LEASE), [(*r.key, owner) for r in records])
+            self._record_files(conn, files)
+
+    def touch(self, key: Key, now: float) -> None:
+        """Slide the window: ``last_used_at = now`` unless it is already later."""
+        with self.write("record a use") as conn:
+            conn.execute(self._q(_TOUCH), (now, *key, now))
+
+    def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
+        """Move ``last_used_at`` back to ``stamp`` (never forward): the server no longer
+        holds the upload. With ``image_uuid``, only while the row still holds it."""
+        sql, params = _EXPIRE, [stamp, *key, stamp]
+        if image_uuid is not None:
+            sql, params = _EXPIRE + " AND image_uuid = ?", [*params, image_uuid]
+        with self.write("invalidate an entry") as conn:
+            self._lock_keys(conn, [key])
+            return int(conn.execute(self._q(sql), params).rowcount)
+
+    def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
+        """Import rows; one never replaces a fresher one. ``(added, replaced, kept)``."""
+        rows = list(rows)
+        added = replaced = kept = 0
+        with self.write("import entries") as conn:
+            keys = [r.key for r in rows]
+            self._lock_keys(conn, keys)
+            current = {k: r.last_used_at for k, r in self._rows_of(conn, keys)[0].items()}
+            winners: dict[Key, AssetRow] = {}
+            for a in rows:
+                old = current.get(a.key)
+                if _policy.keeps_existing(old, a.last_used_at):
+                    kept += 1
+                    continue
+                added, replaced = (added + 1, replaced) if old is None else (added, replaced + 1)
+                current[a.key] = a.last_used_at
+                winners[a.key] = a
+            if winners:
+                self._upsert_rows(conn, list(winners.values()))
+        return added, replaced, kept
+
+    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
+        """Delete these rows unless they were used since they were read."""
+        rows = list(rows)
+        if not rows:
+            return
+        with self.write("prune entries") as conn:
+            self._lock_keys(conn, (r.key for r in rows))
+            self._many(conn, self._q(_PRUNE), [(*r.key, r.last_used_at) for r in rows])
+
+    def delete_assets(self, keys: Iterable[Key]) -> int:
+        keys = list(keys)
+        if not keys:
+            return 0
+        with self.write("forget entries") as conn:
+            return self._many(conn, self._q(_DELETE_KEY), keys)
+
+    def add_counters(self, namespace: str, counts: dict[str, int]) -> None:
+        items = [(namespace, name, n) for name, n in counts.items() if n]
+        if not items:
+            return
+        with self.write("update counters") as conn:
+            self._many(conn, self._q(_ADD_COUNTERS), items)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _chunks(self, values: Sequence[Any]) -> Iterator[list[Any]]:
+        for start in range(0, len(values), self.CHUNK):
+            yield list(values[start : start + self.CHUNK])
+
+    def _in(self, sql: str, n: int) -> str:
+        """``sql`` with its ``(...)`` IN list made of ``n`` placeholders."""
+        return self._q(sql.replace("(...)", f"({', '.join('?' * n)})"))
+
+
+_COLS = ", ".join(ASSET_COLUMNS)
+_KEY = "namespace = ? AND content_hash = ? AND variant = ?"
+_SELECT_KEY = f"SELECT {_COLS} FROM {{assets}} WHERE {_KEY}"
+_SELECT_HASHES = f"SELECT {_COLS} FROM {{assets}} WHERE content_hash IN (...)"
+_SELECT_UUID = f"SELECT {_COLS} FROM {{assets}} WHERE image_uuid = ?"
+_SELECT_LEASES = (
+    "SELECT namespace, content_hash, variant, owner, expires_at FROM {leases} "
+    "WHERE content_hash IN (...)"
+)
+_UPSERT_LEASE = (
+    "INSERT INTO {leases} (namespace, content_hash, variant, owner, expires_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, content_hash, variant) DO UPDATE "
+    "SET owner = excluded.owner, expires_at = excluded.expires_at"
+)
+_DELETE_LEASE = f"DELETE FROM {{leases}} WHERE {_KEY} AND owner = ?"
+_COUNT_DEAD_LEASES = "SELECT count(*) FROM {leases} WHERE expires_at < ?"
+_DELETE_DEAD_LEASES = "DELETE FROM {leases} WHERE expires_at < ?"
+_UPSERT_UPLOAD = (
+    "INSERT INTO {assets} (namespace, content_hash, variant, image_uuid, size, format, "
+    "uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?) "
+    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
+    "image_uuid = excluded.image_uuid, size = excluded.size, format = excluded.format, "
+    "uploaded_at = excluded.uploaded_at, last_used_at = excluded.last_used_at, "
+    "upload_count = {assets}.upload_count + 1, "
+    "bytes_sent = {assets}.bytes_sent + excluded.bytes_sent"
+)
+_UPSERT_ROW = (
+    f"INSERT INTO {{assets}} ({_COLS}) VALUES ({', '.join('?' * len(ASSET_COLUMNS))}) "
+    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in ASSET_COLUMNS[3:])
+)
+_TOUCH = f"UPDATE {{assets}} SET last_used_at = ? WHERE {_KEY} AND last_used_at < ?"
+_EXPIRE = f"UPDATE {{assets}} SET last_used_at = ? WHERE {_KEY} AND last_used_at > ?"
+_PRUNE = f"DELETE FROM {{assets}} WHERE {_KEY} AND last_used_at = ?"
+_DELETE_KEY = f"DELETE FROM {{assets}} WHERE {_KEY}"
+_ADD_COUNTERS = (
+    "INSERT INTO {counters} (namespace, name, value) VALUES (?, ?, ?) "
+    "ON CONFLICT (namespace, name) DO UPDATE SET value = {counters}.value + excluded.value"
+)
+_SUM_COUNTERS = "SELECT name, SUM(value) FROM {counters} GROUP BY name"
+_NS_COUNTERS = "SELECT name, value FROM {counters} WHERE namespace = ?"
+#: The orders of :meth:`SQLRegistry.select_assets`.
+ORDERS: dict[str, str] = {
+    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
+    "key": "ORDER BY namespace, content_hash, variant",
+}
+
+
+def _values(row: AssetRow) -> tuple[Any, ...]:
+    return tuple(getattr(row, c) for c in ASSET_COLUMNS)
+
+
+@functools.lru_cache(maxsize=512)
+def _render(assets: str, leases: str, counters: str, mark: str, sql: str) -> str:
+    """A statement in a dialect: its table names and placeholder, rendered once."""
+    text = sql.format(assets=assets, leases=leases, counters=counters)
+    return text.replace("?", mark) if mark != "?" else text
+
+
+def asset_filter(
+    namespace: str | None, used_after: float | None, used_before: float | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of the typed asset queries (``?`` placeholders)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for clause, value in (
+        ("namespace = ?", namespace),
+        ("last_used_at > ?", used_after),
+        ("last_used_at <= ?", used_before),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params

@@ -7,13 +7,14 @@ never leaves the machine and an upload is never lost to a database blip.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .._errors import SchemaTooNew, StoreError
@@ -202,9 +203,10 @@ class FleetRegistry:
         return {"host_id": self.host, "fleet": self.shared.settings.as_dict()}
 
     def _mirror(self, rows: Iterable[AssetRow]) -> None:
-        rows = list(rows)
-        if rows:
-            self.local.put_assets(rows)
+        shared = {r.key: r for r in rows}
+        if shared:
+            merged = self._with_local_uses(shared, self.local.get_assets(shared))
+            self.local.put_assets(merged.values())
 
     def get_asset(self, key: Key) -> AssetRow | None:
         return self.get_assets([key]).get(key)
@@ -213,12 +215,31 @@ class FleetRegistry:
         """Local rows that are provably fresh; the rest from the server, copied in one write."""
         keys = list(keys)
         since = self.fresh_since()
-        out = {k: r for k, r in self.local.get_assets(keys).items() if r.last_used_at > since}
+        local = self.local.get_assets(keys)
+        out = {k: r for k, r in local.items() if r.last_used_at > since}
         rest = [k for k in keys if k not in out]
         if rest:
-            shared = self.shared.get_assets(rest)
+            shared = self._with_local_uses(self.shared.get_assets(rest), local)
             self._mirror(shared.values())
             out.update(shared)
+        return out
+
+    @staticmethod
+    def _with_local_uses(
+        shared: dict[Key, AssetRow], local: dict[Key, AssetRow]
+    ) -> dict[Key, AssetRow]:
+        """Shared rows, with a later use this host made of the same upload (one the
+        background has not shared yet) kept: a copy never moves a use backwards."""
+        out = {}
+        for key, row in shared.items():
+            mine = local.get(key)
+            if (
+                mine is not None
+                and mine.image_uuid == row.image_uuid
+                and mine.last_used_at > row.last_used_at
+            ):
+                row = dataclasses.replace(row, last_used_at=mine.last_used_at)
+            out[key] = row
         return out
 
     def find_uuid(self, image_uuid: str) -> list[AssetRow]:
@@ -318,6 +339,18 @@ class FleetRegistry:
         order: Order = "last_use",
     ) -> list[AssetRow]:
         return self.shared.select_assets(
+            namespace=namespace, used_after=used_after, used_before=used_before, order=order
+        )
+
+    def iter_assets(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
+    ) -> Iterator[AssetRow]:
+        return self.shared.iter_assets(
             namespace=namespace, used_after=used_after, used_before=used_before, order=order
         )
 

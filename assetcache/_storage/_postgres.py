@@ -41,10 +41,8 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .. import _policy
 from .._errors import ConfigurationError, SchemaTooNew, StoreError
-from ._base import ASSET_COLUMNS, AssetRow, FileRow, Key, Order, UploadRecord
-from ._sqlite import _asset_filter
+from ._base import ASSET_COLUMNS, AssetRow, FileRow, Key, SQLRegistry, UploadRecord
 
 log = logging.getLogger("assetcache")
 
@@ -501,11 +499,18 @@ class _PoolClosed(Exception):
 # -- the registry on the server -----------------------------------------------------------------
 
 
-class PostgresRegistry:
-    """The registry interface (see ``_base.Registry``) on a PostgreSQL server.
+class PostgresRegistry(SQLRegistry):
+    """The registry contract (``_base.Registry``) on a PostgreSQL server: the
+    maintenance methods are :class:`~._base.SQLRegistry`'s, in this dialect; the
+    fleet's hot path (claims, records, heartbeats, counters) is its own.
 
     >>> reg = PostgresRegistry("postgresql://app@db.internal/assets")   # doctest: +SKIP
     """
+
+    ASSETS = "assetcache_assets"
+    LEASES = "assetcache_leases"
+    COUNTERS = "assetcache_counters"
+    MARK = "%s"
 
     def __init__(
         self,
@@ -1096,115 +1101,11 @@ class PostgresRegistry:
             "server_settings": dict(settings),
         }
 
-    # -- maintenance: the SQLiteStore calls, in this dialect ---------------------------
-    def select_assets(
-        self,
-        *,
-        namespace: str | None = None,
-        used_after: float | None = None,
-        used_before: float | None = None,
-        order: Order = "last_use",
-    ) -> list[AssetRow]:
-        where, params = _asset_filter(namespace, used_after, used_before, "%s")
-        rows = self.read(
-            f"SELECT {_COLS} FROM assetcache_assets {where} {_ORDERS[order]}",
-            tuple(params),
-            "list entries",
-        )
-        return [AssetRow(*r) for r in rows]
-
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
-        where, params = _asset_filter(namespace, None, None, "%s")
-        n, total = self.read(
-            f"SELECT count(*), coalesce(sum(size), 0) FROM assetcache_assets {where}",
-            tuple(params),
-            "count entries",
-        )[0]
-        return int(n), int(total)
-
-    def local_rows(self, image_uuid: str) -> list[AssetRow]:
-        """Rows a host keeps apart from the registry: none (see ``FleetRegistry``)."""
-        return []
-
-    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
-        rows = list(rows)
-        if not rows:
-            return
-        with self.write("prune entries") as conn:
-            self._lock_keys(conn, (r.key for r in rows))
-            for r in rows:
-                conn.execute(
-                    "DELETE FROM assetcache_assets WHERE namespace = %s AND content_hash = %s "
-                    "AND variant = %s AND last_used_at = %s",
-                    (*r.key, r.last_used_at),
-                )
-
-    def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
-        clause = " AND image_uuid = %s" if image_uuid is not None else ""
-        params: tuple[Any, ...] = (stamp, *key, stamp) + ((image_uuid,) if image_uuid else ())
-        with self.write("invalidate an entry") as conn:
-            self._lock_keys(conn, [key])
-            return int(
-                conn.execute(
-                    "UPDATE assetcache_assets SET last_used_at = %s WHERE namespace = %s "
-                    f"AND content_hash = %s AND variant = %s AND last_used_at > %s{clause}",
-                    params,
-                ).rowcount
-            )
-
-    def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
-        if dry_run:
-            rows = self.read("SELECT count(*) FROM assetcache_leases WHERE expires_at < %s", (now,))
-            return int(rows[0][0])
-        with self.write("drop dead leases") as conn:
-            return conn.execute(
-                "DELETE FROM assetcache_leases WHERE expires_at < %s", (now,)
-            ).rowcount
-
-    def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
-        added = replaced = kept = 0
-        rows = list(rows)
-        with self.write("import entries") as conn:
-            self._lock_keys(conn, (r.key for r in rows))
-            for a in rows:
-                old = conn.execute(
-                    "SELECT last_used_at FROM assetcache_assets WHERE namespace = %s "
-                    "AND content_hash = %s AND variant = %s",
-                    a.key,
-                ).fetchone()
-                if _policy.keeps_existing(old[0] if old else None, a.last_used_at):
-                    kept += 1
-                    continue
-                conn.execute(
-                    f"INSERT INTO assetcache_assets ({_COLS}) VALUES "
-                    f"({', '.join(['%s'] * len(ASSET_COLUMNS))}) "
-                    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
-                    + ", ".join(f"{c} = excluded.{c}" for c in ASSET_COLUMNS[3:]),
-                    tuple(getattr(a, c) for c in ASSET_COLUMNS),
-                )
-                if old is None:
-                    added += 1
-                else:
-                    replaced += 1
-        return added, replaced, kept
-
-    def delete_assets(self, keys: Iterable[Key]) -> int:
-        params = list(keys)
-        if not params:
-            return 0
-        with self.write("forget entries") as conn, conn.cursor() as cur:
-            cur.executemany(
-                "DELETE FROM assetcache_assets WHERE namespace = %s AND content_hash = %s "
-                "AND variant = %s",
-                params,
-            )
-            return cur.rowcount
-
-
-_ORDERS: dict[str, str] = {
-    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
-    "key": "ORDER BY namespace, content_hash, variant",
-}
+    # -- this dialect's part of the shared registry code (``_base.SQLRegistry``) --------
+    def _many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        with conn.cursor() as cur:
+            cur.executemany(sql, rows)
+            return int(cur.rowcount)
 
 
 # -- doctor -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 from .._errors import SchemaTooNew, StoreError
 from .._models import DoctorReport
 from ._base import ASSET_COLUMNS
-from ._sqlite import SCHEMA_VERSION, SQLiteStore
+from ._sqlite import SCHEMA_VERSION, SQLiteStore, utils
 
 # -- database health (works when the cache cannot open the file) -----------------
 
@@ -86,8 +86,10 @@ def inspect_database(path: str | os.PathLike[str]) -> DoctorReport:
 
 
 def _count(conn: sqlite3.Connection, table: str) -> int | None:
+    """Rows of ``table`` (sqlite-utils' introspection), ``None`` when unreadable."""
     try:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        db = utils(conn)
+        return int(db[table].count) if db[table].exists() else None
     except sqlite3.Error:
         return None
 

@@ -19,17 +19,17 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import _policy
 from .._errors import SchemaTooNew, StoreError
 from ._base import (
     ASSET_COLUMNS,
+    ORDERS,
     AssetRow,
     FileRow,
-    Key,
     Order,
-    UploadRecord,
+    SQLRegistry,
+    _values,
+    asset_filter,
     file_sig,
-    owner_alive,
     path_key,
     row_sig,
 )
@@ -188,7 +188,7 @@ MIGRATIONS: tuple[Any, ...] = (_m1, _m2, _m3, _m4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLRegistry):
     """File index + registry in one SQLite file.
 
     >>> store = SQLiteStore("/tmp/cache.db")   # doctest: +SKIP
@@ -239,11 +239,8 @@ class SQLiteStore:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """sqlite-utils view of this thread's connection (maintenance queries)."""
-        # Imported here: it costs more start-up time than the rest of the store.
-        import sqlite_utils
-
-        return sqlite_utils.Database(self.conn())
+        """sqlite-utils view of this thread's connection (maintenance paths)."""
+        return utils(self.conn())
 
     def close(self) -> None:
         with self._lock:
@@ -300,6 +297,11 @@ class SQLiteStore:
             raise self._error(exc, doing) from None
 
     def _migrate(self) -> None:
+        # Our own migrations on raw sqlite3: the version check and every step run
+        # under one BEGIN IMMEDIATE after re-reading user_version, so processes
+        # starting at once migrate one after the other. sqlite-utils 4's
+        # Migrations is not safe then, executescript() would COMMIT mid-way, and
+        # sqlite-utils' create() cannot make the WITHOUT ROWID tables the hit path uses.
         conn = self.conn()
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -448,6 +450,10 @@ class SQLiteStore:
         self, key: bytes, namespace: str, variant: str, max_side: int = 0
     ) -> tuple[Any, ...] | None:
         """Stat row + asset row of a path; ``variant``/``max_side`` from the transform, if any."""
+        # Raw sqlite3, not sqlite-utils: its query() wraps each statement in a
+        # SAVEPOINT and builds a dict per row, which measured 2x a bare
+        # execute().fetchone() of HIT_SQL (138 us vs 69 us, same loaded machine),
+        # and the warm hit is held to 2x the stat + SELECT floor (bench_hit.py).
         try:
             if variant and max_side:
                 return (
@@ -509,7 +515,11 @@ class SQLiteStore:
         return [os.fsdecode(r[0]) for r in rows]
 
     def count_files(self) -> int:
-        return int(self.read("SELECT count(*) FROM files", (), "count files")[0][0])
+        try:
+            # sqlite3, for the reason given at iter_assets (doctor counts with sqlite-utils).
+            return int(self.conn().execute("SELECT count(*) FROM files").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise self._error(exc, "count files") from None
 
     def paths_of(self, hashes: Iterable[str]) -> dict[str, tuple[str, ...]]:
         """Known paths of each content hash, sorted."""
@@ -552,134 +562,51 @@ class SQLiteStore:
             )
             conn.executemany("INSERT OR IGNORE INTO counters VALUES (?, ?, ?)", counters)
 
-    # -- registry --------------------------------------------------------
-    def get_asset(self, key: Key) -> AssetRow | None:
-        rows = self.read(
-            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets "
-            "WHERE namespace = ? AND content_hash = ? AND variant = ?",
-            key,
-        )
-        return AssetRow(*rows[0]) if rows else None
+    # -- registry (the methods are SQLRegistry's; these are SQLite's part) ----
+    def _many(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        return int(conn.executemany(sql, rows).rowcount)
 
-    def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]:
-        """The rows of many keys, in a few queries (not one per key)."""
-        wanted = set(keys)
-        hashes = sorted({k[1] for k in wanted})
-        out: dict[Key, AssetRow] = {}
-        for i in range(0, len(hashes), 500):
-            part = hashes[i : i + 500]
-            for row in self.read(
-                f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets "
-                f"WHERE content_hash IN ({', '.join('?' * len(part))})",
-                part,
-            ):
-                asset = AssetRow(*row)
-                if asset.key in wanted:
-                    out[asset.key] = asset
-        return out
+    def _record_files(self, conn: Any, files: Sequence[FileRow]) -> None:
+        _put_files(conn, files)
 
-    def find_uuid(self, image_uuid: str) -> list[AssetRow]:
-        rows = self.read(
-            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE image_uuid = ?", (image_uuid,)
-        )
-        return [AssetRow(*r) for r in rows]
+    def iter_assets(
+        self,
+        *,
+        namespace: str | None = None,
+        used_after: float | None = None,
+        used_before: float | None = None,
+        order: Order = "last_use",
+    ) -> Iterator[AssetRow]:
+        """:meth:`select_assets`, streamed: rows are fetched as they are used.
 
-    def claim(
-        self, keys: Sequence[Key], owner: str, now: float, ttl: float, fresh_since: float
-    ) -> dict[Key, AssetRow | str]:
-        """Claim the right to upload each key, in one transaction.
+        sqlite3's own cursor, not sqlite-utils' query(): ``entries()`` and
+        ``stats()`` are library calls that apps repeat, and the first sqlite-utils
+        import costs a process 60-700 ms (pluggy, measured on this 2-core machine
+        under load); test_contention's eight short-lived workers lost half their
+        operations to it. Imports, doctor and the CLI's one-shot commands pay it."""
+        where, params = asset_filter(namespace, used_after, used_before)
+        sql = f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {ORDERS[order]}"
+        try:
+            for found in self.conn().execute(sql, params):
+                yield AssetRow(*found)
+        except sqlite3.Error as exc:
+            raise self._error(exc, "list entries") from None
 
-        Per key: the fresh :class:`AssetRow` if one appeared meanwhile
-        (``last_used_at > fresh_since``), ``"claimed"`` (we hold the lease
-        now), or ``"held"`` (a live owner holds an unexpired lease).
-        """
-        out: dict[Key, AssetRow | str] = {}
-        with self.write("claim uploads") as conn:
-            for key in keys:
-                row = conn.execute(
-                    f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets "
-                    "WHERE namespace = ? AND content_hash = ? AND variant = ?",
-                    key,
-                ).fetchone()
-                if row is not None and row[7] > fresh_since:
-                    out[key] = AssetRow(*row)
-                    continue
-                lease = conn.execute(
-                    "SELECT owner, expires_at FROM leases "
-                    "WHERE namespace = ? AND content_hash = ? AND variant = ?",
-                    key,
-                ).fetchone()
-                if _policy.lease_held(lease, owner, now, owner_alive):
-                    out[key] = "held"
-                    continue
-                conn.execute(
-                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                    (*key, owner, now + ttl),
-                )
-                out[key] = "claimed"
-        return out
-
-    def peek(
-        self, keys: Sequence[Key], owner: str, now: float, fresh_since: float
-    ) -> dict[Key, AssetRow | str]:
-        """Read-only :meth:`claim`: per key the fresh row, ``"held"`` (another live
-        owner's lease) or ``"free"`` (worth claiming)."""
-        out: dict[Key, AssetRow | str] = dict.fromkeys(keys, "free")
-        for key, asset in self.get_assets(keys).items():
-            if asset.last_used_at > fresh_since:
-                out[key] = asset
-        hashes = sorted({k[1] for k in keys})
-        for i in range(0, len(hashes), 500):
-            part = hashes[i : i + 500]
-            marks = ", ".join("?" * len(part))
-            for ns, digest, variant, lease_owner, expires in self.read(
-                "SELECT namespace, content_hash, variant, owner, expires_at FROM leases "
-                f"WHERE content_hash IN ({marks})",
-                part,
-            ):
-                key = (ns, digest, variant)
-                if out.get(key) == "free" and _policy.lease_held(
-                    (lease_owner, expires), owner, now, owner_alive
-                ):
-                    out[key] = "held"
-        return out
-
-    def record_uploads(
-        self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
-    ) -> None:
-        """Store what uploads returned, with their file rows, and drop their leases."""
-        if not records and not files:
+    def _upsert_rows(self, conn: Any, rows: Sequence[AssetRow]) -> None:
+        # sqlite-utils 4 nests its writes in a SAVEPOINT inside our BEGIN IMMEDIATE,
+        # so the merge rule's reads and these writes stay one transaction. sqlite-utils
+        # 3 commits each batch of its own (``with conn:``), which would end that
+        # transaction half-way: there the registry's one upsert statement does it.
+        db = utils(conn)
+        if not hasattr(db, "atomic"):
+            super()._upsert_rows(conn, rows)
             return
-        with self.write("record uploads") as conn:
-            for r in records:
-                conn.execute(
-                    "INSERT INTO assets (namespace, content_hash, variant, image_uuid, size, "
-                    "format, uploaded_at, last_used_at, upload_count, hits, bytes_sent) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?) "
-                    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
-                    "image_uuid = excluded.image_uuid, size = excluded.size, "
-                    "format = excluded.format, uploaded_at = excluded.uploaded_at, "
-                    "last_used_at = excluded.last_used_at, "
-                    "upload_count = assets.upload_count + 1, "
-                    "bytes_sent = assets.bytes_sent + excluded.bytes_sent",
-                    (
-                        r.namespace,
-                        r.content_hash,
-                        r.variant,
-                        r.image_uuid,
-                        r.size,
-                        r.format,
-                        r.now,
-                        r.now,
-                        r.bytes_sent,
-                    ),
-                )
-                conn.execute(
-                    "DELETE FROM leases WHERE namespace = ? AND content_hash = ? "
-                    "AND variant = ? AND owner = ?",
-                    (r.namespace, r.content_hash, r.variant, owner),
-                )
-            _put_files(conn, files)
+        # Any: sqlite-utils 3 types table() as Table | View, 4 as Table.
+        table: Any = db.table("assets")
+        table.upsert_all(
+            [dict(zip(ASSET_COLUMNS, _values(r), strict=True)) for r in rows],
+            pk=("namespace", "content_hash", "variant"),
+        )
 
     def put_assets(self, rows: Iterable[AssetRow]) -> None:
         """Store whole rows as given (the fleet's local copy of shared rows)."""
@@ -693,80 +620,11 @@ class SQLiteStore:
                 params,
             )
 
-    def release(self, keys: Iterable[Key], owner: str) -> None:
-        params = [(*k, owner) for k in keys]
-        if not params:
-            return
-        with self.write("release upload leases") as conn:
-            conn.executemany(
-                "DELETE FROM leases WHERE namespace = ? AND content_hash = ? "
-                "AND variant = ? AND owner = ?",
-                params,
-            )
-
-    def touch(self, key: Key, now: float) -> None:
-        """Slide the window: ``last_used_at = now`` unless it is already later."""
-        with self.write("record a use") as conn:
-            conn.execute(
-                "UPDATE assets SET last_used_at = ? WHERE namespace = ? AND content_hash = ? "
-                "AND variant = ? AND last_used_at < ?",
-                (now, *key, now),
-            )
-
-    def add_counters(self, namespace: str, counts: dict[str, int]) -> None:
-        items = [(namespace, name, n) for name, n in counts.items() if n]
-        if not items:
-            return
-        with self.write("update counters") as conn:
-            conn.executemany(
-                "INSERT INTO counters (namespace, name, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (namespace, name) DO UPDATE SET value = value + excluded.value",
-                items,
-            )
-
-    def counters(self, namespace: str | None = None) -> dict[str, int]:
-        if namespace is None:
-            rows = self.read("SELECT name, SUM(value) FROM counters GROUP BY name")
-        else:
-            rows = self.read("SELECT name, value FROM counters WHERE namespace = ?", (namespace,))
-        return {name: int(value) for name, value in rows}
-
-    # -- registry maintenance (the same calls work on the shared PostgreSQL registry)
-    def select_assets(
-        self,
-        *,
-        namespace: str | None = None,
-        used_after: float | None = None,
-        used_before: float | None = None,
-        order: Order = "last_use",
-    ) -> list[AssetRow]:
-        """Rows of ``namespace`` (all: ``None``) with ``used_after < last_used_at <=
-        used_before`` (either bound optional), soonest to expire or by key first."""
-        where, params = _asset_filter(namespace, used_after, used_before)
-        rows = self.read(
-            f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets {where} {_ORDERS[order]}",
-            params,
-            "list entries",
-        )
-        return [AssetRow(*r) for r in rows]
-
-    def asset_totals(self, *, namespace: str | None = None) -> tuple[int, int]:
-        """``(entries, bytes)`` of ``namespace`` (all: ``None``)."""
-        where, params = _asset_filter(namespace, None, None)
-        n, total = self.read(
-            f"SELECT count(*), coalesce(sum(size), 0) FROM assets {where}", params, "count entries"
-        )[0]
-        return int(n), int(total)
-
-    def local_rows(self, image_uuid: str) -> list[AssetRow]:
-        """Rows a host keeps apart from the registry: none, the registry is this file."""
-        return []
-
     def assets_for(
         self, namespace: str | None, image_uuid: str | None = None, hashes: Iterable[str] = ()
     ) -> list[AssetRow]:
         """This file's rows holding ``image_uuid``, or else any of ``hashes``."""
-        where, params = _asset_filter(namespace, None, None)
+        where, params = asset_filter(namespace, None, None)
         glue = "AND" if where else "WHERE"
         if image_uuid is not None:
             rows = self.read(
@@ -786,71 +644,6 @@ class SQLiteStore:
                 )
             ]
         return out
-
-    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
-        """Delete these rows unless they were used since they were read."""
-        params = [(*r.key, r.last_used_at) for r in rows]
-        if params:
-            with self.write("prune entries") as conn:
-                conn.executemany(
-                    "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ? "
-                    "AND last_used_at = ?",
-                    params,
-                )
-
-    def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
-        """Move ``last_used_at`` back to ``stamp`` (never forward): the server no longer
-        holds the upload. With ``image_uuid``, only while the row still holds it."""
-        clause = " AND image_uuid = ?" if image_uuid is not None else ""
-        params: tuple[Any, ...] = (stamp, *key, stamp) + ((image_uuid,) if image_uuid else ())
-        with self.write("invalidate an entry") as conn:
-            return int(
-                conn.execute(
-                    "UPDATE assets SET last_used_at = ? WHERE namespace = ? AND content_hash = ? "
-                    f"AND variant = ? AND last_used_at > ?{clause}",
-                    params,
-                ).rowcount
-            )
-
-    def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
-        (n,) = self.read("SELECT count(*) FROM leases WHERE expires_at < ?", (now,))[0]
-        if n and not dry_run:
-            with self.write("drop dead leases") as conn:
-                conn.execute("DELETE FROM leases WHERE expires_at < ?", (now,))
-        return int(n)
-
-    def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
-        """Import rows; one never replaces a fresher one. ``(added, replaced, kept)``."""
-        added = replaced = kept = 0
-        with self.write("import entries") as conn:
-            for a in rows:
-                old = conn.execute(
-                    "SELECT last_used_at FROM assets WHERE namespace = ? AND content_hash = ? "
-                    "AND variant = ?",
-                    a.key,
-                ).fetchone()
-                if _policy.keeps_existing(old[0] if old else None, a.last_used_at):
-                    kept += 1
-                    continue
-                conn.execute(
-                    f"INSERT OR REPLACE INTO assets ({', '.join(ASSET_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(ASSET_COLUMNS))})",
-                    tuple(getattr(a, c) for c in ASSET_COLUMNS),
-                )
-                if old is None:
-                    added += 1
-                else:
-                    replaced += 1
-        return added, replaced, kept
-
-    def delete_assets(self, keys: Iterable[Key]) -> int:
-        params = list(keys)
-        with self.write("forget entries") as conn:
-            cur = conn.executemany(
-                "DELETE FROM assets WHERE namespace = ? AND content_hash = ? AND variant = ?",
-                params,
-            )
-            return cur.rowcount
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -936,32 +729,11 @@ def _put_files(conn: sqlite3.Connection, rows: Iterable[FileRow]) -> None:
 
 #: SQLite caps bound parameters per statement; stay well below.
 _IN_CHUNK = 500
-_ORDERS: dict[str, str] = {
-    "last_use": "ORDER BY last_used_at, content_hash, namespace, variant",
-    "key": "ORDER BY namespace, content_hash, variant",
-}
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
     for start in range(0, len(values), _IN_CHUNK):
         yield list(values[start : start + _IN_CHUNK])
-
-
-def _asset_filter(
-    namespace: str | None, used_after: float | None, used_before: float | None, mark: str = "?"
-) -> tuple[str, list[Any]]:
-    """The WHERE clause of the typed asset queries (``mark``: the driver's placeholder)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for clause, value in (
-        ("namespace = ?", namespace),
-        ("last_used_at > ?", used_after),
-        ("last_used_at <= ?", used_before),
-    ):
-        if value is not None:
-            clauses.append(clause.replace("?", mark))
-            params.append(value)
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def open_readonly(path: str) -> sqlite3.Connection:
@@ -972,3 +744,12 @@ def open_readonly(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA query_only = 1")
     conn.execute("PRAGMA mmap_size = 268435456")
     return conn
+
+
+def utils(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """sqlite-utils over one of our connections, leaving it as it is: no plugins,
+    and ``recursive_triggers`` off (on, a REPLACE would fire delete triggers)."""
+    # Imported here: it costs more start-up time than the rest of the store.
+    import sqlite_utils
+
+    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
