@@ -389,9 +389,26 @@ class FleetRegistry:
         return self.local.find_uuid(image_uuid)
 
     def prune_assets(self, rows: Iterable[AssetRow]) -> None:
+        """Drop the rows not used since they were listed: the uses still on their
+        way to the server are sent first, so a row used meanwhile is kept."""
         rows = list(rows)
+        self._send_uses()
         self.shared.prune_assets(rows)
-        self.local.delete_assets(r.key for r in rows)
+        self.local.prune_assets(rows)
+
+    def _send_uses(self) -> None:
+        """Send the pending uses now (the background thread sends them otherwise)."""
+        with self._lock:
+            uses, self._uses = self._uses, {}
+        if not uses:
+            return
+        try:
+            self.shared.touch_many(uses)
+        except StoreError:
+            with self._lock:
+                for key, t in uses.items():
+                    self._uses[key] = max(t, self._uses.get(key, t))
+            raise
 
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         return self.shared.drop_expired_leases(now, dry_run)
