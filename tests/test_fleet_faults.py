@@ -335,7 +335,10 @@ def test_a_touch_due_hit_under_a_stalled_server_is_answered_locally(emu, schema,
     path = tmp_path / "p.png"
     path.write_bytes(make_png(11))
     url = proxy.url(schema.url)
-    with host(emu, url, tmp_path, "a", racy_window=0, touch_every=3600) as cache:
+    # Serving counts as a use only when the caller says so (evidence, issue 14).
+    with host(
+        emu, url, tmp_path, "a", racy_window=0, touch_every=3600, served_is_used=True
+    ) as cache:
         first = cache.get_uuid(path)
         emu.advance(hours=2)  # the stored use is two hours old: this hit must record one
         proxy.pause()
