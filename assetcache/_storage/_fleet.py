@@ -362,8 +362,23 @@ class FleetRegistry:
         another host has replaced in the shared registry)."""
         return self.local.find_uuid(image_uuid)
 
+    def share_uses(self) -> None:
+        """Send the uses not yet shared now (maintenance decides on the server's rows:
+        a prune must see a use made here, and an invalidation must not be undone by a
+        use made before it that arrives after it)."""
+        with self._lock:
+            uses, self._uses = self._uses, {}
+        try:
+            self.shared.touch_many(uses)
+        except StoreError:
+            with self._lock:
+                for key, t in uses.items():
+                    self._uses[key] = max(t, self._uses.get(key, t))
+            raise
+
     def prune_assets(self, rows: Iterable[AssetRow]) -> None:
         rows = list(rows)
+        self.share_uses()
         self.shared.prune_assets(rows)
         self.local.delete_assets(r.key for r in rows)
 
@@ -372,11 +387,13 @@ class FleetRegistry:
 
     def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
         # Other hosts' local copies learn it when their own use is rejected.
+        self.share_uses()
         return self.shared.expire_asset(key, stamp, image_uuid) + self.local.expire_asset(
             key, stamp, image_uuid
         )
 
     def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
+        self.share_uses()
         return self.shared.merge_assets(rows)
 
     def close(self) -> None:
