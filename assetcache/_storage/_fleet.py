@@ -388,20 +388,12 @@ class FleetRegistry:
         another host has replaced in the shared registry)."""
         return self.local.find_uuid(image_uuid)
 
-    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
-        """Drop the rows not used since they were listed: the uses still on their
-        way to the server are sent first, so a row used meanwhile is kept."""
-        rows = list(rows)
-        self._send_uses()
-        self.shared.prune_assets(rows)
-        self.local.prune_assets(rows)
-
-    def _send_uses(self) -> None:
-        """Send the pending uses now (the background thread sends them otherwise)."""
+    def share_uses(self) -> None:
+        """Send the uses not yet shared now (maintenance decides on the server's rows:
+        a prune must see a use made here, and an invalidation must not be undone by a
+        use made before it that arrives after it)."""
         with self._lock:
             uses, self._uses = self._uses, {}
-        if not uses:
-            return
         try:
             self.shared.touch_many(uses)
         except StoreError:
@@ -410,16 +402,26 @@ class FleetRegistry:
                     self._uses[key] = max(t, self._uses.get(key, t))
             raise
 
+    def prune_assets(self, rows: Iterable[AssetRow]) -> None:
+        """Drop the rows not used since they were listed: the uses still on their
+        way to the server are sent first, so a row used meanwhile is kept."""
+        rows = list(rows)
+        self.share_uses()
+        self.shared.prune_assets(rows)
+        self.local.prune_assets(rows)
+
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         return self.shared.drop_expired_leases(now, dry_run)
 
     def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int:
         # Other hosts' local copies learn it when their own use is rejected.
+        self.share_uses()
         return self.shared.expire_asset(key, stamp, image_uuid) + self.local.expire_asset(
             key, stamp, image_uuid
         )
 
     def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]:
+        self.share_uses()
         return self.shared.merge_assets(rows)
 
     def close(self) -> None:
