@@ -86,6 +86,9 @@ class FleetRegistry:
         # (cache clock at the last claim, monotonic then, lease TTL): to extend leases.
         self._clock: tuple[float, float, float] = (time.time(), time.monotonic(), 300.0)
         self._wake = threading.Event()
+        #: Wakes the heartbeat early: closing, or a claim whose TTL needs beats
+        #: sooner than the thread is asleep for.
+        self._beat_wake = threading.Event()
         self._stop = threading.Event()
         self._healthy = True
         self.last_error: StoreError | None = None
@@ -111,7 +114,15 @@ class FleetRegistry:
         while not self._stop.is_set():
             ok = self._guarded(self.beat_once)
             backoff = 0.1 if ok else min(backoff * 2, 1.0)
-            self._stop.wait(self.shared.settings.heartbeat if ok else backoff)
+            self._beat_wake.wait(self.beat_period() if ok else backoff)
+            self._beat_wake.clear()
+
+    def beat_period(self) -> float:
+        """Seconds between heartbeats: the ``heartbeat`` setting, and at most a third
+        of the lease TTL (a lease must not expire between two beats)."""
+        with self._lock:
+            ttl = self._clock[2]
+        return max(0.01, min(self.shared.settings.heartbeat, ttl / 3))
 
     def _sync_loop(self) -> None:
         self.shared.use_background_connection()
@@ -270,6 +281,8 @@ class FleetRegistry:
         with self._lock:
             self._held.update(keys)
             self._clock = (now, time.monotonic(), ttl)
+        if ttl / 3 < self.shared.settings.heartbeat:
+            self._beat_wake.set()
         try:
             out = self.shared.claim(keys, owner, now, ttl, fresh_since, fresh_until)
         except BaseException:
@@ -428,6 +441,7 @@ class FleetRegistry:
         """Share what is pending (for up to ``retry_for`` seconds), release leases, close."""
         self._stop.set()
         self._wake.set()
+        self._beat_wake.set()
         for t in self._threads:
             t.join(self.shared.settings.deadline + 1.0)
         give_up = time.monotonic() + self.shared.settings.retry_for
