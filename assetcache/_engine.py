@@ -247,7 +247,7 @@ class Engine:
         if now >= last_used + policy.retention - policy.margin:
             return None
         if now - last_used >= policy.touch_every:
-            self.registry.touch((self.namespace, row[6], row[11]), now)
+            self.note_use((self.namespace, row[6], row[11]), now)
             last_used = now
         with self._count_lock:
             self._counts["hits"] += 1
@@ -284,7 +284,7 @@ class Engine:
             else:
                 rows.append(None)
         for key in dict.fromkeys(touches):
-            self.registry.touch(key, now)
+            self.note_use(key, now)
         self.store.put_files(files)
         return rows
 
@@ -348,6 +348,15 @@ class Engine:
             if free:
                 out.update(self.registry.claim(free, self.owner, now, self.lease_ttl, threshold))
         return out
+
+    def note_use(self, key: Key, now: float) -> None:
+        """A hit's use: a fleet records it here and shares it in the background (a
+        hit never waits on the server); a single file records it at once."""
+        note = getattr(self.registry, "note_use", None)
+        if note is not None:
+            note(key, now)
+        else:
+            self.registry.touch(key, now)
 
     def renew(self, keys: Sequence[Key]) -> set[Key]:
         """Fencing before an upload: the keys whose lease is still ours, renewed now

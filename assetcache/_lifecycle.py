@@ -241,7 +241,7 @@ def plan_from_rows(
     now = engine.clock()
     if row.last_used_at > engine.fresh_since(now):
         if _policy.needs_touch(engine.policy, row.last_used_at, now):
-            yield Call(engine.registry.touch, row.key, now)
+            yield Call(engine.note_use, row.key, now)
         engine.count(hits=1, bytes_saved=row.size)
         return row.image_uuid
     # Not served any more: upload again from wherever the bytes still are.
