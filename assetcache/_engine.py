@@ -565,7 +565,7 @@ class Engine:
         if touch and self.served_is_used and now - last_used >= policy.touch_every:
             if not self.server_time_recent():
                 return None  # the slow path learns the server's time to stamp the use
-            self.registry.touch(key, self.stamp_now())
+            self.note_use(key, self.stamp_now())
             last_used = now
         with self._count_lock:
             if count:
@@ -667,7 +667,7 @@ class Engine:
             if touches:
                 stamp = self.stamp_now()
                 for key in dict.fromkeys(touches):
-                    self.registry.touch(key, stamp)
+                    self.note_use(key, stamp)
         except StoreError as exc:
             log.warning("could not record uses of cached entries: %s", exc)
         try:
@@ -741,6 +741,15 @@ class Engine:
                 self.heartbeat.hold(k for k, v in got.items() if v == "claimed")
                 out.update(got)
         return out
+
+    def note_use(self, key: Key, now: float) -> None:
+        """A hit's use: a fleet records it here and shares it in the background (a
+        hit never waits on the server); a single file records it at once."""
+        note = getattr(self.registry, "note_use", None)
+        if note is not None:
+            note(key, now)
+        else:
+            self.registry.touch(key, now)
 
     def renew(self, keys: Sequence[Key]) -> set[Key]:
         """Fencing before an upload: the keys whose lease is still ours, renewed now

@@ -5,7 +5,7 @@
     proxy.cut()               # drop every connection; refuse new ones (RST)
     proxy.refuse()            # keep live connections, refuse new ones
     proxy.pause()             # accept and hold, forward nothing (a stalled server)
-    proxy.blackhole()         # as pause, and forget the bytes (a partition)
+    proxy.blackhole()         # as pause; connections that sent meanwhile die (a partition)
     proxy.delay(0.2)          # forward everything after a delay
     proxy.fatal("53300", "sorry, too many clients already")  # answer new ones with an error
     proxy.restore()           # back to normal
@@ -78,7 +78,8 @@ class FaultProxy:
         self._set("pause")
 
     def blackhole(self) -> None:
-        """A partition: nothing moves, and what was sent is lost."""
+        """A partition: nothing moves; a connection that sent anything meanwhile is
+        dead when it heals (TCP gave up), the others carry on."""
         self._set("blackhole")
 
     def delay(self, seconds: float) -> None:
@@ -208,7 +209,11 @@ class FaultProxy:
                     if not self._wait_moving():
                         return
                     if mode == "blackhole":
-                        continue  # lost on the way
+                        # The partition outlived TCP's retransmissions: the connection
+                        # is dead on both sides (never a stream with bytes missing).
+                        _reset(a)
+                        _reset(b)
+                        return
                     with self._lock:
                         self.held_bytes -= len(data)
                 elif mode == "delay" and self.latency:

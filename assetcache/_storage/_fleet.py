@@ -352,8 +352,21 @@ class FleetRegistry:
             self._wake.set()  # the next heartbeat drops every lease we no longer hold
 
     def touch(self, key: Key, now: float) -> None:
-        """The use counts here at once; the fleet hears of it in the background."""
+        """A use the caller asked to record (``AssetCache.touch``): here, then on the
+        server within its deadlines; if the server cannot take it now, the
+        background sends it when it can."""
         self.local.touch(key, now)
+        try:
+            self.shared.touch_many({key: now})
+        except StoreError as exc:
+            log.warning("use kept to share with the fleet later: %s", exc)
+            self.note_use(key, now, local=False)
+
+    def note_use(self, key: Key, now: float, *, local: bool = True) -> None:
+        """A hit's use: it counts here at once; the fleet hears of it in the
+        background, so the hit never waits on the server."""
+        if local:
+            self.local.touch(key, now)
         with self._lock:
             self._uses[key] = max(now, self._uses.get(key, now))
         self._wake.set()
