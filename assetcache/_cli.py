@@ -1610,6 +1610,23 @@ def doctor(settings: Settings, fix: bool, as_json: bool) -> None:
     from ._storage import _repair
 
     target = settings.db_target()
+    if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
+        # A fleet: the shared server first, then this host's file; the cache is not
+        # opened (a server that is down is what there is to report).
+        from ._maintenance import doctor_fleet
+        from ._storage._postgres import redact_url
+
+        config = settings.config(None, settings.api_url)
+        fleet_report = doctor_fleet(target, config.local_db, config.fleet_dir, fix, config.host_id)
+        fill_settings(settings, fleet_report)
+        fleet_report.settings["registry"] = redact_url(target)
+        if as_json:
+            echo_json(fleet_report.as_dict())
+        else:
+            print_doctor(fleet_report)
+        if fleet_report.problems:
+            sys.exit(EXIT_FAILED)
+        return
     path = settings.db_path() if isinstance(target, str) else target
     report = None
     if isinstance(target, str) or path.exists() or fix:
@@ -1670,6 +1687,9 @@ def print_doctor(report: Any) -> None:
     ]
     if s.get("registry") and s["registry"] != report.db_path:
         lines.append(("registry", f"{s['registry']} (shared; the database above is this host's)"))
+    fleet = getattr(report, "fleet", None)
+    if fleet is not None:
+        lines += fleet_lines(fleet)
     if "retention_seconds" in s:
         lines += [
             (
@@ -1717,6 +1737,47 @@ def print_doctor(report: Any) -> None:
             "at worst some images are uploaded again)"
         )
     note("healthy" if not report.problems else f"{len(report.problems)} problem(s)")
+
+
+def fleet_lines(fleet: dict[str, Any]) -> list[tuple[str, str]]:
+    """``doctor``'s lines about the shared server and this host's place in the fleet."""
+    from ._storage._postgres import SCHEMA_VERSION as SCHEMA_PG
+
+    s = fleet["settings"]
+    lines = [("host id", fleet["host_id"])]
+    if not fleet["reachable"]:
+        lines.append(("server", "unreachable"))
+    else:
+        lines.append(
+            (
+                "server",
+                f"PostgreSQL {fleet.get('server_version', '?')}, "
+                f"max_connections {fleet.get('max_connections', '?')}",
+            )
+        )
+        if "schema" in fleet:
+            lines.append(
+                ("shared", f"schema {fleet['schema']} (this assetcache reads up to {SCHEMA_PG})")
+            )
+        if "leases" in fleet:
+            lines.append(
+                (
+                    "leases",
+                    f"{fleet['leases']} held, {fleet['expired_leases']} expired, oldest "
+                    f"heartbeat {fleet['oldest_heartbeat_seconds']:g} s ago",
+                )
+            )
+    lines.append(("outbox", f"{fleet.get('outbox', 0)} upload(s) waiting to be shared"))
+    lines.append(
+        (
+            "deadlines",
+            f"connect {s['connect_timeout']:g} s, statement {s['statement_timeout']:g} s, "
+            f"lock {s['lock_timeout']:g} s, retried for {s['retry_for']:g} s; "
+            f"pool {s['pool_size']}; heartbeat {s['heartbeat']:g} s "
+            f"(takeover after {s['stale_after']:g} s)",
+        )
+    )
+    return lines
 
 
 # == The bundled emulator: serve it, move its clock, show what it holds ===========

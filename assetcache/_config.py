@@ -53,6 +53,7 @@ SETTINGS: dict[str, Setting] = {
     "base_url": Setting(DEFAULT_API_URL, "ASSETCACHE_API_URL", "Runware API endpoint"),
     "db": Setting(None, "ASSETCACHE_DB", "database path, sqlite:///path or postgresql://..."),
     "local_db": Setting(None, "ASSETCACHE_LOCAL_DB", "a fleet host's own SQLite file"),
+    "host_id": Setting(None, "ASSETCACHE_HOST_ID", "this host in a fleet's leases (host name)"),
     "namespace": Setting(None, None, "key prefix of entries (default: endpoint#account)"),
     "retention": Setting(30 * _policy.DAY, None, "Runware deletes an upload this long after use"),
     "margin": Setting(_policy.DAY, None, "stop serving this long before the deletion"),
@@ -113,6 +114,8 @@ class Config:
     base_url: str
     db: str | os.PathLike[str]
     local_db: str | None
+    #: This host's name in a fleet's lease owners (``None``: the host name).
+    host_id: str | None
     #: A fleet's default folder for its local file (``None`` unless ``db`` is a server URL).
     fleet_dir: str | None
     namespace: str
@@ -180,6 +183,7 @@ def resolve(
     db: str | os.PathLike[str] | None = None,
     db_path: str | os.PathLike[str] | None = None,
     local_db: str | os.PathLike[str] | None = None,
+    host_id: str | None = None,
     namespace: str | None = None,
     retention: timedelta | float | Mapping[str, timedelta | float] | None = None,
     margin: timedelta | float | None = None,
@@ -296,6 +300,7 @@ def resolve(
         base_url=url,
         db=target if target is not None else default_db_path(env),
         local_db=os.fspath(local) if local is not None else None,
+        host_id=pick("host_id", host_id) or None,
         fleet_dir=fleet_dir,
         namespace=namespace or namespace_for(url, key),
         policy=policy,

@@ -121,7 +121,9 @@ class Heartbeat:
     """Renews the upload leases an engine holds, every third of the lease TTL, for
     as long as their uploads are in flight: an upload slower than the TTL (a big
     image on a slow link, long 429 waits) is not taken over and done twice by
-    another process. A thread of its own, running only while a lease is held."""
+    another process. A thread of its own, running only while a lease is held,
+    calling the registry's ``renew`` (a fleet registry, which beats on its own, is
+    left to do so)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -131,6 +133,10 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def hold(self, keys: Iterable[Key]) -> None:
+        if getattr(self._engine.registry, "beats_leases", False):
+            # A fleet renews its leases itself, on a connection of its own and at
+            # the period its takeover rule measures (``FleetRegistry``).
+            return
         with self._lock:
             self._held.update(keys)
             if self._held and self._thread is None and not self._stop.is_set():
@@ -227,6 +233,7 @@ class Engine:
                 default_dir=config.fleet_dir,
                 shared=config.shared_db,
                 folders=config.default_folders,
+                host_id=config.host_id,
             )
         try:
             self.copies = Copies(
@@ -247,7 +254,8 @@ class Engine:
             and not _transform.pillow_installed()
         )
         self.ingest.max_side = config.max_side
-        self.owner = owner_id()
+        # A fleet names its lease owner after the host id (``host_id=``).
+        self.owner: str = getattr(self.registry, "owner", None) or owner_id()
         self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
         self._flight_lock = threading.Lock()
 
@@ -574,7 +582,7 @@ class Engine:
         if touch and self.served_is_used and now - last_used >= policy.touch_every:
             if not self.server_time_recent():
                 return None  # the slow path learns the server's time to stamp the use
-            self.registry.touch(key, self.stamp_now())
+            self.note_use(key, self.stamp_now())
             last_used = now
         with self._count_lock:
             if count:
@@ -676,7 +684,7 @@ class Engine:
             if touches:
                 stamp = self.stamp_now()
                 for key in dict.fromkeys(touches):
-                    self.registry.touch(key, stamp)
+                    self.note_use(key, stamp)
         except StoreError as exc:
             log.warning("could not record uses of cached entries: %s", exc)
         try:
@@ -713,12 +721,21 @@ class Engine:
             fut.set_result(result)
 
     def claim(
-        self, keys: Sequence[Key], force: Collection[Key] = (), started: float = 0.0
+        self,
+        keys: Sequence[Key],
+        force: Collection[Key] = (),
+        started: float = 0.0,
+        limit: int | None = None,
     ) -> dict[Key, AssetRow | str]:
-        """Leases for ``keys``; a forced key counts as done only if renewed after ``started``."""
+        """Leases for ``keys``; a forced key counts as done only if renewed after ``started``.
+
+        At most ``limit`` keys are claimed (request-sized chunks: other processes
+        take the rest side by side); free keys beyond it come back as ``"later"``.
+        """
         now = self.judge_now()
         since = self.fresh_since(now)
         out: dict[Key, AssetRow | str] = {}
+        room = len(keys) if limit is None else max(1, limit)
         # Another refresher (or a use) renewed a forced key since we started: theirs is as good.
         for group, threshold in (
             ([k for k in keys if k not in force], since),
@@ -733,6 +750,9 @@ class Engine:
             seen = self.registry.peek(group, self.owner, now, threshold, until)
             out.update((k, v) for k, v in seen.items() if v != "free")
             free = [k for k in group if seen[k] == "free"]
+            out.update((k, "later") for k in free[room:])
+            free = free[:room]
+            room -= len(free)
             if free:
                 before = getattr(self.registry, "takeovers", 0)
                 got = self.registry.claim(free, self.owner, now, self.lease_ttl, threshold, until)
@@ -742,6 +762,25 @@ class Engine:
                 self.heartbeat.hold(k for k, v in got.items() if v == "claimed")
                 out.update(got)
         return out
+
+    def note_use(self, key: Key, now: float) -> None:
+        """A hit's use: a fleet records it here and shares it in the background (a
+        hit never waits on the server); a single file records it at once."""
+        note = getattr(self.registry, "note_use", None)
+        if note is not None:
+            note(key, now)
+        else:
+            self.registry.touch(key, now)
+
+    def renew(self, keys: Sequence[Key]) -> set[Key]:
+        """Fencing before an upload: the keys whose lease is still ours, renewed now
+        (a lease that expired while we waited may have been taken over)."""
+        return set(self.registry.renew(keys, self.owner, self.judge_now() + self.lease_ttl))
+
+    def fleet_settings(self) -> dict[str, Any]:
+        """A fleet's host id and deadlines (empty for a single database file)."""
+        describe = getattr(self.registry, "settings", None)
+        return describe() if callable(describe) else {}
 
     def record(
         self, done: Sequence[tuple[Prepared, TaskResult, int]], files: Sequence[FileRow]

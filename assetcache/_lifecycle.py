@@ -265,7 +265,7 @@ def plan_from_rows(
         row.last_used_at, now
     ):
         if engine.served_is_used and _policy.needs_touch(engine.policy, row.last_used_at, now):
-            yield Call(engine.registry.touch, row.key, engine.stamp_now())
+            yield Call(engine.note_use, row.key, engine.stamp_now())
         engine.note_served(row.key, now)
         engine.count(hits=1, bytes_saved=row.size)
         return row.image_uuid

@@ -855,6 +855,8 @@ def settings(engine: Engine) -> dict[str, Any]:
         **engine.config.describe(),
         # A fleet's shared registry (password redacted), else the database file.
         "registry": engine.registry.path,
+        # A fleet: this host's name in lease owners, and the shared store's deadlines.
+        **engine.fleet_settings(),
         "local_copies": copies_info(engine),
         **resize_settings(engine.fit_variant),
     }
@@ -987,3 +989,47 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         )
     except ValueError as exc:
         return str(exc)
+
+
+def doctor_fleet(
+    url: str,
+    local_db: str | None,
+    default_dir: str | None,
+    fix: bool = False,
+    host_id: str | None = None,
+) -> DoctorReport:
+    """``doctor`` for a fleet: the shared server, then this host's local file.
+
+    Never opens the cache (a server that is down is the thing to report), never
+    creates a file named after the URL, and redacts every credential.
+    """
+    import time
+
+    from ._storage import _fleet, _postgres, _repair
+
+    now = time.time()
+    local = _fleet.local_db_for(url, local_db, default_dir)
+    facts, problems = _postgres.inspect_shared(url, now, host_id)
+    fixed: list[str] = []
+    if fix and facts.get("expired_leases"):
+        try:
+            dropped = _postgres.drop_expired_leases(url, now)
+        except AssetCacheError as exc:
+            problems.append(" ".join(str(exc).split()))
+        else:
+            problems = [p for p in problems if "expired upload lease" not in p]
+            facts["expired_leases"] = 0
+            fixed.append(f"dropped {dropped} expired upload lease(s)")
+    # No local file yet: the first run on this host creates it (doctor never does).
+    report = _repair.doctor(local, fix) if os.path.exists(local) else DoctorReport(local)
+    report.actions += fixed
+    backlog = _fleet.outbox_backlog(local)
+    facts["outbox"] = backlog or 0
+    if backlog:
+        problems.append(
+            f"{backlog} upload(s) made on this host are not yet in the shared store "
+            "(they are shared as soon as a cache runs here and reaches the server)"
+        )
+    report.problems = problems + report.problems
+    report.fleet = facts
+    return report

@@ -397,13 +397,18 @@ class DoctorReport:
     #: when unknown; ``clock`` says it in words.
     clock_skew_seconds: float | None = None
     clock: str = "not checked"
+    #: A fleet: the shared server (reachable, schema, leases) and this host's outbox.
+    fleet: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        return to_dict(self, (*_fields(DoctorReport), ("ok", "ok", None)))
+        out = to_dict(self, (*_fields(DoctorReport), ("ok", "ok", None)))
+        if self.fleet is None:
+            del out["fleet"]  # a single database file: the report is as it always was
+        return out
 
 
 # Not frozen: a status run builds one per file, and a frozen dataclass's

@@ -231,12 +231,13 @@ def plan_claim_loop(
     late_files: list[FileRow] = []  # stat rows of items answered by someone else's upload
     waited: set[Key] = set()  # keys this call waited on another process for (metrics)
     poll = 0.02
+    chunk = engine.batch_size * limit  # keys leased at a time: one round of requests
     while groups:
         lead, follow = engine.join_flights(list(groups))
         claimed: dict[Key, AssetRow | str] = {}
         if lead:
             try:
-                claimed = yield Call(engine.claim, lead, force, started)
+                claimed = yield Call(engine.claim, lead, force, started, chunk)
             except AssetCacheError as exc:
                 for key in lead:
                     engine.land(key, exc)
@@ -250,6 +251,8 @@ def plan_claim_loop(
                 hit_group(engine, results, groups.pop(key), state, late_files)
             elif state == "claimed":
                 to_upload.append(key)
+            elif state == "later":  # free, beyond this round's chunk: the next round's
+                engine.land(key, _Retry())
             else:
                 held.append(key)
 
@@ -275,8 +278,9 @@ def plan_claim_loop(
             # our own threads keep waiting on us) and poll for its result.
             for key in held:
                 engine.land(key, _Retry())
-            yield Sleep(poll)
-            poll = min(poll * 2, 0.25)
+            if not to_upload:
+                yield Sleep(poll)
+                poll = min(poll * 2, 0.25)
 
     if late_files:
         try:
@@ -290,6 +294,23 @@ def plan_upload_groups(
 ) -> Plan:
     """Upload the claimed ``keys`` (their first item each), at most ``limit``
     requests at once; every item of a key gets the outcome."""
+    # Fencing: upload only what we still hold, its lease renewed just now; a
+    # process stalled since its claim may have been taken over meanwhile.
+    try:
+        mine = yield Call(engine.renew, keys)
+    except AssetCacheError as exc:
+        with contextlib.suppress(AssetCacheError):
+            yield Call(engine.release, keys)
+        for key in keys:
+            engine.land(key, exc)
+            fail_group(engine, results, groups.pop(key), exc)
+        return
+    for key in keys:
+        if key not in mine:
+            engine.land(key, _Retry())  # another host's now: wait for its upload
+    keys = [key for key in keys if key in mine]
+    if not keys:
+        return
     leaders = {key: groups[key][0][1] for key in keys}
     try:
         found = yield Call(engine.registry.get_assets, keys, inline=True)

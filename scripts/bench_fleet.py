@@ -10,8 +10,14 @@ SQLite only uploads every image once per host. Then the warm-hit cost
 (``get_uuid(path)`` on unchanged cached files) in fleet mode against the
 SQLite-only warm hit, in one process, interleaved.
 
+Then the registry's cold-miss cost (look up, peek, claim, release a key no
+host has: what a miss costs before its upload) against a registry of 300,000
+rows and one of 1,000, interleaved in one run: every lookup uses an index, so
+the big one costs at most 2x (``--cold-only`` runs only this part).
+
 Targets: exactly N uploads in the fleet run (N x hosts with per-host SQLite),
-and a warm hit at most 1.5x the SQLite-only one.
+a warm hit at most 1.5x the SQLite-only one, a cold miss at 300k rows at most
+2x the one at 1k.
 """
 
 from __future__ import annotations
@@ -86,12 +92,65 @@ def warm_hit_cost(cache: AssetCache, files: list[str]) -> float:
     return (time.perf_counter() - t0) / len(files)
 
 
+def cold_miss_ratio(pg: str, big: int = 300_000, small: int = 1_000, rounds: int = 300) -> bool:
+    """RATIO of a cold miss's registry cost at ``big`` rows to ``small`` rows."""
+    import psycopg
+
+    from assetcache._storage._postgres import PostgresRegistry
+
+    schemas = {n: f"bench_{n}_{uuid.uuid4().hex[:8]}" for n in (small, big)}
+    regs = {}
+    try:
+        for n, name in schemas.items():
+            with psycopg.connect(pg, autocommit=True) as conn:
+                conn.execute(f"CREATE SCHEMA {name}")
+            url = f"{pg}{'&' if '?' in pg else '?'}options=-csearch_path%3D{name}"
+            regs[n] = PostgresRegistry(url)
+            with psycopg.connect(pg, autocommit=True) as conn:
+                # Several namespaces and variants, as a real fleet's registry holds.
+                conn.execute(
+                    f"INSERT INTO {name}.assetcache_assets (namespace, content_hash, variant, "
+                    "image_uuid, size, format, uploaded_at, last_used_at) "
+                    "SELECT 'ns' || (i %% 7), md5(i::text), CASE WHEN i %% 5 = 0 THEN 'fit' "
+                    "ELSE '' END, md5('u' || i), 1000, 'png', 1, extract(epoch FROM now()) "
+                    "FROM generate_series(1, %s) AS i",
+                    (n,),
+                )
+                conn.execute(f"ANALYZE {name}.assetcache_assets")
+        owner = "bench:1:aa"
+        costs: dict[int, list[float]] = {small: [], big: []}
+        for r in range(rounds):
+            for n in (small, big) if r % 2 else (big, small):
+                key = ("ns3", uuid.uuid4().hex, "")
+                reg = regs[n]
+                now = time.time()
+                t0 = time.perf_counter()
+                reg.get_assets([key])
+                reg.peek([key], owner, now, 0.0)
+                reg.claim([key], owner, now, 300.0, 0.0)
+                reg.release([key], owner)
+                costs[n].append(time.perf_counter() - t0)
+        s_med, b_med = statistics.median(costs[small]), statistics.median(costs[big])
+        print(
+            f"cold miss (registry round trips): {small} rows {s_med * 1e3:.2f} ms, "
+            f"{big} rows {b_med * 1e3:.2f} ms"
+        )
+        return ratio_line(f"cold_miss_{big // 1000}k_vs_{small // 1000}k", b_med / s_med, "<=", 2)
+    finally:
+        for reg in regs.values():
+            reg.close()
+        with psycopg.connect(pg, autocommit=True) as conn:
+            for name in schemas.values():
+                conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--cold-only", action="store_true", help="only the cold-miss ratio")
     args = parser.parse_args()
     pg = os.environ.get("ASSETCACHE_TEST_POSTGRES")
     if not pg:
@@ -103,6 +162,8 @@ def main() -> int:
         return 2
     import psycopg
 
+    if args.cold_only:
+        return 0 if cold_miss_ratio(pg) else 1
     schema = "bench_" + uuid.uuid4().hex[:10]
     with psycopg.connect(pg, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
@@ -177,6 +238,7 @@ def main() -> int:
                 count_line("failed", failed + failed_local, 0),
                 ratio_line("warm_hit_fleet_vs_sqlite", f_med / s_med, "<=", 1.5),
             ]
+            ok.append(cold_miss_ratio(pg))
     finally:
         proc.terminate()
         proc.wait(timeout=10)

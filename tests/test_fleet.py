@@ -81,6 +81,7 @@ def test_hits_are_answered_locally(emu, pg_url, tmp_path, monkeypatch):
 
         monkeypatch.setattr(shared, "read", no_round_trip)
         monkeypatch.setattr(shared, "write", no_round_trip)
+        monkeypatch.setattr(shared, "_conn", no_round_trip)  # every query goes through it
         assert a.get_uuid(path) == uuid_
         assert a.get_uuid(make_png(2)) == uuid_  # bytes: hashed, then the local copy
         monkeypatch.undo()  # closing flushes counters to the fleet, as it should
@@ -248,6 +249,7 @@ def test_postgres_going_away_mid_run(emu, pg_url, tmp_path):
     proxied = pg_url.replace(
         parts.netloc, f"{parts.username + '@' if parts.username else ''}127.0.0.1:{proxy.port}"
     )
+    proxied += "&retry_for=1"  # give up on the fleet after a second, not the default 30 s
     known = tmp_path / "known.png"
     known.write_bytes(make_png(4))
     try:

@@ -24,6 +24,7 @@ def open_stores(
     default_dir: str | os.PathLike[str] | None = None,
     shared: bool | None = None,
     folders: Sequence[str] = (),
+    host_id: str | None = None,
 ) -> tuple[SQLiteStore, Registry]:
     """``(file index, registry)`` for a database path or URL.
 
@@ -31,7 +32,9 @@ def open_stores(
     file holding both. ``postgresql://...`` keeps the file index, and a local
     copy of the rows this host uses, in ``local_db`` (default: a file per
     server in ``default_dir``) and the registry on the server;
-    ``fresh_since()`` tells the fleet which local rows are provably fresh.
+    ``fresh_since()`` tells the fleet which local rows are provably fresh;
+    ``host_id`` (default ``$ASSETCACHE_HOST_ID``, else the host name) names this
+    host in the fleet's lease owners.
 
     The SQLite file (and ``folders``, the default location's) must be this
     user's and writable by no one else, unless ``shared`` says the sharing is
@@ -39,18 +42,20 @@ def open_stores(
     """
     text = os.fspath(db)
     if isinstance(text, str) and text.startswith(("postgresql://", "postgres://")):
-        from ._fleet import FleetRegistry
-        from ._postgres import PostgresRegistry, redact_url
+        from ._fleet import FleetRegistry, local_db_for
+        from ._postgres import PostgresRegistry
 
-        registry = PostgresRegistry(text)
-        if local_db is None:
-            import hashlib
-
-            tag = hashlib.sha256(redact_url(text).encode()).hexdigest()[:12]
-            assert default_dir is not None
-            local_db = os.path.join(os.fspath(default_dir), f"fleet-{tag}.db")
-        local = SQLiteStore(local_db, shared=shared, folders=folders)
-        return local, FleetRegistry(local, registry, fresh_since)
+        server = PostgresRegistry(text, host=host_id)
+        try:
+            local = SQLiteStore(
+                local_db_for(text, local_db, default_dir),
+                shared=shared,
+                folders=folders,
+            )
+        except BaseException:
+            server.close()
+            raise
+        return local, FleetRegistry(local, server, fresh_since)
     if isinstance(text, str) and text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :] or "."
     elif isinstance(text, str) and "://" in text:

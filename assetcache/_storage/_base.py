@@ -142,7 +142,8 @@ class Registry(Protocol):
     ``"held"``; :meth:`peek` the same read-only (``"free"`` for worth
     claiming). Rows are fresh when ``fresh_since < last_used_at <= fresh_until``
     (a row stamped further in the future is suspect: a clock ahead wrote it).
-    :meth:`renew` is the heartbeat of an upload in flight.
+    :meth:`renew` is the heartbeat of an upload in flight, and its fencing
+    (the keys whose lease is still the owner's).
     """
 
     path: str
@@ -171,7 +172,7 @@ class Registry(Protocol):
         self, records: Sequence[UploadRecord], owner: str, files: Sequence[FileRow] = ()
     ) -> None: ...
     def release(self, keys: Iterable[Key], owner: str) -> None: ...
-    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None: ...
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> set[Key]: ...
     def touch(self, key: Key, now: float) -> None: ...
     def expire_asset(self, key: Key, stamp: float, image_uuid: str | None = None) -> int: ...
     def merge_assets(self, rows: Iterable[AssetRow]) -> tuple[int, int, int]: ...
@@ -547,13 +548,16 @@ class SQLRegistry:
             self._lock_keys(conn, keys)
             self._many(conn, self._q(_DELETE_LEASE), [(*k, owner) for k in keys])
 
-    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> None:
-        """Extend the leases ``owner`` still holds (the heartbeat of an upload in flight)."""
-        keys = list(keys)
+    def renew(self, keys: Iterable[Key], owner: str, expires_at: float) -> set[Key]:
+        """Extend the leases ``owner`` still holds (the heartbeat of an upload in
+        flight); the keys it still holds (the fencing before an upload)."""
+        keys = sorted(set(keys))
         if not keys:
-            return
+            return set()
         with self.write("renew upload leases") as conn:
             self._many(conn, self._q(_RENEW_LEASE), [(expires_at, *k, owner) for k in keys])
+            leases = self._rows_of(conn, keys)[1]
+        return {k for k in keys if (lease := leases.get(k)) is not None and lease[0] == owner}
 
     def drop_expired_leases(self, now: float, dry_run: bool = False) -> int:
         if dry_run:
