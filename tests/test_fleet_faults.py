@@ -308,6 +308,10 @@ def run_fault(
     return report
 
 
+# Whole outages of 3-8 s against 16 workers: run once per CI run (the README's
+# test command), not again in the stress rounds, where two suites at once
+# stretch every outage. scripts/fleet_faults.py --runs 10 is their soak.
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["cut3", "cut8", "terminate-claim", "terminate-record"])
 def test_fleet_survives(emu, schema, proxy, tmp_path, fault):
     """4 hosts x 4 workers, 500 images: no double upload, nothing lost, no stall."""
