@@ -53,7 +53,7 @@ class BaseCache:
     """Construction and the non-I/O surface shared by both twins.
 
     ``AssetCache(api_key=None, **settings)``: every setting of
-    ``_config.SETTINGS`` (``db_path``, ``base_url``, ``retention``,
+    ``_settings.SETTINGS`` (``db_path``, ``base_url``, ``retention``,
     ``concurrency``, ``resize``, ``keep_copies`` ...), given here or else
     from its environment variable, else its default; or a whole ``config``
     (what the CLI builds). ``clock``, ``transport``, ``sleep`` and ``store``

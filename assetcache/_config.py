@@ -1,10 +1,10 @@
-"""Every setting of a cache: its default and its environment variable, resolved once.
+"""The settings of a cache, resolved once into one checked :class:`Config`.
 
-:data:`SETTINGS` is the table (as python-diskcache's ``DEFAULT_SETTINGS``);
-:func:`resolve` turns what a caller gave, the environment and the defaults
-into one frozen :class:`Config`, checked. The cache classes and the CLI build
-the same object, and nothing else reads the environment or the config files
-(``_settings`` layers them: flags > environment > project > user > defaults)::
+The table of every setting (its default, environment variable and type) is
+``_settings.SETTINGS``, which also layers the sources (flags > environment >
+project > user > defaults); :func:`resolve` turns that into one frozen
+:class:`Config`, checked. The cache classes and the CLI build the same object,
+and nothing else reads the environment or the config files::
 
     >>> cfg = resolve(api_key="k", base_url="https://api.runware.ai/v1/", db=":memory:")
     >>> cfg.base_url, cfg.namespace.startswith("api.runware.ai/v1#")
@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from . import _hashing, _policy
+from . import _policy
 from ._errors import ConfigurationError
 
 DEFAULT_API_URL = "https://api.runware.ai/v1"
@@ -36,52 +36,6 @@ DEFAULT_COPIES_MAX = 1 << 30
 #: Pixel bound of the longer side when the client resizes (see ``_transform``).
 DEFAULT_MAX_SIDE = 2048
 TASK_TYPES = ("imageUpload", "mediaStorage")
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """One row of :data:`SETTINGS`: the default and the environment variable."""
-
-    default: Any
-    env: str | None
-    doc: str
-
-
-#: Every setting, its default and its environment variable.
-SETTINGS: dict[str, Setting] = {
-    "api_key": Setting(None, "RUNWARE_API_KEY", "Runware API key (never stored or shown)"),
-    "base_url": Setting(DEFAULT_API_URL, "ASSETCACHE_API_URL", "Runware API endpoint"),
-    "db": Setting(None, "ASSETCACHE_DB", "database path, sqlite:///path or postgresql://..."),
-    "local_db": Setting(None, "ASSETCACHE_LOCAL_DB", "a fleet host's own SQLite file"),
-    "host_id": Setting(None, "ASSETCACHE_HOST_ID", "this host in a fleet's leases (host name)"),
-    "namespace": Setting(None, None, "key prefix of entries (default: endpoint#account)"),
-    "retention": Setting(30 * _policy.DAY, None, "Runware deletes an upload this long after use"),
-    "margin": Setting(_policy.DAY, None, "stop serving this long before the deletion"),
-    "touch_every": Setting(None, None, "persist a use at most this often (default 1 h)"),
-    "concurrency": Setting(8, None, "requests in flight at once"),
-    "batch_size": Setting(16, None, "tasks per request"),
-    "batch_bytes": Setting(16 << 20, None, "body bytes per request"),
-    "max_bytes": Setting(1 << 30, None, "largest input accepted"),
-    "racy_window": Setting(_hashing.RACY_WINDOW_NS / 1e9, None, "git's racily-clean window"),
-    "lease_ttl": Setting(
-        300.0,
-        "ASSETCACHE_LEASE_TTL",
-        "an upload lease ends this long after its last renewal (renewed every third of it "
-        "while the upload is in flight)",
-    ),
-    "served_is_used": Setting(
-        False, None, "count serving a UUID as a use on Runware (only if every one goes to a task)"
-    ),
-    "shared_db": Setting(
-        False, "ASSETCACHE_SHARED_DB", "accept a database other users own or can write"
-    ),
-    "task_type": Setting("imageUpload", "ASSETCACHE_UPLOAD_TASK", "imageUpload or mediaStorage"),
-    "resize": Setting("auto", "ASSETCACHE_RESIZE", "resize before upload: auto, true, false"),
-    "max_side": Setting(DEFAULT_MAX_SIDE, None, "longer pixel side when resizing"),
-    "keep_copies": Setting(False, "ASSETCACHE_KEEP_COPIES", "keep a copy of uploaded bytes"),
-    "copies_dir": Setting(None, "ASSETCACHE_COPIES_DIR", "where copies go (default <db>.copies)"),
-    "copies_max_bytes": Setting(DEFAULT_COPIES_MAX, "ASSETCACHE_COPIES_MAX", "copies' bound"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,15 +166,6 @@ def resolve(
     :class:`ConfigurationError` naming the setting that is wrong.
     """
     env = os.environ if environ is None else environ
-
-    def pick(name: str, given: Any) -> Any:
-        if given is not None:
-            return given
-        row = SETTINGS[name]
-        if row.env and env.get(row.env):
-            return env[row.env]
-        return row.default
-
     if upload_task is not None and task_type not in (None, upload_task):
         raise ConfigurationError(
             f"upload_task={upload_task!r} contradicts task_type={task_type!r}: give one"
@@ -237,6 +182,10 @@ def resolve(
         base_url=base_url or None,
         db_path=db if db is not None else db_path,
         local_db=local_db,
+        host_id=host_id or None,
+        namespace=namespace or None,
+        racy_window=racy_window,
+        batch_bytes=batch_bytes,
         retention=None if isinstance(retention, Mapping) else _seconds(retention),
         margin=_seconds(margin),
         touch_every=_seconds(touch_every),
@@ -300,16 +249,16 @@ def resolve(
         base_url=url,
         db=target if target is not None else default_db_path(env),
         local_db=os.fspath(local) if local is not None else None,
-        host_id=pick("host_id", host_id) or None,
+        host_id=layered["host_id"] or None,
         fleet_dir=fleet_dir,
-        namespace=namespace or namespace_for(url, key),
+        namespace=layered["namespace"] or namespace_for(url, key),
         policy=policy,
         retry=retry or RetryPolicy(),
         concurrency=max(1, layered["concurrency"]),
         batch_size=max(1, layered["batch_size"]),
-        batch_bytes=pick("batch_bytes", batch_bytes),
+        batch_bytes=layered["batch_bytes"],
         max_bytes=layered["max_bytes"] if max_bytes is ... else max_bytes,  # type: ignore[arg-type]
-        racy_ns=int(pick("racy_window", racy_window) * 1e9),
+        racy_ns=int(_duration("racy_window", layered["racy_window"]) * 1e9),
         lease_ttl=ttl,
         task_type=kind,
         retention_basis=basis,

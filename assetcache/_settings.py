@@ -18,6 +18,7 @@ from typing import Any
 from ._configfiles import ConfigFile, find_project_file, load_files, user_config_path
 from ._durations import format_duration, parse_duration
 from ._errors import ConfigurationError
+from ._hashing import RACY_WINDOW_NS
 
 __all__ = [
     "SETTINGS",
@@ -67,6 +68,10 @@ SETTINGS: tuple[Setting, ...] = (
             "size bound of the local copies", kwarg="copies_max_bytes"),
     Setting("local_db", "ASSETCACHE_LOCAL_DB", "path", None,
             "this host's SQLite file beside a PostgreSQL registry", kwarg="local_db"),
+    Setting("host_id", "ASSETCACHE_HOST_ID", "str", None,
+            "this host's name in a fleet's upload leases", kwarg="host_id"),
+    Setting("namespace", None, "str", None,
+            "key prefix of the entries (two accounts never share one)", kwarg="namespace"),
     Setting("resize", "ASSETCACHE_RESIZE", "choice", "auto",
             "resize images above max_side before upload (auto: when Pillow is installed)",
             ("auto", "true", "false"), kwarg="resize"),
@@ -82,8 +87,13 @@ SETTINGS: tuple[Setting, ...] = (
             "upload requests in flight at once", kwarg="concurrency"),
     Setting("batch_size", "ASSETCACHE_BATCH_SIZE", "int", 16,
             "images per upload request", kwarg="batch_size"),
+    Setting("batch_bytes", None, "size", 16 << 20,
+            "body bytes per upload request", kwarg="batch_bytes"),
     Setting("max_bytes", "ASSETCACHE_MAX_BYTES", "size", 1 << 30,
             "largest image accepted", kwarg="max_bytes"),
+    Setting("racy_window", None, "duration", RACY_WINDOW_NS / 1e9,
+            "a file changed this close to its hashing is hashed again (git's racy-clean rule)",
+            kwarg="racy_window"),
     Setting("lease_ttl", "ASSETCACHE_LEASE_TTL", "duration", 300.0,
             "how long an upload lease holds before others may take it over",
             kwarg="lease_ttl"),
@@ -109,6 +119,8 @@ _UNSET = {
     "copies_dir": "(beside the database: <db>.copies)",
     "touch_every": "(1h, or margin/4 if less)",
     "local_db": "(one file per server in the user cache folder)",
+    "host_id": "(the host name)",
+    "namespace": "(the endpoint and the account's fingerprint)",
 }
 
 

@@ -134,3 +134,38 @@ def test_settings_and_config_agree_on_the_default_endpoint():
     from assetcache import _config, _settings
 
     assert _settings.DEFAULT_API_URL == _config.DEFAULT_API_URL
+
+
+def test_one_table_of_settings_reaches_every_keyword(tmp_path, monkeypatch):
+    """Every setting ``resolve`` takes has one row in ``_settings.SETTINGS``: the
+    tunables too (a project file sets them like any other)."""
+    import inspect
+
+    from assetcache import _config, _settings
+
+    assert not hasattr(_config, "SETTINGS")
+    kwargs = {s.kwarg for s in _settings.SETTINGS}
+    params = set(inspect.signature(_config.resolve).parameters)
+    # Aliases and objects that are not settings of their own.
+    assert params - kwargs == {"db", "retry", "task_type", "environ"}
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.assetcache]\n"
+        'host_id = "render-7"\n'
+        'batch_bytes = "2M"\n'
+        'racy_window = "5s"\n'
+        'namespace = "team-a"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    env = {"ASSETCACHE_CONFIG": ""}  # no user file
+    cfg = _config.resolve(api_key="k", db=str(tmp_path / "c.db"), environ=env)
+    assert (cfg.host_id, cfg.batch_bytes, cfg.racy_ns, cfg.namespace) == (
+        "render-7",
+        2 << 20,
+        5_000_000_000,
+        "team-a",
+    )
+    # The environment wins over the project file; an argument over both.
+    env["ASSETCACHE_HOST_ID"] = "render-8"
+    assert _config.resolve(api_key="k", db=":memory:", environ=env).host_id == "render-8"
+    cfg = _config.resolve(api_key="k", db=":memory:", environ=env, host_id="h", batch_bytes=99)
+    assert (cfg.host_id, cfg.batch_bytes) == ("h", 99)

@@ -348,6 +348,36 @@ def test_a_claim_cannot_miss_an_upload_recorded_between_its_reads(pg_url):
     b.close()
 
 
+def test_a_heartbeat_never_drops_a_lease_claimed_while_it_was_on_its_way(pg_url):
+    """A heartbeat drops the leases its process no longer holds; one claimed after
+    it looked at what is held (while its round trip was slow, or retried) must
+    survive it, or another host takes the content and uploads it a second time."""
+    from assetcache._storage._postgres import PostgresRegistry
+
+    a, b = PostgresRegistry(pg_url), PostgresRegistry(pg_url)
+    owner = "host-a:1:aa"
+    old, new = ("ns", "1" * 32, ""), ("ns", "2" * 32, "")
+    assert a.claim([old], owner, 1000.0, 60, 0.0) == {old: "claimed"}
+
+    def held():
+        # What the process holds is read now; a worker thread claims ``new`` just after.
+        snapshot = set()
+        assert b.claim([new], owner, 1000.0, 60, 0.0) == {new: "claimed"}
+        return snapshot, 1060.0
+
+    a.beat(owner, held)
+    leases = {
+        r[:3]: r[3]
+        for r in a.read("SELECT namespace, content_hash, variant, owner FROM assetcache_leases")
+    }
+    assert new in leases and leases[new] == owner  # claimed meanwhile: kept
+    assert old not in leases  # let go of before the beat: dropped
+    # Another owner sees ``new`` held, so it never uploads it too.
+    assert b.claim([new], "host-b:2:bb", 1001.0, 60, 0.0) == {new: "held"}
+    a.close()
+    b.close()
+
+
 def test_cli_commands_act_on_the_fleet(emu, pg_url, tmp_path):
     """ls, stats, refresh and prune see the fleet's registry; status this host's files."""
     import shutil

@@ -150,11 +150,16 @@ class FleetRegistry:
 
     def beat_once(self, *, final: bool = False) -> bool:
         """Renew the leases this process holds (drop the others it owns). True if it landed."""
-        with self._lock:
-            held = set() if final else set(self._held)
-            now, mono, ttl = self._clock
+
+        def held() -> tuple[set[Key], float]:
+            # Asked inside the beat's transaction (see PostgresRegistry.beat).
+            with self._lock:
+                keys = set() if final else set(self._held)
+                now, mono, ttl = self._clock
+            return keys, now + (time.monotonic() - mono) + ttl
+
         try:
-            self.shared.beat(self.owner, held, now + (time.monotonic() - mono) + ttl)
+            self.shared.beat(self.owner, held)
         except StoreError as exc:
             self._lost(exc)
             return False

@@ -834,6 +834,7 @@ class PostgresRegistry(SQLRegistry):
                 assets = self._assets_of(conn, keys)
                 leases = self._leases_of(conn, keys)
                 claimed = []
+                taken: list[tuple[Key, tuple[str, float, float | None]]] = []
                 for key in keys:
                     row = assets.get(key)
                     # A row stamped beyond ``fresh_until`` is suspect (a clock ahead).
@@ -844,6 +845,8 @@ class PostgresRegistry(SQLRegistry):
                     if lease is not None and self._held_by_other(key, owner, lease, now):
                         out[key] = "held"
                         continue
+                    if lease is not None and lease[0] != owner:
+                        taken.append((key, lease))
                     claimed.append((*key, owner, now + ttl))
                     out[key] = "claimed"
                 if claimed:
@@ -858,6 +861,15 @@ class PostgresRegistry(SQLRegistry):
                             claimed,
                         )
             self._forget_seen(k for k, v in out.items() if v != "held")
+            for key, (was, expires, beat) in taken:
+                log.info(
+                    "took over the upload lease of %s from %s (expires %.3f, heartbeat %s)",
+                    key[1][:12],
+                    was,
+                    expires,
+                    beat,
+                )
+            self.takeovers += len(taken)
             return out
 
         return self._retry("claim uploads", once)
@@ -963,16 +975,29 @@ class PostgresRegistry(SQLRegistry):
 
         self._retry("release upload leases", once, retry=retry)
 
-    def beat(self, owner: str, held: Iterable[Key], expires: float, *, retry: bool = False) -> int:
-        """Renew ``owner``'s leases on ``held``, drop its others; the shared schema version.
+    def beat(
+        self,
+        owner: str,
+        held: Callable[[], tuple[Iterable[Key], float]],
+        *,
+        retry: bool = False,
+    ) -> int:
+        """Renew ``owner``'s leases on the keys it holds, drop its others; the shared
+        schema version. ``held()`` answers ``(keys, expires_at)``.
 
         Dropping what we no longer hold is how a release that failed gets done.
+        ``held()`` is asked only once the server's time is read, inside the
+        transaction, and only leases whose heartbeat is older than that time are
+        dropped: a lease claimed while this beat was on its way (after ``held()``
+        looked) is never taken for one we let go of.
         """
-        keys = sorted(set(held))
-        cols = [list(c) for c in zip(*keys, strict=True)] if keys else [[], [], []]
 
         def once() -> int:
             with self.write("renew upload leases") as conn:
+                (started,) = conn.execute(f"SELECT {_NOW}").fetchone()
+                keys, expires = held()
+                keys = sorted(set(keys))
+                cols = [list(c) for c in zip(*keys, strict=True)] if keys else [[], [], []]
                 if keys:
                     conn.execute(
                         f"UPDATE assetcache_leases AS l SET heartbeat_at = {_NOW}, "
@@ -984,9 +1009,10 @@ class PostgresRegistry(SQLRegistry):
                     )
                 conn.execute(
                     "DELETE FROM assetcache_leases WHERE owner = %s "
+                    "AND coalesce(heartbeat_at, 0) < %s "
                     "AND (namespace, content_hash, variant) NOT IN "
                     "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
-                    (owner, *cols),
+                    (owner, started, *cols),
                 )
                 row = conn.execute(
                     "SELECT value FROM assetcache_meta WHERE key = 'schema'"
