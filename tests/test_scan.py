@@ -12,6 +12,23 @@ from assetcache import _hashing
 from assetcache import _status as _scan
 from assetcache._storage import _sqlite as _store
 
+try:
+    from assetcache import _walk
+except ImportError:  # the C listing is optional: not built here
+    _walk = None
+
+
+@pytest.fixture(params=["c", "python"], autouse=True)
+def listing(request, monkeypatch):
+    """Every test here runs with the C listing (when built) and with the pure-Python one
+    (``ASSETCACHE_PURE_PYTHON=1`` reaches the helper process too)."""
+    if request.param == "c" and _scan._c_listing is None:
+        pytest.skip("the C listing (assetcache/_walk.c) is not built here")
+    if request.param == "python":
+        monkeypatch.setattr(_scan, "_c_listing", None)
+        monkeypatch.setenv("ASSETCACHE_PURE_PYTHON", "1")
+    return request.param
+
 
 def states(cache, root: Path) -> list[tuple[str, str]]:
     """``(path relative to root, state)`` of every file below ``root``, as listed."""
@@ -438,3 +455,33 @@ def test_a_report_goes_on_when_it_cannot_remember(make_cache, tmp_path):
     report = cache.status_report([str(tmp_path / "t")])
     assert report.all_fresh and report.total == len(paths)
     assert store_of(cache).read("SELECT count(*) FROM scan_marks")[0][0] == 0
+
+
+# -- the C listing --------------------------------------------------------------------
+
+
+def test_the_c_listing_equals_the_python_one(tmp_path, monkeypatch, listing):
+    if listing != "c":
+        pytest.skip("compares the two listings (run once)")
+    root = os.fsencode(tmp_path / "mixed") + b"/"
+    os.makedirs(root + b"b/c")
+    os.mkdir(root + b"empty")
+    for name in (b"b.png", b"b0.png", b"a", b"caf\xe9.png", b"\xff\xfe"):
+        with open(root + name, "wb") as f:
+            f.write(name)
+    os.utime(root + b"a", ns=(-5_000_000_001, -5_000_000_001))  # before 1970
+    os.symlink(root + b"b.png", root + b"link.png")
+    os.symlink(root + b"b", root + b"linked-folder")
+    os.symlink(root + b"nowhere", root + b"dangling.png")
+    os.mkfifo(root + b"pipe")
+    end = root[:-1] + b"0"
+    for prefix in (root, root + b"b/", root + b"empty/", root + b"gone/", root + b"a/"):
+        c = _walk.listing(prefix)
+        monkeypatch.setattr(_scan, "_c_listing", None)
+        python = _scan._listing(prefix, root, end)
+        monkeypatch.undo()
+        assert c == python, prefix
+    names = [key[len(root) :] for key, _ in _walk.listing(root)[0]]
+    assert names == [b"a", b"b.png", b"b/", b"b0.png", b"caf\xe9.png", b"empty/", b"link.png"] + [
+        b"\xff\xfe"
+    ]
