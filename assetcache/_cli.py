@@ -860,11 +860,12 @@ def status(
         raise UsageError("-z goes with --porcelain")
     paths = paths or (".",)
     try:
-        if any(_maybe_big(p) for p in paths):
-            # First of all: a helper for a big folder boots while this process
-            # reads the ignore rules and opens the cache (its start-up is on
-            # the critical path of a big status).
-            prestart()
+        big = [p for p in paths if _maybe_big(p)]
+        if big:
+            # First of all: the walk of a big folder begins (or a helper for
+            # it boots) while this process reads the ignore rules and opens
+            # the cache (it is on the critical path of a big status).
+            prestart(big[0])
         from ._ignore import rules_for
 
         try:

@@ -453,11 +453,14 @@ def _scan_folder(engine: Engine, job: _Job, top: bytes, survey: bool) -> Iterato
     read = store.read
     mid = hi
     helper = None
+    lister = _Lister.take_prestarted(prefix)
+    if lister is None and _Lister.usable():
+        lister = _Lister(prefix)
     # Read before anything else: a mark found with the rows read after it is
     # stamped with it, so a change to the assets in between voids the mark.
     gen = _generation(read) if survey else None
     marks = job.marks(read, gen, lo, hi) if gen is not None else []
-    if (os.cpu_count() or 1) > 1:
+    if lister is None and (os.cpu_count() or 1) > 1:
         split = _split(read, lo, hi, marks)
         if split is not None:
             mid = split
@@ -466,7 +469,7 @@ def _scan_folder(engine: Engine, job: _Job, top: bytes, survey: bool) -> Iterato
                 mid = hi
     found: list[tuple[bytes, bytes, bytes, float, int]] = []
     try:
-        yield from _judge(job, read, prefix, lo, mid, gen, marks, found, FileStatus)
+        yield from _judge(job, read, prefix, lo, mid, gen, marks, found, FileStatus, lister)
         if mid != hi:
             upper = helper.results() if helper is not None else None
             if upper is None:  # the helper failed: do its share here
@@ -478,6 +481,8 @@ def _scan_folder(engine: Engine, job: _Job, top: bytes, survey: bool) -> Iterato
     finally:
         if helper is not None:
             helper.close()
+        if lister is not None:
+            lister.close()
     if found and gen is not None:
         # Only a speed-up: a busy or read-only database just goes without.
         with contextlib.suppress(AssetCacheError):
@@ -526,22 +531,25 @@ def _judge(
     marks: list[tuple[bytes, bytes, bytes, float, int]],
     found: list[tuple[bytes, bytes, bytes, float, int]],
     make: Callable[..., Any],
+    lister: _Lister | None = None,
 ) -> Iterator[Any]:
     """The results of the files below ``prefix`` with ``lo <= path < hi``: a
     survey (fresh files counted in bulk) given the scan generation and its
     ``marks``, else one by one."""
     if gen is None:
-        return job.results(_walk(prefix, lo, hi), job.rows(read, lo, hi), make)
-    return job.survey(_tiles(prefix, lo, hi), read, marks, found, make)
+        return job.results(_walk(prefix, lo, hi, lister), job.rows(read, lo, hi), make)
+    return job.survey(_tiles(prefix, lo, hi, lister), read, marks, found, make)
 
 
-def _walk(prefix: bytes, lo: bytes, hi: bytes) -> Iterator[list[tuple[bytes, bytes]]]:
+def _walk(
+    prefix: bytes, lo: bytes, hi: bytes, lister: _Lister | None = None
+) -> Iterator[list[tuple[bytes, bytes]]]:
     """The files of :func:`_tiles`, in runs (lists), without the empty ones."""
-    return (run for _, _, run in _tiles(prefix, lo, hi) if run)
+    return (run for _, _, run in _tiles(prefix, lo, hi, lister) if run)
 
 
 def _tiles(
-    prefix: bytes, lo: bytes, hi: bytes
+    prefix: bytes, lo: bytes, hi: bytes, lister: _Lister | None = None
 ) -> Iterator[tuple[bytes, bytes, list[tuple[bytes, bytes]]]]:
     """Regular files (symlinks followed) below ``prefix`` with ``lo <= path < hi``,
     in path-byte order, each with its packed stat signature, as tiles
@@ -553,9 +561,14 @@ def _tiles(
     tile is a directory's files between two of its subdirectories; the tiles'
     key ranges cover ``[lo, hi)`` below ``prefix`` without gap or overlap, so
     every row of the files table in it (a file gone, a folder gone) falls in
-    exactly one tile.
+    exactly one tile. With a ``lister`` (the whole folder only), directories
+    are listed ahead on its threads.
     """
-    entries, _ = _listing(prefix, lo, hi)
+
+    def listing(key: bytes) -> list[tuple[bytes, Any]]:
+        return lister.take(key) if lister is not None else _listing(key, lo, hi)[0]
+
+    entries = listing(prefix)
     stack = [(iter(entries), prefix[:-1] + _AFTER_SEP)]
     cursor = max(prefix, lo)
     run: list[tuple[bytes, bytes]] = []
@@ -571,7 +584,7 @@ def _tiles(
             if cursor < edge:
                 yield cursor, edge, run
             run = []
-            stack.append((iter(_listing(key, lo, hi)[0]), key[:-1] + _AFTER_SEP))
+            stack.append((iter(listing(key)), key[:-1] + _AFTER_SEP))
             cursor = max(key, lo)
             break
         else:
@@ -655,6 +668,121 @@ def _is_folder(st: os.stat_result, key: bytes) -> bool:
     return stat_mod.S_ISDIR(st.st_mode) and not os.path.islink(key)
 
 
+# -- listing threads (with the C listing) -------------------------------------------
+
+#: Entries listed ahead of the walk at most (a bound on memory, not on speed:
+#: the walk takes listings much faster than the threads make them).
+AHEAD_ENTRIES = 65_536
+
+
+class _Lister:
+    """A folder's directories listed ahead of the walk by two threads, smallest
+    path first (the walk's depth-first order is path order).
+
+    The C listing does a directory's reads and ``stat``s without the GIL, so
+    the threads use both cores while this one judges what they found: no
+    second interpreter to start (the helper process, ~50 ms of CPU, is for
+    the pure-Python listing, which holds the GIL between its ``stat``s).
+    :meth:`take` gives the walk a listing, waiting for a thread that is on it
+    or doing it here if no thread has begun it (so the walk never waits on
+    a queue).
+    """
+
+    THREADS = 2
+
+    def __init__(self, prefix: bytes) -> None:
+        import threading
+
+        self._cond = threading.Condition()
+        self._pending: list[bytes] = [prefix]  # a heap of directories to list
+        self._claimed: set[bytes] = set()  # taken off the heap by the walk itself
+        self._running: set[bytes] = set()
+        self._done: dict[bytes, Any] = {}  # listing, or the exception it raised
+        self._ahead = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name="assetcache-list", daemon=True)
+            for _ in range(self.THREADS)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def usable() -> bool:
+        """Threads pay off with the C listing on more than one core."""
+        return _c_listing is not None and (os.cpu_count() or 1) > 1
+
+    @classmethod
+    def take_prestarted(cls, prefix: bytes) -> _Lister | None:
+        lister = _prelisted.pop(prefix, None)
+        return lister if lister is not None and cls.usable() else None
+
+    def _work(self) -> None:
+        import heapq
+
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._closed and (not self._pending or self._ahead > AHEAD_ENTRIES):
+                    cond.wait()
+                if self._closed:
+                    return
+                key = heapq.heappop(self._pending)
+                if key in self._claimed:
+                    self._claimed.discard(key)
+                    continue
+                self._running.add(key)
+            got: Any
+            try:
+                got = _listing(key, key, key[:-1] + _AFTER_SEP)[0]
+            except BaseException as exc:  # handed to the walk, raised there
+                got = exc
+            with cond:
+                self._running.discard(key)
+                self._done[key] = got
+                if not isinstance(got, BaseException):
+                    self._ahead += len(got)
+                    self._queue(got)
+                cond.notify_all()
+
+    def _queue(self, entries: list[tuple[bytes, Any]]) -> None:
+        import heapq
+
+        for key, sig in entries:
+            if sig is None:
+                heapq.heappush(self._pending, key)
+
+    def take(self, key: bytes) -> list[tuple[bytes, Any]]:
+        """The listing of directory ``key`` (the next one the walk goes into)."""
+        cond = self._cond
+        with cond:
+            while key in self._running:
+                cond.wait()
+            if key in self._done:
+                got = self._done.pop(key)
+                if isinstance(got, BaseException):
+                    raise got
+                self._ahead -= len(got)
+                cond.notify_all()
+                return got
+            self._claimed.add(key)  # not begun: listed here, skipped by the threads
+        entries = _listing(key, key, key[:-1] + _AFTER_SEP)[0]
+        with cond:
+            self._queue(entries)
+            cond.notify_all()
+        return entries
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+
+_prelisted: dict[bytes, _Lister] = {}
+
+
 # -- the helper process ------------------------------------------------------------
 
 #: What the helper runs: put the parent's import path in place (``-S`` skips
@@ -668,12 +796,21 @@ _BOOT = (
 _prestarted: list[subprocess.Popen[bytes]] = []
 
 
-def prestart() -> None:
-    """Start a helper interpreter now, for a big scan coming soon.
+def prestart(folder: str | None = None) -> None:
+    """Get ready now for a big scan of ``folder`` coming soon.
 
-    It loads its modules and waits for its job; an unused one ends when this
-    process exits (its stdin closes). Does nothing on a single core.
+    With the C listing, threads begin listing the folder (the walk needs no
+    database: it can run while the cache opens); else a helper interpreter
+    starts, loads its modules and waits for its job (an unused one ends when
+    this process exits: its stdin closes). Does nothing on a single core.
     """
+    if _Lister.usable():
+        if folder is not None and os.path.isdir(folder):
+            top = os.fsencode(os.path.abspath(folder))
+            prefix = top if top.endswith(_SEP) else top + _SEP
+            if prefix not in _prelisted:
+                _prelisted[prefix] = _Lister(prefix)
+        return
     if (os.cpu_count() or 1) > 1 and not _prestarted:
         proc = _spawn()
         if proc is not None:
@@ -681,9 +818,11 @@ def prestart() -> None:
 
 
 def discard_prestarted() -> None:
-    """End a helper :func:`prestart` started that no scan took."""
+    """End what :func:`prestart` started that no scan took."""
     while _prestarted:
         _Helper(_prestarted.pop()).close()
+    while _prelisted:
+        _prelisted.popitem()[1].close()
 
 
 def _spawn() -> subprocess.Popen[bytes] | None:

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -54,6 +55,124 @@ static PyObject *empty_listing(void) {
     return Py_BuildValue("(NO)", out, Py_False);
 }
 
+/* What the GIL-free part found of one entry. */
+enum { SKIP = 0, FILE_ENTRY = 1, FOLDER_ENTRY = 2 };
+
+typedef struct {
+    size_t name; /* offset in the arena */
+    const char *ptr; /* the name, once the arena has stopped growing */
+    size_t len;
+    int kind;
+    unsigned char sig[SIG_BYTES];
+} entry_t;
+
+typedef struct {
+    char *arena;
+    size_t used, cap;
+    entry_t *entries;
+    size_t count, room;
+} listing_t;
+
+static int by_name(const void *a, const void *b) {
+    const entry_t *x = a, *y = b;
+    return strcmp(x->ptr, y->ptr);
+}
+
+static void free_listing(listing_t *l) {
+    free(l->arena);
+    free(l->entries);
+}
+
+/* Read, sort and stat one directory without the GIL: 0, or -1 when memory ran
+ * out, -2 when the directory cannot be read, -3 when a value is too wide. */
+static int read_listing(int fd, listing_t *l) {
+    DIR *dir = fdopendir(fd);
+    if (dir == NULL) {
+        close(fd);
+        return -2;
+    }
+    int rc = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *ent = readdir(dir);
+        if (ent == NULL) {
+            if (errno != 0) {
+                rc = -2; /* os.listdir raises here, which _listing reads as unreadable */
+            }
+            break;
+        }
+        const char *n = ent->d_name;
+        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'))) {
+            continue;
+        }
+        size_t len = strlen(n);
+        if (l->used + len + 1 > l->cap) {
+            size_t cap = (l->cap ? l->cap * 2 : 65536) + len + 1;
+            char *grown = realloc(l->arena, cap);
+            if (grown == NULL) {
+                rc = -1;
+                break;
+            }
+            l->arena = grown;
+            l->cap = cap;
+        }
+        if (l->count == l->room) {
+            size_t room = l->room ? l->room * 2 : 1024;
+            entry_t *grown = realloc(l->entries, room * sizeof(entry_t));
+            if (grown == NULL) {
+                rc = -1;
+                break;
+            }
+            l->entries = grown;
+            l->room = room;
+        }
+        memcpy(l->arena + l->used, n, len + 1);
+        l->entries[l->count].name = l->used;
+        l->entries[l->count].len = len;
+        l->entries[l->count].kind = SKIP;
+        l->count++;
+        l->used += len + 1;
+    }
+    for (size_t i = 0; i < l->count; i++) {
+        l->entries[i].ptr = l->arena + l->entries[i].name;
+    }
+    if (rc == 0 && l->count > 1) { /* byte order, as Python sorts bytes */
+        qsort(l->entries, l->count, sizeof(entry_t), by_name);
+    }
+    for (size_t i = 0; rc == 0 && i < l->count; i++) {
+        entry_t *e = &l->entries[i];
+        const char *n = e->ptr;
+        struct stat st;
+        if (fstatat(fd, n, &st, 0) != 0) {
+            continue; /* vanished, dangling symlink, permission */
+        }
+        if (S_ISREG(st.st_mode)) {
+            int64_t mtime_ns, ctime_ns;
+            if (st.st_size < 0 || !to_ns((int64_t)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, &mtime_ns) ||
+                !to_ns((int64_t)st.st_ctim.tv_sec, st.st_ctim.tv_nsec, &ctime_ns)) {
+                rc = -3;
+                break;
+            }
+            put_u64(e->sig, (uint64_t)st.st_dev);
+            put_u64(e->sig + 8, (uint64_t)st.st_ino);
+            put_u64(e->sig + 16, (uint64_t)st.st_size);
+            put_u64(e->sig + 24, (uint64_t)mtime_ns);
+            put_u64(e->sig + 32, (uint64_t)ctime_ns);
+            e->kind = FILE_ENTRY;
+        } else if (S_ISDIR(st.st_mode)) {
+            struct stat lst;
+            /* A symlinked folder is not walked (os.path.islink: an error is "not a link"). */
+            if (!(fstatat(fd, n, &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(lst.st_mode))) {
+                e->kind = FOLDER_ENTRY;
+            }
+        }
+    }
+    closedir(dir);
+    return rc;
+}
+
+static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static PyObject *listing(PyObject *self, PyObject *arg) {
     (void)self;
     char *prefix;
@@ -65,138 +184,86 @@ static PyObject *listing(PyObject *self, PyObject *arg) {
         PyErr_SetString(PyExc_ValueError, "embedded null byte");
         return NULL;
     }
-    int fd;
-    DIR *dir;
+    listing_t l = {NULL, 0, 0, NULL, 0, 0};
+    int rc;
+    /* The directory's reads and stats run without the GIL (``arg`` keeps
+     * ``prefix`` alive): other threads list other folders meanwhile. */
     Py_BEGIN_ALLOW_THREADS
-    fd = open(prefix, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    dir = fd < 0 ? NULL : fdopendir(fd);
+    int fd = open(prefix, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        rc = -2;
+    } else {
+        rc = read_listing(fd, &l);
+    }
     Py_END_ALLOW_THREADS
-    if (dir == NULL) {
-        if (fd >= 0) {
-            close(fd);
-        }
+    if (rc == -1) {
+        free_listing(&l);
+        return PyErr_NoMemory();
+    }
+    if (rc == -2) {
+        free_listing(&l);
         return empty_listing();
     }
-    PyObject *names = PyList_New(0);
-    if (names == NULL) {
-        closedir(dir);
-        return NULL;
-    }
-    for (;;) {
-        struct dirent *ent;
-        errno = 0;
-        ent = readdir(dir);
-        if (ent == NULL) {
-            break; /* the end, or a read error: like os.listdir's partial view */
-        }
-        const char *n = ent->d_name;
-        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'))) {
-            continue;
-        }
-        PyObject *name = PyBytes_FromString(n);
-        if (name == NULL || PyList_Append(names, name) < 0) {
-            Py_XDECREF(name);
-            Py_DECREF(names);
-            closedir(dir);
-            return NULL;
-        }
-        Py_DECREF(name);
-    }
-    if (errno != 0) { /* os.listdir raises here, which _listing reads as unreadable */
-        Py_DECREF(names);
-        closedir(dir);
-        return empty_listing();
-    }
-    if (PyList_Sort(names) < 0) {
-        Py_DECREF(names);
-        closedir(dir);
-        return NULL;
+    if (rc == -3) {
+        free_listing(&l);
+        Py_RETURN_NONE;
     }
     PyObject *out = PyList_New(0);
     if (out == NULL) {
-        Py_DECREF(names);
-        closedir(dir);
+        free_listing(&l);
         return NULL;
     }
-    int mixed = 0, too_wide = 0;
-    Py_ssize_t count = PyList_GET_SIZE(names);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name = PyList_GET_ITEM(names, i);
-        const char *n = PyBytes_AS_STRING(name);
-        Py_ssize_t n_len = PyBytes_GET_SIZE(name);
-        struct stat st;
-        if (fstatat(fd, n, &st, 0) != 0) {
-            continue; /* vanished, dangling symlink, permission */
+    int mixed = 0;
+    for (size_t i = 0; i < l.count; i++) {
+        entry_t *e = &l.entries[i];
+        if (e->kind == SKIP) {
+            continue;
         }
-        PyObject *entry = NULL;
-        if (S_ISREG(st.st_mode)) {
-            int64_t mtime_ns, ctime_ns;
-            if (st.st_size < 0 || !to_ns((int64_t)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, &mtime_ns) ||
-                !to_ns((int64_t)st.st_ctim.tv_sec, st.st_ctim.tv_nsec, &ctime_ns)) {
-                too_wide = 1;
-                break;
-            }
-            unsigned char sig[SIG_BYTES];
-            put_u64(sig, (uint64_t)st.st_dev);
-            put_u64(sig + 8, (uint64_t)st.st_ino);
-            put_u64(sig + 16, (uint64_t)st.st_size);
-            put_u64(sig + 24, (uint64_t)mtime_ns);
-            put_u64(sig + 32, (uint64_t)ctime_ns);
-            PyObject *key = PyBytes_FromStringAndSize(NULL, prefix_len + n_len);
-            if (key == NULL) {
-                goto fail;
-            }
-            memcpy(PyBytes_AS_STRING(key), prefix, (size_t)prefix_len);
-            memcpy(PyBytes_AS_STRING(key) + prefix_len, n, (size_t)n_len);
-            PyObject *packed = PyBytes_FromStringAndSize((const char *)sig, SIG_BYTES);
-            if (packed == NULL) {
+        Py_ssize_t n_len = (Py_ssize_t)e->len;
+        int folder = e->kind == FOLDER_ENTRY;
+        PyObject *key = PyBytes_FromStringAndSize(NULL, prefix_len + n_len + folder);
+        if (key == NULL) {
+            goto fail;
+        }
+        char *k = PyBytes_AS_STRING(key);
+        memcpy(k, prefix, (size_t)prefix_len);
+        memcpy(k + prefix_len, e->ptr, (size_t)n_len);
+        PyObject *second;
+        if (folder) {
+            k[prefix_len + n_len] = '/';
+            second = Py_None;
+            Py_INCREF(second);
+            mixed = 1;
+        } else {
+            second = PyBytes_FromStringAndSize((const char *)e->sig, SIG_BYTES);
+            if (second == NULL) {
                 Py_DECREF(key);
                 goto fail;
             }
-            entry = PyTuple_Pack(2, key, packed);
-            Py_DECREF(key);
-            Py_DECREF(packed);
-        } else if (S_ISDIR(st.st_mode)) {
-            struct stat lst;
-            /* A symlinked folder is not walked (os.path.islink: an error is "not a link"). */
-            if (fstatat(fd, n, &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(lst.st_mode)) {
-                continue;
-            }
-            PyObject *key = PyBytes_FromStringAndSize(NULL, prefix_len + n_len + 1);
-            if (key == NULL) {
-                goto fail;
-            }
-            char *k = PyBytes_AS_STRING(key);
-            memcpy(k, prefix, (size_t)prefix_len);
-            memcpy(k + prefix_len, n, (size_t)n_len);
-            k[prefix_len + n_len] = '/';
-            entry = PyTuple_Pack(2, key, Py_None);
-            Py_DECREF(key);
-            mixed = 1;
-        } else {
-            continue;
         }
-        if (entry == NULL || PyList_Append(out, entry) < 0) {
-            Py_XDECREF(entry);
+        PyObject *entry = PyTuple_New(2);
+        if (entry == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(second);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(entry, 0, key);
+        PyTuple_SET_ITEM(entry, 1, second);
+        if (PyList_Append(out, entry) < 0) {
+            Py_DECREF(entry);
             goto fail;
         }
         Py_DECREF(entry);
     }
-    Py_DECREF(names);
-    closedir(dir);
-    if (too_wide) {
-        Py_DECREF(out);
-        Py_RETURN_NONE;
-    }
+    free_listing(&l);
     if (mixed && PyList_Sort(out) < 0) { /* "b/" sorts after "b.png" but the name "b" before it */
         Py_DECREF(out);
         return NULL;
     }
     return Py_BuildValue("(NO)", out, mixed ? Py_True : Py_False);
 fail:
-    Py_DECREF(names);
+    free_listing(&l);
     Py_DECREF(out);
-    closedir(dir);
     return NULL;
 }
 
