@@ -140,8 +140,18 @@ _PACK = struct.Struct("<QQQqq").pack
 # 0.11 s, nearly all of it the kernel's ``stat``); ``ASSETCACHE_PURE_PYTHON=1``
 # turns it off (the helper process inherits the choice).
 _c_listing: Callable[[bytes], tuple[list[tuple[bytes, Any]], bool] | None] | None = None
+
+
+def _joined_py(run: list[tuple[bytes, bytes]]) -> bytes:
+    """What a tile's digest is taken of: each file's ``sig + key + NUL``, in order
+    (the format of ``_storage._scan.TILE_SQL``)."""
+    return b"".join([sig + key + b"\0" for key, sig in run])
+
+
+_joined: Callable[[list[tuple[bytes, bytes]]], bytes] = _joined_py
 if not os.environ.get("ASSETCACHE_PURE_PYTHON"):
     with contextlib.suppress(ImportError):  # not built: the pure-Python listing does it all
+        from ._walk import joined as _joined  # the same, in C: no two objects per file
         from ._walk import listing as _c_listing
 
 
@@ -324,7 +334,7 @@ class _Job:
         tile_sql, racy_ns = _scan.TILE_SQL, self.racy_ns
         known = {mark[0]: mark for mark in marks}
         for lo, hi, run in tiles:
-            mine = b"".join([sig + key + b"\0" for key, sig in run])
+            mine = _joined(run)
             mark = known.get(lo)
             if (
                 mark is not None

@@ -27,6 +27,7 @@ def listing(request, monkeypatch):
         pytest.skip("the C listing (assetcache/_walk.c) is not built here")
     if request.param == "python":
         monkeypatch.setattr(_scan, "_c_listing", None)
+        monkeypatch.setattr(_scan, "_joined", _scan._joined_py)
         monkeypatch.setenv("ASSETCACHE_PURE_PYTHON", "1")
     return request.param
 
@@ -491,6 +492,8 @@ def test_the_c_listing_equals_the_python_one(tmp_path, monkeypatch, listing):
         python = _scan._listing(prefix, root, end)
         monkeypatch.undo()
         assert c == python, prefix
+    files = [(key, sig) for key, sig in _walk.listing(root)[0] if sig is not None]
+    assert _walk.joined(files) == _scan._joined_py(files) and _walk.joined([]) == b""
     names = [key[len(root) :] for key, _ in _walk.listing(root)[0]]
     assert names == [b"a", b"b.png", b"b/", b"b0.png", b"caf\xe9.png", b"empty/", b"link.png"] + [
         b"\xff\xfe"
