@@ -575,27 +575,35 @@ def _tiles(
     are listed ahead on its threads.
     """
 
-    def listing(key: bytes) -> list[tuple[bytes, Any]]:
-        return lister.take(key) if lister is not None else _listing(key, lo, hi)[0]
+    def listing(key: bytes) -> tuple[list[tuple[bytes, Any]], bool]:
+        return lister.take(key) if lister is not None else _listing(key, lo, hi)
 
-    entries = listing(prefix)
+    entries, _ = listing(prefix)
     stack = [(iter(entries), prefix[:-1] + _AFTER_SEP)]
     cursor = max(prefix, lo)
     run: list[tuple[bytes, bytes]] = []
     while stack:
         entries_left, end = stack[-1]
-        for key, sig in entries_left:
-            if sig is not None:
-                run.append((key, sig))
+        for entry in entries_left:
+            if entry[1] is not None:
+                run.append(entry)
                 continue
             # A subdirectory ``key`` (ending in the separator): the tile so far
             # ends where its range begins, and the walk goes down into it.
+            key = entry[0]
             edge = min(key, hi)
             if cursor < edge:
                 yield cursor, edge, run
             run = []
-            stack.append((iter(listing(key)), key[:-1] + _AFTER_SEP))
-            cursor = max(key, lo)
+            below, folders = listing(key)
+            cursor, key_end = max(key, lo), key[:-1] + _AFTER_SEP
+            if not folders:  # a leaf (most folders): its files are one tile, as listed
+                edge = min(key_end, hi)
+                if cursor < edge:
+                    yield cursor, edge, below
+                cursor = max(key_end, lo)
+                continue
+            stack.append((iter(below), key_end))
             break
         else:
             stack.pop()
@@ -744,15 +752,16 @@ class _Lister:
                 self._running.add(key)
             got: Any
             try:
-                got = _listing(key, key, key[:-1] + _AFTER_SEP)[0]
+                got = _listing(key, key, key[:-1] + _AFTER_SEP)
             except BaseException as exc:  # handed to the walk, raised there
                 got = exc
             with cond:
                 self._running.discard(key)
                 self._done[key] = got
                 if not isinstance(got, BaseException):
-                    self._ahead += len(got)
-                    self._queue(got)
+                    self._ahead += len(got[0])
+                    if got[1]:
+                        self._queue(got[0])
                 cond.notify_all()
 
     def _queue(self, entries: list[tuple[bytes, Any]]) -> None:
@@ -762,8 +771,9 @@ class _Lister:
             if sig is None:
                 heapq.heappush(self._pending, key)
 
-    def take(self, key: bytes) -> list[tuple[bytes, Any]]:
-        """The listing of directory ``key`` (the next one the walk goes into)."""
+    def take(self, key: bytes) -> tuple[list[tuple[bytes, Any]], bool]:
+        """The listing of directory ``key`` (the next one the walk goes into), as
+        :func:`_listing` gives it."""
         cond = self._cond
         with cond:
             while key in self._running:
@@ -772,15 +782,16 @@ class _Lister:
                 got = self._done.pop(key)
                 if isinstance(got, BaseException):
                     raise got
-                self._ahead -= len(got)
+                self._ahead -= len(got[0])
                 cond.notify_all()
                 return got
             self._claimed.add(key)  # not begun: listed here, skipped by the threads
-        entries = _listing(key, key, key[:-1] + _AFTER_SEP)[0]
-        with cond:
-            self._queue(entries)
-            cond.notify_all()
-        return entries
+        listed = _listing(key, key, key[:-1] + _AFTER_SEP)
+        if listed[1]:
+            with cond:
+                self._queue(listed[0])
+                cond.notify_all()
+        return listed
 
     def close(self) -> None:
         with self._cond:
