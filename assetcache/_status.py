@@ -23,13 +23,19 @@ Two ways to judge a tile:
   one row to hold against the walk, and the tile is remembered again or
   judged one by one.
 
-A big folder is split in two: a helper process scans the upper part on the
-other core while this one scans the lower part and hands its results out.
-The helper is a fresh interpreter with its own read-only SQLite connection
-(never a fork: that is unsafe in a threaded program and with open SQLite
-handles); if it cannot start or fails, this process scans that part itself.
-A caller that knows a big scan is coming (the ``status`` command) can
-:func:`prestart` the helper, so its start-up overlaps this process's own.
+Both cores walk a big folder. With the C listing (``_walk.c``, optional),
+two threads list its directories ahead of the walk, smallest path first:
+the C listing reads and stats a directory without the GIL, so they run
+beside this thread, which judges what they found (:class:`_Lister`).
+Without it (pure Python holds the GIL between its ``stat``s) the folder is
+split in two: a helper process scans the upper part on the other core while
+this one scans the lower part and hands its results out. The helper is a
+fresh interpreter with its own read-only SQLite connection (never a fork:
+that is unsafe in a threaded program and with open SQLite handles); if it
+cannot start or fails, this process scans that part itself. A caller that
+knows a big scan is coming (the ``status`` command) can :func:`prestart` it:
+the threads begin listing (the walk needs no database) or the helper boots
+while the cache opens.
 
 >>> for st in scan(engine, ["photos"]):          # doctest: +SKIP
 ...     print(st.state, st.path)

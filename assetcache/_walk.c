@@ -32,6 +32,11 @@
 
 #define SIG_BYTES 40
 
+#ifdef __APPLE__ /* the same fields, by their BSD names */
+#define st_mtim st_mtimespec
+#define st_ctim st_ctimespec
+#endif
+
 static void put_u64(unsigned char *out, uint64_t v) {
     for (int i = 0; i < 8; i++) {
         out[i] = (unsigned char)(v >> (8 * i));
