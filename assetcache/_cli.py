@@ -854,20 +854,25 @@ def status(
     are only counted unless --all lists them. A path that does not exist and
     that the cache never tracked is an error.
     """
-    from ._ignore import rules_for
     from ._status import STATES, discard_prestarted, prestart
 
     if nul and not porcelain:
         raise UsageError("-z goes with --porcelain")
     paths = paths or (".",)
     try:
-        rules = {p: rules_for(p, excludes) for p in paths if os.path.isdir(p)}
-    except Exception as exc:
-        raise UsageError(str(exc)) from None
-    filtered = any(rules.values()) or bool(excludes)
-    try:
-        if any(_maybe_big(p) for p in paths):
-            prestart()  # a helper for a big folder boots while the cache opens
+        big = [p for p in paths if _maybe_big(p)]
+        if big:
+            # First of all: the walk of a big folder begins (or a helper for
+            # it boots) while this process reads the ignore rules and opens
+            # the cache (it is on the critical path of a big status).
+            prestart(big[0])
+        from ._ignore import rules_for
+
+        try:
+            rules = {p: rules_for(p, excludes) for p in paths if os.path.isdir(p)}
+        except Exception as exc:
+            raise UsageError(str(exc)) from None
+        filtered = any(rules.values()) or bool(excludes)
         cache = settings.cache()
         for p in paths:
             if not os.path.lexists(p):
@@ -945,6 +950,8 @@ def status(
             + ", ".join(f"{n} {s}" for s, n in found.counts.items())
             + ("" if list_all or not found.counts["fresh"] else " (--all lists the fresh ones)")
         )
+    global _exit_at_once
+    _exit_at_once = True  # nothing runs after status: no thread, no write, no helper
     if check and not found.all_fresh:
         sys.exit(EXIT_FAILED)
 
@@ -2216,4 +2223,33 @@ def main() -> None:
     # uploaded is recorded, and the exit code says which signal it was.
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGTERM, _raise_terminated)
+    global _exit_at_once
+    _exit_at_once = False
     cli(prog_name="assetcache")
+
+
+def run() -> None:
+    """The ``assetcache`` program (console script, ``python -m assetcache``):
+    :func:`main`, ended at once after a command that leaves nothing to do."""
+    try:
+        main()
+    except SystemExit as exc:
+        if _exit_at_once and (exc.code is None or isinstance(exc.code, int)):
+            _exit_now(exc.code or 0)
+        raise
+
+
+#: Set by a command whose process has nothing left to do once it returns (its
+#: cache closed, its helper process reaped): :func:`run` then ends it at once.
+_exit_at_once = False
+
+
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown of every loaded module
+    (~13 ms, 5% of a ``status`` of 100,000 files), once the output is flushed."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return  # a closed or broken stream: the ordinary exit reports it
+    os._exit(code)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -357,6 +358,9 @@ def default_db_path(environ: Mapping[str, str] | None = None) -> Path:
     env = (os.environ if environ is None else environ).get("ASSETCACHE_DB")
     if env:
         return Path(env).expanduser()
+    if sys.platform.startswith("linux"):  # platformdirs' rule, without its import cost
+        base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.expanduser("~/.cache")
+        return Path(base) / "assetcache" / "cache.db"
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("assetcache", appauthor=False)) / "cache.db"

@@ -92,8 +92,23 @@ def find_project_file(start: str | os.PathLike[str] | None = None) -> Path | Non
 
 #: Parsed files by (path, mtime_ns, size): the CLI and the library resolve once each.
 _parsed: dict[tuple[str, int, int], dict[str, Any]] = {}
-#: A pyproject.toml that may configure us (most do not: their parse is skipped).
-_OURS = re.compile(r"tool\s*\.\s*[\"']?assetcache|^\s*[\"']?assetcache[\"']?\s*=", re.M)
+#: A pyproject.toml that may configure us (most do not: their parse is skipped):
+#: a ``tool.assetcache`` key or header, or a bare ``assetcache`` key (ours only
+#: in the ``[tool]`` table: elsewhere it is a script's or a package's name).
+_OURS = re.compile(r"(tool\s*\.\s*[\"']?assetcache)|^\s*[\"']?assetcache[\"']?\s*[=.]", re.M)
+_HEADER = re.compile(r"^\s*\[\[?([^\]\n]*)\]", re.M)
+
+
+def _may_configure_us(text: str) -> bool:
+    """Whether ``text`` may hold ``[tool.assetcache]`` (true when in doubt)."""
+    for found in _OURS.finditer(text):
+        if found.group(1):
+            return True
+        headers = _HEADER.findall(text, 0, found.start())
+        table = re.sub(r"[\s\"']", "", headers[-1]) if headers else ""
+        if table == "tool":
+            return True
+    return False
 
 
 def _toml_cached(text: str, path: Path, st: os.stat_result) -> dict[str, Any]:
@@ -178,7 +193,7 @@ def read_project(path: Path | None, path_keys: Iterable[str] = ()) -> ConfigFile
     if got is None:
         return None
     text, st = got
-    if not _OURS.search(text):  # cheap: most projects do not configure us
+    if not _may_configure_us(text):  # cheap: most projects do not configure us
         return None
     tool = _toml_cached(text, path, st).get("tool", {})
     table = tool.get("assetcache") if isinstance(tool, dict) else None

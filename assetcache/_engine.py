@@ -43,7 +43,6 @@ from ._protocol import TaskResult, canonical_uuid, server_date
 from ._sources import Source
 from ._storage import open_stores
 from ._storage._base import AssetRow, FileRow, Key, Registry, UploadRecord, owner_id
-from ._storage._repair import rebuild_database
 from ._storage._sqlite import SQLiteStore
 from ._version import __version__
 
@@ -864,6 +863,8 @@ class Engine:
         stores are closed, the file rebuilt (``_storage._repair``) and reopened."""
         old = self.store
         old.close()
+        from ._storage._repair import rebuild_database  # here: only a repair needs it
+
         report = rebuild_database(old.path)
         self.store = SQLiteStore(old.path, shared=self.config.shared_db)
         if self.registry is old:

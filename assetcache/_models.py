@@ -39,12 +39,17 @@ def iso(ts: float | None) -> str | None:
         prefix = datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y-%m-%dT")
         if len(_DAYS) < 100_000:
             _DAYS[day] = prefix
-    return prefix + _TIMES[second]
+    clock = _TIMES[second]
+    if clock is None:
+        minute, sec = divmod(second, 60)
+        clock = _TIMES[second] = f"{minute // 60:02d}:{minute % 60:02d}:{sec:02d}Z"
+    return prefix + clock
 
 
 _DAYS: dict[int, str] = {}
-#: "HH:MM:SSZ" of each second of a day.
-_TIMES = [f"{h:02d}:{m:02d}:{sec:02d}Z" for h in range(24) for m in range(60) for sec in range(60)]
+#: "HH:MM:SSZ" of each second of a day, filled in as seen: formatting all
+#: 86,400 up front cost ~80 ms at import, paid by every command (even ``status``).
+_TIMES: list[str | None] = [None] * 86400
 
 
 def to_dict(obj: Any, spec: Spec) -> dict[str, Any]:

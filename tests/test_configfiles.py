@@ -42,6 +42,33 @@ def test_project_without_our_table_provides_nothing(tmp_path):
     assert read_project(path) is None
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[tool]\nassetcache = { db = "t.db" }\n',
+        '[tool]\n"assetcache".db = "t.db"\n',
+        'tool.assetcache.db = "t.db"\n',
+        '[project.scripts]\nassetcache = "a:b"\n[ tool . "assetcache" ]\ndb = "t.db"\n',
+    ],
+)
+def test_every_spelling_of_our_table_is_read(tmp_path, text):
+    path = tmp_path / "pyproject.toml"
+    path.write_text(text)
+    found = read_project(path, path_keys=["db"])
+    assert found is not None and found.values == {"db": str(tmp_path / "t.db")}
+
+
+def test_a_script_or_package_named_assetcache_is_not_our_table(tmp_path):
+    """Such a project (this one) is not parsed at all: not even a TOML error there counts."""
+    path = tmp_path / "pyproject.toml"
+    path.write_text(
+        '[project.scripts]\nassetcache = "assetcache._cli:run"\n'
+        '[tool.setuptools.package-data]\nassetcache = ["py.typed"]\n'
+        "[broken\n"
+    )
+    assert read_project(path) is None
+
+
 def test_kebab_keys_paths_relative_to_the_file_and_urls_untouched(tmp_path):
     path = tmp_path / "pyproject.toml"
     path.write_text(

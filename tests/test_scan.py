@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,24 @@ from helpers import engine_of, make_png, store_of
 from assetcache import _hashing
 from assetcache import _status as _scan
 from assetcache._storage import _sqlite as _store
+
+try:
+    from assetcache import _walk
+except ImportError:  # the C listing is optional: not built here
+    _walk = None
+
+
+@pytest.fixture(params=["c", "python"], autouse=True)
+def listing(request, monkeypatch):
+    """Every test here runs with the C listing (when built) and with the pure-Python one
+    (``ASSETCACHE_PURE_PYTHON=1`` reaches the helper process too)."""
+    if request.param == "c" and _scan._c_listing is None:
+        pytest.skip("the C listing (assetcache/_walk.c) is not built here")
+    if request.param == "python":
+        monkeypatch.setattr(_scan, "_c_listing", None)
+        monkeypatch.setattr(_scan, "_joined", _scan._joined_py)
+        monkeypatch.setenv("ASSETCACHE_PURE_PYTHON", "1")
+    return request.param
 
 
 def states(cache, root: Path) -> list[tuple[str, str]]:
@@ -135,11 +154,17 @@ def big_folder(cache, root: Path, n: int = 60) -> None:
     (root / "d2" / "new.png").write_bytes(make_png(5001))
 
 
+def only_with_the_python_listing(listing):
+    if listing == "c":
+        pytest.skip("the helper process serves the pure-Python listing (threads serve the C one)")
+
+
 def fields(found):
     return [(s.path, s.state, s.uuid, s.content_hash, s.expires_at) for s in found]
 
 
-def test_a_helper_process_scans_half_of_a_big_folder(make_cache, tmp_path, monkeypatch):
+def test_a_helper_process_scans_half_of_a_big_folder(make_cache, tmp_path, monkeypatch, listing):
+    only_with_the_python_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "big"
     big_folder(cache, root)
@@ -164,7 +189,8 @@ def test_a_helper_process_scans_half_of_a_big_folder(make_cache, tmp_path, monke
     assert {s.state for s in split} == {"fresh", "missing", "changed", "new"}
 
 
-def test_a_failed_helper_is_replaced_by_this_process(make_cache, tmp_path, monkeypatch):
+def test_a_failed_helper_is_replaced_by_this_process(make_cache, tmp_path, monkeypatch, listing):
+    only_with_the_python_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "big"
     big_folder(cache, root)
@@ -176,7 +202,8 @@ def test_a_failed_helper_is_replaced_by_this_process(make_cache, tmp_path, monke
     assert fields(cache.status([str(root)])) == fields(alone)
 
 
-def test_stopping_early_ends_the_helper(make_cache, tmp_path, monkeypatch):
+def test_stopping_early_ends_the_helper(make_cache, tmp_path, monkeypatch, listing):
+    only_with_the_python_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "big"
     big_folder(cache, root)
@@ -393,7 +420,8 @@ def test_tiles_cover_the_range_without_gaps(make_cache, tmp_path):
     assert whole == ["a.png", "b.png", "b/c.png", "b/e/f.png", "c/g.png", "z.png"]
 
 
-def test_a_helper_process_shares_a_report(make_cache, tmp_path, monkeypatch):
+def test_a_helper_process_shares_a_report(make_cache, tmp_path, monkeypatch, listing):
+    only_with_the_python_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "big"
     big_folder(cache, root)
@@ -438,3 +466,114 @@ def test_a_report_goes_on_when_it_cannot_remember(make_cache, tmp_path):
     report = cache.status_report([str(tmp_path / "t")])
     assert report.all_fresh and report.total == len(paths)
     assert store_of(cache).read("SELECT count(*) FROM scan_marks")[0][0] == 0
+
+
+# -- the C listing --------------------------------------------------------------------
+
+
+def test_the_c_listing_equals_the_python_one(tmp_path, monkeypatch, listing):
+    if listing != "c":
+        pytest.skip("compares the two listings (run once)")
+    root = os.fsencode(tmp_path / "mixed") + b"/"
+    os.makedirs(root + b"b/c")
+    os.mkdir(root + b"empty")
+    for name in (b"b.png", b"b0.png", b"a", b"caf\xe9.png", b"\xff\xfe"):
+        with open(root + name, "wb") as f:
+            f.write(name)
+    os.utime(root + b"a", ns=(-5_000_000_001, -5_000_000_001))  # before 1970
+    os.symlink(root + b"b.png", root + b"link.png")
+    os.symlink(root + b"b", root + b"linked-folder")
+    os.symlink(root + b"nowhere", root + b"dangling.png")
+    os.mkfifo(root + b"pipe")
+    end = root[:-1] + b"0"
+    for prefix in (root, root + b"b/", root + b"empty/", root + b"gone/", root + b"a/"):
+        c = _walk.listing(prefix)
+        monkeypatch.setattr(_scan, "_c_listing", None)
+        python = _scan._listing(prefix, root, end)
+        monkeypatch.undo()
+        assert c == python, prefix
+    files = [(key, sig) for key, sig in _walk.listing(root)[0] if sig is not None]
+    assert _walk.joined(files) == _scan._joined_py(files) and _walk.joined([]) == b""
+    names = [key[len(root) :] for key, _ in _walk.listing(root)[0]]
+    assert names == [b"a", b"b.png", b"b/", b"b0.png", b"caf\xe9.png", b"empty/", b"link.png"] + [
+        b"\xff\xfe"
+    ]
+
+
+# -- listing threads (with the C listing) ------------------------------------------------
+
+
+def only_with_the_c_listing(listing):
+    if listing != "c":
+        pytest.skip("listing threads serve the C listing")
+
+
+def deep_folder(cache, root: Path) -> None:
+    """Files at several depths, folders named so that depth-first is not name order
+    of the folders alone ("b" holds deeper files than "b.png" and "b0")."""
+    rels = ["a.png", "b.png", "b/c.png", "b/x/y/z.png", "b/x/w.png", "b0/q.png", "c/d/e.png"]
+    rels += [f"m/{i:02d}/f{j}.png" for i in range(12) for j in range(3)]
+    for i, rel in enumerate(rels):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(make_png(2000 + i))
+    (root / "empty" / "deeper").mkdir(parents=True)
+    assert all(r.ok for r in cache.resolve_many(sorted(str(p) for p in root.rglob("*.png"))))
+    (root / "b" / "x" / "w.png").unlink()  # missing
+    (root / "m" / "05" / "f1.png").write_bytes(make_png(9000))  # changed
+    (root / "m" / "11" / "new.png").write_bytes(make_png(9001))  # new
+
+
+@pytest.mark.parametrize("ahead", [65_536, 0])
+def test_listing_threads_give_what_one_walk_gives(
+    make_cache, tmp_path, monkeypatch, listing, ahead
+):
+    """``ahead=0``: the threads stop after each listing, so the walk lists most
+    folders itself while they wait; the results are the same either way."""
+    only_with_the_c_listing(listing)
+    cache = make_cache(racy_window=0.0)
+    root = tmp_path / "deep"
+    deep_folder(cache, root)
+    monkeypatch.setattr(_scan._Lister, "usable", staticmethod(lambda: False))
+    monkeypatch.setattr(_scan, "PARALLEL_MIN", 10**9)
+    alone = list(cache.status([str(root)]))
+    alone_report = cache.status_report([str(root)])
+    monkeypatch.undo()
+    monkeypatch.setattr(_scan, "AHEAD_ENTRIES", ahead)
+    monkeypatch.setattr(_scan.os, "cpu_count", lambda: 2)
+    threaded = list(cache.status([str(root)]))
+    assert fields(threaded) == fields(alone)
+    assert {s.state for s in threaded} == {"fresh", "missing", "changed", "new"}
+    for _ in range(2):  # the second one from the remembered ranges
+        report = cache.status_report([str(root)])
+        assert report.counts == alone_report.counts
+        assert fields(report.files) == fields(alone_report.files)
+    assert not [t for t in threading.enumerate() if t.name == "assetcache-list"]
+
+
+def test_stopping_early_ends_the_listing_threads(make_cache, tmp_path, listing):
+    only_with_the_c_listing(listing)
+    cache = make_cache(racy_window=0.0)
+    root = tmp_path / "deep"
+    deep_folder(cache, root)
+    found = cache.status([str(root)])
+    next(found)
+    assert [t for t in threading.enumerate() if t.name == "assetcache-list"]
+    found.close()
+    assert not [t for t in threading.enumerate() if t.name == "assetcache-list"]
+
+
+def test_a_listing_begun_before_the_cache_opens_is_taken_or_ended(make_cache, tmp_path, listing):
+    """``prestart(folder)`` (the CLI calls it first) begins the walk; the scan of
+    that folder takes it over, and ``discard_prestarted`` ends one no scan took."""
+    only_with_the_c_listing(listing)
+    cache = make_cache(racy_window=0.0)
+    root = tmp_path / "deep"
+    deep_folder(cache, root)
+    expected = fields(cache.status([str(root)]))
+    _scan.prestart(str(root))
+    assert fields(cache.status([str(root)])) == expected
+    assert not [t for t in threading.enumerate() if t.name == "assetcache-list"]
+    _scan.prestart(str(root))
+    _scan.discard_prestarted()
+    assert not [t for t in threading.enumerate() if t.name == "assetcache-list"]

@@ -90,3 +90,25 @@ def test_the_console_script_imports_no_http_stack_for_version():
     }
     assert "click" in names  # the import log was read
     assert not names & HTTP_STACK
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_status_ends_at_once_with_its_output_and_exit_code(tmp_path, check):
+    """``python -m assetcache status`` skips the interpreter's teardown: its output
+    and exit code are still all there (``--check``: 1, a file is new)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "new.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ASSETCACHE_"))}
+    env.update(RUNWARE_API_KEY="startup-test-key", ASSETCACHE_DB=str(tmp_path / "cache.db"))
+    args = ["status", "--porcelain", *(["--check"] if check else []), str(folder)]
+    out = subprocess.run(
+        [sys.executable, "-m", "assetcache", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == (1 if check else 0), out.stderr
+    assert out.stdout.splitlines() == [f"new\t{folder / 'new.png'}"]

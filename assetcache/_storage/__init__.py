@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .._errors import ConfigurationError
-from ._base import Registry
-from ._sqlite import SQLiteStore
+
+if TYPE_CHECKING:  # loaded by open_stores: ``status``'s helper imports ``_scan`` alone
+    from ._base import Registry
+    from ._sqlite import SQLiteStore
 
 
 def open_stores(
@@ -40,6 +43,8 @@ def open_stores(
     user's and writable by no one else, unless ``shared`` says the sharing is
     deliberate (``_sqlite.check_private``).
     """
+    from ._sqlite import SQLiteStore
+
     text = os.fspath(db)
     if isinstance(text, str) and text.startswith(("postgresql://", "postgres://")):
         from ._fleet import FleetRegistry, local_db_for

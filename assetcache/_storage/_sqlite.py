@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError, SchemaTooNew, StoreError
+from . import _scan
 from ._base import (
     ASSET_COLUMNS,
     PAGE_ROWS,
@@ -429,57 +430,18 @@ class SQLiteStore(SQLRegistry):
         "WHERE f.path = ?"
     )
 
-    #: ``status``: a page of the file rows of a path range, in path order, as
-    #: ``(path, sig, racy, content_hash, image_uuid, last_used_at)``: joined to
-    #: their asset rows, the variant chosen as in the hit path above; ``racy``
-    #: is git's racily-clean test (``max(mtime, ctime) + window > hashed_at``).
-    SCAN_SQL = (
-        "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
-        "f.content_hash, a.image_uuid, a.last_used_at "
-        "FROM files f LEFT JOIN assets a "
-        "ON a.namespace = ? AND a.content_hash = f.content_hash AND a.variant = ? "
-        "WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
-    )
-    FIT_SCAN_SQL = (
-        "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
-        "f.content_hash, a.image_uuid, a.last_used_at "
-        "FROM files f LEFT JOIN assets a ON a.namespace = ? AND a.content_hash = f.content_hash "
-        "AND a.variant = CASE WHEN f.format IN ('bmp', 'gif') THEN ? "
-        "WHEN f.side IS NULL THEN NULL WHEN f.side > ? THEN ? ELSE '' END "
-        "WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
-    )
-    #: The same without the join, for a caller holding the asset rows: the last
-    #: column says which variant applies (0 untouched, 1 transformed, NULL unknown).
-    SCAN_FILES_SQL = (
-        "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
-        "f.content_hash, 0 FROM files f WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
-    )
-    FIT_SCAN_FILES_SQL = (
-        "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
-        "f.content_hash, CASE WHEN f.format IN ('bmp', 'gif') THEN 1 "
-        "WHEN f.side IS NULL THEN NULL WHEN f.side > ? THEN 1 ELSE 0 END "
-        "FROM files f WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
-    )
-
-    #: ``status``: one range of file rows summed up in one row: their
-    #: ``sig || path || NUL`` concatenated in path order (to hold against the
-    #: folder) and how many are racily clean. SQLite concatenates in scan
-    #: order (the primary key's); were it ever otherwise, the range would only
-    #: be judged file by file.
-    TILE_SQL = (
-        "SELECT CAST(group_concat(sig || path || x'00', '') AS BLOB), "
-        "total(hashed_at_ns - max(mtime_ns, ctime_ns) < ?) "
-        "FROM files WHERE path >= ? AND path < ?"
-    )
-    MARKS_SQL = (
-        "SELECT lo, hi, digest, oldest_use, files FROM scan_marks WHERE namespace = ? "
-        "AND view = ? AND lo >= ? AND lo < ? AND gen = ? ORDER BY lo"
-    )
-    GEN_SQL = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'scan_gen'"
-    #: ``status``: how many rows a path range holds, and where its n-th row is
-    #: (to split a big folder with a helper process).
-    COUNT_SQL = "SELECT count(*) FROM files WHERE path >= ? AND path < ?"
-    NTH_SQL = "SELECT path FROM files WHERE path >= ? AND path < ? ORDER BY path LIMIT 1 OFFSET ?"
+    # ``status``'s statements live in ``_scan`` (its helper process loads only
+    # that module); here under their old names for the store's other users.
+    SCAN_SQL = _scan.SCAN_SQL
+    FIT_SCAN_SQL = _scan.FIT_SCAN_SQL
+    SCAN_FILES_SQL = _scan.SCAN_FILES_SQL
+    FIT_SCAN_FILES_SQL = _scan.FIT_SCAN_FILES_SQL
+    TILE_SQL = _scan.TILE_SQL
+    MARKS_SQL = _scan.MARKS_SQL
+    GEN_SQL = _scan.GEN_SQL
+    COUNT_SQL = _scan.COUNT_SQL
+    NTH_SQL = _scan.NTH_SQL
+    scan_query = staticmethod(_scan.scan_query)
 
     def save_scan_marks(
         self,
@@ -496,30 +458,6 @@ class SQLiteStore(SQLRegistry):
                 "INSERT OR REPLACE INTO scan_marks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(namespace, view, *mark, gen) for mark in marks],
             )
-
-    @classmethod
-    def scan_query(
-        cls,
-        namespace: str,
-        variant: str,
-        max_side: int,
-        racy_ns: int,
-        lo: bytes,
-        hi: bytes,
-        limit: int,
-        *,
-        join: bool = True,
-    ) -> tuple[str, tuple[Any, ...]]:
-        """SQL and parameters of one page of :attr:`SCAN_SQL` (``lo <= path < hi``);
-        with ``join=False``, of :attr:`SCAN_FILES_SQL`."""
-        fit = bool(variant and max_side)
-        if not join:
-            if fit:
-                return cls.FIT_SCAN_FILES_SQL, (racy_ns, max_side, lo, hi, limit)
-            return cls.SCAN_FILES_SQL, (racy_ns, lo, hi, limit)
-        if fit:
-            return cls.FIT_SCAN_SQL, (racy_ns, namespace, variant, max_side, variant, lo, hi, limit)
-        return cls.SCAN_SQL, (racy_ns, namespace, variant, lo, hi, limit)
 
     def lookup_path(
         self, key: bytes, namespace: str, variant: str, max_side: int = 0
@@ -970,16 +908,6 @@ _IN_CHUNK = 500
 def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
     for start in range(0, len(values), _IN_CHUNK):
         yield list(values[start : start + _IN_CHUNK])
-
-
-def open_readonly(path: str) -> sqlite3.Connection:
-    """A query-only connection for ``status``'s helper process (it only reads;
-    ``query_only`` makes that a guarantee)."""
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA query_only = 1")
-    conn.execute("PRAGMA mmap_size = 268435456")
-    return conn
 
 
 def utils(conn: sqlite3.Connection) -> sqlite_utils.Database:
