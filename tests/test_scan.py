@@ -154,17 +154,16 @@ def big_folder(cache, root: Path, n: int = 60) -> None:
     (root / "d2" / "new.png").write_bytes(make_png(5001))
 
 
-def only_with_the_python_listing(listing):
-    if listing == "c":
-        pytest.skip("the helper process serves the pure-Python listing (threads serve the C one)")
+#: The helper process serves the pure-Python listing (threads serve the C one).
+only_with_the_python_listing = pytest.mark.parametrize("listing", ["python"], indirect=True)
 
 
 def fields(found):
     return [(s.path, s.state, s.uuid, s.content_hash, s.expires_at) for s in found]
 
 
+@only_with_the_python_listing
 def test_a_helper_process_scans_half_of_a_big_folder(make_cache, tmp_path, monkeypatch, listing):
-    only_with_the_python_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "big"
     big_folder(cache, root)
@@ -189,8 +188,8 @@ def test_a_helper_process_scans_half_of_a_big_folder(make_cache, tmp_path, monke
     assert {s.state for s in split} == {"fresh", "missing", "changed", "new"}
 
 
+@only_with_the_python_listing
 def test_a_failed_helper_is_replaced_by_this_process(make_cache, tmp_path, monkeypatch, listing):
-    only_with_the_python_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "big"
     big_folder(cache, root)
@@ -202,8 +201,8 @@ def test_a_failed_helper_is_replaced_by_this_process(make_cache, tmp_path, monke
     assert fields(cache.status([str(root)])) == fields(alone)
 
 
+@only_with_the_python_listing
 def test_stopping_early_ends_the_helper(make_cache, tmp_path, monkeypatch, listing):
-    only_with_the_python_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "big"
     big_folder(cache, root)
@@ -420,8 +419,8 @@ def test_tiles_cover_the_range_without_gaps(make_cache, tmp_path):
     assert whole == ["a.png", "b.png", "b/c.png", "b/e/f.png", "c/g.png", "z.png"]
 
 
+@only_with_the_python_listing
 def test_a_helper_process_shares_a_report(make_cache, tmp_path, monkeypatch, listing):
-    only_with_the_python_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "big"
     big_folder(cache, root)
@@ -471,9 +470,8 @@ def test_a_report_goes_on_when_it_cannot_remember(make_cache, tmp_path):
 # -- the C listing --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("listing", ["c"], indirect=True)  # compares the two: run once
 def test_the_c_listing_equals_the_python_one(tmp_path, monkeypatch, listing):
-    if listing != "c":
-        pytest.skip("compares the two listings (run once)")
     root = os.fsencode(tmp_path / "mixed") + b"/"
     os.makedirs(root + b"b/c")
     os.mkdir(root + b"empty")
@@ -503,9 +501,8 @@ def test_the_c_listing_equals_the_python_one(tmp_path, monkeypatch, listing):
 # -- listing threads (with the C listing) ------------------------------------------------
 
 
-def only_with_the_c_listing(listing):
-    if listing != "c":
-        pytest.skip("listing threads serve the C listing")
+#: Listing threads serve the C listing.
+only_with_the_c_listing = pytest.mark.parametrize("listing", ["c"], indirect=True)
 
 
 def deep_folder(cache, root: Path) -> None:
@@ -524,13 +521,13 @@ def deep_folder(cache, root: Path) -> None:
     (root / "m" / "11" / "new.png").write_bytes(make_png(9001))  # new
 
 
+@only_with_the_c_listing
 @pytest.mark.parametrize("ahead", [65_536, 0])
 def test_listing_threads_give_what_one_walk_gives(
     make_cache, tmp_path, monkeypatch, listing, ahead
 ):
     """``ahead=0``: the threads stop after each listing, so the walk lists most
     folders itself while they wait; the results are the same either way."""
-    only_with_the_c_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "deep"
     deep_folder(cache, root)
@@ -551,8 +548,8 @@ def test_listing_threads_give_what_one_walk_gives(
     assert not [t for t in threading.enumerate() if t.name == "assetcache-list"]
 
 
+@only_with_the_c_listing
 def test_stopping_early_ends_the_listing_threads(make_cache, tmp_path, listing):
-    only_with_the_c_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "deep"
     deep_folder(cache, root)
@@ -563,10 +560,10 @@ def test_stopping_early_ends_the_listing_threads(make_cache, tmp_path, listing):
     assert not [t for t in threading.enumerate() if t.name == "assetcache-list"]
 
 
+@only_with_the_c_listing
 def test_a_listing_begun_before_the_cache_opens_is_taken_or_ended(make_cache, tmp_path, listing):
     """``prestart(folder)`` (the CLI calls it first) begins the walk; the scan of
     that folder takes it over, and ``discard_prestarted`` ends one no scan took."""
-    only_with_the_c_listing(listing)
     cache = make_cache(racy_window=0.0)
     root = tmp_path / "deep"
     deep_folder(cache, root)
