@@ -245,7 +245,12 @@ class Engine:
         #: Whether uploads keep a local copy (the copies kept earlier are read anyway).
         self.keep_copies = config.keep_copies
         self.ingest = Ingest(
-            self.namespace, self.transform, self.max_bytes, self.racy_ns, self._get_file
+            self.namespace,
+            self.transform,
+            self.max_bytes,
+            self.racy_ns,
+            self._get_file,
+            self._get_files,
         )
         # Resizing wanted ("auto") but impossible: say so when a big image goes whole.
         self.ingest.warn_unresized = (
@@ -266,6 +271,9 @@ class Engine:
 
     def _get_file(self, path: str) -> FileRow | None:
         return self.store.get_file(path)
+
+    def _get_files(self, paths: list[str]) -> dict[str, FileRow]:
+        return self.store.get_files(paths)
 
     def prepare(self, obj: Any) -> Prepared | AssetCacheError:
         """The prepared item of ``obj`` (``_ingest``), or its error."""
@@ -433,12 +441,16 @@ class Engine:
         """Results whose UUID this account's registry already holds for other bytes:
         a protocol error, and the older entry is no longer served that UUID either."""
         bad: dict[Key, ProtocolError] = {}
+        # A single database answers for all the UUIDs at once; a fleet, per UUID.
+        find_many = getattr(self.registry, "find_uuids", None)
+        held = find_many([res.image_uuid for _, res in done]) if find_many else None
         for key, res in done:
-            others = [
-                r
-                for r in self.registry.find_uuid(res.image_uuid)
-                if r.namespace == key[0] and r.content_hash != key[1]
-            ]
+            found = (
+                held.get(res.image_uuid, [])
+                if held is not None
+                else self.registry.find_uuid(res.image_uuid)
+            )
+            others = [r for r in found if r.namespace == key[0] and r.content_hash != key[1]]
             if not others:
                 continue
             bad[key] = ProtocolError(
