@@ -76,16 +76,9 @@ def plan_resolve_many(
     limit = max(1, concurrency or engine.concurrency)
     started = engine.stamp_now() if force else 0.0
     results: Results = [None] * len(sources)
-    todo: list[int] = []
-    for i, obj in enumerate(sources):
-        try:
-            hit = engine.fast_hit(obj, touch) if not force else None
-        except StoreError:
-            hit = None  # the slow path meets the same error and reports it per item
-        if hit is not None:
-            results[i] = hit
-        else:
-            todo.append(i)
+    if not force:
+        results = list(engine.fast_hits(sources, touch))
+    todo = [i for i, r in enumerate(results) if r is None]
     verbose = log.isEnabledFor(logging.INFO)
     if verbose:
         for r in results:
