@@ -169,32 +169,35 @@ class Ingest:
         except AssetCacheError as exc:
             return exc
 
-    def index_files(self, objs: Sequence[Any]) -> list[str]:
+    def index_files(self, objs: Sequence[Any]) -> tuple[list[Any], list[str]]:
         """Read the file index for the paths among ``objs`` in one query (not one
         per file); their :meth:`prepare` then takes its row from here. Returns
-        the paths, for :meth:`drop_index` once they are prepared."""
+        ``objs`` with the paths classified (:class:`Source`, not classified again
+        by :meth:`prepare`) and the paths, for :meth:`drop_index` once prepared."""
+        items = list(objs)
         if self.get_files is None:
-            return []
+            return items, []
         paths: list[str] = []
-        for obj in objs:
+        for i, obj in enumerate(items):
             if not isinstance(obj, (str, os.PathLike)):
                 continue
             try:
                 src = Source.coerce(obj)
             except AssetCacheError:
-                continue
+                continue  # prepare() says why
+            items[i] = src
             if src.kind == "path" and src.path:
                 paths.append(src.path)
         if len(paths) < 2:
-            return []
+            return items, []
         try:
             rows = self.get_files(paths)
         except AssetCacheError:
-            return []  # each file meets the error in a lookup of its own, and says so
+            return items, []  # each file meets the error in a lookup of its own, and says so
         with self._index_lock:
             for path in paths:
                 self._index[path] = rows.get(path)
-        return paths
+        return items, paths
 
     def drop_index(self, paths: Sequence[str]) -> None:
         """Forget what :meth:`index_files` read and :meth:`prepare` did not use."""

@@ -179,9 +179,8 @@ def log_upload_reasons(engine: Engine, groups: Groups, force: Collection[Key]) -
 def plan_prepare(engine: Engine, sources: Sequence[Any], todo: list[int], results: Results) -> Plan:
     """Prepare ``sources[i]`` for each ``i`` in ``todo`` on worker threads;
     the ready ones as ``(i, prepared)``, the others failed in ``results``."""
-    objs = [sources[i] for i in todo]
     # The file index of all the paths in one query, not one per file.
-    indexed = yield Call(engine.ingest.index_files, objs)
+    objs, indexed = yield Call(engine.ingest.index_files, [sources[i] for i in todo])
     prepared: list[Prepared | AssetCacheError] = yield Map(
         engine.prepare, objs, engine.hash_workers if len(todo) > 1 else 1
     )
