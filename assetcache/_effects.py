@@ -262,9 +262,15 @@ def _perform_sync(effect: Any, driver: Driver) -> Any:
         effect.slots.thread_semaphore().release()
         return None
     if isinstance(effect, Map):
-        if effect.workers <= 1 or len(effect.items) <= 1:
-            return [effect.fn(x) for x in effect.items]
-        return list(driver.pool(effect.workers).map(effect.fn, effect.items))
+        items, fn = effect.items, effect.fn
+        if effect.workers <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        # A few items per hand-off (two pieces per worker), not one: each costs a
+        # future, a lock and a thread switch, more than hashing a small file.
+        step = -(-len(items) // (2 * effect.workers))
+        pieces = [items[i : i + step] for i in range(0, len(items), step)]
+        done = driver.pool(effect.workers).map(lambda piece: [fn(x) for x in piece], pieces)
+        return [y for piece in done for y in piece]
     if isinstance(effect, Concurrent):
         if len(effect.plans) == 1:
             return [_capture(functools.partial(run_sync, effect.plans[0], driver))]
