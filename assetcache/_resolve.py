@@ -263,7 +263,10 @@ def plan_claim_loop(
                 held.append(key)
 
         if to_upload:
-            yield from plan_upload_groups(engine, results, groups, to_upload, limit, gate)
+            upload = plan_upload_groups(engine, results, groups, to_upload, limit)
+            # In a big batch, a slot of the shared gate first: the fencing renewal
+            # and the upload then follow each other at once, however long the wait.
+            yield from upload if gate is None else plan_in_slot(gate, upload)
 
         for key, fut in follow.items():
             try:
@@ -296,12 +299,7 @@ def plan_claim_loop(
 
 
 def plan_upload_groups(
-    engine: Engine,
-    results: Results,
-    groups: Groups,
-    keys: list[Key],
-    limit: int,
-    gate: Slots | None = None,
+    engine: Engine, results: Results, groups: Groups, keys: list[Key], limit: int
 ) -> Plan:
     """Upload the claimed ``keys`` (their first item each), at most ``limit``
     requests at once; every item of a key gets the outcome."""
@@ -342,13 +340,7 @@ def plan_upload_groups(
         plans.append(plan_fit_send(engine, [(key, leaders[key]) for key in group]))
         slots.append(group)
     outcomes = yield Concurrent(
-        [
-            plan_recorded(
-                engine, plan if gate is None else plan_in_slot(gate, plan), leaders, groups
-            )
-            for plan in plans
-        ],
-        limit,
+        [plan_recorded(engine, plan, leaders, groups) for plan in plans], limit
     )
     recorded: dict[Key, tuple[AssetRow, int]] = {}
     unrecorded: dict[Key, tuple[TaskResult, int, AssetCacheError]] = {}
