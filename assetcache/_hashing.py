@@ -96,7 +96,6 @@ def hash_stream(
     *,
     limit: int | None = None,
     sinks: Iterable[Callable[[memoryview], None]] = (),
-    size_hint: int | None = None,
 ) -> tuple[str, int]:
     """Hash ``stream`` to its end in bounded memory: ``(hexdigest, size)``.
 
@@ -107,10 +106,7 @@ def hash_stream(
     """
     hasher = xxhash.xxh3_128()
     sinks = tuple(sinks)
-    # ``size_hint``: the caller's fstat of this regular file (no second one here).
-    buf = bytearray(
-        _buffer_size(stream) if size_hint is None else max(1, min(CHUNK_SIZE, size_hint + 1))
-    )
+    buf = bytearray(_buffer_size(stream))
     view = memoryview(buf)
     size = 0
     readinto = getattr(stream, "readinto", None)

@@ -99,9 +99,7 @@ def read_file(path: str, label: str, *, limit: int | None = None, keep: bool = F
         if keep and before.st_size <= INLINE_LIMIT:
             sinks.append(lambda chunk: chunks.append(bytes(chunk)))
         try:
-            digest, size = _hashing.hash_stream(
-                f, limit=limit, sinks=sinks, size_hint=before.st_size
-            )
+            digest, size = _hashing.hash_stream(f, limit=limit, sinks=sinks)
         except OverflowError:
             raise SourceTooLarge(label, f"grew above the limit of {limit} bytes") from None
         except OSError as exc:
