@@ -110,8 +110,61 @@ class Concurrent:
     limit: int
 
 
+class Slots:
+    """A number of slots shared by plans run side by side (requests in flight):
+    ``yield Acquire(slots)`` waits for a free one, ``yield Release(slots)`` frees it.
+    Each driver makes its own primitive (a thread or an asyncio semaphore)."""
+
+    __slots__ = ("count", "_thread_sem", "_async_sem", "_lock")
+
+    def __init__(self, count: int) -> None:
+        self.count = max(1, count)
+        self._thread_sem: threading.Semaphore | None = None
+        self._async_sem: Any = None
+        self._lock = threading.Lock()
+
+    def thread_semaphore(self) -> threading.Semaphore:
+        with self._lock:
+            if self._thread_sem is None:
+                self._thread_sem = threading.Semaphore(self.count)
+            return self._thread_sem
+
+    def async_semaphore(self) -> Any:
+        import asyncio
+
+        if self._async_sem is None:
+            self._async_sem = asyncio.Semaphore(self.count)
+        return self._async_sem
+
+
+@dataclass(slots=True)
+class Acquire:
+    """Wait for a free slot of ``slots``."""
+
+    slots: Slots
+
+
+@dataclass(slots=True)
+class Release:
+    """Free a slot of ``slots`` taken with :class:`Acquire`."""
+
+    slots: Slots
+
+
+def plan_in_slot(slots: Slots, plan: Plan) -> Plan:
+    """Run ``plan`` holding one of ``slots``, freed however the plan ends."""
+    yield Acquire(slots)
+    try:
+        result = yield from plan
+    except Exception:
+        yield Release(slots)
+        raise
+    yield Release(slots)
+    return result
+
+
 #: The closed set of effects a plan may yield; each driver performs every one.
-Effect = Call | Invoke | Map | Http | Sleep | Wait | Concurrent
+Effect = Call | Invoke | Map | Http | Sleep | Wait | Concurrent | Acquire | Release
 
 
 @dataclass
@@ -139,6 +192,16 @@ class Driver:
                     assert self.make_sync_client is not None
                     client = self.sync_client = self.make_sync_client()
         return client
+
+    def warm_blocking_client(self) -> None:
+        """Start making the ``httpx.Client`` on a thread of its own, if it is not made
+        yet: plans run side by side hash before their first request, and the
+        client's CA bundle loads (without the GIL) meanwhile instead of after."""
+        if self.sync_client is not None or self.make_sync_client is None:
+            return
+        threading.Thread(
+            target=_capture, args=(self.blocking_client,), name="assetcache-client", daemon=True
+        ).start()
 
     def asyncio_client(self) -> Any:
         """The ``httpx.AsyncClient`` (made on first use)."""
@@ -192,14 +255,27 @@ def _perform_sync(effect: Any, driver: Driver) -> Any:
         return None
     if isinstance(effect, Wait):
         return effect.future.result()
+    if isinstance(effect, Acquire):
+        effect.slots.thread_semaphore().acquire()
+        return None
+    if isinstance(effect, Release):
+        effect.slots.thread_semaphore().release()
+        return None
     if isinstance(effect, Map):
-        if effect.workers <= 1 or len(effect.items) <= 1:
-            return [effect.fn(x) for x in effect.items]
-        return list(driver.pool(effect.workers).map(effect.fn, effect.items))
+        items, fn = effect.items, effect.fn
+        if effect.workers <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        # A few items per hand-off (two pieces per worker), not one: each costs a
+        # future, a lock and a thread switch, more than hashing a small file.
+        step = -(-len(items) // (2 * effect.workers))
+        pieces = [items[i : i + step] for i in range(0, len(items), step)]
+        done = driver.pool(effect.workers).map(lambda piece: [fn(x) for x in piece], pieces)
+        return [y for piece in done for y in piece]
     if isinstance(effect, Concurrent):
         if len(effect.plans) == 1:
             return [_capture(functools.partial(run_sync, effect.plans[0], driver))]
         main = threading.current_thread() is threading.main_thread()
+        driver.warm_blocking_client()  # the side-by-side plans of a cache all send requests
         pool = concurrent.futures.ThreadPoolExecutor(max(1, effect.limit))
         try:
             with _signals_held(main):  # every started worker is known to the pool
@@ -286,6 +362,12 @@ async def _perform_async(effect: Any, driver: Driver) -> Any:
         return None
     if isinstance(effect, Wait):
         return await asyncio.wrap_future(effect.future)
+    if isinstance(effect, Acquire):
+        await effect.slots.async_semaphore().acquire()
+        return None
+    if isinstance(effect, Release):
+        effect.slots.async_semaphore().release()
+        return None
     if isinstance(effect, Map):
         if effect.workers <= 1 or len(effect.items) <= 1:
             return await asyncio.to_thread(lambda: [effect.fn(x) for x in effect.items])

@@ -184,6 +184,10 @@ class FormatCheck:
         # Until 64 bytes are in, the format (and so the parser) is unknown:
         # keep copies (the caller reuses its buffer) and replay them after.
         self._head += chunk[: 64 - len(self._head)]
+        if len(self._head) >= 64 and not self._early:
+            self._start()  # the first chunk has the head: nothing to replay
+            self._consume(chunk)
+            return
         self._early.append(bytes(chunk))
         if len(self._head) >= 64:
             self._begin()

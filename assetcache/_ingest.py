@@ -21,7 +21,7 @@ import logging
 import os
 import stat as stat_mod
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
@@ -41,6 +41,8 @@ from ._sources import Source, SourceLike
 from ._storage._base import FileRow, Key
 
 log = logging.getLogger("assetcache")
+
+_UNREAD: Any = object()
 
 #: Inputs up to this size are kept in memory after hashing (one read, no
 #: TOCTOU window); larger files are streamed again at upload time and verified.
@@ -140,12 +142,17 @@ class Ingest:
         max_bytes: int | None,
         racy_ns: int,
         get_file: Callable[[str], FileRow | None],
+        get_files: Callable[[list[str]], dict[str, FileRow]] | None = None,
     ) -> None:
         self.namespace = namespace
         self.transform = transform
         self.max_bytes = max_bytes
         self.racy_ns = racy_ns
         self.get_file = get_file
+        self.get_files = get_files
+        # File rows read ahead for a batch's paths (index_files), each used once.
+        self._index: dict[str, FileRow | None] = {}
+        self._index_lock = threading.Lock()
         #: Warn (once) when an image above ``max_side`` goes unresized (no Pillow).
         self.warn_unresized = False
         self.max_side = _transform.MAX_SIDE
@@ -158,16 +165,59 @@ class Ingest:
         if isinstance(obj, Prepared):
             return obj  # checked by the caller already (refresh): not read twice
         try:
-            src = Source.coerce(obj)
-            if src.kind == "path":
-                return self._prepare_path(src)
-            if src.kind == "url":
-                return self._prepare_url(src)
-            if src.kind == "file":
-                return self._prepare_stream(src)
-            return self._prepare_data(src)
+            return self._prepare_source(Source.coerce(obj))
         except AssetCacheError as exc:
             return exc
+
+    def index_files(self, objs: Sequence[Any]) -> tuple[list[Any], list[str]]:
+        """Read the file index for the paths among ``objs`` in one query (not one
+        per file); their :meth:`prepare` then takes its row from here. Returns
+        ``objs`` with the paths classified (:class:`Source`, not classified again
+        by :meth:`prepare`) and the paths, for :meth:`drop_index` once prepared."""
+        items = list(objs)
+        if self.get_files is None:
+            return items, []
+        paths: list[str] = []
+        for i, obj in enumerate(items):
+            if not isinstance(obj, (str, os.PathLike)):
+                continue
+            try:
+                src = Source.coerce(obj)
+            except AssetCacheError:
+                continue  # prepare() says why
+            items[i] = src
+            if src.kind == "path" and src.path:
+                paths.append(src.path)
+        if len(paths) < 2:
+            return items, []
+        try:
+            rows = self.get_files(paths)
+        except AssetCacheError:
+            return items, []  # each file meets the error in a lookup of its own, and says so
+        with self._index_lock:
+            for path in paths:
+                self._index[path] = rows.get(path)
+        return items, paths
+
+    def drop_index(self, paths: Sequence[str]) -> None:
+        """Forget what :meth:`index_files` read and :meth:`prepare` did not use."""
+        with self._index_lock:
+            for path in paths:
+                self._index.pop(path, None)
+
+    def _known_file(self, path: str) -> FileRow | None:
+        with self._index_lock:
+            row = self._index.pop(path, _UNREAD)
+        return self.get_file(path) if row is _UNREAD else row
+
+    def _prepare_source(self, src: Source) -> Prepared:
+        if src.kind == "path":
+            return self._prepare_path(src)
+        if src.kind == "url":
+            return self._prepare_url(src)
+        if src.kind == "file":
+            return self._prepare_stream(src)
+        return self._prepare_data(src)
 
     def prepare_or_raise(self, obj: SourceLike | Prepared) -> Prepared:
         prepared = self.prepare(obj)
@@ -259,7 +309,7 @@ class Ingest:
         st = stat_source(path, label)
         check_size(label, st.st_size, self.max_bytes)
         fp = _hashing.Fingerprint.of(st)
-        known = self.get_file(path)
+        known = self._known_file(path)
         if (
             known is not None
             and known.format is not None

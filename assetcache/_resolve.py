@@ -24,7 +24,7 @@ from typing import Any
 
 from . import _policy
 from ._durations import format_duration
-from ._effects import Call, Concurrent, Map, Plan, Sleep, Wait
+from ._effects import Call, Concurrent, Map, Plan, Sleep, Slots, Wait, plan_in_slot
 from ._engine import Engine
 from ._errors import AssetCacheError, SourceError, StoreError
 from ._ingest import Prepared, label_of
@@ -35,6 +35,10 @@ from ._storage._base import AssetRow, FileRow, Key
 from ._tasks import pack, plan_send, plan_server_time
 
 log = logging.getLogger("assetcache")
+
+#: Parts of a big batch prepared ahead of the requests in flight: one per this
+#: many slots (8 requests in flight: 4 more parts hash and claim meanwhile).
+PARTS_AHEAD = 2
 
 #: Originals resized per upload group: big photos go a few per request, as soon
 #: as they are ready; small conversions (BMP, GIF) still share requests.
@@ -72,16 +76,9 @@ def plan_resolve_many(
     limit = max(1, concurrency or engine.concurrency)
     started = engine.stamp_now() if force else 0.0
     results: Results = [None] * len(sources)
-    todo: list[int] = []
-    for i, obj in enumerate(sources):
-        try:
-            hit = engine.fast_hit(obj, touch) if not force else None
-        except StoreError:
-            hit = None  # the slow path meets the same error and reports it per item
-        if hit is not None:
-            results[i] = hit
-        else:
-            todo.append(i)
+    if not force:
+        results = list(engine.fast_hits(sources, touch))
+    todo = [i for i, r in enumerate(results) if r is None]
     verbose = log.isEnabledFor(logging.INFO)
     if verbose:
         for r in results:
@@ -93,16 +90,18 @@ def plan_resolve_many(
     if limit == 1 or len(todo) <= step:
         yield from plan_resolve_part(engine, sources, todo, force, started, limit, results, touch)
         return results
-    # A big batch goes in parts of one request each, ``limit`` parts at a time:
-    # while one part waits for its answer, others hash (on the shared hashing
-    # threads) and encode, and at most ``limit`` parts' bytes are in memory.
+    # A big batch goes in parts of one request each. At most ``limit`` requests
+    # are in flight (``gate``), and a few more parts hash (on the shared hashing
+    # threads), look up and claim meanwhile, so a request goes out as soon as
+    # another answers: at most ``limit + ahead`` parts' bytes are in memory.
     parts = [todo[i : i + step] for i in range(0, len(todo), step)]
+    gate = Slots(limit)
     outcomes = yield Concurrent(
         [
-            plan_resolve_part(engine, sources, part, force, started, 1, results, touch)
+            plan_resolve_part(engine, sources, part, force, started, 1, results, touch, gate)
             for part in parts
         ],
-        limit,
+        limit + max(1, limit // PARTS_AHEAD),
     )
     for part, outcome in zip(parts, outcomes, strict=True):
         if isinstance(outcome, BaseException):
@@ -127,16 +126,18 @@ def plan_resolve_part(
     limit: int,
     results: Results,
     touch: bool = True,
+    gate: Slots | None = None,
 ) -> Plan:
     """Phases 2 to 5 for ``sources[i]``, ``i`` in ``todo``, at most ``limit``
-    requests at once, filling their slots of ``results``."""
+    requests at once (each also holding a slot of ``gate``, shared with the
+    other parts of a batch), filling their slots of ``results``."""
     verbose = log.isEnabledFor(logging.INFO)
     ready = yield from plan_prepare(engine, sources, todo, results)
     groups = yield from plan_settle(engine, ready, force, results, touch)
     if groups is not None:
         if verbose:
             log_upload_reasons(engine, groups, force)
-        yield from plan_claim_loop(engine, groups, force, started, limit, results)
+        yield from plan_claim_loop(engine, groups, force, started, limit, results, gate)
     if verbose:
         for i in todo:
             r = results[i]
@@ -178,9 +179,13 @@ def log_upload_reasons(engine: Engine, groups: Groups, force: Collection[Key]) -
 def plan_prepare(engine: Engine, sources: Sequence[Any], todo: list[int], results: Results) -> Plan:
     """Prepare ``sources[i]`` for each ``i`` in ``todo`` on worker threads;
     the ready ones as ``(i, prepared)``, the others failed in ``results``."""
+    # The file index of all the paths in one query, not one per file.
+    objs, indexed = yield Call(engine.ingest.index_files, [sources[i] for i in todo])
     prepared: list[Prepared | AssetCacheError] = yield Map(
-        engine.prepare, [sources[i] for i in todo], engine.hash_workers if len(todo) > 1 else 1
+        engine.prepare, objs, engine.hash_workers if len(todo) > 1 else 1
     )
+    if indexed:
+        yield Call(engine.ingest.drop_index, indexed, inline=True)
     ready: list[tuple[int, Prepared]] = []
     for i, p in zip(todo, prepared, strict=True):
         if isinstance(p, AssetCacheError):
@@ -225,6 +230,7 @@ def plan_claim_loop(
     started: float,
     limit: int,
     results: Results,
+    gate: Slots | None = None,
 ) -> Plan:
     """Until every key is answered: lead or follow in this process, claim the
     lease, upload what we claimed, wait for what others hold."""
@@ -257,7 +263,10 @@ def plan_claim_loop(
                 held.append(key)
 
         if to_upload:
-            yield from plan_upload_groups(engine, results, groups, to_upload, limit)
+            upload = plan_upload_groups(engine, results, groups, to_upload, limit)
+            # In a big batch, a slot of the shared gate first: the fencing renewal
+            # and the upload then follow each other at once, however long the wait.
+            yield from upload if gate is None else plan_in_slot(gate, upload)
 
         for key, fut in follow.items():
             try:

@@ -510,6 +510,39 @@ class SQLiteStore(SQLRegistry):
         )
         return _file_row(rows[0]) if rows else None
 
+    def find_uuids(self, image_uuids: Sequence[str]) -> dict[str, list[AssetRow]]:
+        """:meth:`find_uuid` for many UUIDs, a few hundred per statement (vetting a
+        request's answers): ``{uuid: rows}``, only for the UUIDs some row holds."""
+        out: dict[str, list[AssetRow]] = {}
+        for part in _chunks(sorted(set(image_uuids))):
+            sql = self._q(
+                f"SELECT {', '.join(ASSET_COLUMNS)} FROM {{assets}} "
+                f"WHERE image_uuid IN ({', '.join('?' * len(part))})"
+            )
+            for r in self.read(sql, part, "look up UUIDs"):
+                row = AssetRow(*r)
+                out.setdefault(row.image_uuid, []).append(row)
+        return out
+
+    def get_files(self, paths: Sequence[str]) -> dict[str, FileRow]:
+        """:meth:`get_file` for many paths, a few hundred per statement: ``{path: row}``
+        (a cold batch looks its files up per request, not per file)."""
+        keys = {path_key(p): p for p in paths}
+        out: dict[str, FileRow] = {}
+        for part in _chunks(list(keys)):
+            rows = self.read(
+                "SELECT f.path, f.dev, f.ino, f.size, f.mtime_ns, f.ctime_ns, f.content_hash, "
+                "f.format, f.hashed_at_ns, d.width, d.height "
+                "FROM files f LEFT JOIN dimensions d ON d.content_hash = f.content_hash "
+                f"WHERE f.path IN ({', '.join('?' * len(part))})",
+                part,
+            )
+            for row in rows:
+                path = keys.get(row[0])
+                if path is not None:
+                    out[path] = FileRow(path, *row[1:])
+        return out
+
     def files_under(self, prefix: str) -> Iterator[FileRow]:
         """Every file row whose path is ``prefix`` or below it (one range scan)."""
         low = path_key(prefix.rstrip(os.sep) + os.sep)

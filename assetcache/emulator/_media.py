@@ -133,6 +133,13 @@ def _name_unsupported(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
+    if text:
+        try:
+            # Most clients send one unbroken, padded line: decoded as it is, not
+            # copied first (a strict decode refuses whitespace and bad padding).
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass
     # Line-wrapped base64 (MIME style) is common; padding is often dropped.
     compact = "".join(text.split())
     if not compact:

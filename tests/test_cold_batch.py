@@ -1,0 +1,193 @@
+"""Cold batches: requests in flight bounded by slots while parts prepare ahead,
+the file index read per part, answers vetted per request, the emulator's decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import FAST_RETRY
+from helpers import API_KEY, make_png
+
+from assetcache import AssetCache, AsyncAssetCache
+from assetcache._effects import (
+    Call,
+    Concurrent,
+    Driver,
+    Sleep,
+    Slots,
+    plan_in_slot,
+    run_async,
+    run_sync,
+)
+from assetcache.emulator._media import MediaError, decode
+
+
+class Gauge:
+    """How many holders at once, and the most seen."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+def held(gauge: Gauge, fail: bool = False) -> Any:
+    yield Call(gauge.enter)
+    yield Sleep(0.01)
+    yield Call(gauge.leave)
+    if fail:
+        raise ValueError("boom")
+    return "done"
+
+
+def many(gauge: Gauge, slots: Slots) -> Any:
+    plans = [plan_in_slot(slots, held(gauge, fail=i % 3 == 0)) for i in range(9)]
+    return (yield Concurrent(plans, 6))
+
+
+def test_slots_bound_plans_run_side_by_side_in_both_drivers() -> None:
+    for run in (
+        lambda plan: run_sync(plan, Driver()),
+        lambda plan: asyncio.run(run_async(plan, Driver())),
+    ):
+        gauge = Gauge()
+        slots = Slots(2)
+        outcomes = run(many(gauge, slots))
+        assert gauge.most <= 2 and gauge.now == 0
+        assert [isinstance(o, ValueError) for o in outcomes] == [i % 3 == 0 for i in range(9)]
+        # A plan that failed gave its slot back: all of them are free again.
+        again = Gauge()
+        run(many(again, slots))
+        assert 1 <= again.most <= 2
+
+
+def test_a_big_cold_batch_never_has_more_requests_in_flight_than_concurrency(
+    tmp_path: Path,
+) -> None:
+    gauge = Gauge()
+
+    def server(request: httpx.Request) -> httpx.Response:
+        gauge.enter()
+        try:
+            tasks = json.loads(request.content)
+            data = [
+                {
+                    "taskType": "imageUpload",
+                    "taskUUID": t["taskUUID"],
+                    "imageUUID": str(uuid.uuid4()),
+                }
+                for t in tasks
+            ]
+        finally:
+            gauge.leave()
+        return httpx.Response(200, json={"data": data})
+
+    files = []
+    for i in range(120):
+        path = tmp_path / f"c{i}.png"
+        path.write_bytes(make_png(50_000 + i))
+        files.append(path)
+    with AssetCache(
+        API_KEY,
+        base_url="http://127.0.0.1:9/v1",
+        db_path=tmp_path / "c.db",
+        transport=httpx.MockTransport(server),
+        retry=FAST_RETRY,
+        batch_size=4,
+        concurrency=3,
+    ) as cache:
+        out = cache.resolve_many(files)
+        assert [r.outcome for r in out] == ["uploaded"] * 120
+        assert gauge.most <= 3
+
+
+def test_files_rehashed_in_a_batch_hit_by_content(make_cache, emu, tmp_path: Path) -> None:
+    cache = make_cache(batch_size=8)
+    files = []
+    for i in range(40):
+        path = tmp_path / f"r{i}.png"
+        path.write_bytes(make_png(60_000 + i))
+        files.append(path)
+    assert {r.outcome for r in cache.resolve_many(files)} == {"uploaded"}
+    uploads = emu.upload_count
+    for path in files[::2]:  # same bytes, new stat data: read and hashed again
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    (tmp_path / "r1.png").write_bytes(make_png(61_000))  # new content: uploaded
+    out = cache.resolve_many(files)
+    assert [r.outcome for r in out] == ["hit"] + ["uploaded"] + ["hit"] * 38
+    assert emu.upload_count == uploads + 1
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_an_answer_reusing_the_uuid_of_other_bytes_is_refused_in_a_batch(
+    tmp_path: Path, twin: str
+) -> None:
+    first = str(uuid.uuid4())
+    answers: list[str] = [first]
+
+    def server(request: httpx.Request) -> httpx.Response:
+        tasks = json.loads(request.content)
+        data = []
+        for t in tasks:
+            image = answers.pop(0) if answers else str(uuid.uuid4())
+            data.append({"taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": image})
+        return httpx.Response(200, json={"data": data})
+
+    kwargs: dict[str, Any] = {
+        "base_url": "http://127.0.0.1:9/v1",
+        "db_path": tmp_path / "c.db",
+        "transport": httpx.MockTransport(server),
+        "retry": FAST_RETRY,
+    }
+    batch = [make_png(70_000 + i) for i in range(5)]
+    if twin == "sync":
+        with AssetCache(API_KEY, **kwargs) as cache:
+            assert cache.resolve(make_png(69_999)).uuid == first
+            answers.extend([str(uuid.uuid4()), first])  # the batch's 2nd answer reuses it
+            out = cache.resolve_many(batch)
+            again = cache.resolve(make_png(69_999))
+    else:
+
+        async def main() -> Any:
+            async with AsyncAssetCache(API_KEY, **kwargs) as cache:
+                assert (await cache.resolve(make_png(69_999))).uuid == first
+                answers.extend([str(uuid.uuid4()), first])
+                out = await cache.resolve_many(batch)
+                return out, await cache.resolve(make_png(69_999))
+
+        out, again = asyncio.run(main())
+    assert [r.outcome for r in out] == ["uploaded", "failed", "uploaded", "uploaded", "uploaded"]
+    assert getattr(out[1].error, "code", None) == "duplicateResult"
+    # The older entry is no longer served that UUID either: uploaded again.
+    assert again.outcome != "hit" and again.uuid != first
+
+
+def test_the_emulator_decodes_wrapped_unpadded_and_plain_base64_alike() -> None:
+    data = make_png(3)
+    text = base64.b64encode(data).decode()
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    for value in (text, wrapped, text.rstrip("="), "data:image/png;base64," + wrapped):
+        assert decode(value).data == data
+    with pytest.raises(MediaError, match="the base64 payload is empty"):
+        decode("data:image/png;base64,")
+    with pytest.raises(MediaError, match="not valid base64"):
+        decode("data:image/png;base64,@@@@")
