@@ -526,16 +526,12 @@ class Engine:
         hit = self.hit_row(obj, touch)
         if hit is None:
             return None
-        row, last_used = hit
+        return self._hit_resolution(obj if isinstance(obj, str) else str(obj), *hit)
+
+    def _hit_resolution(self, source: str, row: tuple[Any, ...], last_used: float) -> Resolution:
+        """A warm hit's answer from its lookup row (see ``lookup_path``)."""
         return Resolution(
-            obj if isinstance(obj, str) else str(obj),
-            row[8],
-            row[6],
-            "hit",
-            None,
-            row[10],
-            row[7],
-            last_used + self.policy.retention,
+            source, row[8], row[6], "hit", None, row[10], row[7], last_used + self.policy.retention
         )
 
     def fast_hits(self, objs: Sequence[Any], touch: bool = True) -> list[Resolution | None]:
@@ -567,17 +563,7 @@ class Engine:
                 except StoreError:
                     continue
                 if hit is not None:
-                    row, last_used = hit
-                    out[i] = Resolution(
-                        text,
-                        row[8],
-                        row[6],
-                        "hit",
-                        None,
-                        row[10],
-                        row[7],
-                        last_used + self.policy.retention,
-                    )
+                    out[i] = self._hit_resolution(text, *hit)
         return out
 
     def hit_row(self, obj: Any, touch: bool = True) -> tuple[tuple[Any, ...], float] | None:
