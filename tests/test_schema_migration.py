@@ -102,3 +102,28 @@ def test_a_schema_6_database_migrates_to_7_with_the_same_answers(tmp_path: Path)
     finally:
         old.close()
         fresh.close()
+
+
+def test_export_pages_are_joined_by_sqlite_or_read_row_by_row(tmp_path, monkeypatch) -> None:
+    """Export lines come a joined page at a time; a page whose joined text cannot
+    be split back into its lines (a raw newline in a salvaged value) is read row
+    by row, and the pages still follow each other by key."""
+    import json
+
+    monkeypatch.setattr(_sqlite, "PAGE_ROWS", 3)
+    store = SQLiteStore(tmp_path / "cache.db")
+    try:
+        store.merge_assets(ROWS)
+        lines = list(store.export_lines(None, 1))
+        assert [(d["namespace"], d["hash"], d["variant"]) for d in map(json.loads, lines)] == [
+            r.key for r in sorted(ROWS, key=lambda r: r.key)
+        ]
+        with store.write() as conn:  # what a damaged file may hand back
+            conn.execute(
+                "UPDATE assets SET size = 'a' || char(10) || 'b' WHERE content_hash = ?",
+                (f"{4:032x}",),
+            )
+        again = list(store.export_lines(NS, 1))
+        assert len(again) == len(ROWS) - 1 and '"size":a\nb,' in again[3]
+    finally:
+        store.close()
