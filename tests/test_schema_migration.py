@@ -94,6 +94,8 @@ def test_a_schema_6_database_migrates_to_7_with_the_same_answers(tmp_path: Path)
         columns = {r[1] for r in old.read("PRAGMA table_info(assets)")}
         assert "namespace" not in columns
         assert old.namespaces() == [NS, OTHER]
+        # The old table's pages are given back to the file system.
+        assert old.read("PRAGMA freelist_count") == [(0,)]
         # And the migrated file keeps working as a store.
         old.touch(ROWS[0].key, 9000.0)
         assert old.get_asset(ROWS[0].key).last_used_at == 9000.0
