@@ -320,13 +320,17 @@ STREAM_ROWS = 2000
 def json_array(items: Iterable[Any], out: IO[str], indent: str = "") -> int:
     """Write ``items`` (JSON-ready) as a JSON array, one element per line, as
     they come: memory stays bounded whatever their number. Returns how many."""
-    dumps = json.JSONEncoder(default=str).encode
+    return json_texts_array(map(json.JSONEncoder(default=str).encode, items), out, indent)
+
+
+def json_texts_array(texts: Iterable[str], out: IO[str], indent: str = "") -> int:
+    """:func:`json_array` of elements already encoded."""
     n = 0
     out.write("[")
     buf: list[str] = []
     sep = "\n" + indent + "  "
-    for item in items:
-        buf.append(("," if n else "") + sep + dumps(item))
+    for text in texts:
+        buf.append(("," if n else "") + sep + text)
         n += 1
         if len(buf) >= STREAM_ROWS:
             out.write("".join(buf))
@@ -1048,12 +1052,11 @@ def ls_command(
             yield e
 
     if as_json:
-        json_array((e.as_dict() for e in entries), out)
+        json_texts_array((e.as_json() for e in entries), out)
         out.write("\n")
         return
     if as_jsonl:
-        dumps = json.JSONEncoder(default=str).encode
-        stream_lines((dumps(e.as_dict()) for e in entries), out)
+        stream_lines((e.as_json() for e in entries), out)
         return
     if as_csv:
         out.write(csv_line(LS_FIELDS) + "\n")

@@ -63,6 +63,10 @@ EXPORT_VERSION = 1
 _MAX_INT = 1 << 53
 _MAX_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: What a namespace, resp. a variant, may not hold (one regex search per line,
+#: not a Python loop over the characters: an import reads millions of lines).
+_NS_BAD_RE = re.compile("[\x00-\x1f\x7f]")
+_VARIANT_BAD_RE = re.compile("[\x00-\x20\x7f]")
 #: Identifiers are matched whole: ``\Z``, not ``$`` (which also matches before a final newline).
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
 HASH_RE = re.compile(r"^[0-9a-f]{32}\Z")
@@ -948,10 +952,10 @@ def _parse_export_line(line: str, now: float) -> AssetRow | str:
         namespace = text("namespace")
         if not namespace:
             return "'namespace' is empty"
-        if namespace != namespace.strip() or any(ord(c) < 32 or ord(c) == 127 for c in namespace):
+        if namespace != namespace.strip() or _NS_BAD_RE.search(namespace):
             return f"'namespace' holds blanks or control characters: {namespace[:40]!r}"
         variant = text("variant", "")
-        if any(ord(c) <= 32 or ord(c) == 127 for c in variant):
+        if _VARIANT_BAD_RE.search(variant):
             return f"'variant' holds blanks or control characters: {variant[:40]!r}"
         digest = text("hash")
         if not HASH_RE.fullmatch(digest):

@@ -10,7 +10,9 @@ path. Then it runs each maintenance command as a whole process (output to
 same work with no Python in the way:
 
 - ``ls --json`` and ``export``: the ``sqlite3`` command-line tool printing the
-  same rows in the same order (``-json``, resp. one ``json_object`` per line);
+  same rows in the same order (``-json``, resp. one ``json_object`` per line),
+  read as assetcache reads them, through the ``asset_rows`` view (namespaces
+  by name: the table holds their ids);
 - ``import``: a Python process reading the same file and inserting its rows
   with one ``executemany`` into an empty database with the same schema;
 - ``refresh --within 1d --dry-run``, ``prune --dry-run --older-than 35d``,
@@ -50,14 +52,22 @@ _FLOOR_IMPORT = r"""
 import json, sqlite3, sys
 rows = []
 conn = sqlite3.connect(sys.argv[2], isolation_level=None)
-cols = ("namespace", "content_hash", "variant", "image_uuid", "size", "format",
+cols = ("ns", "content_hash", "variant", "image_uuid", "size", "format",
         "uploaded_at", "last_used_at", "upload_count", "bytes_sent")
 sql = f"INSERT INTO assets ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+ids = {}
+
+def ns_id(name):
+    if name not in ids:
+        conn.execute("INSERT OR IGNORE INTO namespaces (name) VALUES (?)", (name,))
+        ids[name] = conn.execute("SELECT id FROM namespaces WHERE name = ?", (name,)).fetchone()[0]
+    return ids[name]
+
 conn.execute("BEGIN")
 with open(sys.argv[1], encoding="utf-8") as fh:
     for line in fh:
         o = json.loads(line)
-        rows.append((o["namespace"], o["hash"], o["variant"], o["uuid"], o["size"],
+        rows.append((ns_id(o["namespace"]), o["hash"], o["variant"], o["uuid"], o["size"],
                      o["format"], o["uploaded_at"], o["last_used_at"], o["upload_count"],
                      o["bytes_sent"]))
         if len(rows) >= 5000:
@@ -184,7 +194,7 @@ def main() -> None:
             "'variant', variant, 'uuid', image_uuid, 'size', size, 'format', format, "
             "'uploaded_at', uploaded_at, 'last_used_at', last_used_at, "
             "'upload_count', upload_count, 'bytes_sent', bytes_sent) "
-            "FROM assets ORDER BY namespace, content_hash, variant"
+            "FROM asset_rows ORDER BY namespace, content_hash, variant"
         )
         window = 30 * DAY - 3600  # retention minus margin: only for the floor's row choice
         cases: list[tuple[str, list[str], list[str]]] = [
@@ -195,7 +205,7 @@ def main() -> None:
                     sqlite3_tool,
                     "-json",
                     str(db),
-                    f"SELECT {cols} FROM assets ORDER BY last_used_at, namespace, "
+                    f"SELECT {cols} FROM asset_rows ORDER BY last_used_at, namespace, "
                     "content_hash, variant",
                 ],
             ),
@@ -207,7 +217,7 @@ def main() -> None:
                     sqlite3_tool,
                     "-json",
                     str(db),
-                    f"SELECT {cols} FROM assets WHERE last_used_at > {now - 30 * DAY} AND "
+                    f"SELECT {cols} FROM asset_rows WHERE last_used_at > {now - 30 * DAY} AND "
                     f"last_used_at <= {now + DAY - window} ORDER BY last_used_at",
                 ],
             ),
@@ -218,7 +228,7 @@ def main() -> None:
                     sqlite3_tool,
                     "-json",
                     str(db),
-                    f"SELECT {cols} FROM assets WHERE last_used_at <= {now - 35 * DAY} "
+                    f"SELECT {cols} FROM asset_rows WHERE last_used_at <= {now - 35 * DAY} "
                     "ORDER BY last_used_at",
                 ],
             ),

@@ -216,3 +216,33 @@ def test_a_big_image_without_pillow_is_announced_once(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("Pillow is not installed") == 1
     assert "pip install 'assetcache[images]'" in done.stderr and "2100x4" in done.stderr
+
+
+def test_an_entry_as_json_is_its_dict_as_json_dumps_writes_it() -> None:
+    """``ls --json`` writes ``Entry.as_json()``: byte for byte the encoding of ``as_dict()``."""
+    from assetcache._models import Entry
+
+    dumps = json.JSONEncoder(default=str).encode
+    entries = [
+        Entry(
+            'ns\u00e9"x',
+            "h\\1",
+            "",
+            "u\x00",
+            5,
+            "p\u00f1g",
+            1.5,
+            1e9,
+            2e9,
+            1.9e9,
+            "fresh",
+            ("/a/\u00e9\udcff.png", "b\n"),
+            2,
+            3,
+            1700000000.9,
+        ),
+        Entry("n", "h", "v", "u", 2**70, "png", 0.0, 0.0, 0.0, 0.0, "expired", (), True, 0),
+        Entry("n", "h", "v", "u", 3.5, "png", 0.0, 0.0, 0.0, 0.0, "expired", (), 1, 0),  # type: ignore[arg-type]
+    ]
+    for entry in entries:
+        assert entry.as_json() == dumps(entry.as_dict())

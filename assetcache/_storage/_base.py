@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from .. import _policy
 
@@ -331,6 +331,18 @@ class SQLRegistry:
     #: Upload leases this process took over from a dead or expired owner (metrics).
     takeovers: int = 0
     ASSETS = "assets"
+    #: What reads select asset rows from (``ASSET_COLUMNS``, namespaces by name):
+    #: the table itself, or a view where the table stores namespaces compactly.
+    ROWS = ""
+    #: How writes name a row's namespace: the column, and the value of a
+    #: namespace name bound as ``?`` (a subquery where the column holds an id).
+    NS_COLUMN = "namespace"
+    NS_VALUE = "?"
+    #: Reads by UUID: the condition on one bound ``?`` (an index may hold a prefix).
+    UUID_IS = "image_uuid = ?"
+    #: Reads by content hash alone: what scopes them to an index (nothing, or
+    #: "any namespace" where the primary key starts with the namespace).
+    ANY_NAMESPACE = ""
     LEASES = "leases"
     COUNTERS = "counters"
     #: The driver's placeholder.
@@ -356,10 +368,28 @@ class SQLRegistry:
 
     def _upsert_rows(self, conn: Any, rows: Sequence[AssetRow]) -> None:
         """Store whole rows (import), replacing what the keys held."""
+        self._add_namespaces(conn, {r.namespace for r in rows})
         self._many(conn, self._q(_UPSERT_ROW), [_values(r) for r in rows])
 
+    def _add_namespaces(self, conn: Any, names: Iterable[str]) -> None:
+        """Make these namespaces writable (where rows refer to them by id)."""
+
     def _q(self, sql: str) -> str:
-        return _render(self.ASSETS, self.LEASES, self.COUNTERS, self.MARK, sql)
+        return _render(self._dialect, sql)
+
+    @functools.cached_property
+    def _dialect(self) -> _Dialect:
+        return _Dialect(
+            self.ASSETS,
+            self.ROWS or self.ASSETS,
+            self.LEASES,
+            self.COUNTERS,
+            self.MARK,
+            self.NS_COLUMN,
+            self.NS_VALUE,
+            self.UUID_IS,
+            self.ANY_NAMESPACE,
+        )
 
     def _read_q(self, sql: str, params: Sequence[Any], doing: str) -> list[Any]:
         """:meth:`read` of a statement written with ``{assets}`` and ``?``."""
@@ -422,7 +452,7 @@ class SQLRegistry:
         where, params = asset_filter(namespace, used_after, used_before)
         fixed = ("namespace",) if namespace is not None else ()
         return paged_assets(
-            self._read_q, "{assets}", self._listing_where(where, order), params, order, fixed=fixed
+            self._read_q, "{rows}", self._listing_where(where, order), params, order, fixed=fixed
         )
 
     def export_lines(self, namespace: str | None, version: int) -> Iterator[str] | None:
@@ -440,7 +470,9 @@ class SQLRegistry:
         """``(entries, bytes)`` of ``namespace`` (all: ``None``), optionally of the
         rows with ``used_after < last_used_at <= used_before``."""
         where, params = asset_filter(namespace, used_after, used_before)
-        sql = self._q(f"SELECT count(*), coalesce(sum(size), 0) FROM {{assets}} {where}")
+        # Without a namespace no view is needed: the table holds size and last use.
+        table = "{rows}" if namespace is not None else "{assets}"
+        sql = self._q(f"SELECT count(*), coalesce(sum(size), 0) FROM {table} {where}")
         n, total = self.read(sql, params, "count entries")[0]
         return int(n), int(total)
 
@@ -575,6 +607,7 @@ class SQLRegistry:
         with self.write("record uploads") as conn:
             if records:
                 self._lock_keys(conn, (r.key for r in records))
+                self._add_namespaces(conn, {r.namespace for r in records})
                 self._many(
                     conn,
                     self._q(_UPSERT_UPLOAD),
@@ -657,9 +690,11 @@ class SQLRegistry:
 
 _COLS = ", ".join(ASSET_COLUMNS)
 _KEY = "namespace = ? AND content_hash = ? AND variant = ?"
-_SELECT_KEY = f"SELECT {_COLS} FROM {{assets}} WHERE {_KEY}"
-_SELECT_HASHES = f"SELECT {_COLS} FROM {{assets}} WHERE content_hash IN (...)"
-_SELECT_UUID = f"SELECT {_COLS} FROM {{assets}} WHERE image_uuid = ?"
+#: The key of a row to write (the namespace as the table stores it).
+_WKEY = "{ns_column} = {ns_value} AND content_hash = ? AND variant = ?"
+_SELECT_KEY = f"SELECT {_COLS} FROM {{rows}} WHERE {_KEY}"
+_SELECT_HASHES = f"SELECT {_COLS} FROM {{rows}} WHERE {{any_namespace}}content_hash IN (...)"
+_SELECT_UUID = f"SELECT {_COLS} FROM {{rows}} WHERE {{uuid_is}}"
 _SELECT_LEASES = (
     "SELECT namespace, content_hash, variant, owner, expires_at FROM {leases} "
     "WHERE content_hash IN (...)"
@@ -674,24 +709,25 @@ _RENEW_LEASE = f"UPDATE {{leases}} SET expires_at = ? WHERE {_KEY} AND owner = ?
 _COUNT_DEAD_LEASES = "SELECT count(*) FROM {leases} WHERE expires_at < ?"
 _DELETE_DEAD_LEASES = "DELETE FROM {leases} WHERE expires_at < ?"
 _UPSERT_UPLOAD = (
-    "INSERT INTO {assets} (namespace, content_hash, variant, image_uuid, size, format, "
+    "INSERT INTO {assets} ({ns_column}, content_hash, variant, image_uuid, size, format, "
     "uploaded_at, last_used_at, upload_count, hits, bytes_sent, url) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?) "
-    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
+    "VALUES ({ns_value}, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?, ?) "
+    "ON CONFLICT ({ns_column}, content_hash, variant) DO UPDATE SET "
     "image_uuid = excluded.image_uuid, size = excluded.size, format = excluded.format, "
     "uploaded_at = excluded.uploaded_at, last_used_at = excluded.last_used_at, "
     "upload_count = {assets}.upload_count + 1, "
     "bytes_sent = {assets}.bytes_sent + excluded.bytes_sent, url = excluded.url"
 )
 _UPSERT_ROW = (
-    f"INSERT INTO {{assets}} ({_COLS}) VALUES ({', '.join('?' * len(ASSET_COLUMNS))}) "
-    "ON CONFLICT (namespace, content_hash, variant) DO UPDATE SET "
+    f"INSERT INTO {{assets}} ({{ns_column}}, {', '.join(ASSET_COLUMNS[1:])}) "
+    f"VALUES ({{ns_value}}, {', '.join('?' * (len(ASSET_COLUMNS) - 1))}) "
+    "ON CONFLICT ({ns_column}, content_hash, variant) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in ASSET_COLUMNS[3:])
 )
-_TOUCH = f"UPDATE {{assets}} SET last_used_at = ? WHERE {_KEY} AND last_used_at < ?"
-_EXPIRE = f"UPDATE {{assets}} SET last_used_at = ? WHERE {_KEY} AND last_used_at > ?"
-_PRUNE = f"DELETE FROM {{assets}} WHERE {_KEY} AND last_used_at = ?"
-_DELETE_KEY = f"DELETE FROM {{assets}} WHERE {_KEY}"
+_TOUCH = f"UPDATE {{assets}} SET last_used_at = ? WHERE {_WKEY} AND last_used_at < ?"
+_EXPIRE = f"UPDATE {{assets}} SET last_used_at = ? WHERE {_WKEY} AND last_used_at > ?"
+_PRUNE = f"DELETE FROM {{assets}} WHERE {_WKEY} AND last_used_at = ?"
+_DELETE_KEY = f"DELETE FROM {{assets}} WHERE {_WKEY}"
 _ADD_COUNTERS = (
     "INSERT INTO {counters} (namespace, name, value) VALUES (?, ?, ?) "
     "ON CONFLICT (namespace, name) DO UPDATE SET value = {counters}.value + excluded.value"
@@ -704,11 +740,25 @@ def _values(row: AssetRow) -> tuple[Any, ...]:
     return tuple(getattr(row, c) for c in ASSET_COLUMNS)
 
 
+class _Dialect(NamedTuple):
+    """What a statement template (``{assets}``, ``{rows}``, ... and ``?``) needs."""
+
+    assets: str
+    rows: str
+    leases: str
+    counters: str
+    mark: str
+    ns_column: str
+    ns_value: str
+    uuid_is: str
+    any_namespace: str
+
+
 @functools.lru_cache(maxsize=512)
-def _render(assets: str, leases: str, counters: str, mark: str, sql: str) -> str:
+def _render(dialect: _Dialect, sql: str) -> str:
     """A statement in a dialect: its table names and placeholder, rendered once."""
-    text = sql.format(assets=assets, leases=leases, counters=counters)
-    return text.replace("?", mark) if mark != "?" else text
+    text = sql.format(**{k: v for k, v in dialect._asdict().items() if k != "mark"})
+    return text.replace("?", dialect.mark) if dialect.mark != "?" else text
 
 
 def asset_filter(

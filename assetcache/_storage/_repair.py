@@ -123,7 +123,10 @@ def rebuild_database(path: str | os.PathLike[str], *, now: float | None = None) 
             contextlib.suppress(sqlite3.Error),
             contextlib.closing(sqlite3.connect(path, timeout=30.0, isolation_level=None)) as old,
         ):
-            assets = _salvage(old, f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets")
+            # Since schema 7 the table holds namespace ids; the view gives names.
+            named = _salvage(old, "SELECT 1 FROM sqlite_schema WHERE name = 'asset_rows'")
+            table = "asset_rows" if named else "assets"
+            assets = _salvage(old, f"SELECT {', '.join(ASSET_COLUMNS)} FROM {table}")
             files = _salvage(
                 old,
                 "SELECT path, dev, ino, size, mtime_ns, ctime_ns, content_hash, "

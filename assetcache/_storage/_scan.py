@@ -14,17 +14,19 @@ from typing import Any
 #: ``(path, sig, racy, content_hash, image_uuid, last_used_at)``: joined to
 #: their asset rows, the variant chosen as in the store's hit path (``HIT_SQL``); ``racy``
 #: is git's racily-clean test (``max(mtime, ctime) + window > hashed_at``).
+#: The id of a namespace name bound as ``?`` (assets hold namespace ids, schema 7).
+NS_ID = "(SELECT id FROM namespaces WHERE name = ?)"
 SCAN_SQL = (
     "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
     "f.content_hash, a.image_uuid, a.last_used_at "
     "FROM files f LEFT JOIN assets a "
-    "ON a.namespace = ? AND a.content_hash = f.content_hash AND a.variant = ? "
+    f"ON a.ns = {NS_ID} AND a.content_hash = f.content_hash AND a.variant = ? "
     "WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
 )
 FIT_SCAN_SQL = (
     "SELECT f.path, f.sig, f.hashed_at_ns - max(f.mtime_ns, f.ctime_ns) < ?, "
     "f.content_hash, a.image_uuid, a.last_used_at "
-    "FROM files f LEFT JOIN assets a ON a.namespace = ? AND a.content_hash = f.content_hash "
+    f"FROM files f LEFT JOIN assets a ON a.ns = {NS_ID} AND a.content_hash = f.content_hash "
     "AND a.variant = CASE WHEN f.format IN ('bmp', 'gif') THEN ? "
     "WHEN f.side IS NULL THEN NULL WHEN f.side > ? THEN ? ELSE '' END "
     "WHERE f.path >= ? AND f.path < ? ORDER BY f.path LIMIT ?"
