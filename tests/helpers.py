@@ -146,3 +146,12 @@ def store_of(cache: Any) -> Any:
 def query(cache: Any, sql: str, params: Any = ()) -> list[Any]:
     """Rows of ``sql`` read from the cache's own database connection."""
     return store_of(cache).read(sql, params)
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child a test stops with SIGINT: a child of a background
+    job (``cmd &``, nohup, some CI runners) inherits SIGINT ignored, and Python
+    then never raises KeyboardInterrupt; give it the default, as a terminal would."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

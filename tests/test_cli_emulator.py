@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cli_support import CLEAN_ENV, EmulatorCLI, invoke, run_script, script
-from helpers import make_png
+from helpers import make_png, sigint_default
 
 from assetcache.emulator import Emulator
 
@@ -333,6 +333,7 @@ def standalone(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        preexec_fn=sigint_default,
     )
     try:
         assert proc.stdout is not None

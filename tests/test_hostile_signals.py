@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import script
-from helpers import API_KEY, make_png
+from helpers import API_KEY, make_png, sigint_default
 
 from assetcache._cli import UPLOAD_CHUNK
 from assetcache.emulator import Emulator
@@ -42,8 +42,7 @@ def test_a_signal_prints_what_is_known_records_uploads_and_exits(
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-            # A child of a background job inherits SIGINT ignored: give it the default.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=sigint_default,
         )
         # Past the first chunk (8 requests of 16), while the second is in flight.
         first_chunk = -(-UPLOAD_CHUNK // 16)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import API_KEY, make_png
+from helpers import API_KEY, make_png, sigint_default
 
 from assetcache import Proxy
 from assetcache.emulator import Emulator
@@ -392,6 +392,7 @@ def start_cli_proxy(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
