@@ -233,6 +233,9 @@ def resolve(
     ttl = _duration("lease_ttl", layered["lease_ttl"])
     if not ttl > 0:
         raise ConfigurationError(f"lease_ttl must be a positive number of seconds, not {ttl!r}")
+    racy = _duration("racy_window", layered["racy_window"])
+    if racy < 0:
+        raise ConfigurationError(f"racy_window must be 0 or more seconds, not {racy!r}")
     folders: tuple[str, ...] = ()
     if not env.get("ASSETCACHE_DB") and layers.source("db") in ("flag", "default"):
         default = default_db_path(env)
@@ -259,7 +262,7 @@ def resolve(
         batch_size=max(1, layered["batch_size"]),
         batch_bytes=layered["batch_bytes"],
         max_bytes=layered["max_bytes"] if max_bytes is ... else max_bytes,  # type: ignore[arg-type]
-        racy_ns=int(_duration("racy_window", layered["racy_window"]) * 1e9),
+        racy_ns=int(racy * 1e9),
         lease_ttl=ttl,
         task_type=kind,
         retention_basis=basis,

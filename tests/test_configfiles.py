@@ -196,3 +196,6 @@ def test_one_table_of_settings_reaches_every_keyword(tmp_path, monkeypatch):
     assert _config.resolve(api_key="k", db=":memory:", environ=env).host_id == "render-8"
     cfg = _config.resolve(api_key="k", db=":memory:", environ=env, host_id="h", batch_bytes=99)
     assert (cfg.host_id, cfg.batch_bytes) == ("h", 99)
+    # A negative window would count every file as safely hashed: refused, by name.
+    with pytest.raises(ConfigurationError, match="racy_window"):
+        _config.resolve(api_key="k", db=":memory:", environ=env, racy_window=-1)

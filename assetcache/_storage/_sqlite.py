@@ -954,13 +954,14 @@ def _compact_file(conn: sqlite3.Connection) -> None:
     its old size, 490 bytes per asset instead of 230, until rows reuse them).
     Best effort, and brief: VACUUM needs the database to itself, and a process
     that cannot have it now leaves the free pages to be reused."""
+    (before,) = conn.execute("PRAGMA busy_timeout").fetchone()
     try:
         conn.execute("PRAGMA busy_timeout = 1000")
         conn.execute("VACUUM")
     except sqlite3.Error:
         pass
     finally:
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA busy_timeout = {int(before)}")
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
