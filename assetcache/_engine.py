@@ -444,15 +444,9 @@ class Engine:
         """Results whose UUID this account's registry already holds for other bytes:
         a protocol error, and the older entry is no longer served that UUID either."""
         bad: dict[Key, ProtocolError] = {}
-        # A single database answers for all the UUIDs at once; a fleet, per UUID.
-        find_many = getattr(self.registry, "find_uuids", None)
-        held = find_many([res.image_uuid for _, res in done]) if find_many else None
+        held = self.registry.find_uuids([res.image_uuid for _, res in done])
         for key, res in done:
-            found = (
-                held.get(res.image_uuid, [])
-                if held is not None
-                else self.registry.find_uuid(res.image_uuid)
-            )
+            found = held.get(res.image_uuid, [])
             others = [r for r in found if r.namespace == key[0] and r.content_hash != key[1]]
             if not others:
                 continue

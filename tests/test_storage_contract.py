@@ -94,6 +94,7 @@ def test_recorded_uploads_are_found_by_key_and_by_uuid(registry):
     assert registry.get_assets([K1, K2]) == {K1: again}
     assert registry.find_uuid(U2) == [again]
     assert registry.find_uuid(U1) == []
+    assert registry.find_uuids([U1, U2, U2]) == {U2: [again]}
 
 
 def test_a_claim_is_held_against_others_until_released_or_expired(registry):

@@ -151,6 +151,7 @@ class Registry(Protocol):
     def get_asset(self, key: Key) -> AssetRow | None: ...
     def get_assets(self, keys: Iterable[Key]) -> dict[Key, AssetRow]: ...
     def find_uuid(self, image_uuid: str) -> list[AssetRow]: ...
+    def find_uuids(self, image_uuids: Sequence[str]) -> dict[str, list[AssetRow]]: ...
     def claim(
         self,
         keys: Sequence[Key],
@@ -418,6 +419,17 @@ class SQLRegistry:
     def find_uuid(self, image_uuid: str) -> list[AssetRow]:
         rows = self.read(self._q(_SELECT_UUID), (image_uuid,), "look up a UUID")
         return [AssetRow(*r) for r in rows]
+
+    def find_uuids(self, image_uuids: Sequence[str]) -> dict[str, list[AssetRow]]:
+        """:meth:`find_uuid` for many UUIDs (vetting a request's answers): ``{uuid:
+        rows}``, only for the UUIDs some row holds. One query per UUID here; a
+        backend may do better."""
+        out: dict[str, list[AssetRow]] = {}
+        for image_uuid in dict.fromkeys(image_uuids):
+            rows = self.find_uuid(image_uuid)
+            if rows:
+                out[image_uuid] = rows
+        return out
 
     def local_rows(self, image_uuid: str) -> list[AssetRow]:
         """Rows a host keeps apart from the registry: none here (see the fleet's)."""

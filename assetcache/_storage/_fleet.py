@@ -278,6 +278,9 @@ class FleetRegistry:
     def find_uuid(self, image_uuid: str) -> list[AssetRow]:
         return self.shared.find_uuid(image_uuid)
 
+    def find_uuids(self, image_uuids: Sequence[str]) -> dict[str, list[AssetRow]]:
+        return self.shared.find_uuids(image_uuids)
+
     def claim(
         self,
         keys: Sequence[Key],
