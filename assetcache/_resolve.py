@@ -24,7 +24,7 @@ from typing import Any
 
 from . import _policy
 from ._durations import format_duration
-from ._effects import Call, Concurrent, Map, Plan, Sleep, Slots, Wait, plan_in_slot
+from ._effects import Acquire, Call, Concurrent, Map, Plan, Release, Sleep, Slots, Wait
 from ._engine import Engine
 from ._errors import AssetCacheError, SourceError, StoreError
 from ._ingest import Prepared, label_of
@@ -132,7 +132,11 @@ def plan_resolve_part(
     requests at once (each also holding a slot of ``gate``, shared with the
     other parts of a batch), filling their slots of ``results``."""
     verbose = log.isEnabledFor(logging.INFO)
-    ready = yield from plan_prepare(engine, sources, todo, results)
+    # A part of a big batch hashes on its own thread: the parts already run side
+    # by side, and handing 16 small files to the hashing threads costs more
+    # thread switches than it saves.
+    workers = 1 if gate is not None else engine.hash_workers
+    ready = yield from plan_prepare(engine, sources, todo, results, workers)
     groups = yield from plan_settle(engine, ready, force, results, touch)
     if groups is not None:
         if verbose:
@@ -176,13 +180,15 @@ def log_upload_reasons(engine: Engine, groups: Groups, force: Collection[Key]) -
             )
 
 
-def plan_prepare(engine: Engine, sources: Sequence[Any], todo: list[int], results: Results) -> Plan:
-    """Prepare ``sources[i]`` for each ``i`` in ``todo`` on worker threads;
-    the ready ones as ``(i, prepared)``, the others failed in ``results``."""
+def plan_prepare(
+    engine: Engine, sources: Sequence[Any], todo: list[int], results: Results, workers: int
+) -> Plan:
+    """Prepare ``sources[i]`` for each ``i`` in ``todo`` on up to ``workers``
+    threads; the ready ones as ``(i, prepared)``, the others failed in ``results``."""
     # The file index of all the paths in one query, not one per file.
     objs, indexed = yield Call(engine.ingest.index_files, [sources[i] for i in todo])
     prepared: list[Prepared | AssetCacheError] = yield Map(
-        engine.prepare, objs, engine.hash_workers if len(todo) > 1 else 1
+        engine.prepare, objs, workers if len(todo) > 1 else 1
     )
     if indexed:
         yield Call(engine.ingest.drop_index, indexed, inline=True)
@@ -263,10 +269,7 @@ def plan_claim_loop(
                 held.append(key)
 
         if to_upload:
-            upload = plan_upload_groups(engine, results, groups, to_upload, limit)
-            # In a big batch, a slot of the shared gate first: the fencing renewal
-            # and the upload then follow each other at once, however long the wait.
-            yield from upload if gate is None else plan_in_slot(gate, upload)
+            yield from plan_upload_groups(engine, results, groups, to_upload, limit, gate)
 
         for key, fut in follow.items():
             try:
@@ -299,26 +302,46 @@ def plan_claim_loop(
 
 
 def plan_upload_groups(
-    engine: Engine, results: Results, groups: Groups, keys: list[Key], limit: int
+    engine: Engine,
+    results: Results,
+    groups: Groups,
+    keys: list[Key],
+    limit: int,
+    gate: Slots | None = None,
 ) -> Plan:
     """Upload the claimed ``keys`` (their first item each), at most ``limit``
-    requests at once; every item of a key gets the outcome."""
-    # Fencing: upload only what we still hold, its lease renewed just now; a
-    # process stalled since its claim may have been taken over meanwhile.
+    requests at once; every item of a key gets the outcome.
+
+    In a big batch (``limit`` 1), each request also holds a slot of the shared
+    ``gate`` while it is on its way, and only then: the first is taken before
+    the fencing renewal, so the renewal and the upload follow each other at once
+    however long the wait, and every slot is freed as soon as its request
+    answers, before the answers are recorded."""
+    if gate is not None:
+        yield Acquire(gate)
     try:
-        mine = yield Call(engine.renew, keys)
-    except AssetCacheError as exc:
-        with contextlib.suppress(AssetCacheError):
-            yield Call(engine.release, keys)
-        for key in keys:
-            engine.land(key, exc)
-            fail_group(engine, results, groups.pop(key), exc)
-        return
+        # Fencing: upload only what we still hold, its lease renewed just now; a
+        # process stalled since its claim may have been taken over meanwhile.
+        try:
+            mine = yield Call(engine.renew, keys)
+        except AssetCacheError as exc:
+            with contextlib.suppress(AssetCacheError):
+                yield Call(engine.release, keys)
+            for key in keys:
+                engine.land(key, exc)
+                fail_group(engine, results, groups.pop(key), exc)
+            mine = set()
+    except Exception:
+        if gate is not None:
+            yield Release(gate)
+        raise
     for key in keys:
         if key not in mine:
             engine.land(key, _Retry())  # another host's now: wait for its upload
     keys = [key for key in keys if key in mine]
     if not keys:
+        if gate is not None:
+            yield Release(gate)
         return
     leaders = {key: groups[key][0][1] for key in keys}
     try:
@@ -339,8 +362,14 @@ def plan_upload_groups(
     for group in fit_groups(engine, [key for key in keys if key[2]], leaders):
         plans.append(plan_fit_send(engine, [(key, leaders[key]) for key in group]))
         slots.append(group)
+    if not plans and gate is not None:
+        yield Release(gate)
     outcomes = yield Concurrent(
-        [plan_recorded(engine, plan, leaders, groups) for plan in plans], limit
+        [
+            plan_recorded(engine, plan, leaders, groups, gate, held=i == 0)
+            for i, plan in enumerate(plans)
+        ],
+        limit,
     )
     recorded: dict[Key, tuple[AssetRow, int]] = {}
     unrecorded: dict[Key, tuple[TaskResult, int, AssetCacheError]] = {}
@@ -421,10 +450,30 @@ def plan_record_again(
     return {}
 
 
-def plan_recorded(engine: Engine, send: Plan, leaders: dict[Key, Prepared], groups: Groups) -> Plan:
+def plan_recorded(
+    engine: Engine,
+    send: Plan,
+    leaders: dict[Key, Prepared],
+    groups: Groups,
+    gate: Slots | None = None,
+    held: bool = False,
+) -> Plan:
     """Run one request's plan and record its successes as soon as it answers,
-    so a crash later in a long batch loses only the requests in flight."""
-    answers = yield from send
+    so a crash later in a long batch loses only the requests in flight.
+
+    With a ``gate``, the request holds one of its slots (``held``: taken
+    already) until it answers; the recording then runs without it."""
+    if gate is not None:
+        if not held:
+            yield Acquire(gate)
+        try:
+            answers = yield from send
+        except Exception:
+            yield Release(gate)
+            raise
+        yield Release(gate)
+    else:
+        answers = yield from send
     done = [(key, sent, res) for key, (sent, res) in answers.items() if isinstance(res, TaskResult)]
     if done:
         # A UUID this account already holds for other bytes is used for neither.

@@ -119,6 +119,60 @@ def test_a_big_cold_batch_never_has_more_requests_in_flight_than_concurrency(
         assert gauge.most <= 3
 
 
+def test_a_request_frees_its_slot_before_its_answers_are_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two slots; the first two requests' recordings are held up. Their slots are
+    # free by then, so the other requests still go out (they would all wait if
+    # a slot were held until its answers were recorded).
+    sent: list[int] = []
+    all_sent = threading.Event()
+
+    def server(request: httpx.Request) -> httpx.Response:
+        tasks = json.loads(request.content)
+        sent.append(len(tasks))
+        if len(sent) == 6:
+            all_sent.set()
+        data = [
+            {"taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": str(uuid.uuid4())}
+            for t in tasks
+        ]
+        return httpx.Response(200, json={"data": data})
+
+    files = []
+    for i in range(6):
+        path = tmp_path / f"s{i}.png"
+        path.write_bytes(make_png(60_000 + i))
+        files.append(path)
+    with AssetCache(
+        API_KEY,
+        base_url="http://127.0.0.1:9/v1",
+        db_path=tmp_path / "c.db",
+        transport=httpx.MockTransport(server),
+        retry=FAST_RETRY,
+        batch_size=1,
+        concurrency=2,
+    ) as cache:
+        engine = cache._engine
+        real_record = engine.record
+        calls: list[bool] = []
+        calls_lock = threading.Lock()
+
+        def slow_record(*args: Any, **kwargs: Any) -> Any:
+            with calls_lock:
+                calls.append(True)
+                first_two = len(calls) <= 2
+            if first_two:
+                calls.append(all_sent.wait(10))  # bounded: fails rather than hangs
+            return real_record(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "record", slow_record)
+        out = cache.resolve_many(files)
+    assert [r.outcome for r in out] == ["uploaded"] * 6
+    assert sent == [1] * 6
+    assert all(calls), "the other requests waited for the held-up recordings"
+
+
 def test_files_rehashed_in_a_batch_hit_by_content(make_cache, emu, tmp_path: Path) -> None:
     cache = make_cache(batch_size=8)
     files = []

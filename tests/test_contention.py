@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from cli_support import script
 from helpers import API_KEY, make_png
 
@@ -231,3 +232,62 @@ def test_processes_creating_one_database_at_the_same_instant(tmp_path):
             if out.strip() != "ok":
                 failures.append(out.strip() or err[-500:])
     assert failures == []
+
+
+def test_threads_writing_one_file_queue_for_it_within_a_bound(tmp_path, monkeypatch):
+    # Two stores of one file in this process share its writer lock: a second
+    # writer waits while the first holds a transaction, then gets it at once;
+    # a writer kept out past the bound gets one clear error, not a hang.
+    import threading
+
+    from assetcache._errors import StoreError
+    from assetcache._storage import _sqlite
+
+    a = _sqlite.SQLiteStore(tmp_path / "w.db")
+    b = _sqlite.SQLiteStore(tmp_path / "w.db")
+    order: list[str] = []
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def first() -> None:
+        with a.write():
+            order.append("a in")
+            inside.set()
+            leave.wait(10)
+            order.append("a out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(10)
+
+    def second() -> None:
+        with b.write():
+            order.append("b in")
+
+    u = threading.Thread(target=second)
+    u.start()
+    u.join(0.2)
+    assert order == ["a in"]  # still waiting
+    leave.set()
+    t.join(10)
+    u.join(10)
+    assert order == ["a in", "a out", "b in"]
+
+    monkeypatch.setattr(_sqlite, "WRITE_WAIT", 0.05)
+    inside.clear()
+    leave.clear()
+    order.clear()
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(StoreError) as info:
+            with b.write("record uploads"):
+                pass
+    finally:
+        leave.set()
+        t.join(10)
+    assert "stayed locked by another writer" in str(info.value)
+    assert "record uploads" in str(info.value) and str(tmp_path / "w.db") in str(info.value)
+    a.close()
+    b.close()

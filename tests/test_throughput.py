@@ -255,9 +255,9 @@ def test_a_lease_from_another_host_is_taken_over_after_it_expires(make_cache, em
     assert emu.upload_count == 1
 
 
-def test_hashing_uses_worker_threads(make_cache, emu, tmp_path, monkeypatch):
-    cache = make_cache()
-    seen = set()
+def spy_hashing_threads(cache, monkeypatch) -> set[int]:
+    """The threads ``prepare`` (reading and hashing a file) runs on."""
+    seen: set[int] = set()
     real_prepare = engine_of(cache).prepare
 
     def spy(obj):
@@ -265,16 +265,37 @@ def test_hashing_uses_worker_threads(make_cache, emu, tmp_path, monkeypatch):
         return real_prepare(obj)
 
     monkeypatch.setattr(engine_of(cache), "prepare", spy)
-    monkeypatch.setattr(engine_of(cache), "hash_workers", 2)
+    return seen
+
+
+def shuffled_pngs(tmp_path, n):
     files = []
-    for i in range(40):
+    for i in range(n):
         p = tmp_path / f"h{i}.png"
         p.write_bytes(make_png(i, 64, 64))
         files.append(p)
     random.shuffle(files)
-    cache.resolve_many(files)
+    return files
+
+
+def test_hashing_uses_worker_threads(make_cache, emu, tmp_path, monkeypatch):
+    # One request's worth of files: hashed on the cache's hashing threads.
+    cache = make_cache(batch_size=64)
+    seen = spy_hashing_threads(cache, monkeypatch)
+    monkeypatch.setattr(engine_of(cache), "hash_workers", 2)
+    cache.resolve_many(shuffled_pngs(tmp_path, 40))
     assert len(seen) == 2 and threading.get_ident() not in seen
-    assert os.cpu_count() is not None
+
+
+def test_a_big_batch_hashes_its_parts_side_by_side(make_cache, emu, tmp_path, monkeypatch):
+    # Parts of one request each: every part hashes on its own thread (the parts
+    # run side by side), never on the caller's, and every file is hashed once.
+    cache = make_cache(batch_size=4, concurrency=4)
+    seen = spy_hashing_threads(cache, monkeypatch)
+    results = cache.resolve_many(shuffled_pngs(tmp_path, 40))
+    assert [r.outcome for r in results] == ["uploaded"] * 40
+    assert len(seen) > 1 and threading.get_ident() not in seen
+    assert emu.upload_count == 40
 
 
 def test_repeated_batches_do_not_pile_up_connections(make_cache, emu, tmp_path):

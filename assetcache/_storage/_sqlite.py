@@ -54,6 +54,26 @@ PRAGMAS = (
     "PRAGMA temp_store = MEMORY",
 )
 
+#: How long a writer waits for the write lock, in this process or another.
+WRITE_WAIT = 30.0
+
+#: One lock per database file for this process's writers. Its threads queue on it
+#: and are woken the moment it is free, where SQLite's busy handler would have
+#: them poll, sleeping 1, 2, 5, 10 ... ms between tries (a batch's parts write
+#: from several threads at once). Other processes still meet the busy handler.
+_writers: dict[str, threading.RLock] = {}
+_writers_guard = threading.Lock()
+
+
+def _writer_lock(path: str) -> threading.RLock:
+    key = os.path.realpath(path)
+    with _writers_guard:
+        lock = _writers.get(key)
+        if lock is None:
+            lock = _writers[key] = threading.RLock()
+        return lock
+
+
 #: SQL statements at DEBUG (``-vv``); values are paths and hashes, never a key.
 _sql_log = logging.getLogger("assetcache.sql")
 
@@ -341,6 +361,7 @@ class SQLiteStore(SQLRegistry):
         self._batch_sql: dict[tuple[bool, int], str] = {}
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = _writer_lock(self.path)
         self._closed = False
         self._shared = sharing_declared(shared)
         self._folders = tuple(folders)
@@ -432,7 +453,7 @@ class SQLiteStore(SQLRegistry):
         elif "readonly" in text:
             reason = "is read-only"
         elif "locked" in text:
-            reason = "stayed locked by another process for 30 s"
+            reason = f"stayed locked by another writer for {WRITE_WAIT:.0f} s"
         else:
             reason = f"failed: {text}"
         return StoreError(
@@ -441,26 +462,32 @@ class SQLiteStore(SQLRegistry):
 
     @contextlib.contextmanager
     def write(self, doing: str = "write") -> Iterator[sqlite3.Connection]:
-        """An explicit ``BEGIN IMMEDIATE`` transaction on this thread's connection."""
+        """An explicit ``BEGIN IMMEDIATE`` transaction on this thread's connection,
+        taken after this process's other writers of the file (:func:`_writer_lock`)."""
         conn = self.conn()
+        if not self._writer.acquire(timeout=WRITE_WAIT):
+            raise self._error(sqlite3.OperationalError("database is locked"), doing)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self._error(exc, doing) from None
-        try:
-            yield conn
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):  # a statement in the block: one clear message
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
                 raise self._error(exc, doing) from None
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise self._error(exc, doing) from None
+            try:
+                yield conn
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):  # a statement in the block: one clear message
+                    raise self._error(exc, doing) from None
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise self._error(exc, doing) from None
+        finally:
+            self._writer.release()
 
     def read(self, sql: str, params: Sequence[Any] = (), doing: str = "read") -> list[Any]:
         try:
