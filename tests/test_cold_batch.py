@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import FAST_RETRY
-from helpers import API_KEY, make_png
+from helpers import API_KEY, engine_of, make_png
 
 from assetcache import AssetCache, AsyncAssetCache
 from assetcache._effects import (
@@ -153,7 +153,7 @@ def test_a_request_frees_its_slot_before_its_answers_are_recorded(
         batch_size=1,
         concurrency=2,
     ) as cache:
-        engine = cache._engine
+        engine = engine_of(cache)
         real_record = engine.record
         calls: list[bool] = []
         calls_lock = threading.Lock()

@@ -281,9 +281,8 @@ def test_threads_writing_one_file_queue_for_it_within_a_bound(tmp_path, monkeypa
     t.start()
     assert inside.wait(10)
     try:
-        with pytest.raises(StoreError) as info:
-            with b.write("record uploads"):
-                pass
+        with pytest.raises(StoreError) as info, b.write("record uploads"):
+            pass
     finally:
         leave.set()
         t.join(10)
