@@ -43,7 +43,7 @@ from ._sources import SourceLike
 from ._storage._sqlite import SQLiteStore
 from ._taskpath import PreparedTask
 from ._tasks import plan_server_time
-from ._transport import client_kwargs
+from ._transport import client_kwargs, plain_http_tls
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
@@ -82,7 +82,11 @@ class BaseCache:
 
     def _client_kwargs(self) -> dict[str, Any]:
         engine = self._engine
-        return client_kwargs(engine.retry, engine.concurrency, self._transport)
+        kwargs = client_kwargs(engine.retry, engine.concurrency, self._transport)
+        context = plain_http_tls(engine.base_url) if self._transport is None else None
+        if context is not None:
+            kwargs["verify"] = context  # still verifying: it trusts no certificate
+        return kwargs
 
     @property
     def config(self) -> Config:

@@ -24,7 +24,18 @@ from typing import Any
 
 from . import _policy
 from ._durations import format_duration
-from ._effects import Acquire, Call, Concurrent, Map, Plan, Release, Sleep, Slots, Wait
+from ._effects import (
+    Acquire,
+    Call,
+    Concurrent,
+    Map,
+    Plan,
+    Release,
+    Sleep,
+    Slots,
+    Wait,
+    plan_in_slot,
+)
 from ._engine import Engine
 from ._errors import AssetCacheError, SourceError, StoreError
 from ._ingest import Prepared, label_of
@@ -96,9 +107,12 @@ def plan_resolve_many(
     # another answers: at most ``limit + ahead`` parts' bytes are in memory.
     parts = [todo[i : i + step] for i in range(0, len(todo), step)]
     gate = Slots(limit)
+    hashing = Slots(engine.hash_workers)
     outcomes = yield Concurrent(
         [
-            plan_resolve_part(engine, sources, part, force, started, 1, results, touch, gate)
+            plan_resolve_part(
+                engine, sources, part, force, started, 1, results, touch, gate, hashing
+            )
             for part in parts
         ],
         limit + max(1, limit // PARTS_AHEAD),
@@ -127,17 +141,25 @@ def plan_resolve_part(
     results: Results,
     touch: bool = True,
     gate: Slots | None = None,
+    hashing: Slots | None = None,
 ) -> Plan:
     """Phases 2 to 5 for ``sources[i]``, ``i`` in ``todo``, at most ``limit``
     requests at once (each also holding a slot of ``gate``, shared with the
-    other parts of a batch), filling their slots of ``results``."""
+    other parts of a batch), filling their slots of ``results``.
+
+    A part of a big batch hashes on its own thread, holding a slot of
+    ``hashing`` (as many as the cache has hashing threads): handing 16 small
+    files to the hashing threads costs more thread switches than it saves, and
+    parts taking turns in order get the first request out soonest, where all of
+    them hashing at once would finish together."""
     verbose = log.isEnabledFor(logging.INFO)
-    # A part of a big batch hashes on its own thread: the parts already run side
-    # by side, and handing 16 small files to the hashing threads costs more
-    # thread switches than it saves.
-    workers = 1 if gate is not None else engine.hash_workers
-    ready = yield from plan_prepare(engine, sources, todo, results, workers)
-    groups = yield from plan_settle(engine, ready, force, results, touch)
+    if hashing is None:
+        ready = yield from plan_prepare(engine, sources, todo, results, engine.hash_workers)
+        groups = yield from plan_settle(engine, ready, force, results, touch)
+    else:
+        groups = yield from plan_in_slot(
+            hashing, plan_prepare_settle(engine, sources, todo, results, force, touch)
+        )
     if groups is not None:
         if verbose:
             log_upload_reasons(engine, groups, force)
@@ -153,6 +175,19 @@ def plan_resolve_part(
                 log.info("%s: hit by content (hashed; the same bytes are cached)", r.source)
             else:
                 log.info("%s: %s (%s)", r.source, r.outcome, r.uuid)
+
+
+def plan_prepare_settle(
+    engine: Engine,
+    sources: Sequence[Any],
+    todo: list[int],
+    results: Results,
+    force: Collection[Key],
+    touch: bool,
+) -> Plan:
+    """:func:`plan_prepare` on this thread, then :func:`plan_settle`."""
+    ready = yield from plan_prepare(engine, sources, todo, results, 1)
+    return (yield from plan_settle(engine, ready, force, results, touch))
 
 
 def log_upload_reasons(engine: Engine, groups: Groups, force: Collection[Key]) -> None:

@@ -530,3 +530,23 @@ def test_no_option_turns_verification_off():
 
     source = inspect.getsource(client_kwargs)
     assert "verify" not in source  # httpx's default: verify=True
+
+
+def test_a_plain_http_client_skips_the_ca_bundle_but_still_verifies(tmp_path, monkeypatch):
+    # An http:// endpoint (the emulator, the local proxy) needs no CA bundle: its
+    # client gets a context that trusts nothing, verification still required.
+    # https:// and proxied URLs keep the library's default context.
+    from assetcache._transport import plain_http_tls
+
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with Emulator(api_key=API_KEY) as emu:
+        with AssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db") as cache:
+            cache.resolve(make_png(1200))
+            context = cache._driver.sync_client._transport._pool._ssl_context
+            assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+            assert context.get_ca_certs() == [] and context.cert_store_stats()["x509_ca"] == 0
+    assert plain_http_tls("https://api.runware.ai/v1") is None
+    assert plain_http_tls("HTTP://127.0.0.1:1/v1") is not None
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.example:3128")
+    assert plain_http_tls("http://127.0.0.1:1/v1") is None

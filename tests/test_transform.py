@@ -447,6 +447,31 @@ def test_emulator_keeps_large_uploads_downscaled(tmp_path):
         assert record is not None and record.data == big_png
 
 
+def test_the_emulator_reads_a_small_pngs_size_from_its_header_as_pillow_does(tmp_path):
+    # PNGs within the limit are kept byte for byte with the size Pillow reads;
+    # a header the shortcut refuses (bad CRC) falls back to Pillow's judgement.
+    with (
+        Emulator(api_key=API_KEY) as emu,
+        AssetCache(
+            API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db", clock=emu.clock, resize=False
+        ) as cache,
+    ):
+        for width, height in ((1, 1), (2048, 3), (5, 2048), (321, 123)):
+            png = encode(photo(width, height), "PNG")
+            record = emu.image(cache.resolve(png).uuid)
+            assert record is not None and record.data == png
+            assert (record.format, record.width, record.height) == ("png", width, height)
+        over = encode(photo(2049, 10), "PNG")
+        record = emu.image(cache.resolve(over).uuid)
+        assert record is not None and (record.width, record.height) == (2048, 10)
+    from assetcache.emulator._downscale import keep
+
+    png = bytearray(encode(photo(40, 30), "PNG"))
+    png[29] ^= 0xFF  # the IHDR CRC
+    kept = keep(bytes(png), "png", 2048)
+    assert kept.data == bytes(png) and (kept.width, kept.height) == (None, None)
+
+
 # -- doctor -----------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,9 @@ def keep(data: bytes, fmt: str, max_side: int | None) -> Kept:
     """What the emulated server stores for ``data`` (already sniffed as ``fmt``)."""
     if not max_side or not AVAILABLE:
         return Kept(data, fmt, None, None)
+    size = _png_size(data) if fmt == "png" else None
+    if size is not None and max(size) <= max_side:
+        return Kept(data, fmt, *size)  # read from its header: no need to open it
     try:
         from PIL import Image  # the one third-party import of the emulator: optional, lazy
     except ImportError:
@@ -73,6 +77,19 @@ def keep(data: bytes, fmt: str, max_side: int | None) -> Kept:
     except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError):
         # The sniffed signature was fine; an image Pillow cannot read is kept as sent.
         return Kept(data, fmt, None, None)
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk when it comes first, is 13 bytes
+    long and its CRC holds (else ``None``: Pillow decides)."""
+    if len(data) < 33 or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+        return None
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not (0 < width < 1 << 31 and 0 < height < 1 << 31):
+        return None
+    return width, height
 
 
 def _keep(pil: Any, data: bytes, fmt: str, max_side: int) -> Kept:
