@@ -540,12 +540,14 @@ def test_a_plain_http_client_skips_the_ca_bundle_but_still_verifies(tmp_path, mo
 
     for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
-    with Emulator(api_key=API_KEY) as emu:
-        with AssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db") as cache:
-            cache.resolve(make_png(1200))
-            context = cache._driver.sync_client._transport._pool._ssl_context
-            assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-            assert context.get_ca_certs() == [] and context.cert_store_stats()["x509_ca"] == 0
+    with (
+        Emulator(api_key=API_KEY) as emu,
+        AssetCache(API_KEY, base_url=emu.base_url, db_path=tmp_path / "c.db") as cache,
+    ):
+        cache.resolve(make_png(1200))
+        context = cache._driver.sync_client._transport._pool._ssl_context
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        assert context.get_ca_certs() == [] and context.cert_store_stats()["x509_ca"] == 0
     assert plain_http_tls("https://api.runware.ai/v1") is None
     assert plain_http_tls("HTTP://127.0.0.1:1/v1") is not None
     monkeypatch.setenv("HTTP_PROXY", "https://proxy.example:3128")
