@@ -140,9 +140,7 @@ def stats(engine: Engine, *, all_accounts: bool = False) -> CacheStats:
     counts = dict(engine.registry.counters(namespace))
     for name, value in engine.pending_counts().items():
         counts[name] = counts.get(name, 0) + value
-    newest = max(
-        (a.last_used_at for a in engine.registry.iter_assets(namespace=namespace)), default=None
-    )
+    newest = engine.registry.newest_use(namespace)
     c = counts.get
     return CacheStats(
         int(n),

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Collection, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from . import _policy
@@ -102,10 +104,10 @@ def plan_resolve_many(
         yield from plan_resolve_part(engine, sources, todo, force, started, limit, results, touch)
         return results
     # A big batch goes in parts of one request each. At most ``limit`` requests
-    # are in flight (``gate``), and a few more parts hash (on the shared hashing
-    # threads), look up and claim meanwhile, so a request goes out as soon as
-    # another answers: at most ``limit + ahead`` parts' bytes are in memory.
-    parts = [todo[i : i + step] for i in range(0, len(todo), step)]
+    # are in flight (``gate``), and a few more parts hash, look up and claim
+    # meanwhile, so a request goes out as soon as another answers: at most
+    # ``limit + ahead`` parts' bytes are in memory, each part about a request's.
+    parts = split_parts(sources, todo, step, engine.batch_bytes)
     gate = Slots(limit)
     hashing = Slots(engine.hash_workers)
     outcomes = yield Concurrent(
@@ -129,6 +131,52 @@ def plan_resolve_many(
                     results[i] = failed(label_of(sources[i]), err)
                     engine.count(failures=1)
     return results
+
+
+def split_parts(
+    sources: Sequence[Any], todo: list[int], count: int, budget: int
+) -> list[list[int]]:
+    """``todo`` in parts of one request each, in order: at most ``count`` items
+    and, as far as sizes are known before reading, ``budget`` bytes (what a
+    part holds in memory while it waits for its turn to send).
+
+    >>> split_parts([b"x" * 60, b"y" * 60, b"z"], [0, 1, 2], 16, 100)
+    [[0], [1, 2]]
+    """
+    parts: list[list[int]] = []
+    part: list[int] = []
+    size = 0
+    guess = max(1, budget // max(1, count))
+    for i in todo:
+        n = size_hint(sources[i], guess)
+        if part and (len(part) >= count or size + n > budget):
+            parts.append(part)
+            part, size = [], 0
+        part.append(i)
+        size += n
+    if part:
+        parts.append(part)
+    return parts
+
+
+def size_hint(source: Any, guess: int) -> int:
+    """The bytes ``source`` will hold once read, if known at no cost but a
+    ``stat``, else ``guess``."""
+    if isinstance(source, Prepared):
+        return source.size
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return len(source)
+    if isinstance(source, (str, PurePath)):
+        text = str(source)
+        if text[:5].lower() == "data:":
+            return len(text) * 3 // 4
+        if "://" in text[:16]:
+            return guess
+        try:
+            return os.stat(text).st_size
+        except (OSError, ValueError):
+            return guess
+    return guess
 
 
 def plan_resolve_part(

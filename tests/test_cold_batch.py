@@ -245,3 +245,59 @@ def test_the_emulator_decodes_wrapped_unpadded_and_plain_base64_alike() -> None:
         decode("data:image/png;base64,")
     with pytest.raises(MediaError, match="not valid base64"):
         decode("data:image/png;base64,@@@@")
+
+
+def test_a_big_batch_is_split_by_bytes_as_well_as_by_count(tmp_path: Path) -> None:
+    # A part holds its files' bytes while it waits for its turn to send: parts
+    # of big files are cut at the request's byte budget, not only at its count.
+    from assetcache._resolve import split_parts
+
+    big = []
+    for i in range(6):
+        path = tmp_path / f"big{i}.bin"
+        path.write_bytes(b"x" * 400)
+        big.append(path)
+    sources: list[Any] = [*big, str(big[0]), b"y" * 10, object(), "data:image/png;base64,AAAA"]
+    parts = split_parts(sources, list(range(len(sources))), 4, 1000)
+    assert parts == [[0, 1], [2, 3], [4, 5], [6, 7, 8, 9]]
+    assert split_parts(sources, [7, 8, 9], 2, 10**6) == [[7, 8], [9]]
+    # Sizes not known before reading count as a request's share of the budget.
+    gone = [tmp_path / "gone.png"] * 6
+    assert split_parts(gone, list(range(6)), 4, 40) == [[0, 1, 2, 3], [4, 5]]
+    assert split_parts(gone, list(range(6)), 8, 40) == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_a_cold_batch_of_big_files_sends_requests_within_the_byte_budget(
+    tmp_path: Path,
+) -> None:
+    sizes: list[int] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sizes.append(len(request.content))
+        tasks = json.loads(request.content)
+        data = [
+            {"taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": str(uuid.uuid4())}
+            for t in tasks
+        ]
+        return httpx.Response(200, json={"data": data})
+
+    files = []
+    for i in range(12):
+        path = tmp_path / f"b{i}.png"
+        path.write_bytes(make_png(70_000 + i, 96, 96))
+        files.append(path)
+    each = files[0].stat().st_size
+    budget = 3 * (each * 4 // 3 + 300)  # three images a request, base64 and JSON
+    with AssetCache(
+        API_KEY,
+        base_url="http://127.0.0.1:9/v1",
+        db_path=tmp_path / "c.db",
+        transport=httpx.MockTransport(server),
+        retry=FAST_RETRY,
+        batch_size=16,
+        batch_bytes=budget,
+        concurrency=2,
+    ) as cache:
+        out = cache.resolve_many(files)
+    assert [r.outcome for r in out] == ["uploaded"] * 12
+    assert len(sizes) >= 4 and max(sizes) <= budget

@@ -196,6 +196,9 @@ def test_select_and_totals_take_typed_filters(registry):
     ]
     assert registry.asset_totals() == (3, 300)
     assert registry.asset_totals(namespace=OTHER) == (1, 100)
+    assert registry.newest_use() == 300.0
+    assert registry.newest_use(NS) == 300.0 and registry.newest_use(OTHER) == 200.0
+    assert registry.newest_use("no-such-namespace") is None
 
 
 def test_prune_keeps_rows_used_since_they_were_read(registry):

@@ -433,6 +433,9 @@ class FleetRegistry:
             namespace=namespace, used_after=used_after, used_before=used_before
         )
 
+    def newest_use(self, namespace: str | None = None) -> float | None:
+        return self.shared.newest_use(namespace)
+
     def local_rows(self, image_uuid: str) -> list[AssetRow]:
         """This host's copies holding ``image_uuid`` (they may still hold a UUID
         another host has replaced in the shared registry)."""
