@@ -498,9 +498,7 @@ class AssetCache(BaseCache):
         if self._closed:
             return
         self._closed = True
-        if self._driver.sync_client is not None:
-            self._driver.sync_client.close()
-        self._driver.close()
+        self._driver.close()  # the HTTP client too, even one being made right now
         self._engine.close()
 
     def __enter__(self) -> AssetCache:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import _transport
+from ._errors import AssetCacheError
 from ._transport import Response  # noqa: F401  (what an Http effect answers)
 
 #: A decision written once: it yields :data:`Effect` values, is sent what each
@@ -179,6 +180,7 @@ class Driver:
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
     _pool_size: int = 0
     _client_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: bool = False
 
     def blocking_client(self) -> Any:
         """The ``httpx.Client``, made on first use: once, though the first
@@ -189,6 +191,8 @@ class Driver:
             with self._client_lock:
                 client = self.sync_client
                 if client is None:
+                    if self._closed:
+                        raise AssetCacheError("the cache is closed: it sends no more requests")
                     assert self.make_sync_client is not None
                     client = self.sync_client = self.make_sync_client()
         return client
@@ -221,6 +225,13 @@ class Driver:
         return self._pool
 
     def close(self) -> None:
+        """Close the ``httpx.Client`` (once one being made meanwhile is made) and
+        the hashing threads; no client is made after this."""
+        with self._client_lock:
+            self._closed = True
+            client, self.sync_client = self.sync_client, None
+        if client is not None:
+            client.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -301,3 +301,37 @@ def test_a_cold_batch_of_big_files_sends_requests_within_the_byte_budget(
         out = cache.resolve_many(files)
     assert [r.outcome for r in out] == ["uploaded"] * 12
     assert len(sizes) >= 4 and max(sizes) <= budget
+
+
+def test_a_client_being_made_when_the_cache_closes_is_closed_too() -> None:
+    # The client is made on a thread of its own while the first parts hash; a
+    # close() meanwhile waits for it and closes it, and no client comes after.
+    from assetcache import AssetCacheError
+
+    entered, proceed = threading.Event(), threading.Event()
+    made: list[Any] = []
+
+    class FakeClient:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def make() -> FakeClient:
+        entered.set()
+        assert proceed.wait(10)
+        made.append(FakeClient())
+        return made[-1]
+
+    driver = Driver(make_sync_client=make)
+    driver.warm_blocking_client()
+    assert entered.wait(10)
+    closer = threading.Thread(target=driver.close)
+    closer.start()
+    closer.join(0.2)
+    proceed.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert len(made) == 1 and made[0].closed and driver.sync_client is None
+    with pytest.raises(AssetCacheError, match="closed"):
+        driver.blocking_client()
