@@ -15,9 +15,9 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from . import _lifecycle, _maintenance, _status, _taskpath
+from . import _lifecycle, _maintenance, _status
 from ._config import Config, resolve
 from ._effects import Driver, Plan, plan_call, run_async, run_sync
 from ._engine import Engine
@@ -41,9 +41,11 @@ from ._protocol import UnknownPredicate
 from ._resolve import plan_resolve_many
 from ._sources import SourceLike
 from ._storage._sqlite import SQLiteStore
-from ._taskpath import PreparedTask
 from ._tasks import plan_server_time
 from ._transport import client_kwargs, plain_http_tls
+
+if TYPE_CHECKING:
+    from ._taskpath import PreparedTask
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
@@ -260,6 +262,8 @@ class AssetCache(BaseCache):
 
         >>> cache.run({"taskType": "imageInference", "seedImage": "cat.png", ...})  # doctest: +SKIP
         """
+        from . import _taskpath
+
         engine = self._engine
         warm = _taskpath.prepare_warm(engine, task, extra_params)
         plan = _taskpath.plan_run_many(engine, [task], send, extra_params, reuploads, None, warm)
@@ -280,6 +284,8 @@ class AssetCache(BaseCache):
         """:meth:`run` for several tasks: their images resolved in one batch and,
         without ``send``, the tasks sent in one request. One result per task, in
         order; a task that failed holds its exception instead (nothing raised)."""
+        from . import _taskpath
+
         plan = _taskpath.plan_run_many(
             self._engine, list(tasks), send, extra_params, reuploads, concurrency
         )
@@ -293,14 +299,18 @@ class AssetCache(BaseCache):
         :class:`TaskInputError` naming the parameter when one is unusable.
         ``local_files=False`` never reads a string as a path (only data URIs and
         base64 are taken): for servers that rewrite tasks others send."""
+        from . import _taskpath
+
         plan = _taskpath.plan_prepare(self._engine, task, extra_params, local_files)
-        return cast(PreparedTask, self._run(plan))
+        return cast("PreparedTask", self._run(plan))
 
     def settle(self, prepared: PreparedTask, ok: bool = True, error: object = None) -> list[str]:
         """The second half: ``ok=True`` records that Runware used the task's
         images now (their windows slide); ``ok=False, error=answer`` invalidates
         the images the answer says Runware no longer has. Returns the
         parameters invalidated (prepare the task again to upload them)."""
+        from . import _taskpath
+
         plan = _taskpath.plan_settle(self._engine, prepared, ok, error)
         return cast(list[str], self._run(plan))
 
@@ -597,6 +607,8 @@ class AsyncAssetCache(BaseCache):
         reuploads: int = 1,
     ) -> Any:
         """The twin of :meth:`AssetCache.run`; ``send`` may be a coroutine function."""
+        from . import _taskpath
+
         engine = self._engine
         warm = _taskpath.prepare_warm(engine, task, extra_params)
         plan = _taskpath.plan_run_many(engine, [task], send, extra_params, reuploads, None, warm)
@@ -615,6 +627,8 @@ class AsyncAssetCache(BaseCache):
         concurrency: int | None = None,
     ) -> list[Any]:
         """The twin of :meth:`AssetCache.run_many`."""
+        from . import _taskpath
+
         plan = _taskpath.plan_run_many(
             self._engine, list(tasks), send, extra_params, reuploads, concurrency
         )
@@ -624,13 +638,17 @@ class AsyncAssetCache(BaseCache):
         self, task: Any, *, extra_params: Any = None, local_files: bool = True
     ) -> PreparedTask:
         """The twin of :meth:`AssetCache.prepare`."""
+        from . import _taskpath
+
         plan = _taskpath.plan_prepare(self._engine, task, extra_params, local_files)
-        return cast(PreparedTask, await self._run(plan))
+        return cast("PreparedTask", await self._run(plan))
 
     async def settle(
         self, prepared: PreparedTask, ok: bool = True, error: object = None
     ) -> list[str]:
         """The twin of :meth:`AssetCache.settle`."""
+        from . import _taskpath
+
         plan = _taskpath.plan_settle(self._engine, prepared, ok, error)
         return cast(list[str], await self._run(plan))
 

@@ -18,7 +18,6 @@ accounts sharing a database never hand out each other's UUIDs.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import sys
 import urllib.parse
@@ -346,7 +345,12 @@ def retention_note(task_type: str, basis: str) -> str:
 
 def account_fingerprint(api_key: str) -> str:
     """A one-way, non-reversible id of an API key (never the key itself)."""
-    return hashlib.sha256(b"assetcache/account/v1\0" + api_key.encode()).hexdigest()[:16]
+    data = b"assetcache/account/v1\0" + api_key.encode()
+    try:  # CPython's own SHA-256: the same digest, without loading OpenSSL at start-up
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
+    return sha256(data).hexdigest()[:16]
 
 
 def namespace_for(base_url: str, api_key: str | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import signal
@@ -254,13 +255,21 @@ def test_a_lease_from_another_host_is_taken_over_after_it_expires(make_cache, em
     assert emu.upload_count == 1
 
 
-def spy_hashing_threads(cache, monkeypatch) -> set[int]:
-    """The threads ``prepare`` (reading and hashing a file) runs on."""
+def spy_hashing_threads(cache, monkeypatch, meet: int = 0) -> set[int]:
+    """The threads ``prepare`` (reading and hashing a file) runs on; with
+    ``meet``, the first call on each thread waits (5 s at most) until that many
+    threads are in it, so a fast thread cannot take every file alone."""
     seen: set[int] = set()
     real_prepare = engine_of(cache).prepare
+    barrier = threading.Barrier(meet, timeout=5) if meet else None
 
     def spy(obj):
-        seen.add(threading.get_ident())
+        me = threading.get_ident()
+        first = me not in seen
+        seen.add(me)
+        if barrier is not None and first:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()
         return real_prepare(obj)
 
     monkeypatch.setattr(engine_of(cache), "prepare", spy)
@@ -280,7 +289,7 @@ def shuffled_pngs(tmp_path, n):
 def test_hashing_uses_worker_threads(make_cache, emu, tmp_path, monkeypatch):
     # One request's worth of files: hashed on the cache's hashing threads.
     cache = make_cache(batch_size=64)
-    seen = spy_hashing_threads(cache, monkeypatch)
+    seen = spy_hashing_threads(cache, monkeypatch, meet=2)
     monkeypatch.setattr(engine_of(cache), "hash_workers", 2)
     cache.resolve_many(shuffled_pngs(tmp_path, 40))
     assert len(seen) == 2 and threading.get_ident() not in seen
