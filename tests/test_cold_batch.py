@@ -63,6 +63,37 @@ def many(gauge: Gauge, slots: Slots) -> Any:
     return (yield Concurrent(plans, 6))
 
 
+def answer_uploads(request: httpx.Request) -> httpx.Response:
+    """What Runware answers a request of uploads: a fresh UUID for each task."""
+    data = [
+        {"taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": str(uuid.uuid4())}
+        for t in json.loads(request.content)
+    ]
+    return httpx.Response(200, json={"data": data})
+
+
+def pngs(tmp_path: Path, prefix: str, seeds: range, *size: int) -> list[Path]:
+    """A distinct PNG file per seed (of ``size``, width and height, if given)."""
+    files = []
+    for seed in seeds:
+        path = tmp_path / f"{prefix}{seed}.png"
+        path.write_bytes(make_png(seed, *size))
+        files.append(path)
+    return files
+
+
+def mocked(tmp_path: Path, server: Any, **settings: Any) -> AssetCache:
+    """A cache whose requests go to ``server`` (an httpx.MockTransport handler)."""
+    return AssetCache(
+        API_KEY,
+        base_url="http://127.0.0.1:9/v1",
+        db_path=tmp_path / "c.db",
+        transport=httpx.MockTransport(server),
+        retry=FAST_RETRY,
+        **settings,
+    )
+
+
 def test_slots_bound_plans_run_side_by_side_in_both_drivers() -> None:
     for run in (
         lambda plan: run_sync(plan, Driver()),
@@ -87,33 +118,12 @@ def test_a_big_cold_batch_never_has_more_requests_in_flight_than_concurrency(
     def server(request: httpx.Request) -> httpx.Response:
         gauge.enter()
         try:
-            tasks = json.loads(request.content)
-            data = [
-                {
-                    "taskType": "imageUpload",
-                    "taskUUID": t["taskUUID"],
-                    "imageUUID": str(uuid.uuid4()),
-                }
-                for t in tasks
-            ]
+            return answer_uploads(request)
         finally:
             gauge.leave()
-        return httpx.Response(200, json={"data": data})
 
-    files = []
-    for i in range(120):
-        path = tmp_path / f"c{i}.png"
-        path.write_bytes(make_png(50_000 + i))
-        files.append(path)
-    with AssetCache(
-        API_KEY,
-        base_url="http://127.0.0.1:9/v1",
-        db_path=tmp_path / "c.db",
-        transport=httpx.MockTransport(server),
-        retry=FAST_RETRY,
-        batch_size=4,
-        concurrency=3,
-    ) as cache:
+    files = pngs(tmp_path, "c", range(50_000, 50_120))
+    with mocked(tmp_path, server, batch_size=4, concurrency=3) as cache:
         out = cache.resolve_many(files)
         assert [r.outcome for r in out] == ["uploaded"] * 120
         assert gauge.most <= 3
@@ -129,30 +139,13 @@ def test_a_request_frees_its_slot_before_its_answers_are_recorded(
     all_sent = threading.Event()
 
     def server(request: httpx.Request) -> httpx.Response:
-        tasks = json.loads(request.content)
-        sent.append(len(tasks))
+        sent.append(len(json.loads(request.content)))
         if len(sent) == 6:
             all_sent.set()
-        data = [
-            {"taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": str(uuid.uuid4())}
-            for t in tasks
-        ]
-        return httpx.Response(200, json={"data": data})
+        return answer_uploads(request)
 
-    files = []
-    for i in range(6):
-        path = tmp_path / f"s{i}.png"
-        path.write_bytes(make_png(60_000 + i))
-        files.append(path)
-    with AssetCache(
-        API_KEY,
-        base_url="http://127.0.0.1:9/v1",
-        db_path=tmp_path / "c.db",
-        transport=httpx.MockTransport(server),
-        retry=FAST_RETRY,
-        batch_size=1,
-        concurrency=2,
-    ) as cache:
+    files = pngs(tmp_path, "s", range(60_000, 60_006))
+    with mocked(tmp_path, server, batch_size=1, concurrency=2) as cache:
         engine = engine_of(cache)
         real_record = engine.record
         calls: list[bool] = []
@@ -274,30 +267,12 @@ def test_a_cold_batch_of_big_files_sends_requests_within_the_byte_budget(
 
     def server(request: httpx.Request) -> httpx.Response:
         sizes.append(len(request.content))
-        tasks = json.loads(request.content)
-        data = [
-            {"taskType": "imageUpload", "taskUUID": t["taskUUID"], "imageUUID": str(uuid.uuid4())}
-            for t in tasks
-        ]
-        return httpx.Response(200, json={"data": data})
+        return answer_uploads(request)
 
-    files = []
-    for i in range(12):
-        path = tmp_path / f"b{i}.png"
-        path.write_bytes(make_png(70_000 + i, 96, 96))
-        files.append(path)
+    files = pngs(tmp_path, "b", range(70_000, 70_012), 96, 96)
     each = files[0].stat().st_size
     budget = 3 * (each * 4 // 3 + 300)  # three images a request, base64 and JSON
-    with AssetCache(
-        API_KEY,
-        base_url="http://127.0.0.1:9/v1",
-        db_path=tmp_path / "c.db",
-        transport=httpx.MockTransport(server),
-        retry=FAST_RETRY,
-        batch_size=16,
-        batch_bytes=budget,
-        concurrency=2,
-    ) as cache:
+    with mocked(tmp_path, server, batch_size=16, batch_bytes=budget, concurrency=2) as cache:
         out = cache.resolve_many(files)
     assert [r.outcome for r in out] == ["uploaded"] * 12
     assert len(sizes) >= 4 and max(sizes) <= budget
