@@ -129,3 +129,24 @@ def test_export_pages_are_joined_by_sqlite_or_read_row_by_row(tmp_path, monkeypa
         assert len(again) == len(ROWS) - 1 and '"size":a\nb,' in again[3]
     finally:
         store.close()
+
+
+def test_migrating_a_big_database_says_so_once(tmp_path: Path, monkeypatch, caplog) -> None:
+    # A migration of a big file takes seconds: the pause is explained, once; a
+    # small file (or a new one) migrates silently.
+    import logging
+
+    schema_6_database(tmp_path / "small.db")
+    with caplog.at_level(logging.WARNING, logger="assetcache"):
+        SQLiteStore(tmp_path / "small.db").close()
+        SQLiteStore(tmp_path / "new.db").close()
+    assert not [r for r in caplog.records if "upgrading" in r.getMessage()]
+    monkeypatch.setattr(_sqlite, "NOTICE_ROWS", len(ROWS))
+    schema_6_database(tmp_path / "big.db")
+    with caplog.at_level(logging.WARNING, logger="assetcache"):
+        SQLiteStore(tmp_path / "big.db").close()
+        SQLiteStore(tmp_path / "big.db").close()  # already migrated: nothing to say
+    said = [r.getMessage() for r in caplog.records if "upgrading" in r.getMessage()]
+    assert len(said) == 1
+    assert str(tmp_path / "big.db") in said[0] and "schema 6 to 7" in said[0]
+    assert f"{len(ROWS)} entries" in said[0]

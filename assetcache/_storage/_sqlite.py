@@ -74,6 +74,10 @@ def _writer_lock(path: str) -> threading.RLock:
         return lock
 
 
+#: Databases holding this many entries or more are told about when migrated.
+NOTICE_ROWS = 100_000
+_log = logging.getLogger("assetcache")
+
 #: SQL statements at DEBUG (``-vv``); values are paths and hashes, never a key.
 _sql_log = logging.getLogger("assetcache.sql")
 
@@ -524,6 +528,17 @@ class SQLiteStore(SQLRegistry):
         with self.write("migrate the schema") as conn:
             # Re-read under the write lock: another process may have migrated meanwhile.
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version >= 1:
+                (rows,) = conn.execute("SELECT count(*) FROM assets").fetchone()
+                if rows >= NOTICE_ROWS:  # a pause of seconds: say why, once
+                    _log.warning(
+                        "upgrading the cache database %s from schema %d to %d "
+                        "(%d entries, once; about 20 s per million)",
+                        self.path,
+                        version,
+                        SCHEMA_VERSION,
+                        rows,
+                    )
             for number in range(version, SCHEMA_VERSION):
                 MIGRATIONS[number](conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
