@@ -414,39 +414,37 @@ def plan_upload_groups(
                 engine.land(key, exc)
                 fail_group(engine, results, groups.pop(key), exc)
             mine = set()
+        for key in keys:
+            if key not in mine:
+                engine.land(key, _Retry())  # another host's now: wait for its upload
+        keys = [key for key in keys if key in mine]
+        leaders = {key: groups[key][0][1] for key in keys}
+        try:
+            found = yield Call(engine.registry.get_assets, keys, inline=True)
+            previous = {k: row.image_uuid for k, row in found.items()}
+        except AssetCacheError:
+            previous = {}  # only the outcome's name depends on it
+        batches = pack(
+            [(key, leaders[key].payload()) for key in keys if not key[2]],
+            engine.batch_size,
+            engine.batch_bytes,
+        )
+        plans = [plan_send(engine, batch) for batch in batches]
+        slots = [[key for key, _ in batch] for batch in batches]
+        # Keys with a variant are resized first (decode, re-encode): in small
+        # groups, each sent as soon as it is ready, so resizing overlaps uploading.
+        for group in fit_groups(engine, [key for key in keys if key[2]], leaders):
+            plans.append(plan_fit_send(engine, [(key, leaders[key]) for key in group]))
+            slots.append(group)
     except Exception:
-        if gate is not None:
+        if gate is not None:  # the slot taken above: no request holds it yet
             yield Release(gate)
         raise
-    for key in keys:
-        if key not in mine:
-            engine.land(key, _Retry())  # another host's now: wait for its upload
-    keys = [key for key in keys if key in mine]
-    if not keys:
+    if not plans:
         if gate is not None:
             yield Release(gate)
         return
-    leaders = {key: groups[key][0][1] for key in keys}
-    try:
-        found = yield Call(engine.registry.get_assets, keys, inline=True)
-        previous = {k: row.image_uuid for k, row in found.items()}
-    except AssetCacheError:
-        previous = {}  # only the outcome's name depends on it
     failures: dict[Key, AssetCacheError] = {}
-    batches = pack(
-        [(key, leaders[key].payload()) for key in keys if not key[2]],
-        engine.batch_size,
-        engine.batch_bytes,
-    )
-    plans = [plan_send(engine, batch) for batch in batches]
-    slots = [[key for key, _ in batch] for batch in batches]
-    # Keys with a variant are resized first (decode, re-encode): in small
-    # groups, each sent as soon as it is ready, so resizing overlaps uploading.
-    for group in fit_groups(engine, [key for key in keys if key[2]], leaders):
-        plans.append(plan_fit_send(engine, [(key, leaders[key]) for key in group]))
-        slots.append(group)
-    if not plans and gate is not None:
-        yield Release(gate)
     outcomes = yield Concurrent(
         [
             plan_recorded(engine, plan, leaders, groups, gate, held=i == 0)

@@ -310,3 +310,33 @@ def test_a_client_being_made_when_the_cache_closes_is_closed_too() -> None:
     assert len(made) == 1 and made[0].closed and driver.sync_client is None
     with pytest.raises(AssetCacheError, match="closed"):
         driver.blocking_client()
+
+
+def test_a_part_failing_before_its_request_frees_its_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two slots, and the first two parts fail unexpectedly between taking their
+    # slot and sending: their items fail with the reason, the other parts still
+    # get slots and upload (a slot kept would leave them waiting for ever).
+    files = pngs(tmp_path, "f", range(80_000, 80_008))
+    with mocked(tmp_path, answer_uploads, batch_size=1, concurrency=2) as cache:
+        from assetcache import _resolve
+
+        real = _resolve.pack
+        calls = [0]
+
+        def flaky(*args: Any) -> Any:
+            calls[0] += 1
+            if calls[0] <= 2:
+                raise RuntimeError("a bug")
+            return real(*args)
+
+        monkeypatch.setattr(_resolve, "pack", flaky)
+        out: list[Any] = []
+        worker = threading.Thread(target=lambda: out.extend(cache.resolve_many(files)))
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "the batch waited for a slot no one would free"
+    outcomes = [r.outcome for r in out]
+    assert outcomes.count("failed") == 2 and outcomes.count("uploaded") == 6
+    assert all("a bug" in str(r.error) for r in out if r.outcome == "failed")
