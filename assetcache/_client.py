@@ -12,14 +12,14 @@ with :func:`run_sync`, the asyncio twin with :func:`run_async`.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from . import _lifecycle, _maintenance, _status
+from . import _status
 from ._config import Config, resolve
-from ._effects import Driver, Plan, plan_call, run_async, run_sync
 from ._engine import Engine
 from ._errors import ConfigurationError
 from ._models import (
@@ -37,14 +37,13 @@ from ._models import (
     StatusReport,
     VerifyItem,
 )
-from ._protocol import UnknownPredicate
-from ._resolve import plan_resolve_many
 from ._sources import SourceLike
 from ._storage._sqlite import SQLiteStore
-from ._tasks import plan_server_time
 from ._transport import client_kwargs, plain_http_tls
 
 if TYPE_CHECKING:
+    from ._effects import Driver, Plan
+    from ._protocol import UnknownPredicate
     from ._taskpath import PreparedTask
 
 T = TypeVar("T")
@@ -79,8 +78,29 @@ class BaseCache:
             raise ConfigurationError("give either config= or settings, not both")
         self._engine = Engine(config, clock=clock, store=store)
         self._transport = transport
-        self._driver = Driver(sleep=sleep or time.sleep)
+        self._sleep = sleep or time.sleep
+        self._driver_made: Driver | None = None
+        self._driver_lock = threading.Lock()
         self._closed = False
+
+    @property
+    def _driver(self) -> Driver:
+        """What runs this cache's plans, made on first use: a status or a warm
+        hit runs none, and does not import the effects, plans and HTTP rooms."""
+        driver = self._driver_made
+        if driver is None:
+            with self._driver_lock:
+                driver = self._driver_made
+                if driver is None:
+                    from ._effects import Driver
+
+                    driver = Driver(sleep=self._sleep)
+                    self._wire(driver)
+                    self._driver_made = driver
+        return driver
+
+    def _wire(self, driver: Driver) -> None:
+        """Give ``driver`` the way to make this twin's HTTP client."""
 
     def _client_kwargs(self) -> dict[str, Any]:
         engine = self._engine
@@ -167,9 +187,8 @@ class AssetCache(BaseCache):
     '5d1f9c62-...'
     """
 
-    def __init__(self, api_key: str | None = None, **kwargs: Any) -> None:
-        super().__init__(api_key, **kwargs)
-        self._driver.make_sync_client = self._make_client
+    def _wire(self, driver: Driver) -> None:
+        driver.make_sync_client = self._make_client
 
     def _make_client(self) -> Any:
         from ._httpx import for_transport
@@ -177,6 +196,8 @@ class AssetCache(BaseCache):
         return for_transport(self._transport).Client(**self._client_kwargs())
 
     def _run(self, plan: Plan) -> Any:
+        from ._effects import run_sync
+
         return run_sync(plan, self._driver)
 
     def write_metrics(self, path: str | os.PathLike[str], *, prefix: str = "assetcache") -> None:
@@ -187,6 +208,8 @@ class AssetCache(BaseCache):
     # -- resolving ---------------------------------------------------------------------
     def resolve(self, source: SourceLike) -> Resolution:
         """The imageUUID of ``source``, uploading it if needed; raises on failure."""
+        from ._resolve import plan_resolve_many
+
         hit = self._engine.fast_hit(source)
         if hit is not None:
             return hit
@@ -208,6 +231,8 @@ class AssetCache(BaseCache):
         self, sources: Iterable[SourceLike], concurrency: int | None = None
     ) -> list[Resolution]:
         """Resolve many sources at once; never raises for one bad item."""
+        from ._resolve import plan_resolve_many
+
         return cast(
             list[Resolution], self._run(plan_resolve_many(self._engine, list(sources), concurrency))
         )
@@ -220,6 +245,8 @@ class AssetCache(BaseCache):
         content as an earlier source of this call: sent once, with that one) or
         ``failed`` (bad input).
         """
+        from . import _maintenance
+
         return _maintenance.preview(self._engine, sources)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -238,6 +265,8 @@ class AssetCache(BaseCache):
 
         >>> cache.use("cat.png", lambda uuid: run_task(seedImage=uuid))   # doctest: +SKIP
         """
+        from . import _lifecycle
+
         plan = _lifecycle.plan_use(self._engine, source, fn, retries, is_unknown, parameter)
         return cast(T, self._run(plan))
 
@@ -325,6 +354,9 @@ class AssetCache(BaseCache):
         >>> cache.touch("5d1f9c62-0b7e-4c55-9d1e-3f0a7c1b2e44").state   # doctest: +SKIP
         'fresh'
         """
+        from . import _lifecycle
+        from ._tasks import plan_server_time
+
         engine = self._engine
         return _lifecycle.touch(engine, target, at, lambda: self._run(plan_server_time(engine)))
 
@@ -336,6 +368,8 @@ class AssetCache(BaseCache):
         >>> cache.invalidate("photo.png").state                     # doctest: +SKIP
         'expired'
         """
+        from . import _lifecycle
+
         return _lifecycle.invalidate(self._engine, target)
 
     # -- reading -------------------------------------------------------------------------
@@ -369,12 +403,16 @@ class AssetCache(BaseCache):
 
         >>> [e.uuid for e in cache.entries(expired=True)]     # doctest: +SKIP
         """
+        from . import _maintenance
+
         return _maintenance.entries(
             self._engine, expiring_within, expired, all_accounts=all_accounts
         )
 
     def stats(self, *, all_accounts: bool = False) -> CacheStats:
         """Counts, bytes and usage counters (stored ones plus this process's unflushed ones)."""
+        from . import _maintenance
+
         return _maintenance.stats(self._engine, all_accounts=all_accounts)
 
     # -- maintenance ---------------------------------------------------------------------
@@ -400,6 +438,8 @@ class AssetCache(BaseCache):
         >>> cache.refresh(timedelta(days=2)).failed             # doctest: +SKIP
         []
         """
+        from . import _maintenance
+
         plan = _maintenance.plan_refresh(
             self._engine, within, dry_run, concurrency, progress, on_item
         )
@@ -418,6 +458,8 @@ class AssetCache(BaseCache):
 
         >>> cache.prune(older_than=timedelta(days=90), dry_run=True).entries   # doctest: +SKIP
         """
+        from . import _maintenance
+
         return _maintenance.prune(self._engine, older_than, dry_run, all_accounts=all_accounts)
 
     def prune_items(
@@ -431,6 +473,8 @@ class AssetCache(BaseCache):
         :class:`Entry`), then each path whose file is gone (a ``str``). Work is
         committed a page at a time: stopped halfway, it keeps what it did, and a
         second run carries on. Dead leases are left to :meth:`prune`."""
+        from . import _maintenance
+
         return _maintenance.prune_items(
             self._engine, older_than, dry_run, all_accounts=all_accounts
         )
@@ -447,6 +491,8 @@ class AssetCache(BaseCache):
 
         >>> [v.path for v in cache.verify() if v.state == "changed"]   # doctest: +SKIP
         """
+        from . import _maintenance
+
         return _maintenance.verify(self._engine, paths, progress=progress)
 
     def forget(
@@ -461,6 +507,8 @@ class AssetCache(BaseCache):
 
         >>> cache.forget(["cat.png", "5d1f9c62-0b7e-4c55-9d1e-3f0a7c1b2e44"])  # doctest: +SKIP
         """
+        from . import _maintenance
+
         plan = _maintenance.plan_forget(
             self._engine, items, remote=remote, all_accounts=all_accounts
         )
@@ -468,6 +516,8 @@ class AssetCache(BaseCache):
 
     def export_entries(self, *, all_accounts: bool = False) -> Iterator[str]:
         """JSON lines (no newline) of this account's entries, for :meth:`import_entries`."""
+        from . import _maintenance
+
         return _maintenance.export_entries(self._engine, all_accounts=all_accounts)
 
     def import_entries(self, lines: Iterable[str | bytes]) -> ImportReport:
@@ -478,6 +528,8 @@ class AssetCache(BaseCache):
         >>> cache.import_entries(open("entries.jsonl")).errors     # doctest: +SKIP
         ()
         """
+        from . import _maintenance
+
         return _maintenance.import_entries(self._engine, lines)
 
     def doctor(self, fix: bool = False) -> DoctorReport:
@@ -487,6 +539,9 @@ class AssetCache(BaseCache):
         over; ``report.lost`` says what could not be). Other users of the file should
         be closed first.
         """
+        from . import _maintenance
+        from ._tasks import plan_server_time
+
         engine = self._engine
         report = _maintenance.doctor(engine, fix)
         _maintenance.check_clock(engine, report, lambda: self._run(plan_server_time(engine)))
@@ -494,6 +549,8 @@ class AssetCache(BaseCache):
 
     def settings(self) -> dict[str, Any]:
         """The settings in force (never the API key)."""
+        from . import _maintenance
+
         return _maintenance.settings(self._engine)
 
     def copies_usage(self) -> CopiesUsage:
@@ -501,6 +558,8 @@ class AssetCache(BaseCache):
 
         >>> cache.copies_usage().bytes                              # doctest: +SKIP
         """
+        from . import _maintenance
+
         return _maintenance.copies_usage(self._engine)
 
     # -- closing -------------------------------------------------------------------------
@@ -508,7 +567,8 @@ class AssetCache(BaseCache):
         if self._closed:
             return
         self._closed = True
-        self._driver.close()  # the HTTP client too, even one being made right now
+        if self._driver_made is not None:
+            self._driver_made.close()  # the HTTP client too, even one being made right now
         self._engine.close()
 
     def __enter__(self) -> AssetCache:
@@ -530,9 +590,8 @@ class AsyncAssetCache(BaseCache):
     ...     await cache.get_uuid("photo.png")
     """
 
-    def __init__(self, api_key: str | None = None, **kwargs: Any) -> None:
-        super().__init__(api_key, **kwargs)
-        self._driver.make_async_client = self._make_client
+    def _wire(self, driver: Driver) -> None:
+        driver.make_async_client = self._make_client
 
     def _make_client(self) -> Any:
         from ._httpx import for_transport
@@ -540,10 +599,14 @@ class AsyncAssetCache(BaseCache):
         return for_transport(self._transport).AsyncClient(**self._client_kwargs())
 
     async def _run(self, plan: Plan) -> Any:
+        from ._effects import run_async
+
         return await run_async(plan, self._driver)
 
     async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on a worker thread (a plan of one ``Call``)."""
+        from ._effects import plan_call
+
         return cast(T, await self._run(plan_call(fn, *args, **kwargs)))
 
     async def write_metrics(
@@ -555,6 +618,8 @@ class AsyncAssetCache(BaseCache):
     # -- resolving ---------------------------------------------------------------------
     async def resolve(self, source: SourceLike) -> Resolution:
         """The twin of :meth:`AssetCache.resolve`."""
+        from ._resolve import plan_resolve_many
+
         hit = self._engine.fast_hit(source)
         if hit is not None:
             return hit
@@ -573,11 +638,15 @@ class AsyncAssetCache(BaseCache):
         self, sources: Iterable[SourceLike], concurrency: int | None = None
     ) -> list[Resolution]:
         """The twin of :meth:`AssetCache.resolve_many`."""
+        from ._resolve import plan_resolve_many
+
         plan = plan_resolve_many(self._engine, list(sources), concurrency)
         return cast(list[Resolution], await self._run(plan))
 
     async def preview(self, sources: Iterable[SourceLike]) -> list[Resolution]:
         """The twin of :meth:`AssetCache.preview`."""
+        from . import _maintenance
+
         return await self._call(_maintenance.preview, self._engine, list(sources))
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -594,6 +663,8 @@ class AsyncAssetCache(BaseCache):
 
         >>> await cache.use("cat.png", run_task)                        # doctest: +SKIP
         """
+        from . import _lifecycle
+
         plan = _lifecycle.plan_use(self._engine, source, fn, retries, is_unknown, parameter)
         return await self._run(plan)
 
@@ -654,6 +725,9 @@ class AsyncAssetCache(BaseCache):
 
     async def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
         """The twin of :meth:`AssetCache.touch` (the server's time is asked on this loop)."""
+        from . import _lifecycle
+        from ._tasks import plan_server_time
+
         engine = self._engine
         if engine.account is not None and not engine.server_time_recent():
             await self._run(plan_server_time(engine))
@@ -661,6 +735,8 @@ class AsyncAssetCache(BaseCache):
 
     async def invalidate(self, target: SourceLike) -> Entry | None:
         """The twin of :meth:`AssetCache.invalidate`."""
+        from . import _lifecycle
+
         return await self._call(_lifecycle.invalidate, self._engine, target)
 
     # -- reading -------------------------------------------------------------------------
@@ -680,6 +756,8 @@ class AsyncAssetCache(BaseCache):
         all_accounts: bool = False,
     ) -> list[Entry]:
         """The twin of :meth:`AssetCache.entries`, as a list."""
+        from . import _maintenance
+
         engine = self._engine
         return await self._call(
             lambda: list(
@@ -689,14 +767,20 @@ class AsyncAssetCache(BaseCache):
 
     async def stats(self, *, all_accounts: bool = False) -> CacheStats:
         """The twin of :meth:`AssetCache.stats`."""
+        from . import _maintenance
+
         return await self._call(_maintenance.stats, self._engine, all_accounts=all_accounts)
 
     async def settings(self) -> dict[str, Any]:
         """The twin of :meth:`AssetCache.settings`."""
+        from . import _maintenance
+
         return await self._call(_maintenance.settings, self._engine)
 
     async def copies_usage(self) -> CopiesUsage:
         """The twin of :meth:`AssetCache.copies_usage`."""
+        from . import _maintenance
+
         return await self._call(_maintenance.copies_usage, self._engine)
 
     # -- maintenance ---------------------------------------------------------------------
@@ -710,6 +794,8 @@ class AsyncAssetCache(BaseCache):
         on_item: Callable[[RefreshItem], None] | None = None,
     ) -> RefreshReport:
         """The twin of :meth:`AssetCache.refresh`."""
+        from . import _maintenance
+
         plan = _maintenance.plan_refresh(
             self._engine, within, dry_run, concurrency, progress, on_item
         )
@@ -723,6 +809,8 @@ class AsyncAssetCache(BaseCache):
         all_accounts: bool = False,
     ) -> PruneReport:
         """The twin of :meth:`AssetCache.prune`."""
+        from . import _maintenance
+
         return await self._call(
             _maintenance.prune, self._engine, older_than, dry_run, all_accounts=all_accounts
         )
@@ -735,6 +823,8 @@ class AsyncAssetCache(BaseCache):
         all_accounts: bool = False,
     ) -> list[Entry | str]:
         """The twin of :meth:`AssetCache.prune_items`, as a list."""
+        from . import _maintenance
+
         engine = self._engine
         return await self._call(
             lambda: list(
@@ -753,6 +843,8 @@ class AsyncAssetCache(BaseCache):
         self, paths: Iterable[str] | None = None, *, progress: Progress | None = None
     ) -> list[VerifyItem]:
         """The twin of :meth:`AssetCache.verify`."""
+        from . import _maintenance
+
         targets = None if paths is None else list(paths)
         return await self._call(_maintenance.verify, self._engine, targets, progress=progress)
 
@@ -760,6 +852,8 @@ class AsyncAssetCache(BaseCache):
         self, items: Iterable[str], *, remote: bool = False, all_accounts: bool = False
     ) -> list[ForgetItem]:
         """The twin of :meth:`AssetCache.forget`; remote deletes go on this loop's client."""
+        from . import _maintenance
+
         plan = _maintenance.plan_forget(
             self._engine, list(items), remote=remote, all_accounts=all_accounts
         )
@@ -767,6 +861,8 @@ class AsyncAssetCache(BaseCache):
 
     async def export_entries(self, *, all_accounts: bool = False) -> list[str]:
         """The twin of :meth:`AssetCache.export_entries`, as a list of lines."""
+        from . import _maintenance
+
         engine = self._engine
         return await self._call(
             lambda: list(_maintenance.export_entries(engine, all_accounts=all_accounts))
@@ -774,10 +870,15 @@ class AsyncAssetCache(BaseCache):
 
     async def import_entries(self, lines: Iterable[str | bytes]) -> ImportReport:
         """The twin of :meth:`AssetCache.import_entries`."""
+        from . import _maintenance
+
         return await self._call(_maintenance.import_entries, self._engine, lines)
 
     async def doctor(self, fix: bool = False) -> DoctorReport:
         """The twin of :meth:`AssetCache.doctor`."""
+        from . import _maintenance
+        from ._tasks import plan_server_time
+
         engine = self._engine
         report = await self._call(_maintenance.doctor, engine, fix)
         if engine.clock_offset() is None and engine.account is not None:
@@ -791,12 +892,14 @@ class AsyncAssetCache(BaseCache):
         if self._closed:
             return
         self._closed = True
-        if self._driver.async_client is not None:
-            await self._driver.async_client.aclose()
+        driver = self._driver_made
+        if driver is not None and driver.async_client is not None:
+            await driver.async_client.aclose()
         await self._call(self._close_blocking)
 
     def _close_blocking(self) -> None:
-        self._driver.close()
+        if self._driver_made is not None:
+            self._driver_made.close()
         self._engine.close()
 
     async def __aenter__(self) -> AsyncAssetCache:

@@ -26,12 +26,19 @@ try:
     code = 0
 except SystemExit as exc:
     code = exc.code or 0
-print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}),
+print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules}),
+                  "ours": sorted(m for m in sys.modules if m.startswith("assetcache."))}),
       file=sys.stderr)
 """
 
 
 def run_cli(args: list[str], tmp_path: Path) -> tuple[int, set[str], str]:
+    code, modules, stdout, _ = run_cli_ours(args, tmp_path)
+    return code, modules, stdout
+
+
+def run_cli_ours(args: list[str], tmp_path: Path) -> tuple[int, set[str], str, set[str]]:
+    """:func:`run_cli`, and the package's own modules the command loaded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ASSETCACHE_"))}
     env.update(RUNWARE_API_KEY="startup-test-key", ASSETCACHE_DB=str(tmp_path / "cache.db"))
     out = subprocess.run(
@@ -43,7 +50,7 @@ def run_cli(args: list[str], tmp_path: Path) -> tuple[int, set[str], str]:
         check=False,
     )
     report = json.loads(out.stderr.strip().splitlines()[-1])
-    return report["code"], set(report["modules"]), out.stdout
+    return report["code"], set(report["modules"]), out.stdout, set(report["ours"])
 
 
 def test_version_loads_no_http_stack_and_no_cache(tmp_path):
@@ -60,6 +67,18 @@ def test_status_of_an_empty_folder_loads_no_http_stack(tmp_path):
     assert code == 0
     assert "assetcache" in modules and "sqlite3" in modules  # it did open the cache
     assert not modules & HTTP_STACK
+
+
+def test_status_loads_none_of_the_upload_rooms(tmp_path):
+    # A status runs no plan: the effects, the resolve, lifecycle, maintenance
+    # and task-path plans and the HTTP calls stay unloaded (start-up time).
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.png").write_bytes(b"not an image")
+    code, _, _, ours = run_cli_ours(["status", str(empty)], tmp_path)
+    assert code == 0 and "assetcache._status" in ours and "assetcache._client" in ours
+    rooms = {"_effects", "_resolve", "_lifecycle", "_maintenance", "_taskpath", "_tasks"}
+    assert not {f"assetcache.{room}" for room in rooms} & ours
 
 
 def test_importing_the_package_loads_the_cache_on_first_use():
