@@ -7,6 +7,7 @@ side does, independently of the client that will talk to it.
 from __future__ import annotations
 
 import ast
+import contextlib
 import base64
 import json
 import os
@@ -997,3 +998,23 @@ def test_import_is_light():
     subprocess.run(
         [sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1]
     )
+
+
+def test_a_request_is_processed_on_arrival_then_answered_after_the_latency():
+    # The upload is stored as the request arrives; the answer waits out the
+    # latency (here far longer than the test waits for the upload).
+    with Emulator(api_key=KEY, latency=25.0) as emu:
+        body = json.dumps([upload_task(b64(make_png(3, 2)))])
+        answered = threading.Event()
+
+        def send() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(emu.base_url, content=body, headers=AUTH, timeout=60)
+            answered.set()
+
+        threading.Thread(target=send, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while emu.upload_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert emu.upload_count == 1
+        assert not answered.is_set()

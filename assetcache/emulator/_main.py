@@ -45,7 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         "accept any non-empty key (default RUNWARE_API_KEY)",
     )
     parser.add_argument("--state", metavar="FILE", help="persist images and clock here")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds each answer waits (a round trip), after its request is processed",
+    )
     parser.add_argument(
         "--media-placeholder",
         type=int,
