@@ -7,8 +7,8 @@ side does, independently of the client that will talk to it.
 from __future__ import annotations
 
 import ast
-import contextlib
 import base64
+import contextlib
 import json
 import os
 import signal
