@@ -188,7 +188,10 @@ class AssetCache(BaseCache):
     """
 
     def _wire(self, driver: Driver) -> None:
+        from ._effects import run_sync
+
         driver.make_sync_client = self._make_client
+        self._run_plan = run_sync
 
     def _make_client(self) -> Any:
         from ._httpx import for_transport
@@ -196,9 +199,8 @@ class AssetCache(BaseCache):
         return for_transport(self._transport).Client(**self._client_kwargs())
 
     def _run(self, plan: Plan) -> Any:
-        from ._effects import run_sync
-
-        return run_sync(plan, self._driver)
+        driver = self._driver_made or self._driver  # made (and wired) on first use
+        return self._run_plan(plan, driver)
 
     def write_metrics(self, path: str | os.PathLike[str], *, prefix: str = "assetcache") -> None:
         """Write the node-exporter textfile format to ``path``, atomically, with the
