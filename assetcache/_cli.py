@@ -1241,8 +1241,11 @@ def refresh(
     out = sys.stdout
     known = _GoneLog(settings)
     counts = {s: 0 for s in ("renewed", "would-renew", "content-gone", "failed")}
-    gone: list[Any] = []
-    new_gone = 0
+    # Content-gone entries: counted, and (for the log of those reported) kept as
+    # keys only, and only by a run that saves the log: a dry run of millions of
+    # entries keeps none.
+    gone: set[str] = set()
+    all_gone = new_gone = 0
     buf: list[str] = []
     dumps = json.JSONEncoder(default=str).encode
 
@@ -1254,12 +1257,14 @@ def refresh(
     def take(item: Any) -> None:
         # Each item is written as it is known (a batch at a time): memory stays
         # bounded, and a run stopped halfway has printed what it did.
-        nonlocal new_gone
+        nonlocal new_gone, all_gone
         first = not any(counts.values())
         counts[item.status] += 1
         row = item.as_dict()
         if item.status == "content-gone":
-            gone.append(item)
+            all_gone += 1
+            if not dry_run:
+                gone.add(known.key(item.content_hash, item.old_uuid))
             before = known.seen(item.content_hash, item.old_uuid)
             new_gone += not before
             row["reported_before"] = before
@@ -1301,7 +1306,7 @@ def refresh(
             if dry_run
             else f"{counts['renewed']} renewed"
         )
-        before = len(gone) - new_gone
+        before = all_gone - new_gone
         note(
             f"{sum(counts.values())} entries expiring within {format_duration(within)}: {done}, "
             f"{failed} failed, {new_gone} content gone"
@@ -1328,11 +1333,15 @@ class _GoneLog:
         except (OSError, ValueError, AttributeError):
             self.known = set()
 
-    def seen(self, content_hash: str, uuid: str) -> bool:
-        return f"{content_hash}:{uuid}" in self.known
+    @staticmethod
+    def key(content_hash: str, uuid: str) -> str:
+        return f"{content_hash}:{uuid}"
 
-    def save(self, gone: Sequence[Any]) -> None:
-        now = {f"{i.content_hash}:{i.old_uuid}" for i in gone}
+    def seen(self, content_hash: str, uuid: str) -> bool:
+        return self.key(content_hash, uuid) in self.known
+
+    def save(self, now: set[str]) -> None:
+        """Keep ``now`` (keys of the entries gone this run) as the log."""
         if now == self.known:
             return
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")

@@ -175,3 +175,42 @@ def test_prune_works_in_committed_chunks_and_a_rerun_resumes(tmp_path: Path) -> 
         report = cache.prune(35 * DAY)
         assert len(report.entries) == left
         assert not [e for e in cache.entries() if e.last_used_at <= now - 35 * DAY]
+
+
+def test_a_dry_run_refresh_keeps_nothing_per_entry(tmp_path: Path) -> None:
+    # 30,000 candidates, every one content-gone: the dry run prints each as it
+    # goes and keeps none of them (a run that saves the log of gone entries
+    # keeps a short key each). Python's own allocations are traced: not timed.
+    import tracemalloc
+
+    from click.testing import CliRunner
+
+    from assetcache._cli import cli
+
+    db = tmp_path / "cache.db"
+    with AssetCache(KEY, base_url=URL, db_path=db) as cache:
+        namespace, now = cache.namespace, cache.now()
+    export = tmp_path / "export.jsonl"
+    write_export(export, 30_000, namespace, now)
+    lines = []
+    for line in export.read_text().splitlines():  # all due within the day to come
+        entry = json.loads(line)
+        entry["last_used_at"] = now - 28.2 * DAY - (entry["last_used_at"] % 1000) * 50
+        entry["uploaded_at"] = entry["last_used_at"] - DAY
+        lines.append(json.dumps(entry))
+    with AssetCache(KEY, base_url=URL, db_path=db) as cache:
+        assert cache.import_entries(lines).added == 30_000
+    runner = CliRunner()
+    args = ["--api-url", URL, "--db", str(db), "refresh", "--within", "1d", "--dry-run"]
+    tracemalloc.start()
+    try:
+        result = runner.invoke(cli, args, env={"RUNWARE_API_KEY": KEY})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("content-gone\t")]
+    assert len(lines) > 20_000
+    # About 10 MiB, most of it the output the runner captures; keeping each
+    # entry's report (as before) took 20 MiB.
+    assert peak < 14 << 20, f"{peak / 2**20:.1f} MiB of Python objects at the peak"
