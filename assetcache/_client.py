@@ -11,11 +11,13 @@ with :func:`run_sync`, the asyncio twin with :func:`run_async`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _status
@@ -101,6 +103,14 @@ class BaseCache:
 
     def _wire(self, driver: Driver) -> None:
         """Give ``driver`` the way to make this twin's HTTP client."""
+
+    @functools.cached_property
+    def _taskpath(self) -> ModuleType:
+        """The task path's room, loaded on first use (it loads the effects and the
+        resolve plans), then one attribute away (a warm task is a few hits)."""
+        from . import _taskpath
+
+        return _taskpath
 
     def _client_kwargs(self) -> dict[str, Any]:
         engine = self._engine
@@ -293,11 +303,11 @@ class AssetCache(BaseCache):
 
         >>> cache.run({"taskType": "imageInference", "seedImage": "cat.png", ...})  # doctest: +SKIP
         """
-        from . import _taskpath
-
         engine = self._engine
-        warm = _taskpath.prepare_warm(engine, task, extra_params)
-        plan = _taskpath.plan_run_many(engine, [task], send, extra_params, reuploads, None, warm)
+        warm = self._taskpath.prepare_warm(engine, task, extra_params)
+        plan = self._taskpath.plan_run_many(
+            engine, [task], send, extra_params, reuploads, None, warm
+        )
         ((ok, value),) = self._run(plan)
         if not ok:
             raise value
@@ -315,9 +325,7 @@ class AssetCache(BaseCache):
         """:meth:`run` for several tasks: their images resolved in one batch and,
         without ``send``, the tasks sent in one request. One result per task, in
         order; a task that failed holds its exception instead (nothing raised)."""
-        from . import _taskpath
-
-        plan = _taskpath.plan_run_many(
+        plan = self._taskpath.plan_run_many(
             self._engine, list(tasks), send, extra_params, reuploads, concurrency
         )
         return [value for _, value in self._run(plan)]
@@ -330,9 +338,7 @@ class AssetCache(BaseCache):
         :class:`TaskInputError` naming the parameter when one is unusable.
         ``local_files=False`` never reads a string as a path (only data URIs and
         base64 are taken): for servers that rewrite tasks others send."""
-        from . import _taskpath
-
-        plan = _taskpath.plan_prepare(self._engine, task, extra_params, local_files)
+        plan = self._taskpath.plan_prepare(self._engine, task, extra_params, local_files)
         return cast("PreparedTask", self._run(plan))
 
     def settle(self, prepared: PreparedTask, ok: bool = True, error: object = None) -> list[str]:
@@ -340,9 +346,7 @@ class AssetCache(BaseCache):
         images now (their windows slide); ``ok=False, error=answer`` invalidates
         the images the answer says Runware no longer has. Returns the
         parameters invalidated (prepare the task again to upload them)."""
-        from . import _taskpath
-
-        plan = _taskpath.plan_settle(self._engine, prepared, ok, error)
+        plan = self._taskpath.plan_settle(self._engine, prepared, ok, error)
         return cast(list[str], self._run(plan))
 
     def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
@@ -680,11 +684,11 @@ class AsyncAssetCache(BaseCache):
         reuploads: int = 1,
     ) -> Any:
         """The twin of :meth:`AssetCache.run`; ``send`` may be a coroutine function."""
-        from . import _taskpath
-
         engine = self._engine
-        warm = _taskpath.prepare_warm(engine, task, extra_params)
-        plan = _taskpath.plan_run_many(engine, [task], send, extra_params, reuploads, None, warm)
+        warm = self._taskpath.prepare_warm(engine, task, extra_params)
+        plan = self._taskpath.plan_run_many(
+            engine, [task], send, extra_params, reuploads, None, warm
+        )
         ((ok, value),) = await self._run(plan)
         if not ok:
             raise value
@@ -700,9 +704,7 @@ class AsyncAssetCache(BaseCache):
         concurrency: int | None = None,
     ) -> list[Any]:
         """The twin of :meth:`AssetCache.run_many`."""
-        from . import _taskpath
-
-        plan = _taskpath.plan_run_many(
+        plan = self._taskpath.plan_run_many(
             self._engine, list(tasks), send, extra_params, reuploads, concurrency
         )
         return [value for _, value in await self._run(plan)]
@@ -711,18 +713,14 @@ class AsyncAssetCache(BaseCache):
         self, task: Any, *, extra_params: Any = None, local_files: bool = True
     ) -> PreparedTask:
         """The twin of :meth:`AssetCache.prepare`."""
-        from . import _taskpath
-
-        plan = _taskpath.plan_prepare(self._engine, task, extra_params, local_files)
+        plan = self._taskpath.plan_prepare(self._engine, task, extra_params, local_files)
         return cast("PreparedTask", await self._run(plan))
 
     async def settle(
         self, prepared: PreparedTask, ok: bool = True, error: object = None
     ) -> list[str]:
         """The twin of :meth:`AssetCache.settle`."""
-        from . import _taskpath
-
-        plan = _taskpath.plan_settle(self._engine, prepared, ok, error)
+        plan = self._taskpath.plan_settle(self._engine, prepared, ok, error)
         return cast(list[str], await self._run(plan))
 
     async def touch(self, target: SourceLike, *, at: float | None = None) -> Entry | None:
