@@ -107,7 +107,7 @@ def plan_resolve_many(
     # are in flight (``gate``), and a few more parts hash, look up and claim
     # meanwhile, so a request goes out as soon as another answers: at most
     # ``limit + ahead`` parts' bytes are in memory, each part about a request's.
-    parts = split_parts(sources, todo, step, engine.batch_bytes)
+    parts = yield Call(split_parts, sources, todo, step, engine.batch_bytes)  # stats files
     gate = Slots(limit)
     hashing = Slots(engine.hash_workers)
     outcomes = yield Concurrent(

@@ -290,3 +290,37 @@ def test_threads_writing_one_file_queue_for_it_within_a_bound(tmp_path, monkeypa
     assert "record uploads" in str(info.value) and str(tmp_path / "w.db") in str(info.value)
     a.close()
     b.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_is_not_held_by_the_parents_writer_lock(tmp_path):
+    # A fork while another thread of the parent is inside a write: that thread
+    # does not exist in the child, so the child's writer locks start free
+    # (else its first write would wait out the bound, then fail).
+    import threading
+
+    from assetcache._storage import _sqlite
+
+    store = _sqlite.SQLiteStore(tmp_path / "f.db")
+    key = os.path.realpath(tmp_path / "f.db")
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.write():
+            inside.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(10)
+    try:
+        assert not _sqlite._writer_lock(key).acquire(timeout=0)  # held here
+        pid = os.fork()
+        if pid == 0:  # the child: the lock is free, and a fresh one
+            os._exit(0 if _sqlite._writer_lock(key).acquire(timeout=1) else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        leave.set()
+        holder.join(10)
+        store.close()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -65,13 +65,26 @@ _writers: dict[str, threading.RLock] = {}
 _writers_guard = threading.Lock()
 
 
-def _writer_lock(path: str) -> threading.RLock:
-    key = os.path.realpath(path)
-    with _writers_guard:
-        lock = _writers.get(key)
-        if lock is None:
-            lock = _writers[key] = threading.RLock()
-        return lock
+def _writer_lock(key: str) -> threading.RLock:
+    """The writer lock of the file whose real path is ``key``."""
+    lock = _writers.get(key)
+    if lock is None:
+        with _writers_guard:
+            lock = _writers.setdefault(key, threading.RLock())
+    return lock
+
+
+def _fresh_writer_locks() -> None:
+    """In a forked child: locks held by the parent's other threads would never be
+    released here (those threads do not exist in the child)."""
+    global _writers_guard
+    _writers_guard = threading.Lock()
+    for key in _writers:
+        _writers[key] = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_writer_locks)
 
 
 #: Databases holding this many entries or more are told about when migrated.
@@ -365,7 +378,7 @@ class SQLiteStore(SQLRegistry):
         self._batch_sql: dict[tuple[bool, int], str] = {}
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._writer = _writer_lock(self.path)
+        self._writer_key = os.path.realpath(self.path)
         self._closed = False
         self._shared = sharing_declared(shared)
         self._folders = tuple(folders)
@@ -469,7 +482,8 @@ class SQLiteStore(SQLRegistry):
         """An explicit ``BEGIN IMMEDIATE`` transaction on this thread's connection,
         taken after this process's other writers of the file (:func:`_writer_lock`)."""
         conn = self.conn()
-        if not self._writer.acquire(timeout=WRITE_WAIT):
+        writer = _writer_lock(self._writer_key)
+        if not writer.acquire(timeout=WRITE_WAIT):
             raise self._error(sqlite3.OperationalError("database is locked"), doing)
         try:
             try:
@@ -491,7 +505,7 @@ class SQLiteStore(SQLRegistry):
                     conn.execute("ROLLBACK")
                 raise self._error(exc, doing) from None
         finally:
-            self._writer.release()
+            writer.release()
 
     def read(self, sql: str, params: Sequence[Any] = (), doing: str = "read") -> list[Any]:
         try:
