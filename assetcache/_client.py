@@ -201,7 +201,7 @@ class AssetCache(BaseCache):
         from ._effects import run_sync
 
         driver.make_sync_client = self._make_client
-        self._run_plan = run_sync
+        self._run_plan = run_sync  # kept here: no import on each run
 
     def _make_client(self) -> Any:
         from ._httpx import for_transport
@@ -209,7 +209,7 @@ class AssetCache(BaseCache):
         return for_transport(self._transport).Client(**self._client_kwargs())
 
     def _run(self, plan: Plan) -> Any:
-        driver = self._driver_made or self._driver  # made (and wired) on first use
+        driver = self._driver  # made, and this twin wired to it, on first use
         return self._run_plan(plan, driver)
 
     def write_metrics(self, path: str | os.PathLike[str], *, prefix: str = "assetcache") -> None:
@@ -220,11 +220,11 @@ class AssetCache(BaseCache):
     # -- resolving ---------------------------------------------------------------------
     def resolve(self, source: SourceLike) -> Resolution:
         """The imageUUID of ``source``, uploading it if needed; raises on failure."""
-        from ._resolve import plan_resolve_many
-
         hit = self._engine.fast_hit(source)
         if hit is not None:
             return hit
+        from ._resolve import plan_resolve_many
+
         (result,) = self._run(plan_resolve_many(self._engine, [source], 1))
         if result.error is not None:
             raise result.error
@@ -624,11 +624,11 @@ class AsyncAssetCache(BaseCache):
     # -- resolving ---------------------------------------------------------------------
     async def resolve(self, source: SourceLike) -> Resolution:
         """The twin of :meth:`AssetCache.resolve`."""
-        from ._resolve import plan_resolve_many
-
         hit = self._engine.fast_hit(source)
         if hit is not None:
             return hit
+        from ._resolve import plan_resolve_many
+
         (result,) = await self._run(plan_resolve_many(self._engine, [source], 1))
         if result.error is not None:
             raise result.error

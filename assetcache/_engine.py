@@ -539,7 +539,7 @@ class Engine:
         ]
         for start in range(0, len(named), HIT_CHUNK):
             part = named[start : start + HIT_CHUNK]
-            stats = self._stat_paths([text for _, text in part])
+            stats = self.stat_paths([text for _, text in part])
             keys = [s[0] for s in stats if s is not None]
             if not keys:
                 continue
@@ -635,7 +635,7 @@ class Engine:
         """:meth:`hit_row` for several path strings, in one SELECT (a task's images).
         ``all_or_nothing``: unless every path hits, count none (the caller takes
         the slow path for all of them, which counts them then)."""
-        stats = self._stat_paths(paths)
+        stats = self.stat_paths(paths)
         keys = [s[0] for s in stats if s is not None]
         if not keys:
             return [None] * len(paths)
@@ -654,7 +654,7 @@ class Engine:
         return out
 
     @staticmethod
-    def _stat_paths(paths: Sequence[str]) -> list[tuple[bytes, os.stat_result] | None]:
+    def stat_paths(paths: Sequence[str]) -> list[tuple[bytes, os.stat_result] | None]:
         """``(files-table key, stat)`` of each path string; ``None`` for what is no
         path (a data URI, a URL) or cannot be stat'ed."""
         stats: list[tuple[bytes, os.stat_result] | None] = []

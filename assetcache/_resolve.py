@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Collection, Sequence
 from pathlib import PurePath
 from typing import Any
@@ -137,46 +136,37 @@ def split_parts(
     sources: Sequence[Any], todo: list[int], count: int, budget: int
 ) -> list[list[int]]:
     """``todo`` in parts of one request each, in order: at most ``count`` items
-    and, as far as sizes are known before reading, ``budget`` bytes (what a
-    part holds in memory while it waits for its turn to send).
+    and, as far as sizes are known before reading (a ``stat`` of each path),
+    ``budget`` bytes (what a part holds in memory while it waits to send).
+    Other sizes count as a request's share of the budget.
 
     >>> split_parts([b"x" * 60, b"y" * 60, b"z"], [0, 1, 2], 16, 100)
     [[0], [1, 2]]
     """
+    guess = max(1, budget // max(1, count))
+    sizes = dict.fromkeys(todo, guess)
+    for i in todo:
+        src = sources[i]
+        if isinstance(src, Prepared):
+            sizes[i] = src.size
+        elif isinstance(src, (bytes, bytearray, memoryview)):
+            sizes[i] = len(src)
+    named = [i for i in todo if isinstance(sources[i], (str, PurePath))]
+    for i, found in zip(named, Engine.stat_paths([str(sources[i]) for i in named]), strict=True):
+        if found is not None:
+            sizes[i] = found[1].st_size
     parts: list[list[int]] = []
     part: list[int] = []
     size = 0
-    guess = max(1, budget // max(1, count))
     for i in todo:
-        n = size_hint(sources[i], guess)
-        if part and (len(part) >= count or size + n > budget):
+        if part and (len(part) >= count or size + sizes[i] > budget):
             parts.append(part)
             part, size = [], 0
         part.append(i)
-        size += n
+        size += sizes[i]
     if part:
         parts.append(part)
     return parts
-
-
-def size_hint(source: Any, guess: int) -> int:
-    """The bytes ``source`` will hold once read, if known at no cost but a
-    ``stat``, else ``guess``."""
-    if isinstance(source, Prepared):
-        return source.size
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return len(source)
-    if isinstance(source, (str, PurePath)):
-        text = str(source)
-        if text[:5].lower() == "data:":
-            return len(text) * 3 // 4
-        if "://" in text[:16]:
-            return guess
-        try:
-            return os.stat(text).st_size
-        except (OSError, ValueError):
-            return guess
-    return guess
 
 
 def plan_resolve_part(

@@ -488,22 +488,27 @@ class Emulator:
             fault = self._faults.pick()
             if fault is not None:
                 counters.fault_count += 1
-        delay = self.latency + (self.slow_seconds if fault == "slow" else 0.0)
+        # Processed as it arrives, then the wait: the requests of a round take
+        # turns on this process's one interpreter as they come in, not all at
+        # once when their waits end (a real server has the cores to work side by
+        # side). The wait is outside the lock: slow requests serialise nothing.
         if fault in NOT_PROCESSED:
-            if delay:
-                time.sleep(delay)  # outside the lock: slow requests must not serialise others
-            return self._unprocessed_fault(fault, body)
-        # Processed as it arrives, then the wait: the requests of a round then take
-        # turns on this process's one interpreter as they come in, not all at once
-        # when their waits end (a real server has the cores to work side by side).
+            reply = self._unprocessed_fault(fault, body)
+        else:
+            reply = self._processed(fault, body, authorization)
+        delay = self.latency + (self.slow_seconds if fault == "slow" else 0.0)
+        if delay:
+            time.sleep(delay)
+        return reply
+
+    def _processed(self, fault: str | None, body: bytes, authorization: str | None) -> Reply:
+        """The answer to a request the server works on (``fault`` may still spoil it)."""
         try:
             status, envelope = self._process(body, authorization)
         except StateError as exc:
             # Another process left a state file this one cannot use: say so, no traceback.
             error = error_item("emulatorStateError", str(exc), None, None, None)
-            status, envelope, fault = 500, {"errors": [error], "data": []}, None
-        if delay:
-            time.sleep(delay)  # outside the lock: slow requests must not serialise others
+            return self.json_reply(500, {"errors": [error], "data": []})
         if fault == "drop_after":
             return Reply(drop=True)
         if fault == "foreign_task":
