@@ -33,6 +33,7 @@ from pathlib import PurePath
 from typing import Any
 
 from . import _policy, _transform
+from ._coalesce import Coalescer
 from ._config import Config, RetryPolicy
 from ._copies import Copies
 from ._errors import AssetCacheError, ConfigurationError, ProtocolError, StoreError
@@ -64,6 +65,11 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 #: Paths looked up per SELECT by :meth:`Engine.fast_hits` (well below SQLite's
 #: bound-parameter cap).
 HIT_CHUNK = 500
+
+#: A lease claimed this fraction of its TTL ago (by the monotonic clock) is
+#: still ours without asking the database: it cannot have expired, so no other
+#: process can have taken it over (``renew``'s fencing; a fleet always asks).
+FENCE_FRESH = 0.1
 
 #: Transport error codes meaning the endpoint cannot be reached at all.
 UNREACHABLE = frozenset({"unreachable", "tls"})
@@ -266,6 +272,10 @@ class Engine:
         self.owner: str = getattr(self.registry, "owner", None) or owner_id()
         self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
         self._flight_lock = threading.Lock()
+        self._recorder = Coalescer(self._record_many)
+        #: When (``monotonic``) each lease held now was claimed (``renew``'s fencing).
+        self._claimed_at: dict[Key, float] = {}
+        self.monotonic: Callable[[], float] = time.monotonic
 
     # -- small helpers ---------------------------------------------------
     @property
@@ -755,6 +765,7 @@ class Engine:
 
     def land(self, key: Key, result: AssetRow | BaseException) -> None:
         self.heartbeat.drop([key])
+        self._claimed_at.pop(key, None)
         with self._flight_lock:
             fut = self._flights.pop(key, None)
         if fut is None:
@@ -777,6 +788,7 @@ class Engine:
         take the rest side by side); free keys beyond it come back as ``"later"``.
         """
         now = self.judge_now()
+        claimed_at = self.monotonic()  # before the claim: its age is never understated
         since = self.fresh_since(now)
         out: dict[Key, AssetRow | str] = {}
         room = len(keys) if limit is None else max(1, limit)
@@ -803,7 +815,9 @@ class Engine:
                 taken = getattr(self.registry, "takeovers", 0) - before
                 if taken > 0:
                     self.count(takeovers=taken)
-                self.heartbeat.hold(k for k, v in got.items() if v == "claimed")
+                mine = [k for k, v in got.items() if v == "claimed"]
+                self.heartbeat.hold(mine)
+                self._claimed_at.update(dict.fromkeys(mine, claimed_at))
                 out.update(got)
         return out
 
@@ -818,8 +832,21 @@ class Engine:
 
     def renew(self, keys: Sequence[Key]) -> set[Key]:
         """Fencing before an upload: the keys whose lease is still ours, renewed now
-        (a lease that expired while we waited may have been taken over)."""
-        return set(self.registry.renew(keys, self.owner, self.judge_now() + self.lease_ttl))
+        (a lease that expired while we waited may have been taken over).
+
+        A lease of a single database claimed less than :data:`FENCE_FRESH` of its
+        TTL ago is ours without asking: there, only an expired lease (or a dead
+        owner) is taken over. A fleet's takeover rule also watches heartbeats,
+        so there every lease is asked for."""
+        fresh: set[Key] = set()
+        if self.registry is self.store:
+            cutoff = self.monotonic() - self.lease_ttl * FENCE_FRESH
+            claimed = self._claimed_at
+            fresh = {k for k in keys if claimed.get(k, cutoff) > cutoff}
+        rest = [k for k in keys if k not in fresh]
+        if not rest:
+            return fresh
+        return fresh | set(self.registry.renew(rest, self.owner, self.judge_now() + self.lease_ttl))
 
     def fleet_settings(self) -> dict[str, Any]:
         """A fleet's host id and deadlines (empty for a single database file)."""
@@ -829,30 +856,58 @@ class Engine:
     def record(
         self, done: Sequence[tuple[Prepared, TaskResult, int]], files: Sequence[FileRow]
     ) -> list[AssetRow]:
+        """Store what uploads returned, with their file rows; committed on return.
+
+        The records of threads that answer together are committed together
+        (:class:`Coalescer`): one transaction for a wave of answers."""
         pause_point("record")
+        return self._recorder((done, files))
+
+    def _record_many(
+        self, items: list[tuple[Sequence[tuple[Prepared, TaskResult, int]], Sequence[FileRow]]]
+    ) -> list[list[AssetRow]]:
         now = self.stamp_now()  # the upload is evidence, stamped in the server's time
         records = [
-            UploadRecord(
-                p.key[0], p.key[1], p.key[2], r.image_uuid, p.size, p.format, now, sent, r.image_url
-            )
-            for p, r, sent in done
+            [
+                UploadRecord(
+                    p.key[0],
+                    p.key[1],
+                    p.key[2],
+                    r.image_uuid,
+                    p.size,
+                    p.format,
+                    now,
+                    sent,
+                    r.image_url,
+                )
+                for p, r, sent in done
+            ]
+            for done, _ in items
         ]
-        self.registry.record_uploads(records, self.owner, files)
+        self.registry.record_uploads(
+            [rec for recs in records for rec in recs],
+            self.owner,
+            [row for _, files in items for row in files],
+        )
         if self.keep_copies:
-            self._keep_copies(done)
+            for done, _ in items:
+                self._keep_copies(done)
         return [
-            AssetRow(
-                rec.namespace,
-                rec.content_hash,
-                rec.variant,
-                rec.image_uuid,
-                rec.size,
-                rec.format,
-                now,
-                now,
-                url=rec.url,
-            )
-            for rec in records
+            [
+                AssetRow(
+                    rec.namespace,
+                    rec.content_hash,
+                    rec.variant,
+                    rec.image_uuid,
+                    rec.size,
+                    rec.format,
+                    now,
+                    now,
+                    url=rec.url,
+                )
+                for rec in recs
+            ]
+            for recs in records
         ]
 
     def _keep_copies(self, done: Iterable[tuple[Prepared, Any, int]]) -> None:
@@ -901,6 +956,8 @@ class Engine:
     def release(self, keys: Iterable[Key]) -> None:
         keys = list(keys)
         self.heartbeat.drop(keys)
+        for key in keys:
+            self._claimed_at.pop(key, None)
         self.registry.release(keys, self.owner)
 
     def rebuild_store(self) -> Any:

@@ -49,8 +49,16 @@ from ._tasks import pack, plan_send, plan_server_time
 log = logging.getLogger("assetcache")
 
 #: Parts of a big batch prepared ahead of the requests in flight: one per this
-#: many slots (8 requests in flight: 4 more parts hash and claim meanwhile).
+#: many slots (8 requests in flight: 4 more requests' worth hash and claim
+#: meanwhile).
 PARTS_AHEAD = 2
+
+#: Requests per part of a big batch (at most; at least two parts send side by
+#: side). A part is read and hashed, looked up, claimed and recorded as one: a
+#: few statements and transactions for all of its items, where parts of one
+#: request each would pay them for every request. Its requests go out side by
+#: side, each holding a slot of the batch's.
+PART_REQUESTS = 2
 
 #: Originals resized per upload group: big photos go a few per request, as soon
 #: as they are ready; small conversions (BMP, GIF) still share requests.
@@ -106,17 +114,20 @@ def plan_resolve_many(
     # are in flight (``gate``), and a few more parts hash, look up and claim
     # meanwhile, so a request goes out as soon as another answers: at most
     # ``limit + ahead`` parts' bytes are in memory, each part about a request's.
-    parts = yield Call(split_parts, sources, todo, step, engine.batch_bytes)  # stats files
+    per_part = max(1, min(PART_REQUESTS, limit // 2))
+    parts = yield Call(  # stats files
+        split_parts, sources, todo, step * per_part, engine.batch_bytes * per_part
+    )
     gate = Slots(limit)
     hashing = Slots(engine.hash_workers)
     outcomes = yield Concurrent(
         [
             plan_resolve_part(
-                engine, sources, part, force, started, 1, results, touch, gate, hashing
+                engine, sources, part, force, started, per_part, results, touch, gate, hashing
             )
             for part in parts
         ],
-        limit + max(1, limit // PARTS_AHEAD),
+        -(-limit // per_part) + max(1, limit // (PARTS_AHEAD * per_part)),
     )
     for part, outcome in zip(parts, outcomes, strict=True):
         if isinstance(outcome, BaseException):

@@ -85,7 +85,7 @@ SETTINGS: tuple[Setting, ...] = (
             "record a use at most this often per entry", kwarg="touch_every"),
     Setting("concurrency", "ASSETCACHE_CONCURRENCY", "int", 8,
             "upload requests in flight at once", kwarg="concurrency"),
-    Setting("batch_size", "ASSETCACHE_BATCH_SIZE", "int", 16,
+    Setting("batch_size", "ASSETCACHE_BATCH_SIZE", "int", 32,
             "images per upload request", kwarg="batch_size"),
     Setting("batch_bytes", None, "size", 16 << 20,
             "body bytes per upload request", kwarg="batch_bytes"),

@@ -40,7 +40,7 @@ def test_precedence_flag_env_project_user_default(layers):
     assert (r["concurrency"], r.source("concurrency")) == (5, "project")
     assert (r["upload_task"], r.source("upload_task")) == ("mediaStorage", "user")
     assert (r["margin"], r.source("margin")) == (2 * 86400.0, "user")
-    assert (r["batch_size"], r.source("batch_size")) == (16, "default")
+    assert (r["batch_size"], r.source("batch_size")) == (32, "default")
     assert r["db"] == str(layers["project"] / "state" / "cache.db")
     r = resolve(env={**env, "ASSETCACHE_CONCURRENCY": "7", "ASSETCACHE_UPLOAD_TASK": "imageUpload"})
     assert (r["concurrency"], r.source("concurrency")) == (7, "env")

@@ -43,13 +43,15 @@ from helpers import API_KEY, make_png
 
 from assetcache import _hashing
 from assetcache._cli import UPLOAD_CHUNK
+from assetcache._settings import BY_NAME
 from assetcache.emulator import Emulator
 
 FILES = 500
 KILLS = 10
 LATENCY = 0.3
-TASKS_PER_REQUEST = 16
-#: The CLI resolves (and records) UPLOAD_CHUNK files at a time, in requests of 16 tasks.
+TASKS_PER_REQUEST = BY_NAME["batch_size"].default
+#: The CLI resolves (and records) UPLOAD_CHUNK files at a time, in requests of
+#: ``batch_size`` tasks (its default).
 CHUNK_REQUESTS = -(-UPLOAD_CHUNK // TASKS_PER_REQUEST)
 
 

@@ -113,10 +113,10 @@ def open_cache(
 def test_two_hundred_files_at_thirty_percent_faults_all_end_cached(
     faulty, open_cache, tmp_path, sleeps
 ):
-    """Default batching and concurrency: 13 requests of 16 tasks, plus retries."""
+    """Default concurrency, 13 requests of 16 tasks, plus retries."""
     seen = count_faults(faulty)
     files = write_files(tmp_path / "in", 200)
-    cache = open_cache()
+    cache = open_cache(batch_size=16)
     results = cache.resolve_many(files)
     failed = [(r.source, str(r.error)) for r in results if r.error]
     assert failed == []

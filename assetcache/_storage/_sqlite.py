@@ -377,6 +377,9 @@ class SQLiteStore(SQLRegistry):
         self._local = threading.local()
         self._batch_sql: dict[tuple[bool, int], str] = {}
         self._conns: list[sqlite3.Connection] = []
+        #: The thread each connection is (or was last) used by, and the process
+        #: that opened it: ``id(conn) -> (thread, pid)``.
+        self._users: dict[int, tuple[threading.Thread, int]] = {}
         self._lock = threading.Lock()
         self._writer_key = os.path.realpath(self.path)
         self._closed = False
@@ -432,6 +435,10 @@ class SQLiteStore(SQLRegistry):
             return conn
         if self._closed:
             raise StoreError(f"the cache database {self.path} is closed", path=self.path)
+        conn = self._adopt()
+        if conn is not None:
+            self._local.conn = conn
+            return conn
         try:
             conn = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
@@ -445,6 +452,27 @@ class SQLiteStore(SQLRegistry):
         self._local.conn = conn
         with self._lock:
             self._conns.append(conn)
+            self._users[id(conn)] = (threading.current_thread(), os.getpid())
+        return conn
+
+    def _adopt(self) -> sqlite3.Connection | None:
+        """The connection of a thread that has ended, now this thread's: the
+        threads of a batch come and go, and each opening a connection of its own
+        (kept until :meth:`close`) would pile them up, one per thread ever run,
+        each starting with no prepared statements."""
+        me, pid = threading.current_thread(), os.getpid()
+        with self._lock:
+            for conn in self._conns:
+                user = self._users.get(id(conn))
+                # Never one opened before a fork: SQLite forbids using it in the child.
+                if user is not None and user[1] == pid and not user[0].is_alive():
+                    self._users[id(conn)] = (me, pid)
+                    break
+            else:
+                return None
+        if conn.in_transaction:  # never left so by our writers; a reused one starts clean
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         return conn
 
     @property
@@ -455,6 +483,7 @@ class SQLiteStore(SQLRegistry):
     def close(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
+            self._users = {}
             self._closed = True
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):

@@ -488,17 +488,21 @@ class Emulator:
             fault = self._faults.pick()
             if fault is not None:
                 counters.fault_count += 1
-        # Processed as it arrives, then the wait: the requests of a round take
-        # turns on this process's one interpreter as they come in, not all at
-        # once when their waits end (a real server has the cores to work side by
-        # side). The wait is outside the lock: slow requests serialise nothing.
+        # Processed as it arrives, then the wait: the answer leaves ``latency``
+        # after the request arrived plus the CPU time its own work took. A real
+        # server has the cores to work on a round's requests side by side; here
+        # they take turns on one interpreter, and a request's wait for the others
+        # is not counted twice (as part of the round trip and again after it).
+        # The wait is outside the lock: slow requests serialise nothing.
+        arrived, work = time.monotonic(), time.thread_time()
         if fault in NOT_PROCESSED:
             reply = self._unprocessed_fault(fault, body)
         else:
             reply = self._processed(fault, body, authorization)
         delay = self.latency + (self.slow_seconds if fault == "slow" else 0.0)
         if delay:
-            time.sleep(delay)
+            due = arrived + delay + (time.thread_time() - work)
+            time.sleep(max(0.0, due - time.monotonic()))
         return reply
 
     def _processed(self, fault: str | None, body: bytes, authorization: str | None) -> Reply:
