@@ -270,7 +270,8 @@ class Engine:
         self.ingest.max_side = config.max_side
         # A fleet names its lease owner after the host id (``host_id=``).
         self.owner: str = getattr(self.registry, "owner", None) or owner_id()
-        self._flights: dict[Key, concurrent.futures.Future[AssetRow]] = {}
+        #: Keys being uploaded by this process: their future once someone waits on it.
+        self._flights: dict[Key, concurrent.futures.Future[AssetRow] | None] = {}
         self._flight_lock = threading.Lock()
         self._recorder = Coalescer(self._record_many)
         #: When (``monotonic``) each lease held now was claimed (``renew``'s fencing).
@@ -750,17 +751,24 @@ class Engine:
     def join_flights(
         self, keys: Iterable[Key]
     ) -> tuple[list[Key], dict[Key, concurrent.futures.Future[AssetRow]]]:
-        """Single flight in this process: the first asker of a key leads."""
+        """Single flight in this process: the first asker of a key leads.
+
+        A flight's future is made only when a second asker comes: most keys of a
+        batch have one asker, and a future (a lock and a condition) for each
+        would be a third of the cost of flying them."""
         lead: list[Key] = []
         follow: dict[Key, concurrent.futures.Future[AssetRow]] = {}
+        flights = self._flights
         with self._flight_lock:
             for key in keys:
-                fut = self._flights.get(key)
-                if fut is None:
-                    self._flights[key] = concurrent.futures.Future()
+                if key not in flights:
+                    flights[key] = None
                     lead.append(key)
-                else:
-                    follow[key] = fut
+                    continue
+                fut = flights[key]
+                if fut is None:
+                    fut = flights[key] = concurrent.futures.Future()
+                follow[key] = fut
         return lead, follow
 
     def land(self, key: Key, result: AssetRow | BaseException) -> None:
@@ -768,7 +776,7 @@ class Engine:
         self._claimed_at.pop(key, None)
         with self._flight_lock:
             fut = self._flights.pop(key, None)
-        if fut is None:
+        if fut is None:  # no flight, or nobody waiting on it
             return
         if isinstance(result, BaseException):
             fut.set_exception(result)

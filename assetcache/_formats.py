@@ -206,6 +206,8 @@ class FormatCheck:
                 self._walker.feed(chunk)
             except _Bad as exc:
                 self._problem = str(exc)
+        if self.format != "jpeg":
+            return  # only a JPEG is judged by its tail (the end-of-image marker)
         if len(chunk) >= _TAIL:
             self._tail = bytearray(chunk[-_TAIL:])
         else:
@@ -246,7 +248,8 @@ class FormatCheck:
             "webp": self._finish_webp,
             "bmp": self._finish_bmp,
         }
-        problem = checks[fmt](head, bytes(self._tail[-_TAIL:]))
+        tail = self._tail
+        problem = checks[fmt](head, bytes(tail if len(tail) <= _TAIL else tail[-_TAIL:]))
         if problem:
             raise InvalidImage("", f"damaged {fmt.upper()}: {problem}")
         return fmt

@@ -316,3 +316,34 @@ def test_an_abort_mid_batch_keeps_what_was_already_answered(make):
     # the aborted request's do not.
     assert {hash_bytes(images[0]), hash_bytes(images[1])} <= stored
     assert not {hash_bytes(images[2]), hash_bytes(images[3])} & stored
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["pybase64", "standard library"])
+def test_an_upload_body_is_the_standard_base64_of_the_bytes(simd: bool, monkeypatch) -> None:
+    """In memory or streamed from a file, at every length around the encoder's
+    3-byte groups and its chunk size, with pybase64 or without it."""
+    import base64
+    import io
+    import random
+    import sys
+
+    from assetcache import _protocol
+
+    if not simd:
+        monkeypatch.setitem(sys.modules, "pybase64", None)  # as if not installed
+    _protocol._b64encoder.cache_clear()
+    try:
+        encoder = _protocol._b64encoder()
+        assert (encoder is base64.b64encode) is (not simd)
+        rng = random.Random(7)
+        chunk = _protocol._B64_CHUNK
+        for n in (1, 2, 3, 4, 5, 1000, chunk - 1, chunk, chunk + 1, 2 * chunk + 2):
+            data = rng.randbytes(n)
+            want = b"data:image/png;base64," + base64.b64encode(data)
+            kept = Payload("x", n, "image/png", data=data)
+            streamed = Payload("y", n, "image/png", open=lambda d=data: io.BytesIO(d))
+            assert b"".join(kept.chunks()) == want, n
+            assert b"".join(streamed.chunks()) == want, n
+            assert kept.encoded_length() == len(want)
+    finally:
+        _protocol._b64encoder.cache_clear()
