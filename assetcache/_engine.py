@@ -539,9 +539,12 @@ class Engine:
             source, row[8], row[6], "hit", None, row[10], row[7], last_used + self.policy.retention
         )
 
-    def fast_hits(self, objs: Sequence[Any], touch: bool = True) -> list[Resolution | None]:
+    def fast_hits(
+        self, objs: Sequence[Any], touch: bool = True, sizes: dict[int, int] | None = None
+    ) -> list[Resolution | None]:
         """:meth:`fast_hit` for a batch: one ``os.stat`` per path, one SELECT per few
-        hundred paths (not one per path); ``None`` where the slow path decides."""
+        hundred paths (not one per path); ``None`` where the slow path decides.
+        ``sizes`` gets the size each path had (by index), for splitting the rest."""
         out: list[Resolution | None] = [None] * len(objs)
         named = [
             (i, obj if isinstance(obj, str) else str(obj))
@@ -551,6 +554,10 @@ class Engine:
         for start in range(0, len(named), HIT_CHUNK):
             part = named[start : start + HIT_CHUNK]
             stats = self.stat_paths([text for _, text in part])
+            if sizes is not None:
+                sizes.update(
+                    (i, st[1].st_size) for (i, _), st in zip(part, stats, strict=True) if st
+                )
             keys = [s[0] for s in stats if s is not None]
             if not keys:
                 continue

@@ -75,21 +75,30 @@ class FileRead:
     data: bytes | None
 
 
-def read_file(path: str, label: str, *, limit: int | None = None, keep: bool = False) -> FileRead:
+def read_file(
+    path: str, label: str, *, limit: int | None = None, keep: bool = False, named: bool = False
+) -> FileRead:
     """Hash the regular file at ``path`` once, checking it did not change meanwhile.
 
     Raises :class:`SourceError` (``SourceNotFound`` when it is gone) naming
     ``label``; with ``keep``, files up to :data:`INLINE_LIMIT` keep their bytes.
+    ``named``: what is not a regular file is named (a directory, a FIFO, ...),
+    as :func:`stat_source` would (a path read without being stat'ed first).
     """
     started = _hashing.now_ns()
     try:
-        # O_NONBLOCK: a FIFO swapped in after the stat must not hang the open.
+        # O_NONBLOCK: a FIFO (swapped in after a stat, or never stat'ed) must not
+        # hang the open.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise os_error(label, exc) from None
+        if named:
+            stat_source(path, label)  # the precise reason where it has one: a socket, a link
+        raise os_error(label, exc, path if named else None) from None
     before = os.fstat(fd)
     if not stat_mod.S_ISREG(before.st_mode):
         os.close(fd)  # before open(): it refuses a directory with its own error
+        if named:
+            check_regular(label, before)
         raise SourceError(label, "is not a regular file")
     with open(fd, "rb", buffering=0, closefd=True) as f:
         check_size(label, before.st_size, limit)
@@ -306,10 +315,14 @@ class Ingest:
     def _prepare_path(self, src: Source) -> Prepared:
         path, label = src.path, src.label
         assert path is not None
+        known = self._known_file(path)
+        if known is None and not log.isEnabledFor(logging.INFO):
+            # Not in the file index: its stat would prove nothing, the read
+            # checks what the stat would (and says why a file cannot be read).
+            return self._read_path(path, label)
         st = stat_source(path, label)
         check_size(label, st.st_size, self.max_bytes)
         fp = _hashing.Fingerprint.of(st)
-        known = self._known_file(path)
         if (
             known is not None
             and known.format is not None
@@ -353,7 +366,7 @@ class Ingest:
         return self._read_path(path, label)
 
     def _read_path(self, path: str, label: str) -> Prepared:
-        found = read_file(path, label, limit=self.max_bytes, keep=True)
+        found = read_file(path, label, limit=self.max_bytes, keep=True, named=True)
         size, digest, check = found.size, found.digest, found.check
         if size == 0:
             raise SourceError(label, "empty file")
@@ -485,6 +498,12 @@ def stat_source(path: str, label: str) -> os.stat_result:
         st = os.stat(path)
     except OSError as exc:
         raise os_error(label, exc, path) from None
+    check_regular(label, st)
+    return st
+
+
+def check_regular(label: str, st: os.stat_result) -> None:
+    """Raise, naming what it is, unless ``st`` is a regular file's."""
     if stat_mod.S_ISDIR(st.st_mode):
         raise SourceError(label, "is a directory, not a file")
     if not stat_mod.S_ISREG(st.st_mode):
@@ -498,7 +517,6 @@ def stat_source(path: str, label: str) -> os.stat_result:
             else "special file"
         )
         raise SourceError(label, f"is a {kind}, not a regular file")
-    return st
 
 
 def os_error(label: str, exc: OSError, path: str | None = None) -> SourceError:

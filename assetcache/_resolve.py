@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -96,8 +96,9 @@ def plan_resolve_many(
     limit = max(1, concurrency or engine.concurrency)
     started = engine.stamp_now() if force else 0.0
     results: Results = [None] * len(sources)
+    sizes: dict[int, int] = {}  # of the paths, as their hit check found them
     if not force:
-        results = list(engine.fast_hits(sources, touch))
+        results = list(engine.fast_hits(sources, touch, sizes))
     todo = [i for i, r in enumerate(results) if r is None]
     verbose = log.isEnabledFor(logging.INFO)
     if verbose:
@@ -115,8 +116,8 @@ def plan_resolve_many(
     # meanwhile, so a request goes out as soon as another answers: at most
     # ``limit + ahead`` parts' bytes are in memory, each part about a request's.
     per_part = max(1, min(PART_REQUESTS, limit // 2))
-    parts = yield Call(  # stats files
-        split_parts, sources, todo, step * per_part, engine.batch_bytes * per_part
+    parts = yield Call(  # stats the files the hit check did not
+        split_parts, sources, todo, step * per_part, engine.batch_bytes * per_part, sizes
     )
     gate = Slots(limit)
     hashing = Slots(engine.hash_workers)
@@ -144,12 +145,16 @@ def plan_resolve_many(
 
 
 def split_parts(
-    sources: Sequence[Any], todo: list[int], count: int, budget: int
+    sources: Sequence[Any],
+    todo: list[int],
+    count: int,
+    budget: int,
+    known: Mapping[int, int] | None = None,
 ) -> list[list[int]]:
-    """``todo`` in parts of one request each, in order: at most ``count`` items
-    and, as far as sizes are known before reading (a ``stat`` of each path),
-    ``budget`` bytes (what a part holds in memory while it waits to send).
-    Other sizes count as a request's share of the budget.
+    """``todo`` in parts, in order: at most ``count`` items and, as far as sizes
+    are known before reading (``known``, by index, else a ``stat`` of each
+    path), ``budget`` bytes (what a part holds in memory while it waits to
+    send). Other sizes count as a request's share of the budget.
 
     >>> split_parts([b"x" * 60, b"y" * 60, b"z"], [0, 1, 2], 16, 100)
     [[0], [1, 2]]
@@ -162,7 +167,9 @@ def split_parts(
             sizes[i] = src.size
         elif isinstance(src, (bytes, bytearray, memoryview)):
             sizes[i] = len(src)
-    named = [i for i in todo if isinstance(sources[i], (str, PurePath))]
+    known = known or {}
+    sizes.update((i, known[i]) for i in todo if i in known)
+    named = [i for i in todo if i not in known and isinstance(sources[i], (str, PurePath))]
     for i, found in zip(named, Engine.stat_paths([str(sources[i]) for i in named]), strict=True):
         if found is not None:
             sizes[i] = found[1].st_size

@@ -340,3 +340,23 @@ def test_a_part_failing_before_its_request_frees_its_slot(
     outcomes = [r.outcome for r in out]
     assert outcomes.count("failed") == 2 and outcomes.count("uploaded") == 6
     assert all("a bug" in str(r.error) for r in out if r.outcome == "failed")
+
+
+def test_a_big_batch_splits_by_the_sizes_its_hit_check_found(monkeypatch) -> None:
+    """The hit check stat'ed every path already: splitting the misses into parts
+    stats none of them again (and only those it has no size for)."""
+    from assetcache import _resolve
+    from assetcache._resolve import split_parts
+
+    Engine = _resolve.Engine  # noqa: N806 - the class whose stat_paths the split calls
+
+    asked: list[list[str]] = []
+    monkeypatch.setattr(Engine, "stat_paths", staticmethod(lambda paths: asked.append(paths) or []))
+    sources = ["/a.png", "/b.png", "/c.png"]
+    assert split_parts(sources, [0, 1, 2], 8, 100, {0: 60, 1: 60, 2: 1}) == [[0], [1, 2]]
+    assert asked == [[]]
+    monkeypatch.setattr(
+        Engine, "stat_paths", staticmethod(lambda paths: asked.append(paths) or [None] * len(paths))
+    )
+    split_parts(sources, [0, 1, 2], 8, 100, {1: 5})
+    assert asked[-1] == ["/a.png", "/c.png"]
