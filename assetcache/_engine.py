@@ -544,7 +544,7 @@ class Engine:
     ) -> list[Resolution | None]:
         """:meth:`fast_hit` for a batch: one ``os.stat`` per path, one SELECT per few
         hundred paths (not one per path); ``None`` where the slow path decides.
-        ``sizes`` gets the size each path had (by index), for splitting the rest."""
+        ``sizes`` gets the size each missed path had (by index), for splitting them."""
         out: list[Resolution | None] = [None] * len(objs)
         named = [
             (i, obj if isinstance(obj, str) else str(obj))
@@ -554,10 +554,6 @@ class Engine:
         for start in range(0, len(named), HIT_CHUNK):
             part = named[start : start + HIT_CHUNK]
             stats = self.stat_paths([text for _, text in part])
-            if sizes is not None:
-                sizes.update(
-                    (i, st[1].st_size) for (i, _), st in zip(part, stats, strict=True) if st
-                )
             keys = [s[0] for s in stats if s is not None]
             if not keys:
                 continue
@@ -576,6 +572,8 @@ class Engine:
                     continue
                 if hit is not None:
                     out[i] = self._hit_resolution(text, *hit)
+                elif sizes is not None:
+                    sizes[i] = st[1].st_size
         return out
 
     def hit_row(self, obj: Any, touch: bool = True) -> tuple[tuple[Any, ...], float] | None:

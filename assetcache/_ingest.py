@@ -75,15 +75,13 @@ class FileRead:
     data: bytes | None
 
 
-def read_file(
-    path: str, label: str, *, limit: int | None = None, keep: bool = False, named: bool = False
-) -> FileRead:
+def read_file(path: str, label: str, *, limit: int | None = None, keep: bool = False) -> FileRead:
     """Hash the regular file at ``path`` once, checking it did not change meanwhile.
 
     Raises :class:`SourceError` (``SourceNotFound`` when it is gone) naming
     ``label``; with ``keep``, files up to :data:`INLINE_LIMIT` keep their bytes.
-    ``named``: what is not a regular file is named (a directory, a FIFO, ...),
-    as :func:`stat_source` would (a path read without being stat'ed first).
+    What is not a regular file is named (a directory, a FIFO, ...), as
+    :func:`stat_source` names it: a path may be read without a stat first.
     """
     started = _hashing.now_ns()
     try:
@@ -91,14 +89,12 @@ def read_file(
         # hang the open.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        if named:
-            stat_source(path, label)  # the precise reason where it has one: a socket, a link
-        raise os_error(label, exc, path if named else None) from None
+        stat_source(path, label)  # the precise reason where it has one: a socket, a link
+        raise os_error(label, exc, path) from None
     before = os.fstat(fd)
     if not stat_mod.S_ISREG(before.st_mode):
         os.close(fd)  # before open(): it refuses a directory with its own error
-        if named:
-            check_regular(label, before)
+        check_regular(label, before)
         raise SourceError(label, "is not a regular file")
     with open(fd, "rb", buffering=0, closefd=True) as f:
         check_size(label, before.st_size, limit)
@@ -316,16 +312,16 @@ class Ingest:
         path, label = src.path, src.label
         assert path is not None
         known = self._known_file(path)
-        if known is None and not log.isEnabledFor(logging.INFO):
-            # Not in the file index: its stat would prove nothing, the read
-            # checks what the stat would (and says why a file cannot be read).
+        if known is None:
+            # Not in the file index: a stat would prove nothing, and the read
+            # checks what it would (and says why a file cannot be read).
+            log.info("%s: hashing: not in the file index", label)
             return self._read_path(path, label)
         st = stat_source(path, label)
         check_size(label, st.st_size, self.max_bytes)
         fp = _hashing.Fingerprint.of(st)
         if (
-            known is not None
-            and known.format is not None
+            known.format is not None
             and (known.dev, known.ino, known.size, known.mtime_ns, known.ctime_ns) == fp.as_tuple()
             and not _hashing.is_racy(fp, known.hashed_at_ns, self.racy_ns)
             # A size never recorded (older rows) is learnt by reading the file once.
@@ -348,9 +344,7 @@ class Ingest:
                 label, (self.namespace, known.content_hash, variant), fp.size, known.format, make
             )
         if log.isEnabledFor(logging.INFO):
-            if known is None:
-                why = "not in the file index"
-            elif (
+            if (
                 known.dev,
                 known.ino,
                 known.size,
@@ -366,7 +360,7 @@ class Ingest:
         return self._read_path(path, label)
 
     def _read_path(self, path: str, label: str) -> Prepared:
-        found = read_file(path, label, limit=self.max_bytes, keep=True, named=True)
+        found = read_file(path, label, limit=self.max_bytes, keep=True)
         size, digest, check = found.size, found.digest, found.check
         if size == 0:
             raise SourceError(label, "empty file")
@@ -505,7 +499,7 @@ def stat_source(path: str, label: str) -> os.stat_result:
 def check_regular(label: str, st: os.stat_result) -> None:
     """Raise, naming what it is, unless ``st`` is a regular file's."""
     if stat_mod.S_ISDIR(st.st_mode):
-        raise SourceError(label, "is a directory, not a file")
+        raise SourceError(label, "is a directory, not a regular file")
     if not stat_mod.S_ISREG(st.st_mode):
         kind = (
             "FIFO"
@@ -531,7 +525,7 @@ def os_error(label: str, exc: OSError, path: str | None = None) -> SourceError:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return SourceError(label, "permission denied")
     if exc.errno == errno.EISDIR:
-        return SourceError(label, "is a directory, not a file")
+        return SourceError(label, "is a directory, not a regular file")
     if exc.errno == errno.ENAMETOOLONG:
         return SourceError(label, "file name too long")
     if exc.errno == errno.ENOTDIR:

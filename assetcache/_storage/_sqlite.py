@@ -376,10 +376,9 @@ class SQLiteStore(SQLRegistry):
         self.path = os.path.abspath(os.fspath(path))
         self._local = threading.local()
         self._batch_sql: dict[tuple[bool, int], str] = {}
-        self._conns: list[sqlite3.Connection] = []
-        #: The thread each connection is (or was last) used by, and the process
-        #: that opened it: ``id(conn) -> (thread, pid)``.
-        self._users: dict[int, tuple[threading.Thread, int]] = {}
+        #: Every connection opened, with the thread it is (or was last) used by
+        #: and the process that opened it.
+        self._conns: dict[sqlite3.Connection, tuple[threading.Thread, int]] = {}
         self._lock = threading.Lock()
         self._writer_key = os.path.realpath(self.path)
         self._closed = False
@@ -451,8 +450,7 @@ class SQLiteStore(SQLRegistry):
             conn.set_trace_callback(_sql_log.debug)
         self._local.conn = conn
         with self._lock:
-            self._conns.append(conn)
-            self._users[id(conn)] = (threading.current_thread(), os.getpid())
+            self._conns[conn] = (threading.current_thread(), os.getpid())
         return conn
 
     def _adopt(self) -> sqlite3.Connection | None:
@@ -462,11 +460,10 @@ class SQLiteStore(SQLRegistry):
         each starting with no prepared statements."""
         me, pid = threading.current_thread(), os.getpid()
         with self._lock:
-            for conn in self._conns:
-                user = self._users.get(id(conn))
+            for conn, (user, opened_in) in self._conns.items():
                 # Never one opened before a fork: SQLite forbids using it in the child.
-                if user is not None and user[1] == pid and not user[0].is_alive():
-                    self._users[id(conn)] = (me, pid)
+                if opened_in == pid and not user.is_alive():
+                    self._conns[conn] = (me, pid)
                     break
             else:
                 return None
@@ -482,8 +479,7 @@ class SQLiteStore(SQLRegistry):
 
     def close(self) -> None:
         with self._lock:
-            conns, self._conns = self._conns, []
-            self._users = {}
+            conns, self._conns = list(self._conns), {}
             self._closed = True
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
