@@ -335,8 +335,21 @@ def plan_claim_loop(
     waited: set[Key] = set()  # keys this call waited on another process for (metrics)
     poll = 0.02
     chunk = engine.batch_size * limit  # keys leased at a time: one round of requests
+    elsewhere: dict[Key, None] = {}  # keys another process held at the last look, in order
     while groups:
-        lead, follow = engine.join_flights(list(groups))
+        # A round looks at the keys held elsewhere (polled) and at most a chunk
+        # of the others, not at every key left: a big batch in one part would
+        # otherwise look up and fly each key once per round (quadratic).
+        window = [key for key in elsewhere if key in groups]
+        fresh = 0
+        for key in groups:
+            if fresh >= chunk:
+                break
+            if key not in elsewhere:
+                window.append(key)
+                fresh += 1
+        beyond = len(groups) > len(window)  # keys for a later round
+        lead, follow = engine.join_flights(window)
         claimed: dict[Key, AssetRow | str] = {}
         if lead:
             try:
@@ -372,6 +385,8 @@ def plan_claim_loop(
                 continue
             hit_group(engine, results, groups.pop(key), row, late_files)
 
+        newly_held = any(key not in elsewhere for key in held)
+        elsewhere = dict.fromkeys(held)
         if held:
             fresh_waits = [k for k in held if k not in waited]
             if fresh_waits:
@@ -381,7 +396,9 @@ def plan_claim_loop(
             # our own threads keep waiting on us) and poll for its result.
             for key in held:
                 engine.land(key, _Retry())
-            if not to_upload:
+            # Nothing sent this round: wait, unless keys beyond this round's
+            # window may be free (the ones looked at were all held elsewhere).
+            if not to_upload and not (newly_held and beyond):
                 yield Sleep(poll)
                 poll = min(poll * 2, 0.25)
 

@@ -34,7 +34,7 @@ from ._protocol import (
     iter_body,
     json_body,
     media_gone,
-    new_task_uuid,
+    new_task_uuids,
     parse_response,
 )
 from ._storage._base import Key
@@ -71,7 +71,7 @@ def plan_tasks(
             for i in pending:
                 out[batch[i][0]] = blocked
             return out
-        by_task = {new_task_uuid(): i for i in pending}
+        by_task = dict(zip(new_task_uuids(len(pending)), pending, strict=True))
         body, length = encode([(tid, batch[i][1]) for tid, i in by_task.items()])
         retry_after: float | None = None
         try:

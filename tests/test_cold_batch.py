@@ -238,6 +238,8 @@ def test_the_emulator_decodes_wrapped_unpadded_and_plain_base64_alike() -> None:
         decode("data:image/png;base64,")
     with pytest.raises(MediaError, match="not valid base64"):
         decode("data:image/png;base64,@@@@")
+    with pytest.raises(MediaError, match="not valid base64"):
+        decode("data:image/png;base64," + text[:8] + "\u00e9" + text[9:])  # not ASCII
 
 
 def test_a_big_batch_is_split_by_bytes_as_well_as_by_count(tmp_path: Path) -> None:
@@ -360,3 +362,60 @@ def test_a_big_batch_splits_by_the_sizes_its_hit_check_found(monkeypatch) -> Non
     )
     split_parts(sources, [0, 1, 2], 8, 100, {1: 5})
     assert asked[-1] == ["/a.png", "/c.png"]
+
+
+def test_a_big_batch_on_one_request_at_a_time_looks_at_each_key_about_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``concurrency=1`` a batch is one part whose claims go a request's
+    keys at a time; each round looks at its own chunk, not at every key left
+    (that was quadratic: 200 keys in chunks of 4 were looked at ~5,000 times)."""
+    files = pngs(tmp_path, "q", range(60_000, 60_200))
+    with mocked(tmp_path, answer_uploads, batch_size=4, concurrency=1) as cache:
+        registry = engine_of(cache).registry
+        looked: list[int] = []
+        real = registry.peek
+
+        def peek(keys: Any, *args: Any) -> Any:
+            looked.append(len(keys))
+            return real(keys, *args)
+
+        monkeypatch.setattr(registry, "peek", peek)
+        out = cache.resolve_many(files)
+    assert [r.outcome for r in out] == ["uploaded"] * 200
+    assert len(looked) == 50 and max(looked) == 4 and sum(looked) == 200
+
+
+def test_keys_held_elsewhere_do_not_stop_the_rest_of_a_batch(tmp_path: Path) -> None:
+    """Another process holds the leases of a batch's first request's worth of
+    keys: the others go out first, without a wait, and the held ones are sent
+    once they are free (here: released when this process starts waiting)."""
+    from assetcache._hashing import hash_bytes
+
+    files = pngs(tmp_path, "h", range(61_000, 61_012))
+    sent: list[int] = []
+    waits: list[int] = []
+    on_wait: list[Any] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent.append(len(json.loads(request.content)))
+        return answer_uploads(request)
+
+    with mocked(
+        tmp_path, server, batch_size=4, concurrency=1, sleep=lambda s: on_wait[0](s)
+    ) as cache:
+        engine = engine_of(cache)
+        held = [(engine.namespace, hash_bytes(f.read_bytes()), "") for f in files[:4]]
+        now = engine.judge_now()
+        got = engine.registry.claim(held, "another-host", now, 600.0, now - 1, now + 1)
+        assert set(got.values()) == {"claimed"}
+
+        def release(seconds: float) -> None:
+            waits.append(len(sent))
+            engine.registry.release(held, "another-host")
+
+        on_wait.append(release)
+        out = cache.resolve_many(files)
+    assert [r.outcome for r in out] == ["uploaded"] * 12
+    # The two free requests went out before the first wait; the held keys after.
+    assert waits == [2] and sent == [4, 4, 4]

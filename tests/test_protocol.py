@@ -115,6 +115,18 @@ def test_request_shape(make):
     assert int(req.headers["content-length"]) == len(req.content)
 
 
+def test_every_task_of_a_batch_request_has_its_own_version_4_uuid(make):
+    """The task UUIDs of one request come from one read of the system's
+    randomness: still distinct, still version 4, and new in the next request."""
+    server = Server()
+    cache = make(server)
+    cache.resolve_many([make_png(40 + i) for i in range(5)], concurrency=1)
+    cache.resolve_many([make_png(50 + i) for i in range(5)], concurrency=1)
+    ids = [task["taskUUID"] for body in server.bodies for task in body]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert all(uuid.UUID(t).version == 4 and uuid.UUID(t).variant == uuid.RFC_4122 for t in ids)
+
+
 def test_data_as_object_is_accepted(make):
     assert make(Server(ok_object)).resolve(make_png(2)).outcome == "uploaded"
 
