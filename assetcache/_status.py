@@ -145,7 +145,28 @@ _PACK = struct.Struct("<QQQqq").pack
 # its cost per file (measured: 50,000 files, 0.18 s of CPU in Python against
 # 0.11 s, nearly all of it the kernel's ``stat``); ``ASSETCACHE_PURE_PYTHON=1``
 # turns it off (the helper process inherits the choice).
-_c_listing: Callable[[bytes], tuple[list[tuple[bytes, Any]], bool] | None] | None = None
+_c_listing: Callable[..., tuple[Any, bool] | None] | None = None
+#: A folder's files as the walk hands them on: ``(path, sig)`` pairs, or (a
+#: folder without folders, from the C listing) packed as :func:`_joined` packs
+#: them, with their number: ``(packed, files)``.
+Run = list[tuple[bytes, bytes]] | tuple[bytes, int]
+_SIG_BYTES = struct.calcsize("<QQQqq")
+
+
+def _unpacked(packed: bytes, files: int) -> list[tuple[bytes, bytes]]:
+    """The ``(path, sig)`` pairs of a packed run (a folder that is not all fresh)."""
+    out = []
+    at = 0
+    for _ in range(files):
+        end = packed.index(b"\0", at + _SIG_BYTES)
+        out.append((packed[at + _SIG_BYTES : end], packed[at : at + _SIG_BYTES]))
+        at = end + 1
+    return out
+
+
+def _files(entries: Any) -> int:
+    """How many entries a listing holds (packed or not)."""
+    return entries[1] if type(entries) is tuple else len(entries)
 
 
 def _joined_py(run: list[tuple[bytes, bytes]]) -> bytes:
@@ -314,7 +335,7 @@ class _Job:
 
     def survey(
         self,
-        tiles: Iterable[tuple[bytes, bytes, list[tuple[bytes, bytes]]]],
+        tiles: Iterable[tuple[bytes, bytes, Run]],
         read: Callable[..., list[Any]],
         marks: list[tuple[bytes, bytes, bytes, float, int]],
         found: list[tuple[bytes, bytes, bytes, float, int]],
@@ -339,8 +360,11 @@ class _Job:
         policy, now = _policy.Policy(*self.policy), self.now
         tile_sql, racy_ns = _scan.TILE_SQL, self.racy_ns
         known = {mark[0]: mark for mark in marks}
-        for lo, hi, run in tiles:
-            mine = _joined(run)
+        for lo, hi, tile in tiles:
+            if isinstance(tile, tuple):
+                mine, count = tile
+            else:
+                mine, count = _joined(tile), len(tile)
             mark = known.get(lo)
             if (
                 mark is not None
@@ -348,8 +372,9 @@ class _Job:
                 and mark[2] == xxh3_128_digest(mine)
                 and _policy.state(policy, mark[3], now) == "fresh"
             ):
-                yield len(run)
+                yield count
                 continue
+            run = _unpacked(mine, count) if isinstance(tile, tuple) else tile
             ((got, racy),) = read(tile_sql, (racy_ns, lo, hi))
             if (got or b"") != mine or racy:
                 yield from self.results([run], self.rows(read, lo, hi), make)
@@ -561,15 +586,18 @@ def _walk(
     prefix: bytes, lo: bytes, hi: bytes, lister: _Lister | None = None
 ) -> Iterator[list[tuple[bytes, bytes]]]:
     """The files of :func:`_tiles`, in runs (lists), without the empty ones."""
-    return (run for _, _, run in _tiles(prefix, lo, hi, lister) if run)
+    for _, _, tile in _tiles(prefix, lo, hi, lister):
+        run = _unpacked(*tile) if isinstance(tile, tuple) else tile
+        if run:
+            yield run
 
 
 def _tiles(
     prefix: bytes, lo: bytes, hi: bytes, lister: _Lister | None = None
-) -> Iterator[tuple[bytes, bytes, list[tuple[bytes, bytes]]]]:
+) -> Iterator[tuple[bytes, bytes, Run]]:
     """Regular files (symlinks followed) below ``prefix`` with ``lo <= path < hi``,
     in path-byte order, each with its packed stat signature, as tiles
-    ``(tile_lo, tile_hi, files)``.
+    ``(tile_lo, tile_hi, files)`` (files: a :data:`Run`).
 
     Within a directory a subdirectory sorts as ``name/``, which makes the
     depth-first order equal to the byte order of whole paths (the order of the
@@ -581,12 +609,17 @@ def _tiles(
     are listed ahead on its threads.
     """
 
-    def listing(key: bytes) -> tuple[list[tuple[bytes, Any]], bool]:
-        return lister.take(key) if lister is not None else _listing(key, lo, hi)
+    def listing(key: bytes) -> tuple[Any, bool]:
+        return lister.take(key) if lister is not None else _listing(key, lo, hi, packed=True)
 
     entries, _ = listing(prefix)
-    stack = [(iter(entries), prefix[:-1] + _AFTER_SEP)]
     cursor = max(prefix, lo)
+    if type(entries) is tuple:  # no folders: one tile, packed
+        edge = min(prefix[:-1] + _AFTER_SEP, hi)
+        if cursor < edge:
+            yield cursor, edge, entries
+        return
+    stack = [(iter(entries), prefix[:-1] + _AFTER_SEP)]
     run: list[tuple[bytes, bytes]] = []
     while stack:
         entries_left, end = stack[-1]
@@ -620,14 +653,15 @@ def _tiles(
             cursor = max(end, lo)
 
 
-def _listing(prefix: bytes, lo: bytes, hi: bytes) -> tuple[list[tuple[bytes, Any]], bool]:
+def _listing(prefix: bytes, lo: bytes, hi: bytes, *, packed: bool = False) -> tuple[Any, bool]:
     """One directory's files (with signatures) and subdirectories (``key/``,
-    signature ``None``), sorted; and whether there are subdirectories."""
+    signature ``None``), sorted; and whether there are subdirectories. With
+    ``packed``, a directory without folders may come packed (a :data:`Run`)."""
     # Most directories lie wholly inside the range: no per-entry range checks,
     # and the C listing (when built) can do the whole directory.
     inside = lo <= prefix and prefix[:-1] + _AFTER_SEP <= hi
     if inside and _c_listing is not None:
-        listed = _c_listing(prefix)
+        listed = _c_listing(prefix, packed)
         if listed is not None:  # None: a value wider than the packing, done below
             return listed
     out: list[tuple[bytes, Any]] = []
@@ -758,14 +792,14 @@ class _Lister:
                 self._running.add(key)
             got: Any
             try:
-                got = _listing(key, key, key[:-1] + _AFTER_SEP)
+                got = _listing(key, key, key[:-1] + _AFTER_SEP, packed=True)
             except BaseException as exc:  # handed to the walk, raised there
                 got = exc
             with cond:
                 self._running.discard(key)
                 self._done[key] = got
                 if not isinstance(got, BaseException):
-                    self._ahead += len(got[0])
+                    self._ahead += _files(got[0])
                     if got[1]:
                         self._queue(got[0])
                 cond.notify_all()
@@ -777,7 +811,7 @@ class _Lister:
             if sig is None:
                 heapq.heappush(self._pending, key)
 
-    def take(self, key: bytes) -> tuple[list[tuple[bytes, Any]], bool]:
+    def take(self, key: bytes) -> tuple[Any, bool]:
         """The listing of directory ``key`` (the next one the walk goes into), as
         :func:`_listing` gives it."""
         cond = self._cond
@@ -788,11 +822,11 @@ class _Lister:
                 got = self._done.pop(key)
                 if isinstance(got, BaseException):
                     raise got
-                self._ahead -= len(got[0])
+                self._ahead -= _files(got[0])
                 cond.notify_all()
                 return got
             self._claimed.add(key)  # not begun: listed here, skipped by the threads
-        listed = _listing(key, key, key[:-1] + _AFTER_SEP)
+        listed = _listing(key, key, key[:-1] + _AFTER_SEP, packed=True)
         if listed[1]:
             with cond:
                 self._queue(listed[0])

@@ -16,7 +16,14 @@
  * entries that vanish or cannot be stat'ed, are left out. The bool says
  * whether there are folders. ``([], False)`` when the directory cannot be
  * read; ``None`` when a value does not fit the packing (the caller then
- * uses the Python version, which knows the wider format).
+ * uses the Python version, which knows the wider format). *
+ *     listing(prefix, True) -> the same, except for a directory without
+ *         folders: ((packed, files), False)
+ *
+ * ``packed`` holds its ``files`` files as ``joined`` below packs them
+ * (``sig + key + NUL`` each, in order), made without the GIL: a folder whose
+ * files match a remembered digest costs no Python object per file, and a
+ * listing thread holds the GIL for one copy per folder.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -176,10 +183,48 @@ static int read_listing(int fd, listing_t *l) {
     return rc;
 }
 
-static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+/* A listing without folders packed as ``joined`` packs it, in ``*out``
+ * (malloc'ed): its size; -1 when there are folders or memory ran out. */
+static Py_ssize_t pack_files(const char *prefix, size_t prefix_len, const listing_t *l,
+                             char **out, Py_ssize_t *files) {
+    size_t size = 0;
+    Py_ssize_t count = 0;
+    *out = NULL;
+    for (size_t i = 0; i < l->count; i++) {
+        const entry_t *e = &l->entries[i];
+        if (e->kind == FOLDER_ENTRY) {
+            return -1;
+        }
+        if (e->kind == FILE_ENTRY) {
+            size += SIG_BYTES + prefix_len + e->len + 1;
+            count++;
+        }
+    }
+    char *at = *out = malloc(size ? size : 1);
+    if (at == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < l->count; i++) {
+        const entry_t *e = &l->entries[i];
+        if (e->kind == FILE_ENTRY) {
+            memcpy(at, e->sig, SIG_BYTES);
+            memcpy(at + SIG_BYTES, prefix, prefix_len);
+            memcpy(at + SIG_BYTES + prefix_len, e->ptr, e->len);
+            at += SIG_BYTES + prefix_len + e->len;
+            *at++ = '\0';
+        }
+    }
+    *files = count;
+    return (Py_ssize_t)size;
+}
 
-static PyObject *listing(PyObject *self, PyObject *arg) {
+static PyObject *listing(PyObject *self, PyObject *args) {
     (void)self;
+    PyObject *arg;
+    int packed = 0;
+    if (!PyArg_ParseTuple(args, "O|p:listing", &arg, &packed)) {
+        return NULL;
+    }
     char *prefix;
     Py_ssize_t prefix_len;
     if (PyBytes_AsStringAndSize(arg, &prefix, &prefix_len) < 0) {
@@ -191,6 +236,8 @@ static PyObject *listing(PyObject *self, PyObject *arg) {
     }
     listing_t l = {NULL, 0, 0, NULL, 0, 0};
     int rc;
+    char *pack = NULL;
+    Py_ssize_t pack_size = -1, files = 0;
     /* The directory's reads and stats run without the GIL (``arg`` keeps
      * ``prefix`` alive): other threads list other folders meanwhile. */
     Py_BEGIN_ALLOW_THREADS
@@ -199,8 +246,20 @@ static PyObject *listing(PyObject *self, PyObject *arg) {
         rc = -2;
     } else {
         rc = read_listing(fd, &l);
+        if (rc == 0 && packed) {
+            pack_size = pack_files(prefix, (size_t)prefix_len, &l, &pack, &files);
+        }
     }
     Py_END_ALLOW_THREADS
+    if (pack != NULL) {
+        free_listing(&l);
+        PyObject *blob = PyBytes_FromStringAndSize(pack, pack_size);
+        free(pack);
+        if (blob == NULL) {
+            return NULL;
+        }
+        return Py_BuildValue("((Nn)O)", blob, files, Py_False);
+    }
     if (rc == -1) {
         free_listing(&l);
         return PyErr_NoMemory();
@@ -311,8 +370,8 @@ static PyObject *joined(PyObject *self, PyObject *run) {
 static PyMethodDef methods[] = {
     {"joined", joined, METH_O,
      "joined(run) -> bytes: the concatenated sig + key + NUL of a tile's files."},
-    {"listing", listing, METH_O,
-     "listing(prefix) -> (entries, has_folders) or None: see _status._listing."},
+    {"listing", listing, METH_VARARGS,
+     "listing(prefix, packed=False) -> (entries, has_folders) or None: see _status._listing."},
     {NULL, NULL, 0, NULL},
 };
 

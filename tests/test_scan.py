@@ -396,6 +396,11 @@ def test_writes_that_can_void_a_mark_bump_the_generation(make_cache, tmp_path):
     assert gen() > before + 3
 
 
+def pairs(run):
+    """A tile's ``(path, sig)`` pairs, packed (a folder without folders) or not."""
+    return _scan._unpacked(*run) if isinstance(run, tuple) else run
+
+
 def test_tiles_cover_the_range_without_gaps(make_cache, tmp_path):
     root = tmp_path / "w"
     for rel in ["a.png", "b/c.png", "b/e/f.png", "b.png", "c/g.png", "z.png"]:
@@ -408,13 +413,13 @@ def test_tiles_cover_the_range_without_gaps(make_cache, tmp_path):
         assert tiles[0][0] == lo and tiles[-1][1] == hi
         # No gap, no overlap: each tile starts where the one before ends.
         assert all(t[1] == u[0] for t, u in zip(tiles, tiles[1:], strict=False))
-        keys = [k for _, _, run in tiles for k, _ in run]
+        keys = [k for _, _, run in tiles for k, _ in pairs(run)]
         assert keys == sorted(keys) and all(lo <= k < hi for k in keys)
-        assert all(t_lo <= k < t_hi for t_lo, t_hi, run in tiles for k, _ in run)
+        assert all(t_lo <= k < t_hi for t_lo, t_hi, run in tiles for k, _ in pairs(run))
     whole = [
         os.path.relpath(os.fsdecode(k), root)
         for _, _, r in _scan._tiles(prefix, prefix, end)
-        for k, _ in r
+        for k, _ in pairs(r)
     ]
     assert whole == ["a.png", "b.png", "b/c.png", "b/e/f.png", "c/g.png", "z.png"]
 
@@ -492,6 +497,19 @@ def test_the_c_listing_equals_the_python_one(tmp_path, monkeypatch, listing):
         assert c == python, prefix
     files = [(key, sig) for key, sig in _walk.listing(root)[0] if sig is not None]
     assert _walk.joined(files) == _scan._joined_py(files) and _walk.joined([]) == b""
+    # Packed: a folder without folders comes as its joined files and their
+    # number, which unpack to its listing; a folder with folders as before.
+    assert _walk.listing(root, True) == _walk.listing(root)
+    for prefix in (root + b"b/c/", root + b"empty/"):
+        os.makedirs(prefix, exist_ok=True)
+        for name in (b"x.png", b"y\xe9.png", b"z"):
+            with open(prefix + name, "wb") as f:
+                f.write(name * 3)
+        (packed, count), folders = _walk.listing(prefix, True)
+        listed, _ = _walk.listing(prefix)
+        assert not folders and count == len(listed) == 3
+        assert packed == _scan._joined_py(listed) and _scan._unpacked(packed, count) == listed
+    assert _walk.listing(root + b"gone/", True) == ([], False)
     names = [key[len(root) :] for key, _ in _walk.listing(root)[0]]
     assert names == [b"a", b"b.png", b"b/", b"b0.png", b"caf\xe9.png", b"empty/", b"link.png"] + [
         b"\xff\xfe"
