@@ -138,7 +138,8 @@ _LABELS = {
 #: separator or a drive letter, never with byte 0xff).
 _END = (b"\xff",)
 # ``_storage._base.file_sig`` inlined: the same packing of the same five fields.
-_PACK = struct.Struct("<QQQqq").pack
+_SIG = struct.Struct("<QQQqq")
+_PACK = _SIG.pack
 
 # The C listing (``_walk.c``, built where a compiler is at hand) does what
 # :func:`_listing` does for a directory wholly inside the range, for ~60% of
@@ -150,7 +151,7 @@ _c_listing: Callable[..., tuple[Any, bool] | None] | None = None
 #: folder without folders, from the C listing) packed as :func:`_joined` packs
 #: them, with their number: ``(packed, files)``.
 Run = list[tuple[bytes, bytes]] | tuple[bytes, int]
-_SIG_BYTES = struct.calcsize("<QQQqq")
+_SIG_BYTES = _SIG.size
 
 
 def _unpacked(packed: bytes, files: int) -> list[tuple[bytes, bytes]]:
