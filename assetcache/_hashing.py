@@ -131,6 +131,36 @@ def hash_stream(
     return hasher.hexdigest(), size
 
 
+def hash_fd(
+    fd: int,
+    size: int,
+    *,
+    limit: int | None = None,
+    sinks: Iterable[Callable[[memoryview], None]] = (),
+) -> tuple[str, int]:
+    """:func:`hash_stream` of the regular file open at ``fd`` (at its start)
+    whose ``fstat`` gave ``size``.
+
+    A file of up to :data:`CHUNK_SIZE` bytes is read in one ``read`` of its
+    size, without the second read that finds its end: each system call hands
+    the GIL over, and a batch reads thousands of small files on several
+    threads. The caller's ``fstat`` after the read tells a file that grew
+    meanwhile, as it does for any file; one that reads short is read again
+    from its start, to its end.
+    """
+    sinks = tuple(sinks)
+    if 0 < size <= CHUNK_SIZE and (limit is None or size <= limit):
+        data = os.read(fd, size)
+        if len(data) == size:
+            chunk = memoryview(data)
+            for sink in sinks:
+                sink(chunk)
+            return xxhash.xxh3_128_hexdigest(data), size
+        os.lseek(fd, 0, os.SEEK_SET)
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        return hash_stream(f, limit=limit, sinks=sinks)
+
+
 def _buffer_size(stream: BinaryIO) -> int:
     try:
         st = os.fstat(stream.fileno())
@@ -150,8 +180,10 @@ def hash_file(path: str | bytes, limit: int | None = None) -> tuple[str, int]:
     import errno
 
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fsdecode(path))
+        return hash_fd(fd, st.st_size, limit=limit)
+    finally:
         os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", os.fsdecode(path))
-    with open(fd, "rb", buffering=0, closefd=True) as f:
-        return hash_stream(f, limit=limit)

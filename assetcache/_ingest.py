@@ -96,7 +96,7 @@ def read_file(path: str, label: str, *, limit: int | None = None, keep: bool = F
         os.close(fd)  # before open(): it refuses a directory with its own error
         check_regular(label, before)
         raise SourceError(label, "is not a regular file")
-    with open(fd, "rb", buffering=0, closefd=True) as f:
+    try:
         check_size(label, before.st_size, limit)
         check = FormatCheck()
         chunks: list[bytes] = []
@@ -104,12 +104,14 @@ def read_file(path: str, label: str, *, limit: int | None = None, keep: bool = F
         if keep and before.st_size <= INLINE_LIMIT:
             sinks.append(lambda chunk: chunks.append(bytes(chunk)))
         try:
-            digest, size = _hashing.hash_stream(f, limit=limit, sinks=sinks)
+            digest, size = _hashing.hash_fd(fd, before.st_size, limit=limit, sinks=sinks)
         except OverflowError:
             raise SourceTooLarge(label, f"grew above the limit of {limit} bytes") from None
         except OSError as exc:
             raise os_error(label, exc) from None
         after = os.fstat(fd)
+    finally:
+        os.close(fd)
     fp = _hashing.Fingerprint.of(before)
     if fp != _hashing.Fingerprint.of(after) or size != before.st_size:
         raise SourceError(label, "changed while being read; try again once it is written")

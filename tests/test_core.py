@@ -204,6 +204,54 @@ def test_rewrite_in_the_same_timestamp_tick_is_rehashed(cache, emu, tmp_path, mo
     assert second.content_hash == _hashing.hash_bytes(make_png(14))
 
 
+@pytest.mark.parametrize("size", [0, 1, 20_000, _hashing.CHUNK_SIZE, _hashing.CHUNK_SIZE + 7])
+def test_hashing_an_open_file_gives_what_a_stream_gives(tmp_path, size):
+    data = os.urandom(size)
+    path = write(tmp_path / "f", data)
+    seen: list[bytes] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = _hashing.hash_fd(fd, size, sinks=[lambda chunk: seen.append(bytes(chunk))])
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f:
+        assert got == _hashing.hash_stream(f) == (_hashing.hash_bytes(data), size)
+    assert b"".join(seen) == data  # every byte reached the sinks, once
+
+
+def test_a_small_file_is_read_in_one_read(tmp_path, monkeypatch):
+    data = make_png(21)
+    path = write(tmp_path / "p.png", data)
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd, n):
+        reads.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _hashing.hash_fd(fd, len(data)) == (_hashing.hash_bytes(data), len(data))
+    finally:
+        os.close(fd)
+    assert reads == [len(data)]  # no second read to find the end
+
+
+def test_a_file_that_reads_short_is_hashed_as_it_is(tmp_path):
+    """Shrunk after its ``fstat``: read again from the start, to its end; the
+    caller's second ``fstat`` then tells it changed."""
+    path = write(tmp_path / "f", b"abcdef")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _hashing.hash_fd(fd, 10) == (_hashing.hash_bytes(b"abcdef"), 6)
+        os.lseek(fd, 0, os.SEEK_SET)
+        with pytest.raises(OverflowError):
+            _hashing.hash_fd(fd, 6, limit=5)
+    finally:
+        os.close(fd)
+
+
 def test_an_old_unchanged_file_is_not_read_again(make_cache, tmp_path, monkeypatch):
     cache = make_cache(racy_window=0)
     photo = write(tmp_path / "p.png", make_png(15))

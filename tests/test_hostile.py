@@ -107,24 +107,35 @@ def change_while_hashing(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inode = path.stat().st_ino
     real = _hashing.hash_stream
 
+    def appender() -> Any:
+        done: list[bool] = []
+
+        def writer(chunk: memoryview) -> None:
+            if not done:
+                done.append(True)
+                with open(path, "ab") as f:
+                    f.write(b"appended while the file was being hashed")
+
+        return writer
+
     def hash_stream(stream: Any, *, limit: int | None = None, sinks: Any = ()) -> Any:
         try:
             mine = os.fstat(stream.fileno()).st_ino == inode
         except (AttributeError, OSError, ValueError):
             mine = False
         if mine:
-            done: list[bool] = []
-
-            def writer(chunk: memoryview) -> None:
-                if not done:
-                    done.append(True)
-                    with open(path, "ab") as f:
-                        f.write(b"appended while the file was being hashed")
-
-            sinks = (*sinks, writer)
+            sinks = (*sinks, appender())
         return real(stream, limit=limit, sinks=sinks)
 
+    real_fd = _hashing.hash_fd
+
+    def hash_fd(fd: int, size: int, *, limit: int | None = None, sinks: Any = ()) -> Any:
+        if os.fstat(fd).st_ino == inode:
+            sinks = (*sinks, appender())
+        return real_fd(fd, size, limit=limit, sinks=sinks)
+
     monkeypatch.setattr(_hashing, "hash_stream", hash_stream)
+    monkeypatch.setattr(_hashing, "hash_fd", hash_fd)
 
 
 @pytest.fixture
