@@ -167,7 +167,7 @@ def _unpacked(packed: bytes, files: int) -> list[tuple[bytes, bytes]]:
 
 def _files(entries: Any) -> int:
     """How many entries a listing holds (packed or not)."""
-    return entries[1] if type(entries) is tuple else len(entries)
+    return entries[1] if isinstance(entries, tuple) else len(entries)
 
 
 def _joined_py(run: list[tuple[bytes, bytes]]) -> bytes:
@@ -615,7 +615,7 @@ def _tiles(
 
     entries, _ = listing(prefix)
     cursor = max(prefix, lo)
-    if type(entries) is tuple:  # no folders: one tile, packed
+    if isinstance(entries, tuple):  # no folders: one tile, packed
         edge = min(prefix[:-1] + _AFTER_SEP, hi)
         if cursor < edge:
             yield cursor, edge, entries

@@ -16,7 +16,8 @@
  * entries that vanish or cannot be stat'ed, are left out. The bool says
  * whether there are folders. ``([], False)`` when the directory cannot be
  * read; ``None`` when a value does not fit the packing (the caller then
- * uses the Python version, which knows the wider format). *
+ * uses the Python version, which knows the wider format).
+ *
  *     listing(prefix, True) -> the same, except for a directory without
  *         folders: ((packed, files), False)
  *
